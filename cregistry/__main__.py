@@ -1,0 +1,3 @@
+from cregistry.cli import main
+
+main()

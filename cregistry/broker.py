@@ -1,0 +1,120 @@
+"""The decisions go-auth asks for: is this password right, is this a
+superuser, may this client read, write or subscribe to this topic."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from cregistry import credentials, topics
+from cregistry.config import Config
+from cregistry.errors import InvalidInput
+from cregistry.registry import Attempt, Registry
+from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
+
+log = logging.getLogger(__name__)
+
+# go-auth's "acc" values, as Mosquitto passes them.
+ACC_READ = 1  # delivery of a message to a subscriber
+ACC_WRITE = 2  # publish
+ACC_READ_WRITE = 3
+ACC_SUBSCRIBE = 4  # the topic is a filter and may hold wildcards
+ACC_VALUES = (ACC_READ, ACC_WRITE, ACC_READ_WRITE, ACC_SUBSCRIBE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+
+ALLOW = Decision(True)
+
+
+def parse_acc(value: Any) -> int:
+    """acc arrives as a JSON number or as form text."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ACC_VALUES:
+        raise InvalidInput("acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)")
+    return value
+
+
+class Authorizer:
+    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+        self.registry = Registry(connection, config, clock)
+        self.users: UserStore = self.registry.users
+
+    def check_user(self, username: str, password: str, client_id: str) -> Decision:
+        """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
+        try:
+            credentials.validate_username(username)
+            credentials.validate_password_format(password)
+            credentials.validate_client_id(client_id)
+        except InvalidInput as error:
+            return Decision(False, str(error))
+        stored_hash = self.users.password_hash(username)
+        if stored_hash is not None:
+            if credentials.verify_password(password, stored_hash):
+                return ALLOW
+            return Decision(False, "wrong password")
+        try:
+            self.users.policy.validate(password)
+        except InvalidInput as error:
+            return Decision(False, f"unknown user; not recorded: {error}")
+        attempt, pairing = self.registry.record_attempt(username, password, client_id, "mqtt")
+        reasons = {
+            Attempt.RECORDED: f"unknown user; registration request recorded (pairing ID {pairing})",
+            Attempt.REPEATED: f"registration request pending (pairing ID {pairing})",
+            Attempt.LOCKED: "unknown user; the registry is locked",
+            Attempt.DENIED: "the registration request with these credentials was denied",
+            Attempt.LIMITED: "unknown user; too many pending requests, not recorded",
+        }
+        return Decision(False, reasons[attempt])
+
+    def check_superuser(self, username: str) -> Decision:
+        try:
+            credentials.validate_username(username)
+        except InvalidInput as error:
+            return Decision(False, str(error))
+        if self.users.acl_data(username).superuser:
+            return ALLOW
+        return Decision(False, "not a superuser")
+
+    def check_acl(self, username: str, client_id: str, topic: str, acc: int) -> Decision:
+        """Superusers pass here too, so go-auth's superuser URI is optional."""
+        try:
+            credentials.validate_username(username)
+            if acc == ACC_SUBSCRIBE:
+                levels = topics.validate_filter(topic)
+            else:
+                levels = topics.validate_topic_name(topic)
+        except InvalidInput as error:
+            return Decision(False, str(error))
+        data = self.users.acl_data(username)
+        if not data.exists:
+            return Decision(False, "unknown user")
+        if data.superuser:
+            return ALLOW
+        readable = []
+        writable = []
+        for permission in data.permissions:
+            pattern = topics.expand_pattern(permission.topic, username, client_id)
+            if pattern is None:
+                continue
+            if permission.access in READ_ACCESS:
+                readable.append(pattern)
+            if permission.access in WRITE_ACCESS:
+                writable.append(pattern)
+        if acc == ACC_SUBSCRIBE:
+            allowed = topics.filter_is_covered(levels, readable)
+        else:
+            can_read = any(topics.topic_matches(p, levels) for p in readable)
+            can_write = any(topics.topic_matches(p, levels) for p in writable)
+            allowed = {ACC_READ: can_read, ACC_WRITE: can_write, ACC_READ_WRITE: can_read and can_write}[acc]
+        return ALLOW if allowed else Decision(False, "no permission for this topic")

@@ -1,0 +1,445 @@
+"""The `cregistry` command. It works on Redis directly, so it also works
+while the service is down; every command is one call into the domain."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from cregistry import embedded, errors
+from cregistry.cli.output import CommandError, display, emit, table, to_command_error
+from cregistry.config import Config
+from cregistry.connections import connect
+from cregistry.registry import PendingRequest, Registry
+from cregistry.users import Role, User, UserStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+CLI_REDIS_TIMEOUT = 5.0  # an operator can wait longer than go-auth
+
+
+class CliContext:
+    def __init__(self, json_output: bool) -> None:
+        self.json_output = json_output
+        self._registry: Registry | None = None
+
+    @functools.cached_property
+    def config(self) -> Config:
+        return Config.from_env()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
+            self._registry = Registry(connect(url, max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)), self.config)
+        return self._registry
+
+    @property
+    def users(self) -> UserStore:
+        return self.registry.users
+
+    def redis_hint(self) -> str:
+        if self.config.redis_url:
+            return " at CREGISTRY_REDIS_URL"
+        return (
+            f": CREGISTRY_REDIS_URL is not set and no embedded Redis of `cregistry serve`"
+            f" answers at {embedded.url_for(self.config.embedded_redis_port)}"
+        )
+
+
+class CregistryGroup(click.Group):
+    """Turns domain and Redis errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (errors.CregistryError, redis.RedisError) as error:
+            hint = ctx.obj.redis_hint() if isinstance(ctx.obj, CliContext) else ""
+            raise to_command_error(error, hint) from None
+
+
+def json_option(command: F) -> F:
+    """`--json` on a command; `cregistry --json COMMAND` works as well."""
+
+    def merge(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value and isinstance(ctx.obj, CliContext):
+            ctx.obj.json_output = True
+        return value
+
+    return click.option(
+        "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
+    )(command)
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+@click.group(cls=CregistryGroup)
+@click.option("--json", "json_output", is_flag=True, help="Output JSON for scripts.")
+@click.version_option(package_name="cregistry")
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool) -> None:
+    """Client registry for Mosquitto: devices register themselves, operators approve.
+
+    Reads CREGISTRY_* environment variables (CREGISTRY_REDIS_URL above all).
+    """
+    ctx.obj = CliContext(json_output)
+
+
+# -- service ----------------------------------------------------------------
+@cli.command()
+def serve() -> None:
+    """Run the service: the API listener and the broker listener for go-auth.
+
+    \b
+    Example:
+        CREGISTRY_REDIS_URL=redis://localhost:6379/0 cregistry serve
+    """
+    from cregistry.server import serve as run_server
+
+    config = Config.from_env()
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        run_server(config, lambda text: click.echo(text, err=True))
+    except RuntimeError as error:
+        raise CommandError(str(error)) from None
+
+
+# -- lock state -------------------------------------------------------------
+@cli.command()
+@json_option
+@pass_cli
+def status(obj: CliContext) -> None:
+    """Show whether the registry is unlocked and for how long."""
+    state = obj.registry.status()
+    emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
+
+
+@cli.command()
+@click.option("--seconds", type=int, default=None, help="How long to stay unlocked (default 300, at most 3600).")
+@json_option
+@pass_cli
+def unlock(obj: CliContext, seconds: int | None) -> None:
+    """Unlock the registry: unknown devices that connect are recorded as requests.
+
+    \b
+    Example:
+        cregistry unlock --seconds 600
+    """
+    state = obj.registry.unlock(seconds)
+    emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
+
+
+@cli.command()
+@json_option
+@pass_cli
+def lock(obj: CliContext) -> None:
+    """Lock the registry now."""
+    state = obj.registry.lock()
+    emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
+
+
+def _lock_text(locked: bool, seconds_left: int) -> str:
+    return f"unlocked, {seconds_left} s left" if locked else "locked"
+
+
+# -- requests ---------------------------------------------------------------
+@cli.command()
+@json_option
+@pass_cli
+def requests(obj: CliContext) -> None:
+    """List pending registration requests with their pairing IDs."""
+    pending = obj.registry.list_requests()
+    text = (
+        table(
+            ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
+            [_request_row(r) for r in pending],
+        )
+        if pending
+        else "no pending requests"
+    )
+    emit({"requests": [r.to_dict() for r in pending]}, text, obj.json_output)
+
+
+def _request_row(request: PendingRequest) -> list[Any]:
+    data = request.to_dict()
+    return [
+        request.username, request.pairing_id, request.client_id, request.source,
+        request.attempts, data["firstSeen"], data["lastSeen"],
+    ]  # fmt: skip
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--pairing-id", help="Which request, when USERNAME has several.")
+@json_option
+@pass_cli
+def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
+    """Approve USERNAME's request: the user is created with the device's own
+    credentials and no permissions.
+
+    \b
+    Example:
+        cregistry approve sensor-17 --pairing-id 3fa2c1
+    """
+    user = obj.registry.approve(username, pairing_id)
+    emit(
+        user.to_dict(),
+        f"approved {user.username} (pairing ID {user.pairing_id}); it has no permissions yet:"
+        f" grant some with `cregistry grant {user.username} PATTERN ACCESS`",
+        obj.json_output,
+    )
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--pairing-id", help="Which request, when USERNAME has several.")
+@json_option
+@pass_cli
+def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
+    """Deny USERNAME's request; the same credentials stay refused for the pending TTL."""
+    request = obj.registry.deny(username, pairing_id)
+    emit({"denied": request.to_dict()}, f"denied {request.username} (pairing ID {request.pairing_id})", obj.json_output)
+
+
+# -- users ------------------------------------------------------------------
+@cli.command()
+@json_option
+@pass_cli
+def users(obj: CliContext) -> None:
+    """List users (never their password hashes)."""
+    found = obj.users.list_users()
+    text = (
+        table(
+            ["USERNAME", "SUPERUSER", "ROLES", "PERMISSIONS", "CREATED"],
+            [
+                [
+                    u.username,
+                    "yes" if u.superuser else "no",
+                    ",".join(u.roles) or "-",
+                    len(u.permissions),
+                    u.to_dict()["createdAt"],
+                ]
+                for u in found
+            ],
+        )  # fmt: skip
+        if found
+        else "no users"
+    )
+    emit({"users": [u.to_dict() for u in found]}, text, obj.json_output)
+
+
+@cli.group()
+def user() -> None:
+    """Show, add and delete users; set the superuser flag."""
+
+
+@user.command("show")
+@click.argument("username")
+@json_option
+@pass_cli
+def user_show(obj: CliContext, username: str) -> None:
+    """Show one user with roles and permissions."""
+    found = obj.users.get(username)
+    emit(found.to_dict(), _user_text(found), obj.json_output)
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--superuser", is_flag=True, help="Make the user pass every ACL check.")
+@json_option
+@pass_cli
+def user_add(obj: CliContext, username: str, password_stdin: bool, superuser: bool) -> None:
+    """Add a user with a password chosen by the operator (devices normally
+    register themselves instead).
+
+    \b
+    Example:
+        printf '%s' "$PASSWORD" | cregistry user add backend --password-stdin
+    """
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    created = obj.users.add(username, password, superuser=superuser)
+    emit(created.to_dict(), f"added {created.username}", obj.json_output)
+
+
+@user.command("delete")
+@click.argument("username")
+@json_option
+@pass_cli
+def user_delete(obj: CliContext, username: str) -> None:
+    """Delete a user, its permissions and role assignments."""
+    obj.users.delete(username)
+    emit({"deleted": username}, f"deleted {username}", obj.json_output)
+
+
+@user.command("superuser")
+@click.argument("username")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@json_option
+@pass_cli
+def user_superuser(obj: CliContext, username: str, state: str) -> None:
+    """Turn USERNAME's superuser flag on or off (superusers pass every ACL check)."""
+    changed = obj.users.set_superuser(username, state == "on")
+    emit(changed.to_dict(), f"{username}: superuser {state}", obj.json_output)
+
+
+def _user_text(found: User) -> str:
+    data = found.to_dict()
+    lines = [
+        f"username:   {found.username}",
+        f"created:    {data['createdAt']}",
+        f"source:     {found.source}",
+        f"client id:  {display(found.client_id)}",
+        f"pairing ID: {found.pairing_id or '-'}",
+        f"superuser:  {'yes' if found.superuser else 'no'}",
+        f"roles:      {', '.join(found.roles) or '-'}",
+        "permissions:" + ("" if found.permissions else " none"),
+    ]
+    lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
+    return "\n".join(lines)
+
+
+# -- permissions ------------------------------------------------------------
+ACCESS_CHOICE = click.Choice(["read", "write", "readWrite"])
+
+
+@cli.command()
+@click.argument("username")
+@click.argument("pattern")
+@click.argument("access", type=ACCESS_CHOICE)
+@json_option
+@pass_cli
+def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
+    """Give USERNAME ACCESS (read, write, readWrite) on topic PATTERN.
+
+    PATTERN may use + and #, and %u / %c for the username and client id.
+
+    \b
+    Example:
+        cregistry grant sensor-17 'devices/%u/#' readWrite
+    """
+    changed = obj.users.grant(username, pattern, access)
+    emit(changed.to_dict(), f"granted {username} {access} on {display(pattern)}", obj.json_output)
+
+
+@cli.command()
+@click.argument("username")
+@click.argument("pattern")
+@json_option
+@pass_cli
+def revoke(obj: CliContext, username: str, pattern: str) -> None:
+    """Remove USERNAME's direct permission on PATTERN."""
+    changed = obj.users.revoke(username, pattern)
+    emit(changed.to_dict(), f"revoked {username}'s permission on {display(pattern)}", obj.json_output)
+
+
+# -- roles ------------------------------------------------------------------
+@cli.group()
+def role() -> None:
+    """Roles: named sets of permissions given to many users."""
+
+
+@role.command("list")
+@json_option
+@pass_cli
+def role_list(obj: CliContext) -> None:
+    """List roles."""
+    found = obj.users.list_roles()
+    text = (
+        table(["ROLE", "PERMISSIONS", "MEMBERS"], [[r.name, len(r.permissions), len(r.members)] for r in found])
+        if found
+        else "no roles"
+    )
+    emit({"roles": [r.to_dict() for r in found]}, text, obj.json_output)
+
+
+@role.command("show")
+@click.argument("name")
+@json_option
+@pass_cli
+def role_show(obj: CliContext, name: str) -> None:
+    """Show a role's permissions and members."""
+    found = obj.users.get_role(name)
+    emit(found.to_dict(), _role_text(found), obj.json_output)
+
+
+@role.command("grant")
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("access", type=ACCESS_CHOICE)
+@json_option
+@pass_cli
+def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
+    """Give role NAME (created if new) ACCESS on PATTERN.
+
+    \b
+    Example:
+        cregistry role grant device 'devices/%u/#' readWrite
+    """
+    changed = obj.users.grant_role(name, pattern, access)
+    emit(changed.to_dict(), f"role {name}: granted {access} on {display(pattern)}", obj.json_output)
+
+
+@role.command("revoke")
+@click.argument("name")
+@click.argument("pattern")
+@json_option
+@pass_cli
+def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
+    """Remove role NAME's permission on PATTERN."""
+    changed = obj.users.revoke_role(name, pattern)
+    emit(changed.to_dict(), f"role {name}: revoked {display(pattern)}", obj.json_output)
+
+
+@role.command("delete")
+@click.argument("name")
+@json_option
+@pass_cli
+def role_delete(obj: CliContext, name: str) -> None:
+    """Delete role NAME and take it from its members."""
+    obj.users.delete_role(name)
+    emit({"deleted": name}, f"deleted role {name}", obj.json_output)
+
+
+@role.command("assign")
+@click.argument("username")
+@click.argument("name")
+@json_option
+@pass_cli
+def role_assign(obj: CliContext, username: str, name: str) -> None:
+    """Give USERNAME the role NAME."""
+    changed = obj.users.assign_role(username, name)
+    emit(changed.to_dict(), f"{username} has role {name}", obj.json_output)
+
+
+@role.command("unassign")
+@click.argument("username")
+@click.argument("name")
+@json_option
+@pass_cli
+def role_unassign(obj: CliContext, username: str, name: str) -> None:
+    """Take the role NAME from USERNAME."""
+    changed = obj.users.unassign_role(username, name)
+    emit(changed.to_dict(), f"{username} no longer has role {name}", obj.json_output)
+
+
+def _role_text(found: Role) -> str:
+    lines = [f"role:    {found.name}", f"members: {', '.join(found.members) or '-'}"]
+    lines.append("permissions:" + ("" if found.permissions else " none"))
+    lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cli(prog_name="cregistry")

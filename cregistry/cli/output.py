@@ -1,0 +1,74 @@
+"""How the CLI shows results and errors: the one place that maps domain
+errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import redis
+
+from cregistry import errors
+
+# 1 is click's own code for a ClickException; 2 is click's usage error.
+EXIT_INVALID = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_REFUSED = 5
+EXIT_UNAVAILABLE = 6
+
+EXIT_CODE_FOR = {
+    errors.ConfigError: EXIT_INVALID,
+    errors.InvalidInput: EXIT_INVALID,
+    errors.UserNotFound: EXIT_NOT_FOUND,
+    errors.RoleNotFound: EXIT_NOT_FOUND,
+    errors.RequestNotFound: EXIT_NOT_FOUND,
+    errors.PermissionNotFound: EXIT_NOT_FOUND,
+    errors.UsernameTaken: EXIT_CONFLICT,
+    errors.AmbiguousRequest: EXIT_CONFLICT,
+    errors.RegistryLocked: EXIT_REFUSED,
+    errors.RequestDenied: EXIT_REFUSED,
+    errors.PendingLimitReached: EXIT_REFUSED,
+    errors.StorageUnavailable: EXIT_UNAVAILABLE,
+}
+
+
+class CommandError(click.ClickException):
+    """One line on stderr ("Error: ..."), and an exit code that says what kind."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
+    if isinstance(error, redis.RedisError):
+        return CommandError(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
+    assert isinstance(error, errors.CregistryError)
+    return CommandError(str(error), EXIT_CODE_FOR.get(type(error), 1))
+
+
+def emit(data: Any, text: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[display(str(c)) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def display(text: str | None) -> str:
+    """Client ids and contexts come from devices: show control characters
+    escaped so they cannot rewrite the operator's terminal."""
+    if text is None:
+        return "-"
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

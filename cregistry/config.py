@@ -1,0 +1,129 @@
+"""Configuration: every CREGISTRY_* name, its default, and how it is parsed.
+
+Settings are layered like Flask's tutorial factory: defaults, then the
+environment, then an explicit override (tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from cregistry.errors import ConfigError
+
+ENV_PREFIX = "CREGISTRY_"
+
+# Names of the environment variables, without the prefix.
+REDIS_URL = "REDIS_URL"
+KEY_PREFIX = "KEY_PREFIX"
+ADMIN_TOKEN = "ADMIN_TOKEN"
+UNLOCK_SECONDS = "UNLOCK_SECONDS"
+BCRYPT_COST = "BCRYPT_COST"
+PENDING_TTL = "PENDING_TTL"
+PENDING_MAX = "PENDING_MAX"
+PENDING_PER_USERNAME = "PENDING_PER_USERNAME"
+PASSWORD_MIN_LENGTH = "PASSWORD_MIN_LENGTH"
+PASSWORD_REQUIRE = "PASSWORD_REQUIRE"
+API_LISTEN = "API_LISTEN"
+BROKER_LISTEN = "BROKER_LISTEN"
+REDIS_TIMEOUT = "REDIS_TIMEOUT"
+EMBEDDED_REDIS_PORT = "EMBEDDED_REDIS_PORT"
+WORKERS = "WORKERS"
+THREADS = "THREADS"
+LOG_LEVEL = "LOG_LEVEL"
+
+MAX_UNLOCK_SECONDS = 3600
+PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything cregistry can be told; one instance per process."""
+
+    redis_url: str | None = None
+    key_prefix: str = "cregistry"
+    admin_token: str | None = None
+    unlock_seconds: int = 300
+    bcrypt_cost: int = 10
+    pending_ttl: int = 24 * 3600
+    pending_max: int = 1000
+    pending_per_username: int = 3
+    password_min_length: int = 5
+    password_require: tuple[str, ...] = ()
+    api_listen: str = "0.0.0.0:8080"
+    broker_listen: str = "127.0.0.1:8081"
+    # Broker routes must answer 503 within 2 s when Redis stalls; a check makes
+    # at most a few round trips, so each one gets a fraction of that budget.
+    redis_timeout: float = 0.5
+    embedded_redis_port: int = 6399
+    workers: int = 2
+    threads: int = 8
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
+        _check_range(BCRYPT_COST, self.bcrypt_cost, 4, 31)
+        _check_range(PENDING_TTL, self.pending_ttl, 1, 365 * 24 * 3600)
+        _check_range(PENDING_MAX, self.pending_max, 0, 10_000_000)
+        _check_range(PENDING_PER_USERNAME, self.pending_per_username, 1, 100)
+        _check_range(PASSWORD_MIN_LENGTH, self.password_min_length, 1, 72)
+        _check_range(EMBEDDED_REDIS_PORT, self.embedded_redis_port, 1, 65535)
+        _check_range(WORKERS, self.workers, 1, 64)
+        _check_range(THREADS, self.threads, 1, 256)
+        if not 0.05 <= self.redis_timeout <= 60:
+            raise ConfigError(f"{ENV_PREFIX}{REDIS_TIMEOUT} must be between 0.05 and 60 seconds")
+        unknown = set(self.password_require) - set(PASSWORD_CLASSES)
+        if unknown:
+            raise ConfigError(
+                f"{ENV_PREFIX}{PASSWORD_REQUIRE}: unknown class {sorted(unknown)[0]!r}"
+                f" (choose from {', '.join(PASSWORD_CLASSES)})"
+            )
+        if not self.key_prefix or any(c in self.key_prefix for c in "{}: \t\r\n"):
+            raise ConfigError(f"{ENV_PREFIX}{KEY_PREFIX} must be non-empty without braces, colons or spaces")
+        for name, value in ((API_LISTEN, self.api_listen), (BROKER_LISTEN, self.broker_listen)):
+            parse_listen(value, name)
+        if parse_listen(self.api_listen, API_LISTEN)[1] == parse_listen(self.broker_listen, BROKER_LISTEN)[1]:
+            raise ConfigError("the API and broker listeners need different ports")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **override: Any) -> Config:
+        """Defaults, then CREGISTRY_* variables, then keyword overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, field.type, raw)
+        values.update(override)
+        return cls(**values)
+
+
+def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
+    """Split "host:port" (or "[::1]:port"), refusing anything else."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{ENV_PREFIX}{name} must look like HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    env_name = ENV_PREFIX + name.upper()
+    type_text = str(type_name)
+    try:
+        if type_text == "int":
+            return int(raw)
+        if type_text == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name} must be a number, got {raw!r}") from None
+    if name == "password_require":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be an integer from {low} to {high}, got {value!r}")

@@ -1,0 +1,54 @@
+"""Domain exceptions. The web layer (web/errors.py) and the CLI (cli/output.py)
+each map them to statuses and exit codes in one place."""
+
+
+class CregistryError(Exception):
+    """Base of every error cregistry reports to a client or an operator."""
+
+
+class ConfigError(CregistryError):
+    """A CREGISTRY_* setting has a value cregistry cannot use."""
+
+
+class InvalidInput(CregistryError):
+    """A username, password, topic, access or other input breaks the rules."""
+
+
+class StorageUnavailable(CregistryError):
+    """Redis cannot be reached, stalls or refuses the write; nothing was decided."""
+
+
+class RegistryLocked(CregistryError):
+    """The registry is locked and there is no pending request for these credentials."""
+
+
+class RequestDenied(CregistryError):
+    """An operator denied the registration request with these credentials."""
+
+
+class UsernameTaken(CregistryError):
+    """The username exists already (with other credentials)."""
+
+
+class UserNotFound(CregistryError):
+    """No user with that name."""
+
+
+class RoleNotFound(CregistryError):
+    """No role with that name."""
+
+
+class RequestNotFound(CregistryError):
+    """No pending registration request matches (it may have expired or been handled)."""
+
+
+class AmbiguousRequest(CregistryError):
+    """Several pending requests match; a pairing ID must say which."""
+
+
+class PendingLimitReached(CregistryError):
+    """The pending-request cap (global or per username) is reached; nothing was recorded."""
+
+
+class PermissionNotFound(CregistryError):
+    """The user or role has no permission with that topic pattern."""

@@ -1,0 +1,71 @@
+"""The whole Redis key schema. Nothing else in cregistry formats a key.
+
+Every key starts with the configurable prefix. The keys of one user share the
+hash tag ``{username}`` (and those of one role ``{role:name}``), so that one
+user's data, and the atomic approval that writes it, stay in one slot should
+the data move to Redis Cluster. Usernames and role names cannot contain
+braces or colons (see credentials.py), so tags cannot collide or nest.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "cregistry") -> None:
+        self.prefix = prefix
+
+    # -- registry-wide ---------------------------------------------------
+    def unlock(self) -> str:
+        """String with a TTL: the registry is unlocked while it exists."""
+        return f"{self.prefix}:unlock"
+
+    def users(self) -> str:
+        """Set of all usernames."""
+        return f"{self.prefix}:users"
+
+    def roles(self) -> str:
+        """Set of all role names."""
+        return f"{self.prefix}:roles"
+
+    def pending_index(self) -> str:
+        """Sorted set "username:pairingId" -> expiry time; bounds the pending total."""
+        return f"{self.prefix}:pending"
+
+    # -- one user ----------------------------------------------------------
+    def user(self, username: str) -> str:
+        """Hash: passwordHash, createdAt, superuser, clientId, source."""
+        return f"{self.prefix}:{{{username}}}:user"
+
+    def user_permissions(self, username: str) -> str:
+        """Hash: topic pattern -> access, the user's direct permissions."""
+        return f"{self.prefix}:{{{username}}}:permissions"
+
+    def user_roles(self, username: str) -> str:
+        """Set of role names given to the user."""
+        return f"{self.prefix}:{{{username}}}:roles"
+
+    def user_requests(self, username: str) -> str:
+        """Set of the pairing IDs of the user's pending requests (pruned lazily)."""
+        return f"{self.prefix}:{{{username}}}:requests"
+
+    def request(self, username: str, pairing_id: str) -> str:
+        """Hash with a TTL: one pending request (hash, client id, times, attempts)."""
+        return f"{self.prefix}:{{{username}}}:request:{pairing_id}"
+
+    def user_denials(self, username: str) -> str:
+        """Hash: pairing ID -> denial time; expires with the pending TTL."""
+        return f"{self.prefix}:{{{username}}}:denied"
+
+    # -- one role ----------------------------------------------------------
+    def role_permissions(self, role: str) -> str:
+        """Hash: topic pattern -> access."""
+        return f"{self.prefix}:{{role:{role}}}:permissions"
+
+    def role_members(self, role: str) -> str:
+        """Set of usernames holding the role (so deleting a role cleans up)."""
+        return f"{self.prefix}:{{role:{role}}}:members"
+
+    @staticmethod
+    def pending_member(username: str, pairing_id: str) -> str:
+        """Member of the pending index (not a key)."""
+        return f"{username}:{pairing_id}"

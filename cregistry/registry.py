@@ -1,0 +1,463 @@
+"""The registration flow: the unlock key, pending requests, approve and deny.
+
+A pending request is identified by (username, pairing ID). Each lives in its
+own Redis hash with a TTL (the pending TTL, renewed by every attempt); a
+per-username set lists the candidates and a sorted set indexes all requests
+by expiry, which is what the global cap counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from cregistry import credentials
+from cregistry.clock import isoformat
+from cregistry.config import MAX_UNLOCK_SECONDS, Config
+from cregistry.errors import (
+    AmbiguousRequest,
+    InvalidInput,
+    PendingLimitReached,
+    RegistryLocked,
+    RequestDenied,
+    RequestNotFound,
+    UsernameTaken,
+)
+from cregistry.keys import Keys
+from cregistry.users import User, UserStore
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_BYTES = 4096
+PAIRING_ID_CHARS = frozenset("0123456789abcdef")
+
+
+class Attempt(enum.Enum):
+    """What became of a registration attempt by an unknown user."""
+
+    RECORDED = "recorded"  # a new pending request
+    REPEATED = "repeated"  # an existing request, seen again
+    LOCKED = "locked"  # registry locked: nothing recorded
+    DENIED = "denied"  # an operator denied these credentials
+    LIMITED = "limited"  # a pending cap is reached: nothing recorded
+
+
+class Registration(enum.Enum):
+    """Answer to a device registering over REST."""
+
+    PENDING = "pending"
+    GRANTED = "granted"
+
+
+@dataclasses.dataclass(frozen=True)
+class LockState:
+    locked: bool
+    seconds_left: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"locked": self.locked, "secondsLeft": self.seconds_left}
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingRequest:
+    username: str
+    pairing_id: str
+    client_id: str
+    source: str
+    first_seen: float
+    last_seen: float
+    attempts: int
+    context: dict[str, Any] | None
+    password_hash: str = dataclasses.field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return request_id(self.username, self.pairing_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What operators see; never the password hash."""
+        return {
+            "id": self.id,
+            "username": self.username,
+            "pairingId": self.pairing_id,
+            "clientId": self.client_id,
+            "source": self.source,
+            "firstSeen": isoformat(self.first_seen),
+            "lastSeen": isoformat(self.last_seen),
+            "attempts": self.attempts,
+            "context": self.context,
+        }
+
+
+def request_id(username: str, pairing_id: str) -> str:
+    """The admin API's id of a request: "username:pairingId"."""
+    return f"{username}:{pairing_id}"
+
+
+def parse_request_id(value: str) -> tuple[str, str]:
+    """Split an id made by request_id; anything else names no request."""
+    username, _, pairing_id = value.partition(":")
+    try:
+        credentials.validate_username(username)
+        _validate_pairing_id(pairing_id)
+    except InvalidInput:
+        raise RequestNotFound(f"no pending request {value!r}") from None
+    return username, pairing_id
+
+
+def validate_context(context: Any) -> dict[str, Any] | None:
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise InvalidInput("context must be a JSON object")
+    try:
+        size = len(json.dumps(context, ensure_ascii=False).encode())
+    except (UnicodeEncodeError, ValueError):
+        raise InvalidInput("context is not valid JSON text") from None
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidInput(f"context must be at most {MAX_CONTEXT_BYTES} bytes of JSON")
+    return context
+
+
+class Registry:
+    """Unlock state and pending requests. Takes its Redis connection explicitly."""
+
+    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+        self.redis = connection
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.clock = clock
+        self.users = UserStore(connection, config, clock)
+
+    # -- lock state --------------------------------------------------------
+    def status(self) -> LockState:
+        milliseconds = self.redis.pttl(self.keys.unlock())
+        if milliseconds is None or milliseconds < 0:
+            return LockState(False, 0)
+        return LockState(True, math.ceil(milliseconds / 1000))
+
+    def unlock(self, seconds: Any = None) -> LockState:
+        """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
+        if seconds is None:
+            seconds = self.config.unlock_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_UNLOCK_SECONDS:
+            raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
+        self.redis.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
+        log.info("registry unlocked for %d s", seconds)
+        return self.status()
+
+    def lock(self) -> LockState:
+        self.redis.delete(self.keys.unlock())
+        log.info("registry locked")
+        return self.status()
+
+    # -- attempts by unknown users ----------------------------------------
+    def record_attempt(
+        self,
+        username: str,
+        password: str,
+        client_id: str,
+        source: str,
+        context: dict[str, Any] | None = None,
+    ) -> tuple[Attempt, str]:
+        """Record or refresh a pending request; returns the outcome and the pairing ID.
+
+        The caller has validated the input and knows the user does not exist.
+        """
+        pairing = credentials.pairing_id(username, password)
+        request_key = self.keys.request(username, pairing)
+        now = self.clock()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(request_key)
+        pipe.hexists(self.keys.user_denials(username), pairing)
+        pipe.exists(self.keys.unlock())
+        pending, denied, unlocked = pipe.execute()
+        if denied:
+            return Attempt.DENIED, pairing
+        if pending and self._touch(username, pairing, now):
+            return Attempt.REPEATED, pairing
+        if not unlocked:
+            return Attempt.LOCKED, pairing
+        # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
+        if self._pending_total(now) >= self.config.pending_max:
+            log.warning("pending request cap (%d) reached; attempt not recorded", self.config.pending_max)
+            return Attempt.LIMITED, pairing
+        if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
+            return Attempt.LIMITED, pairing
+        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
+
+    def _touch(self, username: str, pairing: str, now: float) -> bool:
+        """Count one more attempt on an existing request; False if it vanished meanwhile."""
+        request_key = self.keys.request(username, pairing)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(request_key)
+                if not pipe.exists(request_key):
+                    return False
+                pipe.multi()
+                pipe.hincrby(request_key, "attempts", 1)
+                pipe.hset(request_key, "lastSeen", repr(now))
+                self._keep_alive(pipe, username, pairing, now)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                # Approved, denied or expired while we looked: treat as new.
+                return False
+
+    def _insert(
+        self,
+        username: str,
+        pairing: str,
+        password_hash: str,
+        client_id: str,
+        source: str,
+        context: dict[str, Any] | None,
+        now: float,
+    ) -> Attempt:
+        request_key = self.keys.request(username, pairing)
+        candidates_key = self.keys.user_requests(username)
+        with self.redis.pipeline() as pipe:
+            for _ in range(5):
+                try:
+                    # Watching the candidate set makes the per-username cap exact.
+                    pipe.watch(request_key, candidates_key)
+                    if pipe.exists(request_key):
+                        pipe.reset()
+                        return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
+                    live = self._live_pairing_ids(username, pipe)
+                    if len(live) >= self.config.pending_per_username:
+                        return Attempt.LIMITED
+                    pipe.multi()
+                    pipe.hset(
+                        request_key,
+                        mapping={
+                            "passwordHash": password_hash,
+                            "clientId": client_id,
+                            "source": source,
+                            "firstSeen": repr(now),
+                            "lastSeen": repr(now),
+                            "attempts": 1,
+                            "context": json.dumps(context) if context is not None else "",
+                        },
+                    )
+                    pipe.sadd(candidates_key, pairing)
+                    self._keep_alive(pipe, username, pairing, now)
+                    pipe.execute()
+                    log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
+                    return Attempt.RECORDED
+                except redis.WatchError:
+                    continue
+        return Attempt.LIMITED
+
+    def _keep_alive(self, pipe: Any, username: str, pairing: str, now: float) -> None:
+        """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
+        ttl = self.config.pending_ttl
+        pipe.expire(self.keys.request(username, pairing), ttl)
+        pipe.expire(self.keys.user_requests(username), ttl)
+        pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, pairing): now + ttl})
+
+    def _pending_total(self, now: float) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
+        pipe.zcard(self.keys.pending_index())
+        return int(pipe.execute()[1])
+
+    def _live_pairing_ids(self, username: str, connection: Any = None) -> list[str]:
+        """Pairing IDs of the user's requests whose keys still exist (TTL)."""
+        connection = connection if connection is not None else self.redis
+        pairings = sorted(connection.smembers(self.keys.user_requests(username)))
+        return [p for p in pairings if connection.exists(self.keys.request(username, p))]
+
+    # -- REST registration -------------------------------------------------
+    def register(
+        self,
+        username: Any,
+        password: Any,
+        client_id: Any = None,
+        context: Any = None,
+    ) -> tuple[Registration, str]:
+        """A device asks to be registered; returns (PENDING|GRANTED, pairing ID) or raises."""
+        credentials.validate_username(username)
+        credentials.validate_password_format(password)
+        client_id = credentials.validate_client_id("" if client_id is None else client_id)
+        context = validate_context(context)
+        pairing = credentials.pairing_id(username, password)
+        stored_hash = self.users.password_hash(username)
+        if stored_hash is not None:
+            if credentials.verify_password(password, stored_hash):
+                return Registration.GRANTED, pairing
+            raise UsernameTaken(f"username {username!r} is registered with other credentials")
+        # Existing users keep working under a stricter policy; new ones meet it.
+        self.users.policy.validate(password)
+        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context)
+        if attempt in (Attempt.RECORDED, Attempt.REPEATED):
+            return Registration.PENDING, pairing
+        if attempt is Attempt.DENIED:
+            raise RequestDenied("the registration request with these credentials was denied")
+        if attempt is Attempt.LIMITED:
+            raise PendingLimitReached("too many pending registration requests; try again later")
+        raise RegistryLocked("the registry is locked; ask the operator to unlock it")
+
+    # -- operators ---------------------------------------------------------
+    def list_requests(self) -> list[PendingRequest]:
+        now = self.clock()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
+        pipe.zrange(self.keys.pending_index(), 0, -1)
+        members = pipe.execute()[1]
+        pairs = [member.split(":", 1) for member in members]
+        pipe = self.redis.pipeline(transaction=False)
+        for username, pairing in pairs:
+            pipe.hgetall(self.keys.request(username, pairing))
+        requests = []
+        stale = []
+        for (username, pairing), fields in zip(pairs, pipe.execute(), strict=True):
+            if fields:
+                requests.append(_request_from(username, pairing, fields))
+            else:
+                stale.append(Keys.pending_member(username, pairing))
+        if stale:
+            self.redis.zrem(self.keys.pending_index(), *stale)
+        return sorted(requests, key=lambda r: (r.first_seen, r.username, r.pairing_id))
+
+    def requests_for(self, username: str) -> list[PendingRequest]:
+        credentials.validate_username(username)
+        pipe = self.redis.pipeline(transaction=False)
+        pairings = self._live_pairing_ids(username)
+        for pairing in pairings:
+            pipe.hgetall(self.keys.request(username, pairing))
+        return [
+            _request_from(username, pairing, fields)
+            for pairing, fields in zip(pairings, pipe.execute(), strict=True)
+            if fields
+        ]
+
+    def approve(self, username: str, pairing_id: str | None = None) -> User:
+        """Create the user with exactly the request's hash and no permissions.
+
+        One transaction writes the user and removes every candidate for the
+        username; WATCH makes concurrent approvals (or an approve racing a
+        deny) end with exactly one winner.
+        """
+        credentials.validate_username(username)
+        user_key = self.keys.user(username)
+        candidates_key = self.keys.user_requests(username)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(user_key, candidates_key)
+                    if pipe.exists(user_key):
+                        raise UsernameTaken(f"user {username!r} exists already")
+                    pairing = self._choose(username, pairing_id, pipe)
+                    request_key = self.keys.request(username, pairing)
+                    pipe.watch(request_key)
+                    fields = pipe.hgetall(request_key)
+                    if not fields:
+                        raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+                    request = _request_from(username, pairing, fields)
+                    all_pairings = sorted(pipe.smembers(candidates_key))
+                    pipe.multi()
+                    pipe.hset(
+                        user_key,
+                        mapping={
+                            "passwordHash": request.password_hash,
+                            "createdAt": repr(self.clock()),
+                            "superuser": "0",
+                            "clientId": request.client_id,
+                            "pairingId": pairing,
+                            "source": request.source,
+                        },
+                    )
+                    pipe.sadd(self.keys.users(), username)
+                    self._forget_requests(pipe, username, set(all_pairings) | {pairing})
+                    pipe.delete(self.keys.user_denials(username))
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # someone else changed this username: look again
+        log.info("registration approved: user %s pairing %s", username, pairing)
+        return self.users.get(username)
+
+    def deny(self, username: str, pairing_id: str | None = None) -> PendingRequest:
+        """Remove the request and remember the denial for the pending TTL,
+        so the device's polling gets 403 instead of a fresh request."""
+        credentials.validate_username(username)
+        candidates_key = self.keys.user_requests(username)
+        denials_key = self.keys.user_denials(username)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(candidates_key)
+                    pairing = self._choose(username, pairing_id, pipe)
+                    request_key = self.keys.request(username, pairing)
+                    pipe.watch(request_key)
+                    fields = pipe.hgetall(request_key)
+                    if not fields:
+                        raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+                    request = _request_from(username, pairing, fields)
+                    pipe.multi()
+                    self._forget_requests(pipe, username, {pairing})
+                    pipe.hset(denials_key, pairing, repr(self.clock()))
+                    pipe.expire(denials_key, self.config.pending_ttl)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        log.info("registration denied: user %s pairing %s", username, pairing)
+        return request
+
+    def _choose(self, username: str, pairing_id: str | None, connection: Any) -> str:
+        live = self._live_pairing_ids(username, connection)
+        if pairing_id is not None:
+            _validate_pairing_id(pairing_id)
+            if pairing_id not in live:
+                raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing_id}")
+            return pairing_id
+        if not live:
+            raise RequestNotFound(f"no pending request for {username!r}")
+        if len(live) > 1:
+            raise AmbiguousRequest(
+                f"{username!r} has {len(live)} pending requests (pairing IDs {', '.join(live)});"
+                " say which with the pairing ID"
+            )
+        return live[0]
+
+    def _forget_requests(self, pipe: Any, username: str, pairings: set[Any]) -> None:
+        for pairing in pairings:
+            pipe.delete(self.keys.request(username, pairing))
+            pipe.srem(self.keys.user_requests(username), pairing)
+            pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, pairing))
+
+
+def _validate_pairing_id(pairing_id: Any) -> str:
+    if (
+        not isinstance(pairing_id, str)
+        or len(pairing_id) != credentials.PAIRING_ID_LENGTH
+        or not set(pairing_id) <= PAIRING_ID_CHARS
+    ):
+        raise InvalidInput(f"a pairing ID is {credentials.PAIRING_ID_LENGTH} lower-case hex digits")
+    return pairing_id
+
+
+def _request_from(username: str, pairing: str, fields: dict[Any, Any]) -> PendingRequest:
+    context = fields.get("context") or ""
+    return PendingRequest(
+        username=username,
+        pairing_id=pairing,
+        client_id=fields.get("clientId", ""),
+        source=fields.get("source", ""),
+        first_seen=float(fields.get("firstSeen") or 0),
+        last_seen=float(fields.get("lastSeen") or 0),
+        attempts=int(fields.get("attempts") or 0),
+        context=json.loads(context) if context else None,
+        password_hash=fields.get("passwordHash", ""),
+    )

@@ -1,0 +1,91 @@
+"""`cregistry serve`: both listeners under one gunicorn master."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from gunicorn.app.base import BaseApplication
+
+from cregistry.config import Config
+from cregistry.connections import connect
+from cregistry.embedded import EmbeddedRedis
+from cregistry.web import create_dispatcher
+
+log = logging.getLogger(__name__)
+
+
+class CregistryServer(BaseApplication):
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = {
+            "bind": [self.config.api_listen, self.config.broker_listen],
+            # Threads, because bcrypt releases the GIL and go-auth waits on us.
+            "worker_class": "gthread",
+            "workers": self.config.workers,
+            "threads": self.config.threads,
+            "timeout": 30,
+            "graceful_timeout": 10,
+            "keepalive": 30,  # go-auth reuses its HTTP connections
+            "loglevel": self.config.log_level.lower(),
+            "errorlog": "-",
+            "proc_name": "cregistry",
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_dispatcher(self.config)
+
+
+def serve(config: Config, announce: Callable[[str], None]) -> None:
+    """Start the service; blocks until gunicorn stops."""
+    embedded = None
+    if config.redis_url is None:
+        embedded = EmbeddedRedis(config.embedded_redis_port)
+        embedded.start()
+        config = dataclasses.replace(config, redis_url=embedded.url)
+        announce(
+            "\n".join(
+                [
+                    "!" * 72,
+                    f"!! NO CREGISTRY_REDIS_URL: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
+                    "!! ALL DATA (users, permissions, requests) IS LOST WHEN THIS PROCESS EXITS.",
+                    f"!! The CLI finds it by itself; other tools can use {embedded.url}",
+                    "!! For real use set CREGISTRY_REDIS_URL to a persistent Redis.",
+                    "!" * 72,
+                ]
+            )
+        )
+    if not config.admin_token:
+        config = dataclasses.replace(config, admin_token=secrets.token_urlsafe(32))
+        # Printed once, here, and never logged: it is the only copy.
+        announce(f"No CREGISTRY_ADMIN_TOKEN given; this run's admin token is: {config.admin_token}")
+    _check_redis(config)
+    announce(f"cregistry API on http://{config.api_listen}, broker routes on http://{config.broker_listen}")
+    try:
+        CregistryServer(config).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _check_redis(config: Config) -> None:
+    """Warn, do not fail: the service must come up and recover by itself."""
+    assert config.redis_url is not None
+    try:
+        connect(config.redis_url, max(config.redis_timeout, 2.0)).ping()
+    except redis.RedisError as error:
+        log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m cregistry.server`
+    serve(Config.from_env(), lambda text: print(text, file=sys.stderr, flush=True))

@@ -1,0 +1,388 @@
+"""Users, their permissions and roles, and superuser flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from cregistry import credentials
+from cregistry.clock import isoformat
+from cregistry.config import Config
+from cregistry.errors import (
+    InvalidInput,
+    PermissionNotFound,
+    RoleNotFound,
+    UsernameTaken,
+    UserNotFound,
+)
+from cregistry.keys import Keys
+from cregistry.topics import validate_pattern
+
+ACCESS_LEVELS = ("read", "write", "readWrite")
+READ_ACCESS = ("read", "readWrite")
+WRITE_ACCESS = ("write", "readWrite")
+MAX_PERMISSIONS = 1000  # per user or role; ACL checks read them all
+
+
+@dataclasses.dataclass(frozen=True)
+class Permission:
+    topic: str
+    access: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"topic": self.topic, "access": self.access}
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    username: str
+    created_at: float
+    superuser: bool
+    client_id: str | None
+    pairing_id: str | None
+    source: str
+    roles: tuple[str, ...]
+    permissions: tuple[Permission, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the API and CLI show; never the password hash."""
+        return {
+            "username": self.username,
+            "createdAt": isoformat(self.created_at),
+            "superuser": self.superuser,
+            "clientId": self.client_id,
+            "pairingId": self.pairing_id,
+            "source": self.source,
+            "roles": list(self.roles),
+            "permissions": [p.to_dict() for p in self.permissions],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    name: str
+    permissions: tuple[Permission, ...]
+    members: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "permissions": [p.to_dict() for p in self.permissions],
+            "members": list(self.members),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class AclData:
+    """What an ACL check needs about one user, read in as few round trips as possible."""
+
+    exists: bool
+    superuser: bool
+    permissions: tuple[Permission, ...]
+
+
+def parse_permission(topic: Any, access: Any) -> Permission:
+    validate_pattern(topic)
+    if access not in ACCESS_LEVELS:
+        raise InvalidInput(f"access must be one of {', '.join(ACCESS_LEVELS)}")
+    return Permission(topic, access)
+
+
+def parse_permission_list(items: Any) -> list[Permission]:
+    """A JSON list of {"topic", "access"}; the whole list is checked before any write."""
+    if not isinstance(items, list):
+        raise InvalidInput('permissions must be a JSON list of {"topic": ..., "access": ...}')
+    if len(items) > MAX_PERMISSIONS:
+        raise InvalidInput(f"at most {MAX_PERMISSIONS} permissions")
+    permissions: list[Permission] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"topic", "access"}:
+            raise InvalidInput(f'permission {index}: expected exactly {{"topic": ..., "access": ...}}')
+        try:
+            permission = parse_permission(item["topic"], item["access"])
+        except InvalidInput as error:
+            raise InvalidInput(f"permission {index}: {error}") from None
+        if permission.topic in seen:
+            raise InvalidInput(f"permission {index}: topic {permission.topic!r} is listed twice")
+        seen.add(permission.topic)
+        permissions.append(permission)
+    return permissions
+
+
+class UserStore:
+    """Users and roles in Redis. Takes its connection; knows nothing of HTTP."""
+
+    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+        self.redis = connection
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.clock = clock
+        self.policy = credentials.PasswordPolicy(config.password_min_length, config.password_require)
+
+    # -- reading -----------------------------------------------------------
+    def password_hash(self, username: str) -> str | None:
+        return _text(self.redis.hget(self.keys.user(username), "passwordHash"))
+
+    def exists(self, username: str) -> bool:
+        return bool(self.redis.exists(self.keys.user(username)))
+
+    def get(self, username: str) -> User:
+        credentials.validate_username(username)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.user(username))
+        pipe.hgetall(self.keys.user_permissions(username))
+        pipe.smembers(self.keys.user_roles(username))
+        fields, permissions, roles = pipe.execute()
+        if not fields:
+            raise UserNotFound(f"no user {username!r}")
+        return _user_from(username, fields, permissions, roles)
+
+    def list_users(self) -> list[User]:
+        names = sorted(_text_set(self.redis.smembers(self.keys.users())))
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.user(name))
+            pipe.hgetall(self.keys.user_permissions(name))
+            pipe.smembers(self.keys.user_roles(name))
+        results = pipe.execute()
+        users = []
+        for index, name in enumerate(names):
+            fields, permissions, roles = results[3 * index : 3 * index + 3]
+            if fields:  # the index can briefly name a user being deleted
+                users.append(_user_from(name, fields, permissions, roles))
+        return users
+
+    def acl_data(self, username: str) -> AclData:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.user(username), ["passwordHash", "superuser"])
+        pipe.hgetall(self.keys.user_permissions(username))
+        pipe.smembers(self.keys.user_roles(username))
+        (password_hash, superuser), direct, roles = pipe.execute()
+        if password_hash is None:
+            return AclData(False, False, ())
+        permissions = _permissions_from(direct)
+        role_names = sorted(_text_set(roles))
+        if role_names:
+            pipe = self.redis.pipeline(transaction=False)
+            for role in role_names:
+                pipe.hgetall(self.keys.role_permissions(role))
+            for role_permissions in pipe.execute():
+                permissions += _permissions_from(role_permissions)
+        return AclData(True, _text(superuser) == "1", tuple(permissions))
+
+    # -- users -------------------------------------------------------------
+    def add(self, username: str, password: str, *, superuser: bool = False) -> User:
+        """Create a user with a password chosen by the operator."""
+        credentials.validate_username(username)
+        self.policy.validate(password)
+        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        fields: dict[Any, Any] = {
+            "passwordHash": password_hash,
+            "createdAt": repr(self.clock()),
+            "superuser": "1" if superuser else "0",
+            "source": "operator",
+        }
+        with self.redis.pipeline() as pipe:
+            pipe.watch(self.keys.user(username))
+            if pipe.exists(self.keys.user(username)):
+                raise UsernameTaken(f"user {username!r} exists already")
+            pipe.multi()
+            pipe.hset(self.keys.user(username), mapping=fields)
+            pipe.sadd(self.keys.users(), username)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise UsernameTaken(f"user {username!r} exists already") from None
+        return self.get(username)
+
+    def delete(self, username: str) -> None:
+        credentials.validate_username(username)
+        roles = _text_set(self.redis.smembers(self.keys.user_roles(username)))
+        pipe = self.redis.pipeline()
+        pipe.delete(self.keys.user(username))
+        pipe.delete(self.keys.user_permissions(username), self.keys.user_roles(username))
+        pipe.srem(self.keys.users(), username)
+        for role in roles:
+            pipe.srem(self.keys.role_members(role), username)
+        if not pipe.execute()[0]:
+            raise UserNotFound(f"no user {username!r}")
+
+    def set_superuser(self, username: str, superuser: bool) -> User:
+        self._change_user(username, lambda pipe: pipe.hset(self.keys.user(username), "superuser", int(superuser)))
+        return self.get(username)
+
+    def set_permissions(self, username: str, items: Any) -> User:
+        permissions = parse_permission_list(items)
+        key = self.keys.user_permissions(username)
+        self._change_user(username, lambda pipe: _replace_hash(pipe, key, permissions))
+        return self.get(username)
+
+    def grant(self, username: str, topic: str, access: str) -> User:
+        permission = parse_permission(topic, access)
+        key = self.keys.user_permissions(username)
+        self._change_user(username, lambda pipe: pipe.hset(key, permission.topic, permission.access))
+        return self.get(username)
+
+    def revoke(self, username: str, topic: str) -> User:
+        credentials.validate_username(username)
+        validate_pattern(topic)
+        if not self.exists(username):
+            raise UserNotFound(f"no user {username!r}")
+        if not self.redis.hdel(self.keys.user_permissions(username), topic):
+            raise PermissionNotFound(f"user {username!r} has no permission on {topic!r}")
+        return self.get(username)
+
+    def set_roles(self, username: str, roles: Any) -> User:
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise InvalidInput("roles must be a JSON list of role names")
+        for role in roles:
+            self._require_role(role)
+        old = _text_set(self.redis.smembers(self.keys.user_roles(username)))
+
+        def replace(pipe: Any) -> None:
+            pipe.delete(self.keys.user_roles(username))
+            if roles:
+                pipe.sadd(self.keys.user_roles(username), *roles)
+            for role in old - set(roles):
+                pipe.srem(self.keys.role_members(role), username)
+            for role in roles:
+                pipe.sadd(self.keys.role_members(role), username)
+
+        self._change_user(username, replace)
+        return self.get(username)
+
+    def assign_role(self, username: str, role: str) -> User:
+        self._require_role(role)
+
+        def assign(pipe: Any) -> None:
+            pipe.sadd(self.keys.user_roles(username), role)
+            pipe.sadd(self.keys.role_members(role), username)
+
+        self._change_user(username, assign)
+        return self.get(username)
+
+    def unassign_role(self, username: str, role: str) -> User:
+        credentials.validate_username(username)
+        credentials.validate_role_name(role)
+        if not self.exists(username):
+            raise UserNotFound(f"no user {username!r}")
+        pipe = self.redis.pipeline()
+        pipe.srem(self.keys.user_roles(username), role)
+        pipe.srem(self.keys.role_members(role), username)
+        if not pipe.execute()[0]:
+            raise RoleNotFound(f"user {username!r} does not have role {role!r}")
+        return self.get(username)
+
+    # -- roles -------------------------------------------------------------
+    def get_role(self, role: str) -> Role:
+        self._require_role(role)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.role_permissions(role))
+        pipe.smembers(self.keys.role_members(role))
+        permissions, members = pipe.execute()
+        return Role(role, tuple(_permissions_from(permissions)), tuple(sorted(_text_set(members))))
+
+    def list_roles(self) -> list[Role]:
+        return [self.get_role(name) for name in sorted(_text_set(self.redis.smembers(self.keys.roles())))]
+
+    def set_role_permissions(self, role: str, items: Any) -> Role:
+        """Create the role if needed and replace its permissions."""
+        credentials.validate_role_name(role)
+        permissions = parse_permission_list(items)
+        pipe = self.redis.pipeline()
+        pipe.sadd(self.keys.roles(), role)
+        _replace_hash(pipe, self.keys.role_permissions(role), permissions)
+        pipe.execute()
+        return self.get_role(role)
+
+    def grant_role(self, role: str, topic: str, access: str) -> Role:
+        """Create the role if needed and add one permission."""
+        credentials.validate_role_name(role)
+        permission = parse_permission(topic, access)
+        pipe = self.redis.pipeline()
+        pipe.sadd(self.keys.roles(), role)
+        pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
+        pipe.execute()
+        return self.get_role(role)
+
+    def revoke_role(self, role: str, topic: str) -> Role:
+        self._require_role(role)
+        validate_pattern(topic)
+        if not self.redis.hdel(self.keys.role_permissions(role), topic):
+            raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
+        return self.get_role(role)
+
+    def delete_role(self, role: str) -> None:
+        self._require_role(role)
+        members = _text_set(self.redis.smembers(self.keys.role_members(role)))
+        pipe = self.redis.pipeline()
+        pipe.srem(self.keys.roles(), role)
+        pipe.delete(self.keys.role_permissions(role), self.keys.role_members(role))
+        for username in members:
+            pipe.srem(self.keys.user_roles(username), role)
+        pipe.execute()
+
+    # -- helpers -----------------------------------------------------------
+    def _require_role(self, role: str) -> None:
+        credentials.validate_role_name(role)
+        if not self.redis.sismember(self.keys.roles(), role):
+            raise RoleNotFound(f"no role {role!r}")
+
+    def _change_user(self, username: str, change: Callable[[Any], Any]) -> None:
+        """Apply a change only if the user exists, atomically with that check,
+        so a concurrent delete cannot leave orphaned permissions behind."""
+        credentials.validate_username(username)
+        user_key = self.keys.user(username)
+        with self.redis.pipeline() as pipe:
+            while True:
+                pipe.watch(user_key)
+                if not pipe.exists(user_key):
+                    raise UserNotFound(f"no user {username!r}")
+                pipe.multi()
+                change(pipe)
+                try:
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+
+def _replace_hash(pipe: Any, key: str, permissions: Iterable[Permission]) -> None:
+    pipe.delete(key)
+    mapping = {p.topic: p.access for p in permissions}
+    if mapping:
+        pipe.hset(key, mapping=mapping)
+
+
+def _user_from(username: str, fields: dict[Any, Any], permissions: dict[Any, Any], roles: Any) -> User:
+    data = {_text(k): _text(v) for k, v in fields.items()}
+    return User(
+        username=username,
+        created_at=float(data.get("createdAt") or 0),
+        superuser=data.get("superuser") == "1",
+        client_id=data.get("clientId"),
+        pairing_id=data.get("pairingId"),
+        source=data.get("source") or "operator",
+        roles=tuple(sorted(_text_set(roles))),
+        permissions=tuple(_permissions_from(permissions)),
+    )
+
+
+def _permissions_from(mapping: dict[Any, Any]) -> list[Permission]:
+    return sorted(
+        (Permission(str(_text(topic)), str(_text(access))) for topic, access in mapping.items()),
+        key=lambda p: p.topic,
+    )
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _text_set(values: Iterable[Any]) -> set[str]:
+    return {str(_text(v)) for v in values}

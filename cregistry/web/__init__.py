@@ -1,0 +1,89 @@
+"""The Flask apps: one per listener, so neither serves the other's routes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from flask import Flask
+from werkzeug.exceptions import NotFound
+
+from cregistry.broker import Authorizer
+from cregistry.config import Config, parse_listen
+from cregistry.connections import connect
+from cregistry.errors import ConfigError
+from cregistry.registry import Registry
+from cregistry.web import api_routes, broker_routes, errors
+
+API = "api"
+BROKER = "broker"
+MAX_BODY_BYTES = 256 * 1024  # a 64 KiB topic plus the rest; anything bigger is refused
+
+
+@dataclasses.dataclass
+class Services:
+    config: Config
+    registry: Registry
+    authorizer: Authorizer
+
+
+def create_app(config: Config | None = None, *, listener: str, connection: redis.Redis | None = None) -> Flask:
+    """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
+    config = config if config is not None else Config.from_env()
+    if config.redis_url is None and connection is None:
+        raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
+    if connection is None:
+        assert config.redis_url is not None
+        connection = connect(config.redis_url, config.redis_timeout)
+    app = Flask(f"cregistry.{listener}")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    authorizer = Authorizer(connection, config)
+    app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer)
+    if listener == BROKER:
+        app.register_blueprint(broker_routes.bp)
+        errors.init_app(app, unexpected_status=503)
+    elif listener == API:
+        if not config.admin_token:
+            raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
+        app.register_blueprint(api_routes.registration)
+        app.register_blueprint(api_routes.admin)
+        errors.init_app(app, unexpected_status=500)
+    else:
+        raise ValueError(f"unknown listener {listener!r}")
+    return app
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class ListenerDispatcher:
+    """Send each request to the app of the listener it arrived on.
+
+    gunicorn sets SERVER_PORT from the listening socket, not from the Host
+    header, so a device cannot reach the broker routes by lying about it.
+    """
+
+    def __init__(self, apps_by_port: dict[int, WsgiApp]) -> None:
+        self.apps_by_port = apps_by_port
+        self.not_found = NotFound()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        app = self.apps_by_port.get(int(environ.get("SERVER_PORT") or 0))
+        if app is None:
+            return self.not_found(environ, start_response)
+        return app(environ, start_response)
+
+
+def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> ListenerDispatcher:
+    if connection is None:
+        assert config.redis_url is not None
+        connection = connect(config.redis_url, config.redis_timeout)
+    return ListenerDispatcher(
+        {
+            parse_listen(config.api_listen)[1]: create_app(config, listener=API, connection=connection),
+            parse_listen(config.broker_listen)[1]: create_app(config, listener=BROKER, connection=connection),
+        }
+    )
