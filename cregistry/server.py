@@ -26,7 +26,7 @@ class CregistryServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        settings = {
+        settings: dict[str, Any] = {
             "bind": [self.config.api_listen, self.config.broker_listen],
             # Threads, because bcrypt releases the GIL and go-auth waits on us.
             "worker_class": "gthread",
@@ -39,6 +39,10 @@ class CregistryServer(BaseApplication):
             "errorlog": "-",
             "proc_name": "cregistry",
         }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 26 opens a control socket in ~/.gunicorn by default;
+            # cregistry does not use it, and two instances would share the path.
+            settings["control_socket_disable"] = True
         for key, value in settings.items():
             self.cfg.set(key, value)
 
