@@ -175,11 +175,15 @@ class Registry:
         pairing = credentials.pairing_id(username, password)
         request_key = self.keys.request(username, pairing)
         now = self.clock()
+        # Everything the decision needs, in one round trip.
         pipe = self.redis.pipeline(transaction=False)
         pipe.exists(request_key)
         pipe.hexists(self.keys.user_denials(username), pairing)
         pipe.exists(self.keys.unlock())
-        pending, denied, unlocked = pipe.execute()
+        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
+        pipe.zcard(self.keys.pending_index())
+        pipe.smembers(self.keys.user_requests(username))
+        pending, denied, unlocked, _, pending_total, candidates = pipe.execute()
         if denied:
             return Attempt.DENIED, pairing
         if pending and self._touch(username, pairing, now):
@@ -187,10 +191,10 @@ class Registry:
         if not unlocked:
             return Attempt.LOCKED, pairing
         # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
-        if self._pending_total(now) >= self.config.pending_max:
+        if pending_total >= self.config.pending_max:
             log.warning("pending request cap (%d) reached; attempt not recorded", self.config.pending_max)
             return Attempt.LIMITED, pairing
-        if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
+        if candidates and len(self._existing(username, candidates)) >= self.config.pending_per_username:
             return Attempt.LIMITED, pairing
         password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
         return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
@@ -233,7 +237,7 @@ class Registry:
                     if pipe.exists(request_key):
                         pipe.reset()
                         return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
-                    live = self._live_pairing_ids(username, pipe)
+                    live = self._live_pairing_ids(username)
                     if len(live) >= self.config.pending_per_username:
                         return Attempt.LIMITED
                     pipe.multi()
@@ -265,17 +269,20 @@ class Registry:
         pipe.expire(self.keys.user_requests(username), ttl)
         pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, pairing): now + ttl})
 
-    def _pending_total(self, now: float) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
-        pipe.zcard(self.keys.pending_index())
-        return int(pipe.execute()[1])
+    def _live_pairing_ids(self, username: str) -> list[str]:
+        """Pairing IDs of the user's requests whose keys still exist (TTL).
 
-    def _live_pairing_ids(self, username: str, connection: Any = None) -> list[str]:
-        """Pairing IDs of the user's requests whose keys still exist (TTL)."""
-        connection = connection if connection is not None else self.redis
-        pairings = sorted(connection.smembers(self.keys.user_requests(username)))
-        return [p for p in pairings if connection.exists(self.keys.request(username, p))]
+        Reads go through a separate pipeline even inside a WATCH: WATCH
+        notices changes by anyone, so the reads need not share its connection.
+        """
+        return self._existing(username, self.redis.smembers(self.keys.user_requests(username)))
+
+    def _existing(self, username: str, pairings: Any) -> list[str]:
+        ordered = sorted(pairings)
+        pipe = self.redis.pipeline(transaction=False)
+        for pairing in ordered:
+            pipe.exists(self.keys.request(username, pairing))
+        return [p for p, exists in zip(ordered, pipe.execute(), strict=True) if exists]
 
     # -- REST registration -------------------------------------------------
     def register(
@@ -357,7 +364,7 @@ class Registry:
                     pipe.watch(user_key, candidates_key)
                     if pipe.exists(user_key):
                         raise UsernameTaken(f"user {username!r} exists already")
-                    pairing = self._choose(username, pairing_id, pipe)
+                    pairing = self._choose(username, pairing_id)
                     request_key = self.keys.request(username, pairing)
                     pipe.watch(request_key)
                     fields = pipe.hgetall(request_key)
@@ -397,7 +404,7 @@ class Registry:
             while True:
                 try:
                     pipe.watch(candidates_key)
-                    pairing = self._choose(username, pairing_id, pipe)
+                    pairing = self._choose(username, pairing_id)
                     request_key = self.keys.request(username, pairing)
                     pipe.watch(request_key)
                     fields = pipe.hgetall(request_key)
@@ -415,8 +422,8 @@ class Registry:
         log.info("registration denied: user %s pairing %s", username, pairing)
         return request
 
-    def _choose(self, username: str, pairing_id: str | None, connection: Any) -> str:
-        live = self._live_pairing_ids(username, connection)
+    def _choose(self, username: str, pairing_id: str | None) -> str:
+        live = self._live_pairing_ids(username)
         if pairing_id is not None:
             _validate_pairing_id(pairing_id)
             if pairing_id not in live:

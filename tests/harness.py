@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -200,3 +202,141 @@ def http(
             return HttpAnswer(response.status, response.read(), time.monotonic() - started)
     except urllib.error.HTTPError as error:
         return HttpAnswer(error.code, error.read(), time.monotonic() - started)
+
+
+GO_AUTH_SO = Path(os.environ.get("CREGISTRY_GO_AUTH_SO", REPO / "mosquitto" / "go-auth.so"))
+SHIPPED_MOSQUITTO_CONF = REPO / "mosquitto" / "mosquitto.conf"
+
+
+def render_mosquitto_conf(
+    *, port: int, plugin: Path, cregistry_broker_port: int, cache_seconds: int | None = None, no_auth: bool = False
+) -> str:
+    """The shipped mosquitto.conf with only ports, paths and cache times replaced."""
+    lines = []
+    for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines():
+        option = line.split(" ", 1)[0]
+        if option == "listener":
+            line = f"listener {port} {LOOPBACK}"
+        elif no_auth and (option.startswith("auth_") or option == "allow_anonymous"):
+            continue
+        elif option == "auth_plugin":
+            line = f"auth_plugin {plugin}"
+        elif option == "auth_opt_http_port":
+            line = f"auth_opt_http_port {cregistry_broker_port}"
+        elif cache_seconds is not None and option in ("auth_opt_auth_cache_seconds", "auth_opt_acl_cache_seconds"):
+            line = f"{option} {cache_seconds}"
+        elif cache_seconds is not None and option.endswith("_jitter_seconds"):
+            line = f"{option} 0"
+        lines.append(line)
+    if no_auth:
+        lines.append("allow_anonymous true")
+    lines += ["log_dest stdout", "log_type error", "log_type warning", "log_type notice", "persistence false"]
+    return "\n".join(lines) + "\n"
+
+
+class MosquittoProcess:
+    """A real mosquitto loading the real go-auth plugin, configured from mosquitto/."""
+
+    def __init__(self, conf_text: str, port: int) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise FileNotFoundError("mosquitto is not installed")
+        self.binary = binary
+        self.port = port
+        self.directory = tempfile.mkdtemp(prefix="cregistry-mosquitto-")
+        os.chmod(self.directory, 0o755)
+        self.conf = Path(self.directory) / "mosquitto.conf"
+        self.conf.write_text(conf_text)
+        self.conf.chmod(0o644)
+        self.log = Path(self.directory) / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.process, sig)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class MqttClient:
+    """A paho-mqtt client with blocking calls, as a test wants them."""
+
+    def __init__(self, port: int, username: str | None, password: str | None, client_id: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.port = port
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.connack: Any = None
+        self.disconnected = threading.Event()
+        self.connected = threading.Event()
+        self.subacks: dict[int, list[Any]] = {}
+        self.suback_event = threading.Condition()
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = lambda _c, _u, message: self.messages.put((message.topic, message.payload))
+
+    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
+        self.connack = reason_code
+        self.connected.set()
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        self.disconnected.set()
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, reason_codes: list[Any], _properties: Any) -> None:
+        with self.suback_event:
+            self.subacks[mid] = reason_codes
+            self.suback_event.notify_all()
+
+    def connect(self, timeout: float = 10.0) -> str:
+        """ "Success", "Not authorized", ... or "no CONNACK" when the broker closed the socket."""
+        self.connected.clear()
+        self.disconnected.clear()
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected.wait(0.05):
+                return str(self.connack)
+            if self.disconnected.is_set():
+                break
+        self.client.loop_stop()
+        return "no CONNACK"
+
+    def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> int:
+        """The SUBACK return code: the granted QoS, or 0x80 for failure."""
+        _result, mid = self.client.subscribe(topic_filter, qos)
+        deadline = time.monotonic() + timeout
+        with self.suback_event:
+            while mid not in self.subacks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no SUBACK")
+                self.suback_event.wait(remaining)
+        code = self.subacks[mid][0]
+        return 0x80 if code.is_failure else int(code.value)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos).wait_for_publish(10)
+
+    def receive(self, timeout: float) -> tuple[str, bytes] | None:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +28,8 @@ class Services:
     config: Config
     registry: Registry
     authorizer: Authorizer
+    # Broker checks run here, so a route can give up on one at its deadline.
+    checks: concurrent.futures.ThreadPoolExecutor
 
 
 def create_app(config: Config | None = None, *, listener: str, connection: redis.Redis | None = None) -> Flask:
@@ -41,7 +44,8 @@ def create_app(config: Config | None = None, *, listener: str, connection: redis
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     authorizer = Authorizer(connection, config)
-    app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer)
+    checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
+    app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer, checks)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
         errors.init_app(app, unexpected_status=503)

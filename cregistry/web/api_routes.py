@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import Unauthorized
@@ -11,6 +10,7 @@ from werkzeug.exceptions import Unauthorized
 from cregistry.errors import InvalidInput
 from cregistry.registry import Registration, Registry, parse_request_id
 from cregistry.users import UserStore
+from cregistry.web.bodies import json_body, json_object
 
 registration = Blueprint("registration", __name__)
 admin = Blueprint("admin", __name__)
@@ -19,7 +19,7 @@ admin = Blueprint("admin", __name__)
 # -- devices ----------------------------------------------------------------
 @registration.post("/api/client-registry/register")
 def register() -> tuple[Response, int]:
-    body = _json_object(required=True)
+    body = json_object(required=True)
     outcome, pairing = _registry().register(
         body.get("username"), body.get("password"), body.get("clientId"), body.get("context")
     )
@@ -45,7 +45,7 @@ def registry_status() -> Response:
 
 @admin.post("/api/client-registry/unlock")
 def unlock() -> Response:
-    body = _json_object(required=False)
+    body = json_object(required=False)
     return jsonify(_registry().unlock(body.get("seconds")).to_dict())
 
 
@@ -78,7 +78,7 @@ def list_users() -> Response:
 
 @admin.post("/api/users")
 def add_user() -> tuple[Response, int]:
-    body = _json_object(required=True)
+    body = json_object(required=True)
     superuser = body.get("superuser", False)
     if not isinstance(superuser, bool):
         raise InvalidInput("superuser must be true or false")
@@ -99,17 +99,17 @@ def delete_user(username: str) -> Response:
 
 @admin.put("/api/users/<username>/permissions")
 def set_user_permissions(username: str) -> Response:
-    return jsonify(_users().set_permissions(username, _json_body()).to_dict())
+    return jsonify(_users().set_permissions(username, json_body()).to_dict())
 
 
 @admin.put("/api/users/<username>/roles")
 def set_user_roles(username: str) -> Response:
-    return jsonify(_users().set_roles(username, _json_body()).to_dict())
+    return jsonify(_users().set_roles(username, json_body()).to_dict())
 
 
 @admin.put("/api/users/<username>/superuser")
 def set_superuser(username: str) -> Response:
-    flag = _json_object(required=True).get("superuser")
+    flag = json_object(required=True).get("superuser")
     if not isinstance(flag, bool):
         raise InvalidInput('expected {"superuser": true|false}')
     return jsonify(_users().set_superuser(username, flag).to_dict())
@@ -127,7 +127,7 @@ def show_role(role: str) -> Response:
 
 @admin.put("/api/roles/<role>/permissions")
 def set_role_permissions(role: str) -> Response:
-    return jsonify(_users().set_role_permissions(role, _json_body()).to_dict())
+    return jsonify(_users().set_role_permissions(role, json_body()).to_dict())
 
 
 @admin.delete("/api/roles/<role>")
@@ -143,19 +143,3 @@ def _registry() -> Registry:
 
 def _users() -> UserStore:
     return current_app.extensions["cregistry"].registry.users
-
-
-def _json_body() -> Any:
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        raise InvalidInput("the body must be JSON")
-    return data
-
-
-def _json_object(*, required: bool) -> dict[str, Any]:
-    if not required and not request.get_data(cache=True).strip():
-        return {}
-    data = _json_body()
-    if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object")
-    return data

@@ -2,56 +2,67 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from cregistry.broker import Authorizer, Decision, parse_acc
-from cregistry.errors import InvalidInput
+from cregistry.errors import InvalidInput, StorageUnavailable
+from cregistry.web.bodies import json_object
 
 bp = Blueprint("broker", __name__, url_prefix="/mqtt")
 METHODS = ["POST", "PUT", "GET"]  # go-auth's http_method
 
 
+# go-auth gives up after its http_timeout (2 s in mosquitto/); answering 503
+# before that lets it report an error instead of a timeout. Socket timeouts
+# alone cannot promise this: a check makes several round trips.
+DEADLINE_SECONDS = 1.5
+
+
 @bp.route("/user", methods=METHODS)
 def check_user() -> Response:
     params = _params()
-    decision = _authorizer().check_user(
-        _field(params, "username"), _field(params, "password"), _field(params, "clientid")
-    )
-    return _answer(decision)
+    fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
+    return _decide(_authorizer().check_user, *fields)
 
 
 @bp.route("/superuser", methods=METHODS)
 def check_superuser() -> Response:
-    return _answer(_authorizer().check_superuser(_field(_params(), "username")))
+    return _decide(_authorizer().check_superuser, _field(_params(), "username"))
 
 
 @bp.route("/acl", methods=METHODS)
 def check_acl() -> Response:
     params = _params()
-    decision = _authorizer().check_acl(
-        _field(params, "username"),
-        _field(params, "clientid"),
-        _field(params, "topic"),
-        parse_acc(params.get("acc")),
-    )
-    return _answer(decision)
+    fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
+    return _decide(_authorizer().check_acl, *fields, parse_acc(params.get("acc")))
 
 
 def _authorizer() -> Authorizer:
     return current_app.extensions["cregistry"].authorizer
 
 
+def _decide(check: Callable[..., Decision], *args: Any) -> Response:
+    """Run a check with a deadline; past it, 503 (a late answer may still
+    finish its writes, which are atomic, but it never grants)."""
+    future = current_app.extensions["cregistry"].checks.submit(check, *args)
+    try:
+        decision = future.result(timeout=DEADLINE_SECONDS)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise StorageUnavailable(f"no decision within {DEADLINE_SECONDS} s (Redis slow?)") from None
+    return _answer(decision)
+
+
 def _params() -> dict[str, Any]:
     """go-auth sends JSON (http_params_mode json) or a form (form); GET may
     carry either in the body, or the fields in the query string."""
     body = request.get_data(cache=True)
-    if request.is_json or body.lstrip()[:1] == b"{":
-        data = request.get_json(force=True, silent=True)
-        if not isinstance(data, dict):
-            raise InvalidInput("body must be a JSON object")
-        return data
+    if request.is_json or body.lstrip()[:1] in (b"{", b"["):
+        return json_object(required=True)
     params: dict[str, Any] = request.args.to_dict()
     params.update(request.form.to_dict())
     return params

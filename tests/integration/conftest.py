@@ -9,11 +9,21 @@ hide that nothing was proven.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.harness import RedisProcess, ServiceProcess, run_cli
+from tests.harness import (
+    GO_AUTH_SO,
+    MosquittoProcess,
+    RedisProcess,
+    ServiceProcess,
+    free_port,
+    render_mosquitto_conf,
+    run_cli,
+)
 
 ADMIN_TOKEN = "integration-admin-token"
 
@@ -22,6 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
+            if "mosquitto" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.broker)
 
 
 def _required() -> bool:
@@ -79,3 +91,37 @@ def cregistry(cli_env: dict[str, str]):  # type: ignore[no-untyped-def]
         return run_cli(*args, env=cli_env, stdin=stdin)
 
     return run
+
+
+# -- the real broker ---------------------------------------------------------
+# go-auth's cache times for the tests: short, so that "refused again within
+# the cache time" takes seconds. Everything else is mosquitto/mosquitto.conf.
+BROKER_CACHE_SECONDS = 2
+
+
+@pytest.fixture(scope="session")
+def go_auth_plugin() -> Path:
+    """The go-auth plugin built by `make go-auth`; under CREGISTRY_REQUIRE_BROKER=1
+    a missing plugin or mosquitto fails the tests instead of skipping them."""
+    problem = None
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        problem = "mosquitto is not installed (apt-get install mosquitto)"
+    elif not GO_AUTH_SO.exists():
+        problem = f"the go-auth plugin is not built ({GO_AUTH_SO}): run `make go-auth`"
+    if problem:
+        if os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return GO_AUTH_SO
+
+
+@pytest.fixture(scope="session")
+def mosquitto(service: ServiceProcess, go_auth_plugin: Path) -> Iterator[MosquittoProcess]:
+    port = free_port()
+    conf = render_mosquitto_conf(
+        port=port, plugin=go_auth_plugin, cregistry_broker_port=service.broker_port, cache_seconds=BROKER_CACHE_SECONDS
+    )
+    broker = MosquittoProcess(conf, port)
+    broker.start()
+    yield broker
+    broker.cleanup()

@@ -1,0 +1,30 @@
+"""Reading request bodies, so that no body a client can send becomes a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from cregistry.errors import InvalidInput
+
+
+def json_body() -> Any:
+    """The body parsed as JSON whatever its Content-Type; InvalidInput if it is not JSON."""
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:
+        # json refuses deep nesting with RecursionError, not ValueError.
+        data = None
+    if data is None:
+        raise InvalidInput("the body must be JSON")
+    return data
+
+
+def json_object(*, required: bool) -> dict[str, Any]:
+    if not required and not request.get_data(cache=True).strip():
+        return {}
+    data = json_body()
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return data
