@@ -16,6 +16,7 @@ from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.registry import Attempt, Registry
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
+from cregistry.verification import Verdict, WorkLimits
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ ALLOW = Decision(True)
 
 def parse_acc(value: Any) -> int:
     """acc arrives as a JSON number or as form text."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value not in ACC_VALUES:
         raise InvalidInput("acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)")
@@ -46,8 +47,14 @@ def parse_acc(value: Any) -> int:
 
 
 class Authorizer:
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
-        self.registry = Registry(connection, config, clock)
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        limits: WorkLimits | None = None,
+    ):
+        self.registry = Registry(connection, config, clock, limits)
         self.users: UserStore = self.registry.users
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
@@ -58,11 +65,11 @@ class Authorizer:
             credentials.validate_client_id(client_id)
         except InvalidInput as error:
             return Decision(False, str(error))
-        stored_hash = self.users.password_hash(username)
-        if stored_hash is not None:
-            if credentials.verify_password(password, stored_hash):
-                return ALLOW
-            return Decision(False, "wrong password")
+        verdict = self.registry.verifier.verify(username, password)
+        if verdict is Verdict.ACCEPTED:
+            return ALLOW
+        if verdict is not Verdict.UNKNOWN_USER:
+            return Decision(False, verdict.value)
         try:
             self.users.policy.validate(password)
         except InvalidInput as error:

@@ -19,6 +19,7 @@ ENV_PREFIX = "CREGISTRY_"
 REDIS_URL = "REDIS_URL"
 KEY_PREFIX = "KEY_PREFIX"
 ADMIN_TOKEN = "ADMIN_TOKEN"
+ADMIN_TOKENS = "ADMIN_TOKENS"
 UNLOCK_SECONDS = "UNLOCK_SECONDS"
 BCRYPT_COST = "BCRYPT_COST"
 PENDING_TTL = "PENDING_TTL"
@@ -33,6 +34,13 @@ EMBEDDED_REDIS_PORT = "EMBEDDED_REDIS_PORT"
 WORKERS = "WORKERS"
 THREADS = "THREADS"
 LOG_LEVEL = "LOG_LEVEL"
+FAILURE_LIMIT = "FAILURE_LIMIT"
+FAILURE_WINDOW = "FAILURE_WINDOW"
+VERIFIED_TTL = "VERIFIED_TTL"
+VERIFY_SECRET = "VERIFY_SECRET"
+BCRYPT_CONCURRENCY = "BCRYPT_CONCURRENCY"
+REGISTRATION_CONCURRENCY = "REGISTRATION_CONCURRENCY"
+AUDIT_MAX = "AUDIT_MAX"
 
 MAX_UNLOCK_SECONDS = 3600
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
@@ -45,6 +53,8 @@ class Config:
     redis_url: str | None = None
     key_prefix: str = "cregistry"
     admin_token: str | None = None
+    # More admin tokens, each with a name for the audit trail: "ops=tok1,ci=tok2".
+    admin_tokens: str | None = None
     unlock_seconds: int = 300
     bcrypt_cost: int = 10
     pending_ttl: int = 24 * 3600
@@ -61,6 +71,15 @@ class Config:
     workers: int = 2
     threads: int = 8
     log_level: str = "INFO"
+    # Guessing: failed password checks per username and window.
+    failure_limit: int = 100
+    failure_window: int = 3600
+    # How long a verified password skips bcrypt (see verification.py).
+    verified_ttl: int = 7 * 24 * 3600
+    verify_secret: str | None = None
+    bcrypt_concurrency: int = max(1, os.cpu_count() or 1)
+    registration_concurrency: int = 1
+    audit_max: int = 10_000
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -72,8 +91,26 @@ class Config:
         _check_range(EMBEDDED_REDIS_PORT, self.embedded_redis_port, 1, 65535)
         _check_range(WORKERS, self.workers, 1, 64)
         _check_range(THREADS, self.threads, 1, 256)
+        _check_range(FAILURE_LIMIT, self.failure_limit, 1, 10_000_000)
+        _check_range(FAILURE_WINDOW, self.failure_window, 1, 30 * 24 * 3600)
+        _check_range(VERIFIED_TTL, self.verified_ttl, 1, 365 * 24 * 3600)
+        _check_range(BCRYPT_CONCURRENCY, self.bcrypt_concurrency, 1, 256)
+        _check_range(REGISTRATION_CONCURRENCY, self.registration_concurrency, 1, 256)
+        _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
+        if self.verify_secret is not None:
+            try:
+                if len(bytes.fromhex(self.verify_secret)) < 16:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}{VERIFY_SECRET} must be at least 32 hex digits") from None
         if not 0.05 <= self.redis_timeout <= 60:
             raise ConfigError(f"{ENV_PREFIX}{REDIS_TIMEOUT} must be between 0.05 and 60 seconds")
+        for item in (self.admin_tokens or "").split(","):
+            name, sep, token = item.strip().partition("=")
+            if item.strip() and (not sep or not name or len(token) < 16):
+                raise ConfigError(
+                    f"{ENV_PREFIX}{ADMIN_TOKENS} must be NAME=TOKEN,... with tokens of 16 characters or more"
+                )
         unknown = set(self.password_require) - set(PASSWORD_CLASSES)
         if unknown:
             raise ConfigError(
@@ -85,7 +122,16 @@ class Config:
         for name, value in ((API_LISTEN, self.api_listen), (BROKER_LISTEN, self.broker_listen)):
             parse_listen(value, name)
         if parse_listen(self.api_listen, API_LISTEN)[1] == parse_listen(self.broker_listen, BROKER_LISTEN)[1]:
-            raise ConfigError("the API and broker listeners need different ports")
+            raise ConfigError(f"{ENV_PREFIX}{API_LISTEN} and {ENV_PREFIX}{BROKER_LISTEN} need different ports")
+
+    def named_admin_tokens(self) -> dict[str, str]:
+        """Token name -> token; CREGISTRY_ADMIN_TOKEN is named "admin"."""
+        named = {"admin": self.admin_token} if self.admin_token else {}
+        for item in (self.admin_tokens or "").split(","):
+            if item.strip():
+                name, _, token = item.strip().partition("=")
+                named[name] = token
+        return named
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **override: Any) -> Config:

@@ -52,3 +52,7 @@ class PendingLimitReached(CregistryError):
 
 class PermissionNotFound(CregistryError):
     """The user or role has no permission with that topic pattern."""
+
+
+class TooManyFailures(CregistryError):
+    """Too many failed password checks for this username; refused without checking."""

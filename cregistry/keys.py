@@ -27,6 +27,10 @@ class Keys:
         """Set of all role names."""
         return f"{self.prefix}:roles"
 
+    def audit(self) -> str:
+        """Stream of operator actions, capped at CREGISTRY_AUDIT_MAX entries."""
+        return f"{self.prefix}:audit"
+
     def pending_index(self) -> str:
         """Sorted set "username:pairingId" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"
@@ -55,6 +59,14 @@ class Keys:
     def user_denials(self, username: str) -> str:
         """Hash: pairing ID -> denial time; expires with the pending TTL."""
         return f"{self.prefix}:{{{username}}}:denied"
+
+    def user_verified(self, username: str) -> str:
+        """String with a TTL: HMAC token of the last verified password (verification.py)."""
+        return f"{self.prefix}:{{{username}}}:verified"
+
+    def user_failures(self, username: str) -> str:
+        """Counter with a TTL: failed password checks in the current window."""
+        return f"{self.prefix}:{{{username}}}:failures"
 
     # -- one role ----------------------------------------------------------
     def role_permissions(self, role: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from cregistry import credentials
+from cregistry.audit import UNNAMED_ACTOR
 from cregistry.clock import isoformat
 from cregistry.config import MAX_UNLOCK_SECONDS, Config
 from cregistry.errors import (
@@ -29,14 +30,17 @@ from cregistry.errors import (
     RegistryLocked,
     RequestDenied,
     RequestNotFound,
+    TooManyFailures,
     UsernameTaken,
 )
 from cregistry.keys import Keys
 from cregistry.users import User, UserStore
+from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_BYTES = 4096
+MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
@@ -113,13 +117,19 @@ def parse_request_id(value: str) -> tuple[str, str]:
     return username, pairing_id
 
 
+def validate_page(offset: Any, limit: Any) -> None:
+    for name, value, low, high in (("offset", offset, 0, 10**9), ("limit", limit, 1, MAX_PAGE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+
+
 def validate_context(context: Any) -> dict[str, Any] | None:
     if context is None:
         return None
     if not isinstance(context, dict):
         raise InvalidInput("context must be a JSON object")
     try:
-        size = len(json.dumps(context, ensure_ascii=False).encode())
+        size = len(json.dumps(context, ensure_ascii=False, allow_nan=False).encode())
     except (UnicodeEncodeError, ValueError):
         raise InvalidInput("context is not valid JSON text") from None
     if size > MAX_CONTEXT_BYTES:
@@ -130,12 +140,20 @@ def validate_context(context: Any) -> dict[str, Any] | None:
 class Registry:
     """Unlock state and pending requests. Takes its Redis connection explicitly."""
 
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        limits: WorkLimits | None = None,
+    ):
         self.redis = connection
         self.config = config
         self.keys = Keys(config.key_prefix)
         self.clock = clock
         self.users = UserStore(connection, config, clock)
+        self.verifier = PasswordVerifier(connection, config, clock, limits)
+        self.audit = self.users.audit
 
     # -- lock state --------------------------------------------------------
     def status(self) -> LockState:
@@ -144,19 +162,25 @@ class Registry:
             return LockState(False, 0)
         return LockState(True, math.ceil(milliseconds / 1000))
 
-    def unlock(self, seconds: Any = None) -> LockState:
+    def unlock(self, seconds: Any = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
         if seconds is None:
             seconds = self.config.unlock_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_UNLOCK_SECONDS:
             raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
-        self.redis.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
-        log.info("registry unlocked for %d s", seconds)
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
+        self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
+        pipe.execute()
+        log.info("registry unlocked for %d s by %s", seconds, actor)
         return self.status()
 
-    def lock(self) -> LockState:
-        self.redis.delete(self.keys.unlock())
-        log.info("registry locked")
+    def lock(self, *, actor: str = UNNAMED_ACTOR) -> LockState:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.keys.unlock())
+        self.audit.add(pipe, actor, "registry.lock", "registry")
+        pipe.execute()
+        log.info("registry locked by %s", actor)
         return self.status()
 
     # -- attempts by unknown users ----------------------------------------
@@ -196,7 +220,9 @@ class Registry:
             return Attempt.LIMITED, pairing
         if candidates and len(self._existing(username, candidates)) >= self.config.pending_per_username:
             return Attempt.LIMITED, pairing
-        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        password_hash = self.verifier.hash_for_registration(password)
+        if password_hash is None:
+            return Attempt.LIMITED, pairing
         return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
 
     def _touch(self, username: str, pairing: str, now: float) -> bool:
@@ -298,11 +324,14 @@ class Registry:
         client_id = credentials.validate_client_id("" if client_id is None else client_id)
         context = validate_context(context)
         pairing = credentials.pairing_id(username, password)
-        stored_hash = self.users.password_hash(username)
-        if stored_hash is not None:
-            if credentials.verify_password(password, stored_hash):
-                return Registration.GRANTED, pairing
+        verdict = self.verifier.verify(username, password)
+        if verdict is Verdict.ACCEPTED:
+            return Registration.GRANTED, pairing
+        if verdict is Verdict.REFUSED:
             raise UsernameTaken(f"username {username!r} is registered with other credentials")
+        if verdict is Verdict.LIMITED:
+            # 201/409 make this route a password oracle: it shares the guessing limit.
+            raise TooManyFailures(f"too many failed attempts for {username!r}; try again later")
         # Existing users keep working under a stricter policy; new ones meet it.
         self.users.policy.validate(password)
         attempt, pairing = self.record_attempt(username, password, client_id, "rest", context)
@@ -315,11 +344,13 @@ class Registry:
         raise RegistryLocked("the registry is locked; ask the operator to unlock it")
 
     # -- operators ---------------------------------------------------------
-    def list_requests(self) -> list[PendingRequest]:
+    def list_requests(self, offset: int = 0, limit: int = MAX_PAGE) -> list[PendingRequest]:
+        """One page of pending requests, least recently seen first."""
+        validate_page(offset, limit)
         now = self.clock()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
-        pipe.zrange(self.keys.pending_index(), 0, -1)
+        pipe.zrange(self.keys.pending_index(), offset, offset + limit - 1)
         members = pipe.execute()[1]
         pairs = [member.split(":", 1) for member in members]
         pipe = self.redis.pipeline(transaction=False)
@@ -334,7 +365,13 @@ class Registry:
                 stale.append(Keys.pending_member(username, pairing))
         if stale:
             self.redis.zrem(self.keys.pending_index(), *stale)
-        return sorted(requests, key=lambda r: (r.first_seen, r.username, r.pairing_id))
+        return requests
+
+    def count_requests(self) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", self.clock())
+        pipe.zcard(self.keys.pending_index())
+        return int(pipe.execute()[1])
 
     def requests_for(self, username: str) -> list[PendingRequest]:
         credentials.validate_username(username)
@@ -348,7 +385,7 @@ class Registry:
             if fields
         ]
 
-    def approve(self, username: str, pairing_id: str | None = None) -> User:
+    def approve(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> User:
         """Create the user with exactly the request's hash and no permissions.
 
         One transaction writes the user and removes every candidate for the
@@ -387,14 +424,17 @@ class Registry:
                     pipe.sadd(self.keys.users(), username)
                     self._forget_requests(pipe, username, set(all_pairings) | {pairing})
                     pipe.delete(self.keys.user_denials(username))
+                    self.audit.add(
+                        pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id
+                    )
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue  # someone else changed this username: look again
-        log.info("registration approved: user %s pairing %s", username, pairing)
+        log.info("registration approved: user %s pairing %s by %s", username, pairing, actor)
         return self.users.get(username)
 
-    def deny(self, username: str, pairing_id: str | None = None) -> PendingRequest:
+    def deny(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> PendingRequest:
         """Remove the request and remember the denial for the pending TTL,
         so the device's polling gets 403 instead of a fresh request."""
         credentials.validate_username(username)
@@ -415,11 +455,12 @@ class Registry:
                     self._forget_requests(pipe, username, {pairing})
                     pipe.hset(denials_key, pairing, repr(self.clock()))
                     pipe.expire(denials_key, self.config.pending_ttl)
+                    self.audit.add(pipe, actor, "request.deny", username, pairingId=pairing, clientId=request.client_id)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        log.info("registration denied: user %s pairing %s", username, pairing)
+        log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
         return request
 
     def _choose(self, username: str, pairing_id: str | None) -> str:

@@ -54,6 +54,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Start the service; blocks until gunicorn stops."""
     embedded = None
     if config.redis_url is None:
+        # The embedded Redis is in-memory on purpose; the banner below says so.
         embedded = EmbeddedRedis(config.embedded_redis_port)
         embedded.start()
         config = dataclasses.replace(config, redis_url=embedded.url)
@@ -73,6 +74,9 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         config = dataclasses.replace(config, admin_token=secrets.token_urlsafe(32))
         # Printed once, here, and never logged: it is the only copy.
         announce(f"No CREGISTRY_ADMIN_TOKEN given; this run's admin token is: {config.admin_token}")
+    if not config.verify_secret:
+        # Generated before gunicorn forks, so every worker shares it.
+        config = dataclasses.replace(config, verify_secret=secrets.token_hex(32))
     _check_redis(config)
     announce(f"cregistry API on http://{config.api_listen}, broker routes on http://{config.broker_listen}")
     try:
@@ -85,10 +89,34 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
 def _check_redis(config: Config) -> None:
     """Warn, do not fail: the service must come up and recover by itself."""
     assert config.redis_url is not None
+    connection = connect(config.redis_url, max(config.redis_timeout, 2.0))
     try:
-        connect(config.redis_url, max(config.redis_timeout, 2.0)).ping()
+        connection.ping()
     except redis.RedisError as error:
         log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
+        return
+    for warning in redis_durability_warnings(connection):
+        log.warning("%s", warning)
+
+
+def redis_durability_warnings(connection: redis.Redis) -> list[str]:
+    """What about this Redis could lose users: eviction, or no persistence."""
+    warnings = []
+    try:
+        policy: str = connection.config_get("maxmemory-policy").get("maxmemory-policy") or ""
+        if policy.startswith("allkeys-"):
+            warnings.append(
+                f"Redis maxmemory-policy is {policy}: under memory pressure it can evict users and permissions;"
+                " use noeviction (or a volatile-* policy)"
+            )
+        persistence = connection.info("persistence")
+        saves: str = connection.config_get("save").get("save") or ""
+        if not int(persistence.get("aof_enabled", 0)) and not saves.strip():
+            warnings.append("Redis has neither an append-only file nor RDB snapshots: a Redis restart loses every user")
+    except redis.ResponseError:
+        # Managed Redis services often disable CONFIG; nothing to check then.
+        log.debug("cannot read the Redis configuration; skipping the durability checks")
+    return warnings
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for `python -m cregistry.server`

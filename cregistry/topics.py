@@ -54,13 +54,12 @@ def validate_pattern(pattern: object) -> str:
 def expand_pattern(pattern: str, username: str, client_id: str) -> Levels | None:
     """Substitute the placeholders; None when the result would widen access.
 
-    Usernames cannot hold '/', '+' or '#', but MQTT client ids can: a client
-    id of "a/#" must not turn "clients/%c" into a wildcard, so such a pattern
-    simply does not apply to that client.
+    Usernames cannot hold '/', '+', '#' or start with '$', but MQTT client ids
+    can: a client id of "a/#" must not turn "clients/%c" into a wildcard, so
+    such a pattern simply does not apply to that client.
     """
-    if "%c" in pattern and any(c in client_id for c in "/+#\x00"):
-        return None
-    if "%c" in pattern and client_id == "":
+    if "%c" in pattern and (client_id == "" or client_id.startswith("$") or any(c in client_id for c in "/+#\x00")):
+        # A client id of "$SYS" must not turn "%c/#" into "$SYS/#" either.
         return None
     text = pattern.replace("%u", username).replace("%c", client_id)
     return text.split("/")

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from cregistry import credentials
+from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import (
@@ -123,6 +124,7 @@ class UserStore:
         self.keys = Keys(config.key_prefix)
         self.clock = clock
         self.policy = credentials.PasswordPolicy(config.password_min_length, config.password_require)
+        self.audit = AuditLog(connection, config, clock)
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:
@@ -176,7 +178,9 @@ class UserStore:
         return AclData(True, _text(superuser) == "1", tuple(permissions))
 
     # -- users -------------------------------------------------------------
-    def add(self, username: str, password: str, *, superuser: bool = False) -> User:
+    # Every change takes the `actor` for the audit trail and writes its audit
+    # entry in the same transaction.
+    def add(self, username: str, password: str, *, superuser: bool = False, actor: str = UNNAMED_ACTOR) -> User:
         """Create a user with a password chosen by the operator."""
         credentials.validate_username(username)
         self.policy.validate(password)
@@ -194,88 +198,127 @@ class UserStore:
             pipe.multi()
             pipe.hset(self.keys.user(username), mapping=fields)
             pipe.sadd(self.keys.users(), username)
+            self.audit.add(pipe, actor, "user.add", username, superuser=superuser)
             try:
                 pipe.execute()
             except redis.WatchError:
                 raise UsernameTaken(f"user {username!r} exists already") from None
         return self.get(username)
 
-    def delete(self, username: str) -> None:
-        credentials.validate_username(username)
-        roles = _text_set(self.redis.smembers(self.keys.user_roles(username)))
-        pipe = self.redis.pipeline()
-        pipe.delete(self.keys.user(username))
-        pipe.delete(self.keys.user_permissions(username), self.keys.user_roles(username))
-        pipe.srem(self.keys.users(), username)
-        for role in roles:
-            pipe.srem(self.keys.role_members(role), username)
-        if not pipe.execute()[0]:
-            raise UserNotFound(f"no user {username!r}")
+    def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
+        def delete_all(pipe: Any) -> None:
+            pipe.delete(
+                self.keys.user(username),
+                self.keys.user_permissions(username),
+                self.keys.user_roles(username),
+                self.keys.user_verified(username),
+                self.keys.user_failures(username),
+            )
+            pipe.srem(self.keys.users(), username)
+            for role in _text_set(self.redis.smembers(self.keys.user_roles(username))):
+                pipe.srem(self.keys.role_members(role), username)
 
-    def set_superuser(self, username: str, superuser: bool) -> User:
-        self._change_user(username, lambda pipe: pipe.hset(self.keys.user(username), "superuser", int(superuser)))
+        self._change_user(username, delete_all, actor, "user.delete", watch=[self.keys.user_roles(username)])
+
+    def set_superuser(self, username: str, superuser: bool, *, actor: str = UNNAMED_ACTOR) -> User:
+        self._change_user(
+            username,
+            lambda pipe: pipe.hset(self.keys.user(username), "superuser", int(superuser)),
+            actor,
+            "user.superuser",
+            superuser=superuser,
+        )
         return self.get(username)
 
-    def set_permissions(self, username: str, items: Any) -> User:
+    def set_permissions(self, username: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> User:
         permissions = parse_permission_list(items)
         key = self.keys.user_permissions(username)
-        self._change_user(username, lambda pipe: _replace_hash(pipe, key, permissions))
+        self._change_user(
+            username,
+            lambda pipe: _replace_hash(pipe, key, permissions),
+            actor,
+            "user.permissions",
+            permissions=[p.to_dict() for p in permissions],
+        )
         return self.get(username)
 
-    def grant(self, username: str, topic: str, access: str) -> User:
+    def grant(self, username: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> User:
         permission = parse_permission(topic, access)
         key = self.keys.user_permissions(username)
-        self._change_user(username, lambda pipe: pipe.hset(key, permission.topic, permission.access))
+        self._change_user(
+            username,
+            lambda pipe: pipe.hset(key, permission.topic, permission.access),
+            actor,
+            "user.grant",
+            topic=permission.topic,
+            access=permission.access,
+        )
         return self.get(username)
 
-    def revoke(self, username: str, topic: str) -> User:
-        credentials.validate_username(username)
+    def revoke(self, username: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> User:
         validate_pattern(topic)
-        if not self.exists(username):
-            raise UserNotFound(f"no user {username!r}")
-        if not self.redis.hdel(self.keys.user_permissions(username), topic):
-            raise PermissionNotFound(f"user {username!r} has no permission on {topic!r}")
+        key = self.keys.user_permissions(username)
+
+        def require_permission(pipe: Any) -> None:
+            if not pipe.hexists(key, topic):
+                raise PermissionNotFound(f"user {username!r} has no permission on {topic!r}")
+
+        self._change_user(
+            username,
+            lambda pipe: pipe.hdel(key, topic),
+            actor,
+            "user.revoke",
+            watch=[key],
+            precheck=require_permission,
+            topic=topic,
+        )
         return self.get(username)
 
-    def set_roles(self, username: str, roles: Any) -> User:
+    def set_roles(self, username: str, roles: Any, *, actor: str = UNNAMED_ACTOR) -> User:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidInput("roles must be a JSON list of role names")
         for role in roles:
             self._require_role(role)
-        old = _text_set(self.redis.smembers(self.keys.user_roles(username)))
+        roles_key = self.keys.user_roles(username)
 
         def replace(pipe: Any) -> None:
-            pipe.delete(self.keys.user_roles(username))
+            old = _text_set(self.redis.smembers(roles_key))
+            pipe.delete(roles_key)
             if roles:
-                pipe.sadd(self.keys.user_roles(username), *roles)
+                pipe.sadd(roles_key, *roles)
             for role in old - set(roles):
                 pipe.srem(self.keys.role_members(role), username)
             for role in roles:
                 pipe.sadd(self.keys.role_members(role), username)
 
-        self._change_user(username, replace)
+        self._change_user(username, replace, actor, "user.roles", watch=[roles_key], roles=roles)
         return self.get(username)
 
-    def assign_role(self, username: str, role: str) -> User:
+    def assign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
         self._require_role(role)
 
         def assign(pipe: Any) -> None:
             pipe.sadd(self.keys.user_roles(username), role)
             pipe.sadd(self.keys.role_members(role), username)
 
-        self._change_user(username, assign)
+        self._change_user(username, assign, actor, "user.role.assign", role=role)
         return self.get(username)
 
-    def unassign_role(self, username: str, role: str) -> User:
-        credentials.validate_username(username)
+    def unassign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
         credentials.validate_role_name(role)
-        if not self.exists(username):
-            raise UserNotFound(f"no user {username!r}")
-        pipe = self.redis.pipeline()
-        pipe.srem(self.keys.user_roles(username), role)
-        pipe.srem(self.keys.role_members(role), username)
-        if not pipe.execute()[0]:
-            raise RoleNotFound(f"user {username!r} does not have role {role!r}")
+        roles_key = self.keys.user_roles(username)
+
+        def require_role(pipe: Any) -> None:
+            if not pipe.sismember(roles_key, role):
+                raise RoleNotFound(f"user {username!r} does not have role {role!r}")
+
+        def unassign(pipe: Any) -> None:
+            pipe.srem(roles_key, role)
+            pipe.srem(self.keys.role_members(role), username)
+
+        self._change_user(
+            username, unassign, actor, "user.role.unassign", watch=[roles_key], precheck=require_role, role=role
+        )
         return self.get(username)
 
     # -- roles -------------------------------------------------------------
@@ -290,42 +333,65 @@ class UserStore:
     def list_roles(self) -> list[Role]:
         return [self.get_role(name) for name in sorted(_text_set(self.redis.smembers(self.keys.roles())))]
 
-    def set_role_permissions(self, role: str, items: Any) -> Role:
+    def set_role_permissions(self, role: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and replace its permissions."""
         credentials.validate_role_name(role)
         permissions = parse_permission_list(items)
         pipe = self.redis.pipeline()
         pipe.sadd(self.keys.roles(), role)
         _replace_hash(pipe, self.keys.role_permissions(role), permissions)
+        self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
         pipe.execute()
         return self.get_role(role)
 
-    def grant_role(self, role: str, topic: str, access: str) -> Role:
+    def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and add one permission."""
         credentials.validate_role_name(role)
         permission = parse_permission(topic, access)
         pipe = self.redis.pipeline()
         pipe.sadd(self.keys.roles(), role)
         pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
+        self.audit.add(pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access)
         pipe.execute()
         return self.get_role(role)
 
-    def revoke_role(self, role: str, topic: str) -> Role:
+    def revoke_role(self, role: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> Role:
         self._require_role(role)
         validate_pattern(topic)
-        if not self.redis.hdel(self.keys.role_permissions(role), topic):
-            raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
+        key = self.keys.role_permissions(role)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.hexists(key, topic):
+                        raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
+                    pipe.multi()
+                    pipe.hdel(key, topic)
+                    self.audit.add(pipe, actor, "role.revoke", role, topic=topic)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
         return self.get_role(role)
 
-    def delete_role(self, role: str) -> None:
+    def delete_role(self, role: str, *, actor: str = UNNAMED_ACTOR) -> None:
         self._require_role(role)
-        members = _text_set(self.redis.smembers(self.keys.role_members(role)))
-        pipe = self.redis.pipeline()
-        pipe.srem(self.keys.roles(), role)
-        pipe.delete(self.keys.role_permissions(role), self.keys.role_members(role))
-        for username in members:
-            pipe.srem(self.keys.user_roles(username), role)
-        pipe.execute()
+        members_key = self.keys.role_members(role)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(members_key)
+                    members = _text_set(pipe.smembers(members_key))
+                    pipe.multi()
+                    pipe.srem(self.keys.roles(), role)
+                    pipe.delete(self.keys.role_permissions(role), members_key)
+                    for username in members:
+                        pipe.srem(self.keys.user_roles(username), role)
+                    self.audit.add(pipe, actor, "role.delete", role)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
 
     # -- helpers -----------------------------------------------------------
     def _require_role(self, role: str) -> None:
@@ -333,19 +399,33 @@ class UserStore:
         if not self.redis.sismember(self.keys.roles(), role):
             raise RoleNotFound(f"no role {role!r}")
 
-    def _change_user(self, username: str, change: Callable[[Any], Any]) -> None:
-        """Apply a change only if the user exists, atomically with that check,
-        so a concurrent delete cannot leave orphaned permissions behind."""
+    def _change_user(
+        self,
+        username: str,
+        change: Callable[[Any], Any],
+        actor: str,
+        action: str,
+        *,
+        watch: Iterable[str] = (),
+        precheck: Callable[[Any], None] | None = None,
+        **details: Any,
+    ) -> None:
+        """Apply a change and its audit entry only if the user exists,
+        atomically with that check, so a concurrent delete cannot leave
+        orphaned permissions behind."""
         credentials.validate_username(username)
         user_key = self.keys.user(username)
         with self.redis.pipeline() as pipe:
             while True:
-                pipe.watch(user_key)
-                if not pipe.exists(user_key):
-                    raise UserNotFound(f"no user {username!r}")
-                pipe.multi()
-                change(pipe)
                 try:
+                    pipe.watch(user_key, *watch)
+                    if not pipe.exists(user_key):
+                        raise UserNotFound(f"no user {username!r}")
+                    if precheck is not None:
+                        precheck(pipe)
+                    pipe.multi()
+                    change(pipe)
+                    self.audit.add(pipe, actor, action, username, **details)
                     pipe.execute()
                     return
                 except redis.WatchError:

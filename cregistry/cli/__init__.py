@@ -4,7 +4,10 @@ while the service is down; every command is one call into the domain."""
 from __future__ import annotations
 
 import functools
+import getpass
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +19,7 @@ from cregistry import embedded, errors
 from cregistry.cli.output import CommandError, display, emit, table, to_command_error
 from cregistry.config import Config
 from cregistry.connections import connect
-from cregistry.registry import PendingRequest, Registry
+from cregistry.registry import MAX_PAGE, PendingRequest, Registry
 from cregistry.users import Role, User, UserStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +42,14 @@ class CliContext:
             self._registry = Registry(connect(url, max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)), self.config)
         return self._registry
 
+    @functools.cached_property
+    def actor(self) -> str:
+        """Who the audit trail names for this command."""
+        try:
+            return f"cli:{getpass.getuser()}"
+        except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary uid in a container
+            return f"cli:uid-{os.getuid()}"
+
     @property
     def users(self) -> UserStore:
         return self.registry.users
@@ -59,7 +70,8 @@ class CregistryGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (errors.CregistryError, redis.RedisError) as error:
-            hint = ctx.obj.redis_hint() if isinstance(ctx.obj, CliContext) else ""
+            unreachable = isinstance(error, redis.RedisError) and isinstance(ctx.obj, CliContext)
+            hint = ctx.obj.redis_hint() if unreachable else ""
             raise to_command_error(error, hint) from None
 
 
@@ -133,7 +145,7 @@ def unlock(obj: CliContext, seconds: int | None) -> None:
     Example:
         cregistry unlock --seconds 600
     """
-    state = obj.registry.unlock(seconds)
+    state = obj.registry.unlock(seconds, actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
@@ -142,7 +154,7 @@ def unlock(obj: CliContext, seconds: int | None) -> None:
 @pass_cli
 def lock(obj: CliContext) -> None:
     """Lock the registry now."""
-    state = obj.registry.lock()
+    state = obj.registry.lock(actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
@@ -152,11 +164,13 @@ def _lock_text(locked: bool, seconds_left: int) -> str:
 
 # -- requests ---------------------------------------------------------------
 @cli.command()
+@click.option("--offset", type=int, default=0, help="Skip this many requests.")
+@click.option("--limit", type=int, default=MAX_PAGE, help=f"Show at most this many (at most {MAX_PAGE}).")
 @json_option
 @pass_cli
-def requests(obj: CliContext) -> None:
-    """List pending registration requests with their pairing IDs."""
-    pending = obj.registry.list_requests()
+def requests(obj: CliContext, offset: int, limit: int) -> None:
+    """List pending registration requests with their pairing IDs, least recently seen first."""
+    pending = obj.registry.list_requests(offset, limit)
     text = (
         table(
             ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
@@ -189,7 +203,7 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
     Example:
         cregistry approve sensor-17 --pairing-id 3fa2c1
     """
-    user = obj.registry.approve(username, pairing_id)
+    user = obj.registry.approve(username, pairing_id, actor=obj.actor)
     emit(
         user.to_dict(),
         f"approved {user.username} (pairing ID {user.pairing_id}); it has no permissions yet:"
@@ -205,7 +219,7 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
 @pass_cli
 def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
     """Deny USERNAME's request; the same credentials stay refused for the pending TTL."""
-    request = obj.registry.deny(username, pairing_id)
+    request = obj.registry.deny(username, pairing_id, actor=obj.actor)
     emit({"denied": request.to_dict()}, f"denied {request.username} (pairing ID {request.pairing_id})", obj.json_output)
 
 
@@ -269,7 +283,7 @@ def user_add(obj: CliContext, username: str, password_stdin: bool, superuser: bo
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    created = obj.users.add(username, password, superuser=superuser)
+    created = obj.users.add(username, password, superuser=superuser, actor=obj.actor)
     emit(created.to_dict(), f"added {created.username}", obj.json_output)
 
 
@@ -279,7 +293,7 @@ def user_add(obj: CliContext, username: str, password_stdin: bool, superuser: bo
 @pass_cli
 def user_delete(obj: CliContext, username: str) -> None:
     """Delete a user, its permissions and role assignments."""
-    obj.users.delete(username)
+    obj.users.delete(username, actor=obj.actor)
     emit({"deleted": username}, f"deleted {username}", obj.json_output)
 
 
@@ -290,8 +304,18 @@ def user_delete(obj: CliContext, username: str) -> None:
 @pass_cli
 def user_superuser(obj: CliContext, username: str, state: str) -> None:
     """Turn USERNAME's superuser flag on or off (superusers pass every ACL check)."""
-    changed = obj.users.set_superuser(username, state == "on")
+    changed = obj.users.set_superuser(username, state == "on", actor=obj.actor)
     emit(changed.to_dict(), f"{username}: superuser {state}", obj.json_output)
+
+
+@user.command("clear-failures")
+@click.argument("username")
+@json_option
+@pass_cli
+def user_clear_failures(obj: CliContext, username: str) -> None:
+    """Lift USERNAME's guessing limit (failed password checks in the window)."""
+    cleared = obj.registry.verifier.clear_failures(username, actor=obj.actor)
+    emit({"username": username, "cleared": cleared}, f"{username}: cleared {cleared} failed attempts", obj.json_output)
 
 
 def _user_text(found: User) -> str:
@@ -329,7 +353,7 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
     Example:
         cregistry grant sensor-17 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant(username, pattern, access)
+    changed = obj.users.grant(username, pattern, access, actor=obj.actor)
     emit(changed.to_dict(), f"granted {username} {access} on {display(pattern)}", obj.json_output)
 
 
@@ -340,8 +364,35 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
 @pass_cli
 def revoke(obj: CliContext, username: str, pattern: str) -> None:
     """Remove USERNAME's direct permission on PATTERN."""
-    changed = obj.users.revoke(username, pattern)
+    changed = obj.users.revoke(username, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"revoked {username}'s permission on {display(pattern)}", obj.json_output)
+
+
+# -- audit ------------------------------------------------------------------
+@cli.command()
+@click.option("--limit", type=int, default=50, help="How many entries, newest first (at most 1000).")
+@json_option
+@pass_cli
+def audit(obj: CliContext, limit: int) -> None:
+    """Show the audit trail: who unlocked, approved, denied or changed what.
+
+    \b
+    Example:
+        cregistry audit --limit 20
+    """
+    entries = obj.registry.audit.entries(limit)
+    text = (
+        table(
+            ["TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"],
+            [
+                [e["time"], e["actor"], e["action"], e["target"], json.dumps(e["details"], sort_keys=True)]
+                for e in entries
+            ],
+        )
+        if entries
+        else "no audit entries"
+    )
+    emit({"entries": entries}, text, obj.json_output)
 
 
 # -- roles ------------------------------------------------------------------
@@ -387,7 +438,7 @@ def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
     Example:
         cregistry role grant device 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant_role(name, pattern, access)
+    changed = obj.users.grant_role(name, pattern, access, actor=obj.actor)
     emit(changed.to_dict(), f"role {name}: granted {access} on {display(pattern)}", obj.json_output)
 
 
@@ -398,7 +449,7 @@ def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
 @pass_cli
 def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
     """Remove role NAME's permission on PATTERN."""
-    changed = obj.users.revoke_role(name, pattern)
+    changed = obj.users.revoke_role(name, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"role {name}: revoked {display(pattern)}", obj.json_output)
 
 
@@ -408,7 +459,7 @@ def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
 @pass_cli
 def role_delete(obj: CliContext, name: str) -> None:
     """Delete role NAME and take it from its members."""
-    obj.users.delete_role(name)
+    obj.users.delete_role(name, actor=obj.actor)
     emit({"deleted": name}, f"deleted role {name}", obj.json_output)
 
 
@@ -419,7 +470,7 @@ def role_delete(obj: CliContext, name: str) -> None:
 @pass_cli
 def role_assign(obj: CliContext, username: str, name: str) -> None:
     """Give USERNAME the role NAME."""
-    changed = obj.users.assign_role(username, name)
+    changed = obj.users.assign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} has role {name}", obj.json_output)
 
 
@@ -430,7 +481,7 @@ def role_assign(obj: CliContext, username: str, name: str) -> None:
 @pass_cli
 def role_unassign(obj: CliContext, username: str, name: str) -> None:
     """Take the role NAME from USERNAME."""
-    changed = obj.users.unassign_role(username, name)
+    changed = obj.users.unassign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} no longer has role {name}", obj.json_output)
 
 
@@ -439,6 +490,14 @@ def _role_text(found: Role) -> str:
     lines.append("permissions:" + ("" if found.permissions else " none"))
     lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
     return "\n".join(lines)
+
+
+try:  # the device agent (paho-mqtt) lives in its own module
+    from cregistry.cli.device_commands import device  # noqa: E402
+
+    cli.add_command(device)
+except ImportError:  # pragma: no cover - only while the module is being written
+    pass
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ EXIT_CODE_FOR = {
     errors.RegistryLocked: EXIT_REFUSED,
     errors.RequestDenied: EXIT_REFUSED,
     errors.PendingLimitReached: EXIT_REFUSED,
+    errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,
 }
 

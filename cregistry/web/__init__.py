@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound
 
 from cregistry.broker import Authorizer
@@ -16,7 +17,8 @@ from cregistry.config import Config, parse_listen
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
-from cregistry.web import api_routes, broker_routes, errors
+from cregistry.verification import WorkLimits
+from cregistry.web import api_routes, broker_routes, errors, health
 
 API = "api"
 BROKER = "broker"
@@ -32,7 +34,13 @@ class Services:
     checks: concurrent.futures.ThreadPoolExecutor
 
 
-def create_app(config: Config | None = None, *, listener: str, connection: redis.Redis | None = None) -> Flask:
+def create_app(
+    config: Config | None = None,
+    *,
+    listener: str,
+    connection: redis.Redis | None = None,
+    limits: WorkLimits | None = None,
+) -> Flask:
     """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
     config = config if config is not None else Config.from_env()
     if config.redis_url is None and connection is None:
@@ -41,16 +49,18 @@ def create_app(config: Config | None = None, *, listener: str, connection: redis
         assert config.redis_url is not None
         connection = connect(config.redis_url, config.redis_timeout)
     app = Flask(f"cregistry.{listener}")
+    app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    authorizer = Authorizer(connection, config)
+
+    authorizer = Authorizer(connection, config, limits=limits)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
     app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer, checks)
+    app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
         errors.init_app(app, unexpected_status=503)
     elif listener == API:
-        if not config.admin_token:
+        if not config.named_admin_tokens():
             raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
@@ -58,6 +68,18 @@ def create_app(config: Config | None = None, *, listener: str, connection: redis
     else:
         raise ValueError(f"unknown listener {listener!r}")
     return app
+
+
+class MarkupSafeJSONProvider(DefaultJSONProvider):
+    """JSON with <, > and & escaped (as Go's encoding/json does): client ids
+    and contexts come from devices, and an admin page that shows them must
+    not be able to mistake them for markup."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -85,9 +107,12 @@ def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> 
     if connection is None:
         assert config.redis_url is not None
         connection = connect(config.redis_url, config.redis_timeout)
+    limits = WorkLimits(config)  # one set of bcrypt slots per process
     return ListenerDispatcher(
         {
-            parse_listen(config.api_listen)[1]: create_app(config, listener=API, connection=connection),
-            parse_listen(config.broker_listen)[1]: create_app(config, listener=BROKER, connection=connection),
+            parse_listen(config.api_listen)[1]: create_app(config, listener=API, connection=connection, limits=limits),
+            parse_listen(config.broker_listen)[1]: create_app(
+                config, listener=BROKER, connection=connection, limits=limits
+            ),
         }
     )

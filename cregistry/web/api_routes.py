@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
 from cregistry.errors import InvalidInput
-from cregistry.registry import Registration, Registry, parse_request_id
+from cregistry.registry import MAX_PAGE, Registration, Registry, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 
@@ -31,11 +31,18 @@ def register() -> tuple[Response, int]:
 # -- operators --------------------------------------------------------------
 @admin.before_request
 def require_token() -> None:
-    expected = current_app.extensions["cregistry"].config.admin_token
+    """Find the token's name (the actor in the audit trail) or refuse with 401."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    # compare_digest keeps the comparison time independent of the token's content.
-    if not (expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())):
+    given_bytes = given.strip().encode()
+    actor = None
+    # Every configured token is compared, each in constant time, so the
+    # answer's timing tells nothing about which one came close.
+    for name, token in current_app.extensions["cregistry"].config.named_admin_tokens().items():
+        if hmac.compare_digest(given_bytes, token.encode()):
+            actor = f"api:{name}"
+    if scheme.lower() != "bearer" or actor is None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    g.actor = actor
 
 
 @admin.get("/api/client-registry")
@@ -46,28 +53,33 @@ def registry_status() -> Response:
 @admin.post("/api/client-registry/unlock")
 def unlock() -> Response:
     body = json_object(required=False)
-    return jsonify(_registry().unlock(body.get("seconds")).to_dict())
+    return jsonify(_registry().unlock(body.get("seconds"), actor=g.actor).to_dict())
 
 
 @admin.post("/api/client-registry/lock")
 def lock() -> Response:
-    return jsonify(_registry().lock().to_dict())
+    return jsonify(_registry().lock(actor=g.actor).to_dict())
 
 
 @admin.get("/api/client-registry/requests")
 def list_requests() -> Response:
-    return jsonify({"requests": [r.to_dict() for r in _registry().list_requests()]})
+    offset, limit = _page()
+    registry = _registry()
+    page = registry.list_requests(offset, limit)
+    return jsonify(
+        {"requests": [r.to_dict() for r in page], "total": registry.count_requests(), "offset": offset, "limit": limit}
+    )
 
 
 @admin.post("/api/client-registry/requests/<request_id>/approve")
 def approve(request_id: str) -> tuple[Response, int]:
-    user = _registry().approve(*parse_request_id(request_id))
+    user = _registry().approve(*parse_request_id(request_id), actor=g.actor)
     return jsonify(user.to_dict()), 201
 
 
 @admin.post("/api/client-registry/requests/<request_id>/deny")
 def deny(request_id: str) -> Response:
-    denied = _registry().deny(*parse_request_id(request_id))
+    denied = _registry().deny(*parse_request_id(request_id), actor=g.actor)
     return jsonify({"denied": denied.to_dict()})
 
 
@@ -82,7 +94,7 @@ def add_user() -> tuple[Response, int]:
     superuser = body.get("superuser", False)
     if not isinstance(superuser, bool):
         raise InvalidInput("superuser must be true or false")
-    user = _users().add(body.get("username"), body.get("password"), superuser=superuser)  # type: ignore[arg-type]
+    user = _users().add(body.get("username"), body.get("password"), superuser=superuser, actor=g.actor)  # type: ignore[arg-type]
     return jsonify(user.to_dict()), 201
 
 
@@ -93,18 +105,18 @@ def show_user(username: str) -> Response:
 
 @admin.delete("/api/users/<username>")
 def delete_user(username: str) -> Response:
-    _users().delete(username)
+    _users().delete(username, actor=g.actor)
     return jsonify({"deleted": username})
 
 
 @admin.put("/api/users/<username>/permissions")
 def set_user_permissions(username: str) -> Response:
-    return jsonify(_users().set_permissions(username, json_body()).to_dict())
+    return jsonify(_users().set_permissions(username, json_body(), actor=g.actor).to_dict())
 
 
 @admin.put("/api/users/<username>/roles")
 def set_user_roles(username: str) -> Response:
-    return jsonify(_users().set_roles(username, json_body()).to_dict())
+    return jsonify(_users().set_roles(username, json_body(), actor=g.actor).to_dict())
 
 
 @admin.put("/api/users/<username>/superuser")
@@ -112,7 +124,7 @@ def set_superuser(username: str) -> Response:
     flag = json_object(required=True).get("superuser")
     if not isinstance(flag, bool):
         raise InvalidInput('expected {"superuser": true|false}')
-    return jsonify(_users().set_superuser(username, flag).to_dict())
+    return jsonify(_users().set_superuser(username, flag, actor=g.actor).to_dict())
 
 
 @admin.get("/api/roles")
@@ -127,13 +139,26 @@ def show_role(role: str) -> Response:
 
 @admin.put("/api/roles/<role>/permissions")
 def set_role_permissions(role: str) -> Response:
-    return jsonify(_users().set_role_permissions(role, json_body()).to_dict())
+    return jsonify(_users().set_role_permissions(role, json_body(), actor=g.actor).to_dict())
 
 
 @admin.delete("/api/roles/<role>")
 def delete_role(role: str) -> Response:
-    _users().delete_role(role)
+    _users().delete_role(role, actor=g.actor)
     return jsonify({"deleted": role})
+
+
+@admin.delete("/api/users/<username>/failures")
+def clear_failures(username: str) -> Response:
+    """Lift the guessing limit of a username."""
+    cleared = _registry().verifier.clear_failures(username, actor=g.actor)
+    return jsonify({"username": username, "cleared": cleared})
+
+
+@admin.get("/api/audit")
+def audit() -> Response:
+    limit = _int_arg("limit", 100)
+    return jsonify({"entries": _registry().audit.entries(limit)})
 
 
 # -- helpers ----------------------------------------------------------------
@@ -143,3 +168,16 @@ def _registry() -> Registry:
 
 def _users() -> UserStore:
     return current_app.extensions["cregistry"].registry.users
+
+
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise InvalidInput(f"{name} must be a non-negative integer")
+    return int(value)
+
+
+def _page() -> tuple[int, int]:
+    return _int_arg("offset", 0), _int_arg("limit", MAX_PAGE)

@@ -27,6 +27,7 @@ STATUS_FOR = {
     errors.AmbiguousRequest: 409,
     errors.RegistryLocked: 423,
     errors.PendingLimitReached: 429,
+    errors.TooManyFailures: 429,
     errors.StorageUnavailable: 503,
     errors.ConfigError: 500,
 }
@@ -37,6 +38,7 @@ REGISTRATION_STATUS_FOR = {
     errors.RequestDenied: "denied",
     errors.UsernameTaken: "conflict",
     errors.PendingLimitReached: "limited",
+    errors.TooManyFailures: "limited",
 }
 
 

@@ -1,0 +1,60 @@
+"""The audit trail: who unlocked, locked, approved, denied, or changed a user,
+role or permission, and when. A Redis stream capped at CREGISTRY_AUDIT_MAX
+entries; each entry is written in the same transaction as the change it
+describes, so there is no change without its entry and no entry without its
+change."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from cregistry.clock import isoformat
+from cregistry.config import Config
+from cregistry.errors import InvalidInput
+from cregistry.keys import Keys
+
+MAX_LISTED = 1000
+# Whoever changes something without saying who (tests, library use).
+UNNAMED_ACTOR = "system"
+
+
+class AuditLog:
+    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.redis = connection
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.clock = clock
+
+    def add(self, pipe: Any, actor: str, action: str, target: str, **details: Any) -> None:
+        """Queue one entry on `pipe`, the transaction that makes the change."""
+        fields = {
+            "time": repr(self.clock()),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "details": json.dumps(details, sort_keys=True, default=str),
+        }
+        pipe.xadd(self.keys.audit(), fields, maxlen=self.config.audit_max, approximate=True)
+
+    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` entries, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_LISTED}")
+        rows: Any = self.redis.xrevrange(self.keys.audit(), count=limit)
+        return [_entry(entry_id, fields) for entry_id, fields in rows or []]
+
+
+def _entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "time": isoformat(float(fields.get("time") or 0)),
+        "actor": fields.get("actor", ""),
+        "action": fields.get("action", ""),
+        "target": fields.get("target", ""),
+        "details": json.loads(fields.get("details") or "{}"),
+    }

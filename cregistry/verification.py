@@ -1,0 +1,125 @@
+"""Checking a known user's password: the fast path, the guessing limit and
+the bound on bcrypt work.
+
+- A successful bcrypt check leaves a *verified token* in Redis: an HMAC of
+  (username, password, stored hash) under a secret that lives only in the
+  service's memory (or CREGISTRY_VERIFY_SECRET). The next connect with the
+  same password matches the token without bcrypt; a different stored hash
+  (password changed) or a deleted user (its keys gone) invalidates it. Nothing
+  in Redis lets anyone recover a password without the secret.
+- Failed checks are counted per username in a window; over the limit an
+  attempt is refused without bcrypt work. The verified token is consulted
+  first, so a device that connected recently keeps connecting while someone
+  guesses its password.
+- bcrypt runs under a per-process semaphore, and hashing for registrations
+  (unknown users) under a separate, smaller one that is never waited for, so
+  a flood of unknown users cannot starve known devices.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from cregistry import credentials
+from cregistry.audit import UNNAMED_ACTOR, AuditLog
+from cregistry.config import Config
+from cregistry.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    UNKNOWN_USER = "unknown user"
+    ACCEPTED = "accepted"
+    REFUSED = "wrong password"
+    LIMITED = "too many failed attempts"
+
+
+class WorkLimits:
+    """The process's bcrypt slots; shared by both listeners of one worker."""
+
+    def __init__(self, config: Config) -> None:
+        self.verify_slots = threading.BoundedSemaphore(config.bcrypt_concurrency)
+        self.registration_slots = threading.BoundedSemaphore(config.registration_concurrency)
+
+
+class PasswordVerifier:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        limits: WorkLimits | None = None,
+    ) -> None:
+        self.redis = connection
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.clock = clock
+        self.limits = limits if limits is not None else WorkLimits(config)
+        secret = config.verify_secret
+        self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
+
+    def verify(self, username: str, password: str) -> Verdict:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.user(username), "passwordHash")
+        pipe.get(self.keys.user_verified(username))
+        pipe.get(self.keys.user_failures(username))
+        stored_hash, verified, failures = pipe.execute()
+        if stored_hash is None:
+            return Verdict.UNKNOWN_USER
+        token = self._token(username, password, stored_hash)
+        if verified is not None and hmac.compare_digest(verified, token):
+            return Verdict.ACCEPTED
+        if failures is not None and int(failures) >= self.config.failure_limit:
+            return Verdict.LIMITED
+        with self.limits.verify_slots:
+            accepted = credentials.verify_password(password, stored_hash)
+        if accepted:
+            self.redis.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
+            return Verdict.ACCEPTED
+        self._count_failure(username)
+        return Verdict.REFUSED
+
+    def hash_for_registration(self, password: str) -> str | None:
+        """bcrypt for a new request, or None when the registration slots are busy."""
+        if not self.limits.registration_slots.acquire(blocking=False):
+            return None
+        try:
+            return credentials.hash_password(password, self.config.bcrypt_cost)
+        finally:
+            self.limits.registration_slots.release()
+
+    def failures(self, username: str) -> int:
+        return int(self.redis.get(self.keys.user_failures(username)) or 0)
+
+    def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
+        """Forget the failed attempts of a username; returns how many there were."""
+        credentials.validate_username(username)
+        pipe = self.redis.pipeline()
+        pipe.get(self.keys.user_failures(username))
+        pipe.delete(self.keys.user_failures(username))
+        AuditLog(self.redis, self.config, self.clock).add(pipe, actor, "user.failures.clear", username)
+        count = pipe.execute()[0]
+        return int(count or 0)
+
+    def _count_failure(self, username: str) -> None:
+        key = self.keys.user_failures(username)
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.config.failure_window, nx=True)
+        count = pipe.execute()[0]
+        if count == self.config.failure_limit:
+            log.warning("user %s reached %d failed password checks; refusing without bcrypt", username, count)
+
+    def _token(self, username: str, password: str, stored_hash: str) -> str:
+        message = b"\0".join((username.encode(), password.encode(), stored_hash.encode()))
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()

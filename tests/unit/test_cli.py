@@ -1,0 +1,378 @@
+"""The `cregistry` CLI through CliRunner: exact output and exit codes (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from click.testing import CliRunner, Result
+
+import cregistry.cli
+import cregistry.connections
+from cregistry.credentials import pairing_id, verify_password
+from cregistry.keys import Keys
+from cregistry.registry import Registry
+from cregistry.users import UserStore
+
+KEYS = Keys("cregistry")
+# The `clock` fixture starts here; what the CLI shows for it.
+FAKE_NOW_TEXT = "2027-01-15T08:00:00Z"
+
+
+def run(runner: CliRunner, *args: str, **kwargs: Any) -> Result:
+    return runner.invoke(cregistry.cli.cli, list(args), **kwargs)
+
+
+def assert_ok(result: Result, stdout: str) -> None:
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert result.stdout == stdout
+
+
+def assert_one_line_error(result: Result, exit_code: int) -> str:
+    """Errors: one line on stderr starting "Error:", nothing on stdout, no traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def assert_usage_error(result: Result) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: ")
+    assert "Error: " in result.stderr
+
+
+@pytest.fixture
+def pending(registry: Registry) -> None:
+    """Two pending requests, recorded at the fake clock's time."""
+    registry.unlock()
+    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    registry.record_attempt("sensor-2", "secret2", "c2", "rest", {"model": "x1"})
+    registry.lock()
+
+
+# -- lock state -----------------------------------------------------------------
+def test_status_unlock_lock(runner: CliRunner, connection: fakeredis.FakeRedis) -> None:
+    assert_ok(run(runner, "status"), "locked\n")
+    assert_ok(run(runner, "unlock"), "unlocked, 300 s left\n")
+    assert connection.ttl(KEYS.unlock()) == 300
+    assert_ok(run(runner, "status"), "unlocked, 300 s left\n")
+    assert_ok(run(runner, "lock"), "locked\n")
+    assert not connection.exists(KEYS.unlock())
+    assert_ok(run(runner, "unlock", "--seconds", "60"), "unlocked, 60 s left\n")
+    assert connection.ttl(KEYS.unlock()) == 60
+
+
+def test_unlock_default_follows_the_environment(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREGISTRY_UNLOCK_SECONDS", "120")
+    assert_ok(run(runner, "unlock"), "unlocked, 120 s left\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--json", "status"], ["status", "--json"]],
+    ids=["before", "after"],
+)
+def test_json_before_or_after_the_command(runner: CliRunner, args: list[str]) -> None:
+    result = run(runner, *args)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == {"locked": False, "secondsLeft": 0}
+
+
+def test_json_for_unlock_and_lock(runner: CliRunner) -> None:
+    assert json.loads(run(runner, "unlock", "--seconds", "90", "--json").stdout) == {"locked": True, "secondsLeft": 90}
+    assert json.loads(run(runner, "--json", "lock").stdout) == {"locked": False, "secondsLeft": 0}
+
+
+@pytest.mark.parametrize("seconds", ["0", "3601", "-1"])
+def test_unlock_out_of_range(runner: CliRunner, registry: Registry, seconds: str) -> None:
+    line = assert_one_line_error(run(runner, "unlock", "--seconds", seconds), 2)
+    assert line == "Error: seconds must be an integer from 1 to 3600"
+    assert registry.status().locked is False
+
+
+def test_unlock_not_a_number(runner: CliRunner, registry: Registry) -> None:
+    assert_usage_error(run(runner, "unlock", "--seconds", "ten"))
+    assert registry.status().locked is False
+
+
+# -- requests -------------------------------------------------------------------
+def test_requests_empty(runner: CliRunner) -> None:
+    assert_ok(run(runner, "requests"), "no pending requests\n")
+    assert json.loads(run(runner, "requests", "--json").stdout) == {"requests": []}
+
+
+def test_requests_table(runner: CliRunner, pending: None) -> None:
+    header = "USERNAME  PAIRING ID  CLIENT ID  SOURCE  ATTEMPTS  FIRST SEEN            LAST SEEN"
+    row_1 = f"sensor-1  e2d3f8      client-1   mqtt    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
+    pairing_2 = pairing_id("sensor-2", "secret2")
+    row_2 = f"sensor-2  {pairing_2}      c2         rest    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
+    assert_ok(run(runner, "requests"), f"{header}\n{row_1}\n{row_2}\n")
+
+
+def test_requests_json(runner: CliRunner, pending: None) -> None:
+    result = run(runner, "--json", "requests")
+    assert result.exit_code == 0
+    items = json.loads(result.stdout)["requests"]
+    assert [item["id"] for item in items] == [
+        f"sensor-1:{pairing_id('sensor-1', 'secret1')}",
+        f"sensor-2:{pairing_id('sensor-2', 'secret2')}",
+    ]
+    assert items[1]["context"] == {"model": "x1"}
+    assert set(items[0]) == {
+        "id",
+        "username",
+        "pairingId",
+        "clientId",
+        "source",
+        "firstSeen",
+        "lastSeen",
+        "attempts",
+        "context",
+    }
+
+
+def test_requests_escape_control_characters_of_client_ids(runner: CliRunner, registry: Registry) -> None:
+    registry.unlock()
+    registry.record_attempt("sensor-1", "secret1", "evil\x1b[2J\r", "mqtt")
+    result = run(runner, "requests")
+    assert result.exit_code == 0
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "evil\\x1b[2J\\r" in result.stdout
+
+
+# -- approve / deny -------------------------------------------------------------
+def test_approve(runner: CliRunner, registry: Registry, connection: fakeredis.FakeRedis, pending: None) -> None:
+    request_hash = registry.requests_for("sensor-1")[0].password_hash
+    result = run(runner, "approve", "sensor-1")
+    assert_ok(
+        result,
+        "approved sensor-1 (pairing ID e2d3f8); it has no permissions yet:"
+        " grant some with `cregistry grant sensor-1 PATTERN ACCESS`\n",
+    )
+    assert connection.hget(KEYS.user("sensor-1"), "passwordHash") == request_hash
+    assert request_hash not in result.output
+    assert [r.username for r in registry.list_requests()] == ["sensor-2"]
+    assert_one_line_error(run(runner, "approve", "sensor-1"), 4)
+
+
+def test_approve_json(runner: CliRunner, pending: None) -> None:
+    result = run(runner, "approve", "sensor-1", "--json")
+    assert result.exit_code == 0
+    user = json.loads(result.stdout)
+    assert (user["username"], user["pairingId"], user["permissions"]) == ("sensor-1", "e2d3f8", [])
+    assert "passwordHash" not in result.stdout
+
+
+def test_approve_with_several_candidates_needs_the_pairing_id(
+    runner: CliRunner, registry: Registry, users: UserStore
+) -> None:
+    registry.unlock()
+    registry.record_attempt("sensor-1", "secret1", "c", "mqtt")
+    registry.record_attempt("sensor-1", "secret2", "c", "mqtt")
+    assert_one_line_error(run(runner, "approve", "sensor-1"), 4)
+    assert not users.exists("sensor-1")
+    chosen = pairing_id("sensor-1", "secret2")
+    result = run(runner, "approve", "sensor-1", "--pairing-id", chosen)
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"approved sensor-1 (pairing ID {chosen});")
+    assert verify_password("secret2", users.password_hash("sensor-1"))
+    assert registry.requests_for("sensor-1") == []
+
+
+def test_approve_unknown(runner: CliRunner, pending: None) -> None:
+    assert assert_one_line_error(run(runner, "approve", "nobody"), 3) == "Error: no pending request for 'nobody'"
+    assert_one_line_error(run(runner, "approve", "sensor-1", "--pairing-id", "abcdef"), 3)
+
+
+def test_approve_invalid_input(runner: CliRunner, pending: None) -> None:
+    assert_one_line_error(run(runner, "approve", "a/b"), 2)
+    assert_one_line_error(run(runner, "approve", "sensor-1", "--pairing-id", "XYZ"), 2)
+
+
+def test_deny(runner: CliRunner, registry: Registry, pending: None) -> None:
+    assert_ok(run(runner, "deny", "sensor-1"), "denied sensor-1 (pairing ID e2d3f8)\n")
+    assert [r.username for r in registry.list_requests()] == ["sensor-2"]
+    assert_one_line_error(run(runner, "deny", "sensor-1"), 3)
+    result = run(runner, "deny", "sensor-2", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["denied"]["username"] == "sensor-2"
+
+
+# -- users ----------------------------------------------------------------------
+def test_users(runner: CliRunner, registry: Registry, users: UserStore, pending: None) -> None:
+    assert_ok(run(runner, "users"), "no users\n")
+    registry.approve("sensor-1")
+    users.add("backend", "backend-password", superuser=True)
+    users.grant("sensor-1", "devices/%u/#", "readWrite")
+    users.grant_role("devices", "a/#", "read")
+    users.assign_role("sensor-1", "devices")
+    expected = (
+        "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED\n"
+        f"backend   yes        -        0            {FAKE_NOW_TEXT}\n"
+        f"sensor-1  no         devices  1            {FAKE_NOW_TEXT}\n"
+    )
+    assert_ok(run(runner, "users"), expected)
+    listed = json.loads(run(runner, "users", "--json").stdout)["users"]
+    assert [u["username"] for u in listed] == ["backend", "sensor-1"]
+
+
+def test_user_show(runner: CliRunner, registry: Registry, users: UserStore, pending: None) -> None:
+    registry.approve("sensor-1")
+    users.grant("sensor-1", "devices/%u/#", "readWrite")
+    users.grant("sensor-1", "cmd/+", "read")
+    expected = (
+        "username:   sensor-1\n"
+        f"created:    {FAKE_NOW_TEXT}\n"
+        "source:     mqtt\n"
+        "client id:  client-1\n"
+        "pairing ID: e2d3f8\n"
+        "superuser:  no\n"
+        "roles:      -\n"
+        "permissions:\n"
+        "  read       cmd/+\n"
+        "  readWrite  devices/%u/#\n"
+    )
+    assert_ok(run(runner, "user", "show", "sensor-1"), expected)
+    assert json.loads(run(runner, "user", "show", "sensor-1", "--json").stdout)["clientId"] == "client-1"
+    assert_one_line_error(run(runner, "user", "show", "nobody"), 3)
+
+
+def test_user_add_delete(runner: CliRunner, users: UserStore) -> None:
+    result = run(runner, "user", "add", "backend", "--password-stdin", input="backend-password\n")
+    assert_ok(result, "added backend\n")
+    assert verify_password("backend-password", users.password_hash("backend"))
+    assert users.get("backend").superuser is False
+    assert_one_line_error(run(runner, "user", "add", "backend", "--password-stdin", input="other-password\n"), 4)
+    assert verify_password("backend-password", users.password_hash("backend"))
+    assert_ok(run(runner, "user", "delete", "backend"), "deleted backend\n")
+    assert not users.exists("backend")
+    assert_one_line_error(run(runner, "user", "delete", "backend"), 3)
+
+
+def test_user_add_superuser_json(runner: CliRunner, users: UserStore) -> None:
+    result = run(runner, "user", "add", "admin-1", "--superuser", "--password-stdin", "--json", input="admin-pass\n")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["superuser"] is True
+    assert users.get("admin-1").superuser is True
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("ab", "backend-password"), ("back end", "backend-password"), ("backend", "abcd"), ("backend", "€" * 25)],
+)
+def test_user_add_invalid(runner: CliRunner, users: UserStore, username: str, password: str) -> None:
+    assert_one_line_error(run(runner, "user", "add", username, "--password-stdin", input=password + "\n"), 2)
+    assert users.list_users() == []
+
+
+# -- permissions ----------------------------------------------------------------
+@pytest.fixture
+def sensor(users: UserStore) -> str:
+    users.add("sensor-1", "secret1")
+    return "sensor-1"
+
+
+def test_grant_and_revoke(runner: CliRunner, users: UserStore, sensor: str) -> None:
+    assert_ok(run(runner, "grant", sensor, "devices/%u/#", "readWrite"), "granted sensor-1 readWrite on devices/%u/#\n")
+    assert [p.to_dict() for p in users.get(sensor).permissions] == [{"topic": "devices/%u/#", "access": "readWrite"}]
+    assert_ok(run(runner, "revoke", sensor, "devices/%u/#"), "revoked sensor-1's permission on devices/%u/#\n")
+    assert users.get(sensor).permissions == ()
+    assert_one_line_error(run(runner, "revoke", sensor, "devices/%u/#"), 3)
+
+
+def test_grant_invalid_access_is_a_usage_error(runner: CliRunner, users: UserStore, sensor: str) -> None:
+    assert_usage_error(run(runner, "grant", sensor, "a/#", "rw"))
+    assert users.get(sensor).permissions == ()
+
+
+@pytest.mark.parametrize("pattern", ["a/#/b", "a+", "a/%x", ""])
+def test_grant_invalid_pattern(runner: CliRunner, users: UserStore, sensor: str, pattern: str) -> None:
+    assert_one_line_error(run(runner, "grant", sensor, pattern, "read"), 2)
+    assert users.get(sensor).permissions == ()
+
+
+def test_grant_to_unknown_user(runner: CliRunner, users: UserStore) -> None:
+    assert_one_line_error(run(runner, "grant", "nobody", "a/#", "read"), 3)
+    assert not users.exists("nobody")
+
+
+# -- roles ----------------------------------------------------------------------
+def test_role_grant_assign_show(runner: CliRunner, users: UserStore, sensor: str) -> None:
+    assert_ok(
+        run(runner, "role", "grant", "devices", "devices/%u/#", "readWrite"),
+        "role devices: granted readWrite on devices/%u/#\n",
+    )
+    assert_ok(run(runner, "role", "assign", sensor, "devices"), "sensor-1 has role devices\n")
+    expected = "role:    devices\nmembers: sensor-1\npermissions:\n  readWrite  devices/%u/#\n"
+    assert_ok(run(runner, "role", "show", "devices"), expected)
+    assert users.get(sensor).roles == ("devices",)
+    assert_one_line_error(run(runner, "role", "assign", sensor, "nothing"), 3)
+    assert_one_line_error(run(runner, "role", "show", "nothing"), 3)
+    assert_usage_error(run(runner, "role", "grant", "devices", "a", "all"))
+
+
+# -- failures -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["unlock"],
+        ["requests"],
+        ["approve", "sensor-1"],
+        ["users"],
+        ["grant", "sensor-1", "a/#", "read"],
+        ["--json", "status"],
+    ],
+)
+def test_redis_unreachable(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    monkeypatch.setattr(
+        cregistry.cli, "connect", lambda url, timeout: cregistry.connections.connect("redis://127.0.0.1:1/0", 0.2)
+    )
+    line = assert_one_line_error(run(runner, *args), 6)
+    assert "Redis" in line
+    assert "Traceback" not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CREGISTRY_UNLOCK_SECONDS", "abc"), ("CREGISTRY_BCRYPT_COST", "99"), ("CREGISTRY_KEY_PREFIX", "a:b")],
+)
+def test_bad_setting_is_one_line_naming_the_variable(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    line = assert_one_line_error(run(runner, "status"), 2)
+    assert variable in line
+
+
+def test_output_never_shows_a_password_or_hash(
+    runner: CliRunner, registry: Registry, users: UserStore, pending: None
+) -> None:
+    outputs = []
+    for json_flag in ([], ["--json"]):
+        outputs.append(run(runner, "requests", *json_flag).output)
+    hashes = [r.password_hash for r in registry.list_requests()]
+    outputs.append(run(runner, "approve", "sensor-1").output)
+    outputs.append(run(runner, "deny", "sensor-2", "--json").output)
+    outputs.append(run(runner, "user", "add", "backend", "--password-stdin", input="backend-password\n").output)
+    hashes += [users.password_hash("sensor-1"), users.password_hash("backend")]
+    for json_flag in ([], ["--json"]):
+        outputs.append(run(runner, "users", *json_flag).output)
+        for name in ("sensor-1", "backend"):
+            outputs.append(run(runner, "user", "show", name, *json_flag).output)
+    outputs.append(run(runner, "grant", "sensor-1", "a/#", "read", "--json").output)
+    for json_flag in ([], ["--json"]):
+        outputs.append(run(runner, "audit", *json_flag).output)
+    outputs.append(run(runner, "user", "add", "backend", "--password-stdin", input="backend-password\n").output)
+    text = "\n".join(outputs)
+    assert "sensor-1" in text  # the outputs are real
+    for secret in ["secret1", "secret2", "backend-password", *hashes]:
+        assert secret not in text
+    assert "$2b$" not in text and "passwordHash" not in text

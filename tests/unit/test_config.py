@@ -1,0 +1,170 @@
+"""CREGISTRY_* settings: defaults, parsing, refusals (SPEC §9), and the key prefix."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from cregistry.broker import Authorizer
+from cregistry.config import Config, parse_listen
+from cregistry.errors import ConfigError
+from cregistry.registry import Registry
+
+from .conftest import FakeClock
+
+
+def test_defaults() -> None:
+    config = Config.from_env({})
+    assert config.redis_url is None
+    assert config.key_prefix == "cregistry"
+    assert config.admin_token is None
+    assert config.unlock_seconds == 300
+    assert config.bcrypt_cost == 10
+    assert config.pending_ttl == 24 * 3600
+    assert config.pending_max == 1000
+    assert config.pending_per_username == 3
+    assert config.password_min_length == 5
+    assert config.password_require == ()
+    assert config.api_listen == "0.0.0.0:8080"
+    assert config.broker_listen == "127.0.0.1:8081"
+    assert Config() == config
+
+
+def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREGISTRY_BCRYPT_COST", "12")
+    monkeypatch.setenv("CREGISTRY_REDIS_URL", "redis://localhost:6379/2")
+    config = Config.from_env()
+    assert config.bcrypt_cost == 12
+    assert config.redis_url == "redis://localhost:6379/2"
+
+
+def test_from_env_parses_every_kind_of_value() -> None:
+    config = Config.from_env(
+        {
+            "CREGISTRY_REDIS_URL": "unix:///run/redis.sock",
+            "CREGISTRY_KEY_PREFIX": "fleet-1",
+            "CREGISTRY_ADMIN_TOKEN": "s3cret-token",
+            "CREGISTRY_UNLOCK_SECONDS": "600",
+            "CREGISTRY_BCRYPT_COST": "12",
+            "CREGISTRY_PENDING_TTL": "3600",
+            "CREGISTRY_PENDING_MAX": "50",
+            "CREGISTRY_PENDING_PER_USERNAME": "5",
+            "CREGISTRY_PASSWORD_MIN_LENGTH": "12",
+            "CREGISTRY_PASSWORD_REQUIRE": "upper,digit",
+            "CREGISTRY_API_LISTEN": "127.0.0.1:9000",
+            "CREGISTRY_BROKER_LISTEN": "[::1]:9001",
+            "CREGISTRY_REDIS_TIMEOUT": "0.25",
+        }
+    )
+    assert config.redis_url == "unix:///run/redis.sock"
+    assert config.key_prefix == "fleet-1"
+    assert config.admin_token == "s3cret-token"
+    assert config.unlock_seconds == 600
+    assert config.bcrypt_cost == 12
+    assert config.pending_ttl == 3600
+    assert config.pending_max == 50
+    assert config.pending_per_username == 5
+    assert config.password_min_length == 12
+    assert config.password_require == ("upper", "digit")
+    assert config.api_listen == "127.0.0.1:9000"
+    assert config.broker_listen == "[::1]:9001"
+    assert config.redis_timeout == 0.25
+
+
+def test_password_require_tolerates_spaces_and_empty_parts() -> None:
+    config = Config.from_env({"CREGISTRY_PASSWORD_REQUIRE": " lower , symbol ,"})
+    assert config.password_require == ("lower", "symbol")
+
+
+def test_empty_values_mean_the_default() -> None:
+    config = Config.from_env({"CREGISTRY_BCRYPT_COST": "", "CREGISTRY_KEY_PREFIX": ""})
+    assert (config.bcrypt_cost, config.key_prefix) == (10, "cregistry")
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    config = Config.from_env({"BCRYPT_COST": "5", "CREGISTRY_UNKNOWN": "x", "cregistry_bcrypt_cost": "5"})
+    assert config.bcrypt_cost == 10
+
+
+def test_keyword_overrides_win() -> None:
+    config = Config.from_env({"CREGISTRY_BCRYPT_COST": "12"}, bcrypt_cost=4)
+    assert config.bcrypt_cost == 4
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CREGISTRY_UNLOCK_SECONDS", "abc"),
+        ("CREGISTRY_UNLOCK_SECONDS", "0"),
+        ("CREGISTRY_UNLOCK_SECONDS", "3601"),
+        ("CREGISTRY_UNLOCK_SECONDS", "1.5"),
+        ("CREGISTRY_BCRYPT_COST", "3"),
+        ("CREGISTRY_BCRYPT_COST", "32"),
+        ("CREGISTRY_BCRYPT_COST", "ten"),
+        ("CREGISTRY_PENDING_TTL", "0"),
+        ("CREGISTRY_PENDING_TTL", "-5"),
+        ("CREGISTRY_PENDING_MAX", "-1"),
+        ("CREGISTRY_PENDING_MAX", "many"),
+        ("CREGISTRY_PENDING_PER_USERNAME", "0"),
+        ("CREGISTRY_PASSWORD_MIN_LENGTH", "0"),
+        ("CREGISTRY_PASSWORD_MIN_LENGTH", "73"),
+        ("CREGISTRY_PASSWORD_REQUIRE", "upper,emoji"),
+        ("CREGISTRY_PASSWORD_REQUIRE", "UPPER"),
+        ("CREGISTRY_KEY_PREFIX", "a:b"),
+        ("CREGISTRY_KEY_PREFIX", "a{b}"),
+        ("CREGISTRY_KEY_PREFIX", "a b"),
+        ("CREGISTRY_API_LISTEN", "8080"),
+        ("CREGISTRY_API_LISTEN", "0.0.0.0:http"),
+        ("CREGISTRY_API_LISTEN", "0.0.0.0:0"),
+        ("CREGISTRY_API_LISTEN", "0.0.0.0:65536"),
+        ("CREGISTRY_BROKER_LISTEN", ":8081"),
+        ("CREGISTRY_REDIS_TIMEOUT", "fast"),
+        ("CREGISTRY_REDIS_TIMEOUT", "0"),
+        ("CREGISTRY_REDIS_TIMEOUT", "nan"),
+    ],
+)
+def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env({variable: value})
+    assert variable in str(error.value)
+
+
+def test_same_port_for_both_listeners_is_refused_naming_both_variables() -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env({"CREGISTRY_API_LISTEN": "0.0.0.0:8081"})
+    assert "CREGISTRY_API_LISTEN" in str(error.value)
+    assert "CREGISTRY_BROKER_LISTEN" in str(error.value)
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert parse_listen("[::1]:8081") == ("::1", 8081)
+    with pytest.raises(ConfigError):
+        parse_listen("localhost")
+
+
+# -- key prefix -----------------------------------------------------------------
+def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeRedis, clock: FakeClock) -> None:
+    config = Config(bcrypt_cost=4, key_prefix="other")
+    registry = Registry(connection, config, clock)
+    users = registry.users
+    registry.unlock()
+    for password in ("secret1", "secret2"):
+        registry.record_attempt("sensor-1", password, "c", "mqtt")
+    registry.record_attempt("sensor-2", "secret1", "c", "mqtt")
+    registry.record_attempt("sensor-3", "secret1", "c", "rest", {"a": 1})
+    registry.deny("sensor-3")
+    registry.approve("sensor-1", registry.requests_for("sensor-1")[0].pairing_id)
+    users.add("backend", "backend-password", superuser=True)
+    users.grant("sensor-1", "devices/%u/#", "readWrite")
+    users.grant_role("devices", "a/#", "read")
+    users.assign_role("sensor-1", "devices")
+    assert Authorizer(connection, config, clock).check_acl("sensor-1", "c", "devices/sensor-1/x", 2).allowed
+    keys = connection.keys("*")
+    assert len(keys) >= 10
+    assert all(key.startswith("other:") for key in keys), keys
+    # The default prefix sees none of it.
+    default = Registry(connection, Config(bcrypt_cost=4), clock)
+    assert default.status().locked is False
+    assert default.list_requests() == []
+    assert default.users.list_users() == []
