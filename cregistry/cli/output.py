@@ -3,6 +3,7 @@ errors to exit codes."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -37,18 +38,25 @@ EXIT_CODE_FOR = {
 
 
 class CommandError(click.ClickException):
-    """One line on stderr ("Error: ..."), and an exit code that says what kind."""
+    """One line on stderr ("Error: ..."), exit code 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+@functools.cache
+def _error_class(exit_code: int) -> type[CommandError]:
+    # click declares exit_code on the class, so each code gets its own subclass.
+    return type(f"CommandError{exit_code}", (CommandError,), {"exit_code": exit_code})
+
+
+def command_error(message: str, exit_code: int = 1) -> CommandError:
+    """A CommandError that exits with `exit_code`."""
+    return _error_class(exit_code)(message)
 
 
 def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
     if isinstance(error, redis.RedisError):
-        return CommandError(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
+        return command_error(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
     assert isinstance(error, errors.CregistryError)
-    return CommandError(str(error), EXIT_CODE_FOR.get(type(error), 1))
+    return command_error(str(error), EXIT_CODE_FOR.get(type(error), 1))
 
 
 def emit(data: Any, text: str, as_json: bool) -> None:
