@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth clean
+.PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +50,18 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration
 
+## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
+bench: $(STAMP) system-deps try-go-auth
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP) system-deps try-go-auth
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py --quick
+
 lint: $(STAMP)
-	$(BIN)/ruff check cregistry tests
-	$(BIN)/ruff format --check cregistry tests
+	$(BIN)/ruff check cregistry tests bench
+	$(BIN)/ruff format --check cregistry tests bench
 	$(BIN)/mypy
 
 clean:
