@@ -90,10 +90,12 @@ def filter_is_covered(topic_filter: Sequence[str], patterns: Iterable[Sequence[s
     if topic_filter and topic_filter[0].startswith("$"):
         # Patterns opening with a wildcard never reach $-topics.
         candidates = [p for p in candidates if p[0] not in ("+", "#")]
-    return _covers(list(topic_filter), candidates, depth=0)
+    return _covers(list(topic_filter), candidates, prefix_is_empty=True)
 
 
-def _covers(rest: Levels, patterns: list[Levels], depth: int) -> bool:
+def _covers(rest: Levels, patterns: list[Levels], prefix_is_empty: bool) -> bool:
+    """`prefix_is_empty`: the levels consumed so far can only spell the empty
+    string, which is no topic (MQTT topics have at least one character)."""
     if not patterns:
         return False
     if any(p and p[0] == "#" for p in patterns):
@@ -102,11 +104,11 @@ def _covers(rest: Levels, patterns: list[Levels], depth: int) -> bool:
         return any(not p for p in patterns)
     head = rest[0]
     if head == "#":
-        # "#" stands for the parent level itself (except at the top, where
-        # there is no empty topic) and for one or more further levels.
-        if depth > 0 and not any(not p for p in patterns):
+        # "#" stands for the parent level itself (unless that would be the
+        # empty topic) and for one or more further levels.
+        if not prefix_is_empty and not any(not p for p in patterns):
             return False
-        return _covers(["+", "#"], patterns, depth)
+        return _covers(["+", "#"], patterns, prefix_is_empty)
     if head == "+":
         # A level value that no pattern names literally is only matched by
         # "+" patterns; those values always exist, so only "+" patterns count.
@@ -114,7 +116,7 @@ def _covers(rest: Levels, patterns: list[Levels], depth: int) -> bool:
     else:
         allowed = (head, "+")
     narrowed = [p[1:] for p in patterns if p and p[0] in allowed]
-    return _covers(rest[1:], narrowed, depth + 1)
+    return _covers(rest[1:], narrowed, prefix_is_empty and head == "")
 
 
 def _levels(topic: object, what: str) -> Levels:
