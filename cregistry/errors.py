@@ -56,3 +56,20 @@ class PermissionNotFound(CregistryError):
 
 class TooManyFailures(CregistryError):
     """Too many failed password checks for this username; refused without checking."""
+
+
+# -- the device agent (device.py) ------------------------------------------
+class CredentialsFileMissing(CregistryError):
+    """The device's credentials file does not exist."""
+
+
+class CredentialsFileInvalid(CregistryError):
+    """The credentials file cannot be read or written, or is not what `cregistry device` wrote."""
+
+
+class CredentialsRefused(CregistryError):
+    """The broker refused credentials it had accepted before (with --exit-on-refusal)."""
+
+
+class RegistrationFailed(CregistryError):
+    """The registration URL answered something the device cannot act on."""

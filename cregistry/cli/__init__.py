@@ -16,6 +16,7 @@ import click
 import redis
 
 from cregistry import embedded, errors
+from cregistry.cli.device_commands import device
 from cregistry.cli.output import CommandError, display, emit, table, to_command_error
 from cregistry.config import Config
 from cregistry.connections import connect
@@ -492,12 +493,7 @@ def _role_text(found: Role) -> str:
     return "\n".join(lines)
 
 
-try:  # the device agent (paho-mqtt) lives in its own module
-    from cregistry.cli.device_commands import device  # noqa: E402
-
-    cli.add_command(device)
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
+cli.add_command(device)
 
 
 def main() -> None:

@@ -34,6 +34,10 @@ EXIT_CODE_FOR = {
     errors.PendingLimitReached: EXIT_REFUSED,
     errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,
+    errors.CredentialsFileMissing: EXIT_NOT_FOUND,
+    errors.CredentialsFileInvalid: EXIT_INVALID,
+    errors.CredentialsRefused: EXIT_REFUSED,
+    errors.RegistrationFailed: 1,
 }
 
 
@@ -61,7 +65,7 @@ def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
 
 def emit(data: Any, text: str, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(data, indent=2))  # ASCII: no terminal control can get through
     else:
         click.echo(text)
 

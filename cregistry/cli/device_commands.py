@@ -1,0 +1,189 @@
+"""`cregistry device`: the device agent (cregistry/device.py) as a command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cregistry import device as agent
+from cregistry import errors
+from cregistry.cli.output import EXIT_INVALID, command_error, emit, to_command_error
+from cregistry.credentials import validate_username
+
+
+class DeviceGroup(click.Group):
+    """One line and an exit code for every error, also when used on its own."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.CregistryError as error:
+            raise to_command_error(error) from None
+
+
+@click.group(cls=DeviceGroup)
+def device() -> None:
+    """Be a device: register with generated credentials, then stay connected."""
+
+
+def _username(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else validate_username(value)
+    except errors.InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _topic(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else agent.validate_publish_topic(value)
+    except errors.InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _register_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else agent.register_endpoint(value)
+    except errors.InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+
+
+CREDENTIALS_FILE = click.Path(dir_okay=False, path_type=Path)
+READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@device.command()
+@click.option("--host", required=True, help="The MQTT broker's host name or address.")
+@click.option("--port", type=click.IntRange(1, 65535), help="The broker's port (default 1883, 8883 with TLS).")
+@click.option(
+    "--credentials",
+    "credentials_path",
+    type=CREDENTIALS_FILE,
+    required=True,
+    help="This device's credentials file; created (mode 0600) on first start, reused later.",
+)
+@click.option("--username", callback=_username, help="The username to register (default: host name + random suffix).")
+@click.option("--client-id", help="The MQTT client id (default: the one stored, i.e. the username).")
+@click.option(
+    "--register-url",
+    callback=_register_url,
+    help="Register over REST first: the cregistry API URL (http://host:8080) or its register route.",
+)
+@click.option(
+    "--publish",
+    "publish_topic",
+    callback=_topic,
+    help="Publish a small JSON message here (%u: username, %c: client id).",
+)
+@click.option("--publish-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
+@click.option("--tls", is_flag=True, help="Connect with TLS (implied by the other TLS options).")
+@click.option("--ca-file", type=READABLE_FILE, help="CA certificates to verify the broker (and the REST URL) with.")
+@click.option("--cert-file", type=READABLE_FILE, help="Client certificate (PEM).")
+@click.option("--key-file", type=READABLE_FILE, help="The client certificate's key (PEM).")
+@click.option("--insecure", is_flag=True, help="Do not verify the server certificate (testing only).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--max-backoff",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Longest wait in seconds between attempts.",
+)
+@click.option(
+    "--exit-on-refusal",
+    is_flag=True,
+    help="Exit (code 5) when the broker refuses credentials it accepted before, instead of retrying.",
+)
+def run(
+    host: str,
+    port: int | None,
+    credentials_path: Path,
+    username: str | None,
+    client_id: str | None,
+    register_url: str | None,
+    publish_topic: str | None,
+    publish_interval: float,
+    tls: bool,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    insecure: bool,
+    log_format: str,
+    max_backoff: float,
+    exit_on_refusal: bool,
+) -> None:
+    """Register this device and keep it connected.
+
+    The first start makes a username and a random password, stores them in
+    the credentials file (readable only by its owner) and prints the pairing
+    ID and what the operator must do; the device then retries until it is
+    approved. Later starts reuse the file. SIGTERM or Ctrl-C stop it (exit 0).
+
+    \b
+    Example:
+        cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
+            --publish 'devices/%u/heartbeat' --publish-interval 30
+    """
+    if key_file is not None and cert_file is None:
+        raise click.UsageError("--key-file needs --cert-file")
+    use_tls = tls or insecure or any(f is not None for f in (ca_file, cert_file, key_file))
+    settings = agent.DeviceSettings(
+        host=host,
+        port=port,
+        credentials_path=credentials_path,
+        username=username,
+        client_id=client_id,
+        register_url=register_url,
+        publish_topic=publish_topic,
+        publish_interval=publish_interval,
+        tls=agent.TlsSettings(ca_file, cert_file, key_file, insecure) if use_tls else None,
+        max_backoff=max_backoff,
+        exit_on_refusal=exit_on_refusal,
+    )
+    _configure_logging(log_format)
+    try:
+        device_agent = agent.DeviceAgent(settings, announce=click.echo)
+    except OSError as error:  # unreadable certificates or keys
+        raise command_error(f"cannot set up TLS: {error}", EXIT_INVALID) from None
+    stop = lambda _signum, _frame: device_agent.stop()  # noqa: E731
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        device_agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@device.command("pairing-id")
+@click.option("--credentials", "credentials_path", type=CREDENTIALS_FILE, required=True, help="The credentials file.")
+@click.option("--json", "json_flag", is_flag=True, help="Output JSON for scripts.")
+@click.pass_context
+def pairing_id(ctx: click.Context, credentials_path: Path, json_flag: bool) -> None:
+    """Print the pairing ID of the credentials in a file, to compare with
+    `cregistry requests`.
+
+    \b
+    Example:
+        cregistry approve "$NAME" --pairing-id "$(cregistry device pairing-id --credentials device.json)"
+    """
+    credentials = agent.CredentialStore(credentials_path).load()
+    # `cregistry --json device pairing-id` works like the other commands.
+    as_json = json_flag or bool(getattr(ctx.find_root().obj, "json_output", False))
+    emit({"username": credentials.username, "pairingId": credentials.pairing_id}, credentials.pairing_id, as_json)
+
+
+def _configure_logging(log_format: str) -> None:
+    """Handlers live at entry points: the agent's log goes to stderr."""
+    logger = logging.getLogger(agent.__name__)
+    for handler in [h for h in logger.handlers if getattr(h, "cregistry_device", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(agent.JsonLogFormatter() if log_format == "json" else agent.TextLogFormatter())
+    handler.cregistry_device = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
