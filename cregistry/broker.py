@@ -81,6 +81,7 @@ class Authorizer:
             Attempt.LOCKED: "unknown user; the registry is locked",
             Attempt.DENIED: "the registration request with these credentials was denied",
             Attempt.LIMITED: "unknown user; too many pending requests, not recorded",
+            Attempt.APPROVED_MEANWHILE: "registration approved just now; connect again",
         }
         return Decision(False, reasons[attempt])
 

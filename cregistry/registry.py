@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from cregistry.errors import (
     UsernameTaken,
 )
 from cregistry.keys import Keys
+from cregistry.transactions import run_watched
 from cregistry.users import User, UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 
@@ -44,6 +46,32 @@ MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
+class ThrottledWarning:
+    """A warning logged at most once per interval per process: a flood of
+    attempts must not turn into a flood of log lines (the attacker sets the
+    rate). The lines held back are counted in the next one."""
+
+    def __init__(self, message: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.message = message
+        self.interval = interval
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.last: float | None = None
+        self.held_back = 0
+
+    def emit(self, *args: Any) -> None:
+        with self.lock:
+            now = self.clock()
+            if self.last is not None and now - self.last < self.interval:
+                self.held_back += 1
+                return
+            held_back, self.held_back, self.last = self.held_back, 0, now
+        log.warning(self.message + " (%d more since the last such line)", *args, held_back)
+
+
+_cap_warning = ThrottledWarning("pending request cap (%d) reached; attempts are not recorded")
+
+
 class Attempt(enum.Enum):
     """What became of a registration attempt by an unknown user."""
 
@@ -52,6 +80,7 @@ class Attempt(enum.Enum):
     LOCKED = "locked"  # registry locked: nothing recorded
     DENIED = "denied"  # an operator denied these credentials
     LIMITED = "limited"  # a pending cap is reached: nothing recorded
+    APPROVED_MEANWHILE = "approved meanwhile"  # the user was created while we hashed
 
 
 class Registration(enum.Enum):
@@ -216,7 +245,7 @@ class Registry:
             return Attempt.LOCKED, pairing
         # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
         if pending_total >= self.config.pending_max:
-            log.warning("pending request cap (%d) reached; attempt not recorded", self.config.pending_max)
+            _cap_warning.emit(self.config.pending_max)
             return Attempt.LIMITED, pairing
         if candidates and len(self._existing(username, candidates)) >= self.config.pending_per_username:
             return Attempt.LIMITED, pairing
@@ -228,20 +257,17 @@ class Registry:
     def _touch(self, username: str, pairing: str, now: float) -> bool:
         """Count one more attempt on an existing request; False if it vanished meanwhile."""
         request_key = self.keys.request(username, pairing)
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(request_key)
-                if not pipe.exists(request_key):
-                    return False
-                pipe.multi()
-                pipe.hincrby(request_key, "attempts", 1)
-                pipe.hset(request_key, "lastSeen", repr(now))
-                self._keep_alive(pipe, username, pairing, now)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                # Approved, denied or expired while we looked: treat as new.
-                return False
+
+        def count_attempt(pipe: Any) -> bool:
+            if not pipe.exists(request_key):
+                return False  # approved, denied or expired while we looked
+            pipe.multi()
+            pipe.hincrby(request_key, "attempts", 1)
+            pipe.hset(request_key, "lastSeen", repr(now))
+            self._keep_alive(pipe, username, pairing, now)
+            return True
+
+        return run_watched(self.redis, [request_key], count_attempt)
 
     def _insert(
         self,
@@ -255,38 +281,39 @@ class Registry:
     ) -> Attempt:
         request_key = self.keys.request(username, pairing)
         candidates_key = self.keys.user_requests(username)
-        with self.redis.pipeline() as pipe:
-            for _ in range(5):
-                try:
-                    # Watching the candidate set makes the per-username cap exact.
-                    pipe.watch(request_key, candidates_key)
-                    if pipe.exists(request_key):
-                        pipe.reset()
-                        return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
-                    live = self._live_pairing_ids(username)
-                    if len(live) >= self.config.pending_per_username:
-                        return Attempt.LIMITED
-                    pipe.multi()
-                    pipe.hset(
-                        request_key,
-                        mapping={
-                            "passwordHash": password_hash,
-                            "clientId": client_id,
-                            "source": source,
-                            "firstSeen": repr(now),
-                            "lastSeen": repr(now),
-                            "attempts": 1,
-                            "context": json.dumps(context) if context is not None else "",
-                        },
-                    )
-                    pipe.sadd(candidates_key, pairing)
-                    self._keep_alive(pipe, username, pairing, now)
-                    pipe.execute()
-                    log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
-                    return Attempt.RECORDED
-                except redis.WatchError:
-                    continue
-        return Attempt.LIMITED
+
+        def insert(pipe: Any) -> Attempt:
+            if pipe.exists(self.keys.user(username)):
+                # Approved while we hashed: no request for an existing user.
+                return Attempt.APPROVED_MEANWHILE
+            if pipe.exists(request_key):
+                return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
+            if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
+                return Attempt.LIMITED
+            pipe.multi()
+            pipe.hset(
+                request_key,
+                mapping={
+                    "passwordHash": password_hash,
+                    "clientId": client_id,
+                    "source": source,
+                    "firstSeen": repr(now),
+                    "lastSeen": repr(now),
+                    "attempts": 1,
+                    "context": json.dumps(context) if context is not None else "",
+                },
+            )
+            pipe.sadd(candidates_key, pairing)
+            self._keep_alive(pipe, username, pairing, now)
+            return Attempt.RECORDED
+
+        # Watching the candidate set makes the per-username cap exact; watching
+        # the user key keeps an approval racing this attempt from leaving a
+        # request behind for the user it just created.
+        attempt = run_watched(self.redis, [request_key, candidates_key, self.keys.user(username)], insert)
+        if attempt is Attempt.RECORDED:
+            log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
+        return attempt
 
     def _keep_alive(self, pipe: Any, username: str, pairing: str, now: float) -> None:
         """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
@@ -335,7 +362,8 @@ class Registry:
         # Existing users keep working under a stricter policy; new ones meet it.
         self.users.policy.validate(password)
         attempt, pairing = self.record_attempt(username, password, client_id, "rest", context)
-        if attempt in (Attempt.RECORDED, Attempt.REPEATED):
+        if attempt in (Attempt.RECORDED, Attempt.REPEATED, Attempt.APPROVED_MEANWHILE):
+            # Approved meanwhile: the device's next poll gets 201 (or 409).
             return Registration.PENDING, pairing
         if attempt is Attempt.DENIED:
             raise RequestDenied("the registration request with these credentials was denied")
@@ -395,42 +423,37 @@ class Registry:
         credentials.validate_username(username)
         user_key = self.keys.user(username)
         candidates_key = self.keys.user_requests(username)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(user_key, candidates_key)
-                    if pipe.exists(user_key):
-                        raise UsernameTaken(f"user {username!r} exists already")
-                    pairing = self._choose(username, pairing_id)
-                    request_key = self.keys.request(username, pairing)
-                    pipe.watch(request_key)
-                    fields = pipe.hgetall(request_key)
-                    if not fields:
-                        raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
-                    request = _request_from(username, pairing, fields)
-                    all_pairings = sorted(pipe.smembers(candidates_key))
-                    pipe.multi()
-                    pipe.hset(
-                        user_key,
-                        mapping={
-                            "passwordHash": request.password_hash,
-                            "createdAt": repr(self.clock()),
-                            "superuser": "0",
-                            "clientId": request.client_id,
-                            "pairingId": pairing,
-                            "source": request.source,
-                        },
-                    )
-                    pipe.sadd(self.keys.users(), username)
-                    self._forget_requests(pipe, username, set(all_pairings) | {pairing})
-                    pipe.delete(self.keys.user_denials(username))
-                    self.audit.add(
-                        pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id
-                    )
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue  # someone else changed this username: look again
+
+        def create_user(pipe: Any) -> PendingRequest:
+            if pipe.exists(user_key):
+                raise UsernameTaken(f"user {username!r} exists already")
+            pairing = self._choose(username, pairing_id)
+            request_key = self.keys.request(username, pairing)
+            pipe.watch(request_key)
+            fields = pipe.hgetall(request_key)
+            if not fields:
+                raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+            request = _request_from(username, pairing, fields)
+            all_pairings = set(pipe.smembers(candidates_key)) | {pairing}
+            pipe.multi()
+            pipe.hset(
+                user_key,
+                mapping={
+                    "passwordHash": request.password_hash,
+                    "createdAt": repr(self.clock()),
+                    "superuser": "0",
+                    "clientId": request.client_id,
+                    "pairingId": pairing,
+                    "source": request.source,
+                },
+            )
+            pipe.sadd(self.keys.users(), username)
+            self._forget_requests(pipe, username, all_pairings)
+            pipe.delete(self.keys.user_denials(username))
+            self.audit.add(pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id)
+            return request
+
+        pairing = run_watched(self.redis, [user_key, candidates_key], create_user).pairing_id
         log.info("registration approved: user %s pairing %s by %s", username, pairing, actor)
         return self.users.get(username)
 
@@ -440,26 +463,25 @@ class Registry:
         credentials.validate_username(username)
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(candidates_key)
-                    pairing = self._choose(username, pairing_id)
-                    request_key = self.keys.request(username, pairing)
-                    pipe.watch(request_key)
-                    fields = pipe.hgetall(request_key)
-                    if not fields:
-                        raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
-                    request = _request_from(username, pairing, fields)
-                    pipe.multi()
-                    self._forget_requests(pipe, username, {pairing})
-                    pipe.hset(denials_key, pairing, repr(self.clock()))
-                    pipe.expire(denials_key, self.config.pending_ttl)
-                    self.audit.add(pipe, actor, "request.deny", username, pairingId=pairing, clientId=request.client_id)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+
+        def deny_request(pipe: Any) -> PendingRequest:
+            pairing = self._choose(username, pairing_id)
+            request_key = self.keys.request(username, pairing)
+            pipe.watch(request_key)
+            fields = pipe.hgetall(request_key)
+            if not fields:
+                raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+            pipe.multi()
+            self._forget_requests(pipe, username, {pairing})
+            pipe.hset(denials_key, pairing, repr(self.clock()))
+            pipe.expire(denials_key, self.config.pending_ttl)
+            self.audit.add(
+                pipe, actor, "request.deny", username, pairingId=pairing, clientId=fields.get("clientId", "")
+            )
+            return _request_from(username, pairing, fields)
+
+        request = run_watched(self.redis, [candidates_key], deny_request)
+        pairing = request.pairing_id
         log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
         return request
 

@@ -77,6 +77,11 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     if not config.verify_secret:
         # Generated before gunicorn forks, so every worker shares it.
         config = dataclasses.replace(config, verify_secret=secrets.token_hex(32))
+        log.warning(
+            "CREGISTRY_VERIFY_SECRET is not set: verified-password tokens end with this process, so after a"
+            " restart every device pays bcrypt again and one whose username is over the failure limit is"
+            " refused until the window ends"
+        )
     _check_redis(config)
     announce(f"cregistry API on http://{config.api_listen}, broker routes on http://{config.broker_listen}")
     try:

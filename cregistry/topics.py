@@ -90,12 +90,11 @@ def filter_is_covered(topic_filter: Sequence[str], patterns: Iterable[Sequence[s
     if topic_filter and topic_filter[0].startswith("$"):
         # Patterns opening with a wildcard never reach $-topics.
         candidates = [p for p in candidates if p[0] not in ("+", "#")]
-    return _covers(list(topic_filter), candidates, prefix_is_empty=True)
+    return _covers(list(topic_filter), candidates, consumed=())
 
 
-def _covers(rest: Levels, patterns: list[Levels], prefix_is_empty: bool) -> bool:
-    """`prefix_is_empty`: the levels consumed so far can only spell the empty
-    string, which is no topic (MQTT topics have at least one character)."""
+def _covers(rest: Levels, patterns: list[Levels], consumed: tuple[str, ...]) -> bool:
+    """`consumed`: the filter levels matched so far (only the first two matter)."""
     if not patterns:
         return False
     if any(p and p[0] == "#" for p in patterns):
@@ -106,9 +105,12 @@ def _covers(rest: Levels, patterns: list[Levels], prefix_is_empty: bool) -> bool
     if head == "#":
         # "#" stands for the parent level itself (unless that would be the
         # empty topic) and for one or more further levels.
-        if not prefix_is_empty and not any(not p for p in patterns):
+        # The parent is the empty topic, which does not exist, only when the
+        # levels consumed so far are none or a single empty one.
+        parent_exists = consumed not in ((), ("",))
+        if parent_exists and not any(not p for p in patterns):
             return False
-        return _covers(["+", "#"], patterns, prefix_is_empty)
+        return _covers(["+", "#"], patterns, consumed)
     if head == "+":
         # A level value that no pattern names literally is only matched by
         # "+" patterns; those values always exist, so only "+" patterns count.
@@ -116,7 +118,7 @@ def _covers(rest: Levels, patterns: list[Levels], prefix_is_empty: bool) -> bool
     else:
         allowed = (head, "+")
     narrowed = [p[1:] for p in patterns if p and p[0] in allowed]
-    return _covers(rest[1:], narrowed, prefix_is_empty and head == "")
+    return _covers(rest[1:], narrowed, (*consumed, head)[:2])
 
 
 def _levels(topic: object, what: str) -> Levels:

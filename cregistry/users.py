@@ -22,6 +22,7 @@ from cregistry.errors import (
 )
 from cregistry.keys import Keys
 from cregistry.topics import validate_pattern
+from cregistry.transactions import run_watched
 
 ACCESS_LEVELS = ("read", "write", "readWrite")
 READ_ACCESS = ("read", "readWrite")
@@ -191,18 +192,16 @@ class UserStore:
             "superuser": "1" if superuser else "0",
             "source": "operator",
         }
-        with self.redis.pipeline() as pipe:
-            pipe.watch(self.keys.user(username))
+
+        def create(pipe: Any) -> None:
             if pipe.exists(self.keys.user(username)):
                 raise UsernameTaken(f"user {username!r} exists already")
             pipe.multi()
             pipe.hset(self.keys.user(username), mapping=fields)
             pipe.sadd(self.keys.users(), username)
             self.audit.add(pipe, actor, "user.add", username, superuser=superuser)
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise UsernameTaken(f"user {username!r} exists already") from None
+
+        run_watched(self.redis, [self.keys.user(username)], create)
         return self.get(username)
 
     def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
@@ -359,39 +358,31 @@ class UserStore:
         self._require_role(role)
         validate_pattern(topic)
         key = self.keys.role_permissions(role)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    if not pipe.hexists(key, topic):
-                        raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
-                    pipe.multi()
-                    pipe.hdel(key, topic)
-                    self.audit.add(pipe, actor, "role.revoke", role, topic=topic)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+
+        def remove(pipe: Any) -> None:
+            if not pipe.hexists(key, topic):
+                raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
+            pipe.multi()
+            pipe.hdel(key, topic)
+            self.audit.add(pipe, actor, "role.revoke", role, topic=topic)
+
+        run_watched(self.redis, [key], remove)
         return self.get_role(role)
 
     def delete_role(self, role: str, *, actor: str = UNNAMED_ACTOR) -> None:
         self._require_role(role)
         members_key = self.keys.role_members(role)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(members_key)
-                    members = _text_set(pipe.smembers(members_key))
-                    pipe.multi()
-                    pipe.srem(self.keys.roles(), role)
-                    pipe.delete(self.keys.role_permissions(role), members_key)
-                    for username in members:
-                        pipe.srem(self.keys.user_roles(username), role)
-                    self.audit.add(pipe, actor, "role.delete", role)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+
+        def remove(pipe: Any) -> None:
+            members = _text_set(pipe.smembers(members_key))
+            pipe.multi()
+            pipe.srem(self.keys.roles(), role)
+            pipe.delete(self.keys.role_permissions(role), members_key)
+            for username in members:
+                pipe.srem(self.keys.user_roles(username), role)
+            self.audit.add(pipe, actor, "role.delete", role)
+
+        run_watched(self.redis, [members_key], remove)
 
     # -- helpers -----------------------------------------------------------
     def _require_role(self, role: str) -> None:
@@ -415,21 +406,17 @@ class UserStore:
         orphaned permissions behind."""
         credentials.validate_username(username)
         user_key = self.keys.user(username)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(user_key, *watch)
-                    if not pipe.exists(user_key):
-                        raise UserNotFound(f"no user {username!r}")
-                    if precheck is not None:
-                        precheck(pipe)
-                    pipe.multi()
-                    change(pipe)
-                    self.audit.add(pipe, actor, action, username, **details)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+
+        def apply(pipe: Any) -> None:
+            if not pipe.exists(user_key):
+                raise UserNotFound(f"no user {username!r}")
+            if precheck is not None:
+                precheck(pipe)
+            pipe.multi()
+            change(pipe)
+            self.audit.add(pipe, actor, action, username, **details)
+
+        run_watched(self.redis, [user_key, *watch], apply)
 
 
 def _replace_hash(pipe: Any, key: str, permissions: Iterable[Permission]) -> None:

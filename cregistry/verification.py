@@ -114,9 +114,11 @@ class PasswordVerifier:
     def _count_failure(self, username: str) -> None:
         key = self.keys.user_failures(username)
         pipe = self.redis.pipeline()
+        # SET NX EX starts the window only for the first failure; INCR keeps
+        # the TTL. (EXPIRE NX would do the same but needs Redis 7.)
+        pipe.set(key, 0, ex=self.config.failure_window, nx=True)
         pipe.incr(key)
-        pipe.expire(key, self.config.failure_window, nx=True)
-        count = pipe.execute()[0]
+        count = pipe.execute()[1]
         if count == self.config.failure_limit:
             log.warning("user %s reached %d failed password checks; refusing without bcrypt", username, count)
 

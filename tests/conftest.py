@@ -13,3 +13,30 @@ def clean_cregistry_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CREGISTRY_") and not name.startswith("CREGISTRY_REQUIRE_"):
             monkeypatch.delenv(name)
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """Record the password of every call of cregistry.credentials.<name>."""
+    import cregistry.credentials
+
+    calls: list[str] = []
+    original = getattr(cregistry.credentials, name)
+
+    def counting(password: str, *args: object) -> object:
+        calls.append(password)
+        return original(password, *args)
+
+    monkeypatch.setattr(cregistry.credentials, name, counting)
+    return calls
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every bcrypt hashing (credentials.hash_password), by password."""
+    return _count_calls(monkeypatch, "hash_password")
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every bcrypt check (credentials.verify_password), by password."""
+    return _count_calls(monkeypatch, "verify_password")

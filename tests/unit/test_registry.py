@@ -35,20 +35,6 @@ from .conftest import FakeClock
 KEYS = Keys("cregistry")
 
 
-@pytest.fixture
-def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Count bcrypt work: every call of credentials.hash_password is recorded."""
-    calls: list[str] = []
-    original = cregistry.credentials.hash_password
-
-    def counting(password: str, cost: int) -> str:
-        calls.append(password)
-        return original(password, cost)
-
-    monkeypatch.setattr(cregistry.credentials, "hash_password", counting)
-    return calls
-
-
 def stored_request(connection: fakeredis.FakeRedis, username: str, password: str) -> dict[str, str]:
     return connection.hgetall(KEYS.request(username, pairing_id(username, password)))
 

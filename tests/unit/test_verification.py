@@ -1,0 +1,521 @@
+"""Checking a known user's password: the guessing limit, the verified token
+and the bound on bcrypt work (cregistry/verification.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from click.testing import CliRunner
+from flask.testing import FlaskClient
+
+import cregistry.cli
+import cregistry.credentials
+from cregistry.config import Config
+from cregistry.credentials import hash_password, pairing_id
+from cregistry.errors import InvalidInput, TooManyFailures
+from cregistry.keys import Keys
+from cregistry.registry import Attempt, Registration, Registry
+from cregistry.users import UserStore
+from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
+from cregistry.web import create_app
+
+from .conftest import ADMIN_TOKEN
+
+KEYS = Keys("cregistry")
+SECRET = "5e" * 32  # CREGISTRY_VERIFY_SECRET, shared by both apps as `serve` shares it
+LIMIT = 5
+DEVICE = "sensor-1"
+PASSWORD = "device-secret-1"
+WRONG = "not-the-password"
+REGISTER = "/api/client-registry/register"
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(bcrypt_cost=4, admin_token=ADMIN_TOKEN, failure_limit=LIMIT, verify_secret=SECRET)
+
+
+@pytest.fixture
+def clock() -> Callable[[], float]:
+    # The apps read the real time; the domain fixtures must agree with them.
+    return time.time
+
+
+@pytest.fixture
+def device(registry: Registry) -> str:
+    """A device that registered itself and was approved; never verified since."""
+    registry.unlock()
+    registry.record_attempt(DEVICE, PASSWORD, "client-1", "mqtt")
+    registry.approve(DEVICE)
+    registry.lock()
+    return DEVICE
+
+
+def verifier_for(connection: fakeredis.FakeRedis, config: Config, **limits: Any) -> PasswordVerifier:
+    return PasswordVerifier(connection, config, time.time, limits.get("limits"))
+
+
+def connect(broker: FlaskClient, username: str, password: str, client_id: str = "client-1") -> tuple[int, str]:
+    response = broker.post("/mqtt/user", json={"username": username, "password": password, "clientid": client_id})
+    body = response.get_json()
+    assert body["ok"] is (response.status_code == 200)
+    return response.status_code, body["error"]
+
+
+def push_over_the_limit(verifier: PasswordVerifier, username: str = DEVICE) -> None:
+    for attempt in range(LIMIT):
+        assert verifier.verify(username, f"{WRONG}-{attempt}") is Verdict.REFUSED
+    assert verifier.failures(username) == LIMIT
+
+
+def expected_token(username: str, password: str, stored_hash: str, secret: str = SECRET) -> str:
+    message = f"{username}\0{password}\0{stored_hash}".encode()
+    return hmac.new(bytes.fromhex(secret), message, hashlib.sha256).hexdigest()
+
+
+def every_stored_text(connection: fakeredis.FakeRedis) -> list[str]:
+    """Every key name, field and value in Redis, whatever the type."""
+    texts: list[str] = []
+    for key in connection.scan_iter("*"):
+        texts.append(key)
+        kind = connection.type(key)
+        if kind == "string":
+            texts.append(connection.get(key))
+        elif kind == "hash":
+            for field, value in connection.hgetall(key).items():
+                texts += [field, value]
+        elif kind == "set":
+            texts += list(connection.smembers(key))
+        elif kind == "zset":
+            texts += [member for member, _score in connection.zrange(key, 0, -1, withscores=True)]
+        elif kind == "list":
+            texts += connection.lrange(key, 0, -1)
+        elif kind == "stream":
+            for _entry_id, fields in connection.xrange(key):
+                for field, value in fields.items():
+                    texts += [field, value]
+        else:  # pragma: no cover - a new key type must be added here
+            raise AssertionError(f"unexpected key type {kind} for {key}")
+    return texts
+
+
+# -- the guessing limit ---------------------------------------------------------
+def test_defaults_are_100_failures_per_hour() -> None:
+    assert (Config().failure_limit, Config().failure_window) == (100, 3600)
+    configured = Config.from_env({"CREGISTRY_FAILURE_LIMIT": "7", "CREGISTRY_FAILURE_WINDOW": "60"})
+    assert (configured.failure_limit, configured.failure_window) == (7, 60)
+
+
+def test_failures_are_counted_per_username_in_a_window(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore
+) -> None:
+    users.add("sensor-2", "other-secret")
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+    assert verifier.failures(DEVICE) == 1
+    assert connection.ttl(KEYS.user_failures(DEVICE)) == config.failure_window
+    # The window runs from the first failure: later failures do not extend it.
+    connection.expire(KEYS.user_failures(DEVICE), 100)
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+    assert verifier.failures(DEVICE) == 2
+    assert 0 < connection.ttl(KEYS.user_failures(DEVICE)) <= 100
+    # Another username has its own count; a right password does not count.
+    assert verifier.failures("sensor-2") == 0
+    assert verifier.verify("sensor-2", "other-secret") is Verdict.ACCEPTED
+    assert verifier.failures("sensor-2") == 0
+    # When the window ends, the count starts again.
+    connection.delete(KEYS.user_failures(DEVICE))
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+    assert verifier.failures(DEVICE) == 1
+
+
+def test_unknown_users_are_not_counted(connection: fakeredis.FakeRedis, config: Config) -> None:
+    verifier = verifier_for(connection, config)
+    for _ in range(LIMIT + 1):
+        assert verifier.verify("nobody-here", WRONG) is Verdict.UNKNOWN_USER
+    assert connection.keys("*") == []
+
+
+def test_over_the_limit_every_attempt_is_refused_without_bcrypt(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    push_over_the_limit(verifier)
+    assert len(verify_calls) == LIMIT
+    verify_calls.clear()
+    for _ in range(50):
+        assert verifier.verify(DEVICE, WRONG) is Verdict.LIMITED
+    # Even the right password: this device never connected, so there is no token.
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.LIMITED
+    assert verify_calls == []
+    # Refusals over the limit are not counted again (the window does not grow).
+    assert verifier.failures(DEVICE) == LIMIT
+
+
+def test_concurrent_guessing_costs_at_most_limit_plus_concurrency_bcrypt_checks(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    threads_count, attempts_each = 8, 10
+    verdicts: list[Verdict] = []
+    lock = threading.Lock()
+
+    def guess(thread: int) -> None:
+        for attempt in range(attempts_each):
+            verdict = verifier.verify(DEVICE, f"guess-{thread}-{attempt}")
+            with lock:
+                verdicts.append(verdict)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(verdicts) == threads_count * attempts_each
+    assert Verdict.ACCEPTED not in verdicts
+    assert verdicts.count(Verdict.LIMITED) >= threads_count * attempts_each - (LIMIT + threads_count)
+    assert LIMIT <= len(verify_calls) <= LIMIT + threads_count - 1
+
+
+def test_a_verified_device_keeps_connecting_while_its_username_is_over_the_limit(
+    broker: FlaskClient, device: str, verify_calls: list[str], connection: fakeredis.FakeRedis, config: Config
+) -> None:
+    assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    assert verify_calls == [PASSWORD]
+    assert connection.exists(KEYS.user_verified(DEVICE))
+    push_over_the_limit(verifier_for(connection, config))
+    verify_calls.clear()
+    for _ in range(3):
+        assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    status, reason = connect(broker, DEVICE, WRONG)
+    assert (status, reason) == (403, Verdict.LIMITED.value)
+    assert verify_calls == []  # neither the device nor the guess cost bcrypt
+
+
+def test_cli_clear_failures_lifts_the_limit(
+    runner: CliRunner, connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    push_over_the_limit(verifier)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.LIMITED
+    result = runner.invoke(cregistry.cli.cli, ["user", "clear-failures", DEVICE])
+    assert (result.exit_code, result.stdout) == (0, f"{DEVICE}: cleared {LIMIT} failed attempts\n"), result.output
+    assert not connection.exists(KEYS.user_failures(DEVICE))
+    verify_calls.clear()
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert verify_calls == [PASSWORD]
+    again = runner.invoke(cregistry.cli.cli, ["user", "clear-failures", DEVICE, "--json"])
+    assert again.exit_code == 0 and again.stdout.startswith("{")
+    assert '"cleared": 0' in again.stdout
+    invalid = runner.invoke(cregistry.cli.cli, ["user", "clear-failures", "a/b"])
+    assert invalid.exit_code == 2 and invalid.stderr.startswith("Error: username must be")
+
+
+def test_api_clear_failures_lifts_the_limit(
+    api: FlaskClient,
+    broker: FlaskClient,
+    auth: dict[str, str],
+    connection: fakeredis.FakeRedis,
+    config: Config,
+    device: str,
+) -> None:
+    push_over_the_limit(verifier_for(connection, config))
+    assert connect(broker, DEVICE, PASSWORD) == (403, Verdict.LIMITED.value)
+    assert api.delete(f"/api/users/{DEVICE}/failures").status_code == 401
+    assert connection.get(KEYS.user_failures(DEVICE)) == str(LIMIT)
+    response = api.delete(f"/api/users/{DEVICE}/failures", headers=auth)
+    assert (response.status_code, response.get_json()) == (200, {"username": DEVICE, "cleared": LIMIT})
+    assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    assert api.delete("/api/users/a%2Bb/failures", headers=auth).status_code == 400
+
+
+def test_rest_register_shares_the_limit_and_answers_429_limited(
+    api: FlaskClient, device: str, verify_calls: list[str], connection: fakeredis.FakeRedis
+) -> None:
+    # 201 or 409 tells a password right from wrong: guesses through REST count too.
+    for attempt in range(LIMIT):
+        response = api.post(REGISTER, json={"username": DEVICE, "password": f"{WRONG}-{attempt}"})
+        assert response.status_code == 409
+    assert connection.get(KEYS.user_failures(DEVICE)) == str(LIMIT)
+    verify_calls.clear()
+    for password in (WRONG, PASSWORD):
+        response = api.post(REGISTER, json={"username": DEVICE, "password": password})
+        assert response.status_code == 429
+        body = response.get_json()
+        assert (body["ok"], body["status"]) == (False, "limited")
+    assert verify_calls == []
+
+
+def test_rest_register_still_grants_a_verified_device_over_the_limit(
+    api: FlaskClient, broker: FlaskClient, device: str, connection: fakeredis.FakeRedis, config: Config
+) -> None:
+    assert connect(broker, DEVICE, PASSWORD) == (200, "")  # leaves the verified token
+    push_over_the_limit(verifier_for(connection, config))
+    response = api.post(REGISTER, json={"username": DEVICE, "password": PASSWORD})
+    assert response.status_code == 201
+    assert response.get_json() == {"status": "granted", "username": DEVICE, "pairingId": pairing_id(DEVICE, PASSWORD)}
+    assert api.post(REGISTER, json={"username": DEVICE, "password": WRONG}).status_code == 429
+
+
+def test_register_raises_too_many_failures_in_the_domain(registry: Registry, device: str) -> None:
+    push_over_the_limit(registry.verifier)
+    with pytest.raises(TooManyFailures):
+        registry.register(DEVICE, PASSWORD)
+
+
+# -- the verified token ----------------------------------------------------------
+def test_the_token_is_an_hmac_of_user_password_and_hash_with_a_ttl(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    stored_hash = users.password_hash(DEVICE)
+    assert stored_hash is not None
+    token = connection.get(KEYS.user_verified(DEVICE))
+    assert token == expected_token(DEVICE, PASSWORD, stored_hash)
+    assert 0 < connection.ttl(KEYS.user_verified(DEVICE)) <= config.verified_ttl
+    # Without the secret the token is useless: it is no plain digest of the password.
+    for plain in (PASSWORD, f"{DEVICE}:{PASSWORD}", f"{DEVICE}\0{PASSWORD}\0{stored_hash}"):
+        assert token != hashlib.sha256(plain.encode()).hexdigest()
+
+
+def test_a_token_made_under_another_secret_is_not_accepted(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    other = Config(bcrypt_cost=4, failure_limit=LIMIT, verify_secret="a1" * 32)
+    assert verifier_for(connection, other).verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    verify_calls.clear()
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert verify_calls == [PASSWORD]  # bcrypt, not the foreign token
+    # A verifier without a configured secret makes its own random one.
+    unnamed = verifier_for(connection, Config(bcrypt_cost=4))
+    assert len(unnamed.secret) == 32 and unnamed.secret != bytes.fromhex(SECRET)
+
+
+def test_the_token_is_the_fast_path_and_a_wrong_password_never_matches_it(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    verify_calls.clear()
+    for _ in range(5):
+        assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert verify_calls == []
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+    assert verify_calls == [WRONG]
+
+
+def test_deleting_the_user_invalidates_the_token(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    verifier.verify(DEVICE, WRONG)
+    users.delete(DEVICE)
+    assert connection.keys(f"*{{{DEVICE}}}*") == []  # token and failure count are gone with the user
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.UNKNOWN_USER
+    # Re-created with the same password: a fresh bcrypt check, not the old token.
+    users.add(DEVICE, PASSWORD)
+    verify_calls.clear()
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert verify_calls == [PASSWORD]
+
+
+def test_a_changed_stored_hash_invalidates_the_token(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    old_token = connection.get(KEYS.user_verified(DEVICE))
+    connection.hset(KEYS.user(DEVICE), "passwordHash", hash_password("replacement-secret", 4))
+    verify_calls.clear()
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.REFUSED
+    assert verify_calls == [PASSWORD]
+    assert verifier.verify(DEVICE, "replacement-secret") is Verdict.ACCEPTED
+    assert connection.get(KEYS.user_verified(DEVICE)) != old_token
+    # The same password hashed again (new salt) also needs a new bcrypt check.
+    connection.hset(KEYS.user(DEVICE), "passwordHash", hash_password("replacement-secret", 4))
+    verify_calls.clear()
+    assert verifier.verify(DEVICE, "replacement-secret") is Verdict.ACCEPTED
+    assert verify_calls == ["replacement-secret"]
+
+
+def test_a_token_copied_to_another_user_grants_nothing(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore
+) -> None:
+    users.add("sensor-2", "other-secret")
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    connection.set(KEYS.user_verified("sensor-2"), connection.get(KEYS.user_verified(DEVICE)))
+    assert verifier.verify("sensor-2", PASSWORD) is Verdict.REFUSED
+
+
+def test_a_verify_racing_a_delete_leaves_no_token_that_a_recreated_user_accepts(
+    connection: fakeredis.FakeRedis,
+    config: Config,
+    device: str,
+    users: UserStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verifier = verifier_for(connection, config)
+    original = cregistry.credentials.verify_password
+    calls: list[str] = []
+
+    def delete_during_bcrypt(password: str, password_hash: str) -> bool:
+        calls.append(password)
+        if len(calls) == 1:
+            users.delete(DEVICE)
+        return original(password, password_hash)
+
+    monkeypatch.setattr(cregistry.credentials, "verify_password", delete_during_bcrypt)
+    verifier.verify(DEVICE, PASSWORD)  # decided on the hash it read before the delete
+    users.add(DEVICE, PASSWORD)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert calls == [PASSWORD, PASSWORD]  # the re-created user got a bcrypt check
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+
+
+def test_nothing_in_redis_holds_a_plaintext_password(
+    api: FlaskClient,
+    broker: FlaskClient,
+    auth: dict[str, str],
+    connection: fakeredis.FakeRedis,
+    registry: Registry,
+) -> None:
+    passwords = {"sensor-7": "plain-device-7", "sensor-8": "plain-device-8", "sensor-9": "plain-device-9"}
+    assert api.post("/api/client-registry/unlock", headers=auth).status_code == 200
+    assert connect(broker, "sensor-7", passwords["sensor-7"])[0] == 403
+    assert api.post(REGISTER, json={"username": "sensor-8", "password": passwords["sensor-8"]}).status_code == 202
+    assert connect(broker, "sensor-9", passwords["sensor-9"])[0] == 403
+    for username in ("sensor-7", "sensor-8"):
+        request_id = f"{username}:{pairing_id(username, passwords[username])}"
+        assert api.post(f"/api/client-registry/requests/{request_id}/approve", headers=auth).status_code == 201
+    added = api.post("/api/users", json={"username": "backend", "password": "plain-operator-1"}, headers=auth)
+    assert added.status_code == 201
+    passwords["backend"] = "plain-operator-1"
+    assert connect(broker, "sensor-7", passwords["sensor-7"])[0] == 200
+    assert api.post(REGISTER, json={"username": "sensor-8", "password": passwords["sensor-8"]}).status_code == 201
+    assert connect(broker, "backend", passwords["backend"])[0] == 200
+    for attempt in range(LIMIT + 1):
+        assert connect(broker, "sensor-8", f"plain-guess-{attempt}")[0] == 403
+    assert connection.exists(KEYS.user_verified("sensor-7"), KEYS.user_failures("sensor-8")) == 2
+    secrets = [*passwords.values(), *(f"plain-guess-{n}" for n in range(LIMIT + 1))]
+    digests = [hashlib.sha256(s.encode()).hexdigest() for s in secrets]
+    digests += [hashlib.sha256(f"{u}:{p}".encode()).hexdigest() for u, p in passwords.items()]
+    stored = every_stored_text(connection)
+    assert len(stored) > 30
+    for text in stored:
+        for secret in secrets + digests:
+            assert secret not in text, (secret, text)
+
+
+# -- bcrypt work for registrations -------------------------------------------------
+def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
+    connection: fakeredis.FakeRedis,
+    config: Config,
+    device: str,
+    hash_calls: list[str],
+    verify_calls: list[str],
+) -> None:
+    limits = WorkLimits(config)
+    registry = Registry(connection, config, time.time, limits)
+    registry.unlock()
+    assert registry.record_attempt("waiting-1", "waiting-secret", "c", "mqtt")[0] is Attempt.RECORDED
+    hash_calls.clear()
+    keys_before = sorted(connection.keys("*"))
+    assert limits.registration_slots.acquire(blocking=False)  # another registration is hashing
+    try:
+        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.LIMITED
+        assert hash_calls == []
+        assert sorted(connection.keys("*")) == keys_before
+        # A request already recorded needs no hashing and is still counted.
+        assert registry.record_attempt("waiting-1", "waiting-secret", "c", "mqtt")[0] is Attempt.REPEATED
+        # Known devices use their own slots.
+        assert registry.verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+        assert verify_calls == [PASSWORD]
+    finally:
+        limits.registration_slots.release()
+    assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.RECORDED
+    assert hash_calls == ["newcomer-secret"]
+
+
+def test_busy_registration_slots_through_the_routes(
+    connection: fakeredis.FakeRedis, config: Config, registry: Registry, device: str, hash_calls: list[str]
+) -> None:
+    limits = WorkLimits(config)
+    broker = create_app(config, listener="broker", connection=connection, limits=limits).test_client()
+    api = create_app(config, listener="api", connection=connection, limits=limits).test_client()
+    registry.unlock()
+    hash_calls.clear()
+    assert limits.registration_slots.acquire(blocking=False)
+    try:
+        status, reason = connect(broker, "newcomer", "newcomer-secret")
+        assert status == 403 and "not recorded" in reason
+        response = api.post(REGISTER, json={"username": "newcomer", "password": "newcomer-secret"})
+        assert (response.status_code, response.get_json()["status"]) == (429, "limited")
+        assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    finally:
+        limits.registration_slots.release()
+    assert hash_calls == []
+    assert registry.list_requests() == []
+    assert registry.register("newcomer", "newcomer-secret")[0] is Registration.PENDING
+
+
+def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that found the username unknown hashes for a while; if the
+    operator approves another candidate of that username meanwhile, the user
+    exists when the attempt writes, and it must not leave a request behind
+    (SPEC §2: approving one removes the others for that username)."""
+    registry.unlock()
+    registry.record_attempt("twin", "first-secret", "c", "mqtt")
+    original = cregistry.credentials.hash_password
+
+    def approve_meanwhile(password: str, cost: int) -> str:
+        registry.approve("twin", pairing_id("twin", "first-secret"))
+        return original(password, cost)
+
+    monkeypatch.setattr(cregistry.credentials, "hash_password", approve_meanwhile)
+    outcome, _pairing = registry.record_attempt("twin", "second-secret", "c", "mqtt")
+    assert registry.users.exists("twin")
+    assert outcome is not Attempt.RECORDED
+    assert registry.requests_for("twin") == []
+    assert registry.list_requests() == []
+
+
+@pytest.fixture
+def saturated_verify_slots(config: Config) -> Iterator[WorkLimits]:
+    """Every bcrypt slot taken, as under a storm of first connects."""
+    limits = WorkLimits(config)
+    for _ in range(config.bcrypt_concurrency):
+        assert limits.verify_slots.acquire(blocking=False)
+    yield limits
+    for _ in range(config.bcrypt_concurrency):
+        limits.verify_slots.release()
+
+
+def test_saturated_bcrypt_slots_answer_503_in_time_but_tokens_still_pass(
+    connection: fakeredis.FakeRedis, config: Config, device: str, saturated_verify_slots: WorkLimits
+) -> None:
+    PasswordVerifier(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
+    broker = create_app(config, listener="broker", connection=connection, limits=saturated_verify_slots).test_client()
+    assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    started = time.monotonic()
+    response = broker.post("/mqtt/user", json={"username": DEVICE, "password": WRONG, "clientid": "c"})
+    assert response.status_code == 503 and response.get_json()["ok"] is False
+    assert time.monotonic() - started < 2.0
+
+
+def test_verify_refuses_invalid_names_for_clear_failures(connection: fakeredis.FakeRedis, config: Config) -> None:
+    with pytest.raises(InvalidInput):
+        verifier_for(connection, config).clear_failures("bad name")
+    assert connection.keys("*") == []
