@@ -427,13 +427,8 @@ class Registry:
         def create_user(pipe: Any) -> PendingRequest:
             if pipe.exists(user_key):
                 raise UsernameTaken(f"user {username!r} exists already")
-            pairing = self._choose(username, pairing_id)
-            request_key = self.keys.request(username, pairing)
-            pipe.watch(request_key)
-            fields = pipe.hgetall(request_key)
-            if not fields:
-                raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
-            request = _request_from(username, pairing, fields)
+            request = self._watch_request(pipe, username, pairing_id)
+            pairing = request.pairing_id
             all_pairings = set(pipe.smembers(candidates_key)) | {pairing}
             pipe.multi()
             pipe.hset(
@@ -465,25 +460,29 @@ class Registry:
         denials_key = self.keys.user_denials(username)
 
         def deny_request(pipe: Any) -> PendingRequest:
-            pairing = self._choose(username, pairing_id)
-            request_key = self.keys.request(username, pairing)
-            pipe.watch(request_key)
-            fields = pipe.hgetall(request_key)
-            if not fields:
-                raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+            request = self._watch_request(pipe, username, pairing_id)
+            pairing = request.pairing_id
             pipe.multi()
             self._forget_requests(pipe, username, {pairing})
             pipe.hset(denials_key, pairing, repr(self.clock()))
             pipe.expire(denials_key, self.config.pending_ttl)
-            self.audit.add(
-                pipe, actor, "request.deny", username, pairingId=pairing, clientId=fields.get("clientId", "")
-            )
-            return _request_from(username, pairing, fields)
+            self.audit.add(pipe, actor, "request.deny", username, pairingId=pairing, clientId=request.client_id)
+            return request
 
         request = run_watched(self.redis, [candidates_key], deny_request)
         pairing = request.pairing_id
         log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
         return request
+
+    def _watch_request(self, pipe: Any, username: str, pairing_id: str | None) -> PendingRequest:
+        """Choose the request (see _choose), WATCH it and read it."""
+        pairing = self._choose(username, pairing_id)
+        request_key = self.keys.request(username, pairing)
+        pipe.watch(request_key)
+        fields = pipe.hgetall(request_key)
+        if not fields:
+            raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+        return _request_from(username, pairing, fields)
 
     def _choose(self, username: str, pairing_id: str | None) -> str:
         live = self._live_pairing_ids(username)

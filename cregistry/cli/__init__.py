@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import redis
 
-from cregistry import embedded, errors
+from cregistry import embedded
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import CommandError, display, emit, table, to_command_error
+from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, table
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
@@ -64,18 +63,6 @@ class CliContext:
         )
 
 
-class CregistryGroup(click.Group):
-    """Turns domain and Redis errors into one line and an exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (errors.CregistryError, redis.RedisError) as error:
-            unreachable = isinstance(error, redis.RedisError) and isinstance(ctx.obj, CliContext)
-            hint = ctx.obj.redis_hint() if unreachable else ""
-            raise to_command_error(error, hint) from None
-
-
 def json_option(command: F) -> F:
     """`--json` on a command; `cregistry --json COMMAND` works as well."""
 
@@ -92,7 +79,7 @@ def json_option(command: F) -> F:
 pass_cli = click.make_pass_decorator(CliContext)
 
 
-@click.group(cls=CregistryGroup)
+@click.group(cls=ErrorMappingGroup)
 @click.option("--json", "json_output", is_flag=True, help="Output JSON for scripts.")
 @click.version_option(package_name="cregistry")
 @click.pass_context

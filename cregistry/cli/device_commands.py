@@ -6,27 +6,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from cregistry import device as agent
 from cregistry import errors
-from cregistry.cli.output import EXIT_INVALID, command_error, emit, to_command_error
+from cregistry.cli.output import EXIT_INVALID, ErrorMappingGroup, command_error, emit
 from cregistry.credentials import validate_username
 
 
-class DeviceGroup(click.Group):
-    """One line and an exit code for every error, also when used on its own."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except errors.CregistryError as error:
-            raise to_command_error(error) from None
-
-
-@click.group(cls=DeviceGroup)
+@click.group(cls=ErrorMappingGroup)
 def device() -> None:
     """Be a device: register with generated credentials, then stay connected."""
 

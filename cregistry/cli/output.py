@@ -63,6 +63,18 @@ def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
     return command_error(str(error), EXIT_CODE_FOR.get(type(error), 1))
 
 
+class ErrorMappingGroup(click.Group):
+    """Turns domain and Redis errors into one line and an exit code, for the
+    `cregistry` group and (when used on its own) the `device` group."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (errors.CregistryError, redis.RedisError) as error:
+            hint = getattr(ctx.obj, "redis_hint", lambda: "")() if isinstance(error, redis.RedisError) else ""
+            raise to_command_error(error, hint) from None
+
+
 def emit(data: Any, text: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))  # ASCII: no terminal control can get through
