@@ -107,7 +107,10 @@ def go_auth_plugin() -> Path:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         problem = "mosquitto is not installed (apt-get install mosquitto)"
     elif not GO_AUTH_SO.exists():
-        problem = f"the go-auth plugin is not built ({GO_AUTH_SO}): run `make go-auth`"
+        problem = (
+            f"the go-auth plugin is not built ({GO_AUTH_SO}): run `make go-auth`, or, where the Go module"
+            " proxy refuses go-auth, GO_AUTH_SRC=<go-auth checkout> make go-auth"
+        )
     if problem:
         if os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1":
             pytest.fail(problem)
