@@ -256,10 +256,17 @@ def user_show(obj: CliContext, username: str) -> None:
 @user.command("add")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option(
+    "--password",
+    "password_option",
+    help="The password itself (other local users can see it in the process list: prefer --password-stdin).",
+)
 @click.option("--superuser", is_flag=True, help="Make the user pass every ACL check.")
 @json_option
 @pass_cli
-def user_add(obj: CliContext, username: str, password_stdin: bool, superuser: bool) -> None:
+def user_add(
+    obj: CliContext, username: str, password_stdin: bool, password_option: str | None, superuser: bool
+) -> None:
     """Add a user with a password chosen by the operator (devices normally
     register themselves instead).
 
@@ -267,7 +274,11 @@ def user_add(obj: CliContext, username: str, password_stdin: bool, superuser: bo
     Example:
         printf '%s' "$PASSWORD" | cregistry user add backend --password-stdin
     """
-    if password_stdin:
+    if password_option is not None and password_stdin:
+        raise click.UsageError("give the password with --password or --password-stdin, not both")
+    if password_option is not None:
+        password = password_option
+    elif password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)

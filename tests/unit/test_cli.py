@@ -256,6 +256,16 @@ def test_user_add_delete(runner: CliRunner, users: UserStore) -> None:
     assert_one_line_error(run(runner, "user", "delete", "backend"), 3)
 
 
+def test_user_add_with_password_option_and_prompt(runner: CliRunner, users: UserStore) -> None:
+    assert_ok(run(runner, "user", "add", "backend", "--password", "option-password"), "added backend\n")
+    assert verify_password("option-password", users.password_hash("backend"))
+    result = run(runner, "user", "add", "prompted", input="prompt-password\nprompt-password\n")
+    assert result.exit_code == 0, result.output
+    assert verify_password("prompt-password", users.password_hash("prompted"))
+    both = run(runner, "user", "add", "other", "--password", "x-password", "--password-stdin", input="y\n")
+    assert both.exit_code == 2 and not users.exists("other")
+
+
 def test_user_add_superuser_json(runner: CliRunner, users: UserStore) -> None:
     result = run(runner, "user", "add", "admin-1", "--superuser", "--password-stdin", "--json", input="admin-pass\n")
     assert result.exit_code == 0
