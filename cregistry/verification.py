@@ -65,6 +65,7 @@ class PasswordVerifier:
         self.keys = Keys(config.key_prefix)
         self.clock = clock
         self.limits = limits if limits is not None else WorkLimits(config)
+        self.audit = AuditLog(connection, config, clock)
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 
@@ -107,7 +108,7 @@ class PasswordVerifier:
         pipe = self.redis.pipeline()
         pipe.get(self.keys.user_failures(username))
         pipe.delete(self.keys.user_failures(username))
-        AuditLog(self.redis, self.config, self.clock).add(pipe, actor, "user.failures.clear", username)
+        self.audit.add(pipe, actor, "user.failures.clear", username)
         count = pipe.execute()[0]
         return int(count or 0)
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from cregistry.broker import Authorizer, Decision, parse_acc
-from cregistry.errors import InvalidInput, StorageUnavailable
+from cregistry.errors import InvalidInput
 from cregistry.web.bodies import json_object
+from cregistry.web.deadline import within_deadline
 
 bp = Blueprint("broker", __name__, url_prefix="/mqtt")
 METHODS = ["POST", "PUT", "GET"]  # go-auth's http_method
-
-
-# go-auth gives up after its http_timeout (2 s in mosquitto/); answering 503
-# before that lets it report an error instead of a timeout. Socket timeouts
-# alone cannot promise this: a check makes several round trips.
-DEADLINE_SECONDS = 1.5
 
 
 @bp.route("/user", methods=METHODS)
@@ -47,24 +40,7 @@ def _authorizer() -> Authorizer:
 
 
 def _decide(check: Callable[..., Decision], *args: Any) -> Response:
-    """Run a check with a deadline; past it, 503 (a late answer may still
-    finish its writes, which are atomic, but it never grants)."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-
-    def run_in_time() -> Decision:
-        # A check that waited in the queue past its deadline was answered 503
-        # already: starting it now could only record what nobody waits for.
-        if time.monotonic() > deadline:
-            raise StorageUnavailable("the check did not start in time")
-        return check(*args)
-
-    future = current_app.extensions["cregistry"].checks.submit(run_in_time)
-    try:
-        decision = future.result(timeout=DEADLINE_SECONDS)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise StorageUnavailable(f"no decision within {DEADLINE_SECONDS} s (Redis slow?)") from None
-    return _answer(decision)
+    return _answer(within_deadline(check, *args))
 
 
 def _params() -> dict[str, Any]:

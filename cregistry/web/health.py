@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
+from cregistry.errors import StorageUnavailable
+from cregistry.web.deadline import within_deadline
+
 bp = Blueprint("health", __name__)
-READY_DEADLINE_SECONDS = 1.5
 
 
 @bp.get("/healthz")
@@ -18,11 +18,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    services = current_app.extensions["cregistry"]
-    future = services.checks.submit(services.registry.redis.ping)
     try:
-        future.result(timeout=READY_DEADLINE_SECONDS)
-    except (concurrent.futures.TimeoutError, redis.RedisError) as error:
-        future.cancel()
+        within_deadline(current_app.extensions["cregistry"].registry.redis.ping)
+    except (StorageUnavailable, redis.RedisError) as error:
         return jsonify({"ok": False, "error": f"Redis not ready ({type(error).__name__})"}), 503
     return jsonify({"ok": True, "error": ""}), 200

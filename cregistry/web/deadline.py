@@ -1,0 +1,43 @@
+"""Work that must answer within a deadline, whatever Redis does.
+
+go-auth gives up after its http_timeout (2 s in mosquitto/); answering 503
+before that lets it report an error instead of a timeout. Socket timeouts
+alone cannot promise this: a check makes several round trips.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app
+
+from cregistry.errors import StorageUnavailable
+
+T = TypeVar("T")
+DEADLINE_SECONDS = 1.5
+
+
+def within_deadline(work: Callable[..., T], *args: Any) -> T:
+    """Run `work` on the app's thread pool; StorageUnavailable past the deadline.
+
+    Work that waited in the queue past its deadline is not started at all: it
+    was answered 503 already and could only record what nobody waits for. Work
+    that started in time may finish late; its writes are atomic, and it never
+    grants anything.
+    """
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def run_in_time() -> T:
+        if time.monotonic() > deadline:
+            raise StorageUnavailable("the work did not start in time")
+        return work(*args)
+
+    future = current_app.extensions["cregistry"].checks.submit(run_in_time)
+    try:
+        return future.result(timeout=DEADLINE_SECONDS)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)") from None
