@@ -64,5 +64,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check cregistry tests bench
 	$(BIN)/mypy
 
+# plugin, plugin-test, plugin-asan: cregistry's own Mosquitto plugin
+include mosquitto/plugin/plugin.mk
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PLUGIN_BUILD) $(PLUGIN_SO) $(PLUGIN_ASAN_SO) *.egg-info .pytest_cache .mypy_cache .ruff_cache
