@@ -340,3 +340,48 @@ class MqttClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+CREGISTRY_PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
+SANITIZER_ERRORS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sanitizer_preload() -> str:
+    """The ASan runtime for a mosquitto loading `make plugin-asan`'s build
+    (mosquitto itself is not instrumented, so the runtime must come first)."""
+    compiler = os.environ.get("CC", "gcc")
+    return subprocess.run(
+        [compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+class PluginMosquittoProcess(MosquittoProcess):
+    """A real mosquitto loading cregistry's own plugin. With a sanitizer build
+    (a plugin file ending in -asan.so) mosquitto runs with the ASan runtime
+    preloaded and leak checks on; sanitizer_report() then returns what the
+    sanitizers printed (empty when clean) once the broker has stopped."""
+
+    def __init__(self, conf_text: str, port: int, plugin: Path) -> None:
+        super().__init__(conf_text, port)
+        self.env = dict(os.environ)
+        self.sanitized = plugin.name.endswith("-asan.so")
+        if self.sanitized:
+            self.env["LD_PRELOAD"] = sanitizer_preload()
+            self.env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=66"
+            self.env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        wait_for_port(self.port, process=self.process)
+
+    def sanitizer_report(self) -> str:
+        lines = self.output().splitlines()
+        for index, line in enumerate(lines):
+            if any(marker in line for marker in SANITIZER_ERRORS):
+                return "\n".join(lines[index : index + 40])
+        if self.process is not None and self.process.returncode == 66:
+            return "mosquitto exited with the sanitizers' exit code 66"
+        return ""

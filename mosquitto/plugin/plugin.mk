@@ -46,7 +46,7 @@ $(PLUGIN_SO): $(PLUGIN_SRCS) $(PLUGIN_HDRS)
 plugin-asan: plugin-deps $(PLUGIN_ASAN_SO)
 
 $(PLUGIN_ASAN_SO): $(PLUGIN_SRCS) $(PLUGIN_HDRS)
-	$(PLUGIN_CC) $(PLUGIN_CFLAGS) $(SAN_FLAGS) -shared -o $@ $(PLUGIN_SRCS) $(PLUGIN_LIBS)
+	$(PLUGIN_CC) $(PLUGIN_CFLAGS) $(SAN_FLAGS) -shared -Wl,-z,nodelete -o $@ $(PLUGIN_SRCS) $(PLUGIN_LIBS)
 
 $(PLUGIN_BUILD)/test_plain: $(PLUGIN_TEST_SRCS) $(PLUGIN_HDRS)
 	@mkdir -p $(PLUGIN_BUILD)

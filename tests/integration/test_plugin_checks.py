@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, MosquittoProcess, MqttClient, ServiceProcess, free_port
+from tests.harness import (
+    CREGISTRY_PLUGIN_SO,
+    MosquittoProcess,
+    MqttClient,
+    PluginMosquittoProcess,
+    ServiceProcess,
+    free_port,
+)
 
 pytestmark = pytest.mark.broker
-
-PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
 
 
 def plugin_conf(port: int, plugin: Path, service: ServiceProcess) -> str:
@@ -43,20 +48,23 @@ def plugin_conf(port: int, plugin: Path, service: ServiceProcess) -> str:
 @pytest.fixture(scope="module")
 def plugin_broker(service: ServiceProcess) -> Iterator[MosquittoProcess]:
     problem = None
-    if not PLUGIN_SO.exists():
-        problem = f"cregistry's plugin is not built ({PLUGIN_SO}): run `make plugin`"
+    if not CREGISTRY_PLUGIN_SO.exists():
+        problem = f"cregistry's plugin is not built ({CREGISTRY_PLUGIN_SO}): run `make plugin`"
     if problem:
         if os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1" or os.environ.get("CI") == "true":
             pytest.fail(problem)
         pytest.skip(problem)
     port = free_port()
-    broker = MosquittoProcess(plugin_conf(port, PLUGIN_SO, service), port)
+    broker = PluginMosquittoProcess(plugin_conf(port, CREGISTRY_PLUGIN_SO, service), port, CREGISTRY_PLUGIN_SO)
     try:
         broker.start()
     except (RuntimeError, TimeoutError) as error:
         raise AssertionError(f"mosquitto did not start with the plugin:\n{broker.output()}") from error
     yield broker
+    broker.stop()
+    report = broker.sanitizer_report()
     broker.cleanup()
+    assert report == "", f"the sanitizers found errors in the plugin:\n{report}"
 
 
 @pytest.fixture
