@@ -7,20 +7,15 @@
 static uint64_t key_hash(const struct cr_cache *cache, const struct cr_key *key)
 {
 	struct cr_sip s;
-	uint64_t len;
+	/* the lengths first, so that no two different keys feed the same bytes */
+	uint64_t header[4] = {key->user_len, key->part_len[0], key->part_len[1],
+		(uint64_t)key->kind | ((uint64_t)key->access << 8)};
 
 	cr_sip_init(&s, cache->hash_key);
-	/* lengths first, so that no two different keys feed the same bytes */
-	len = key->user_len;
-	cr_sip_update(&s, &len, sizeof(len));
+	cr_sip_update(&s, header, sizeof(header));
 	cr_sip_update(&s, key->user, key->user_len);
-	cr_sip_update(&s, &key->kind, 1);
-	cr_sip_update(&s, &key->access, 1);
-	for(int i = 0; i < 2; i++){
-		len = key->part_len[i];
-		cr_sip_update(&s, &len, sizeof(len));
-		cr_sip_update(&s, key->part[i], key->part_len[i]);
-	}
+	cr_sip_update(&s, key->part[0], key->part_len[0]);
+	cr_sip_update(&s, key->part[1], key->part_len[1]);
 	return cr_sip_final(&s);
 }
 
