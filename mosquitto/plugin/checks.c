@@ -38,12 +38,24 @@ static void service_state(struct cr_plugin *p, int ok, const char *why)
 
 enum verdict { ALLOW, DENY, FAULT };
 
+/* Mosquitto waits on its only thread while a check runs. When cregistry gave
+ * no answer at all (timeout, no connection), the checks that miss the cache
+ * fail at once for fault_backoff_ms instead of each waiting up to timeout_ms,
+ * so that clients whose answers are cached are not stalled behind a queue of
+ * reconnecting devices. The first miss after the window asks again, and any
+ * HTTP answer of the change feed ends the window early (poll.c). */
 static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 {
-	char *json = cJSON_PrintUnformatted(body);
+	char *json;
 	long status;
 	char why[64];
 
+	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+		p->counters.fast_fails++;
+		return FAULT;
+	}
+	p->fault_until_ms = 0;
+	json = cJSON_PrintUnformatted(body);
 	if(json == NULL){
 		p->counters.http_errors++;
 		return FAULT;
@@ -61,6 +73,9 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 	}
 	p->counters.http_errors++;
 	if(status == 0){
+		if(p->opt.fault_backoff_ms > 0){
+			p->fault_until_ms = cr_now_ms() + p->opt.fault_backoff_ms;
+		}
 		service_state(p, 0, p->http.check_error[0] ? p->http.check_error : "no answer");
 	}else{
 		snprintf(why, sizeof(why), "HTTP %ld", status);

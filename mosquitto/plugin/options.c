@@ -23,6 +23,7 @@ static const struct int_option INT_OPTIONS[] = {
 	{"deny_cache_seconds", offsetof(struct cr_options, deny_cache_seconds), 60, 0, 86400},
 	{"cache_size", offsetof(struct cr_options, cache_size), 100000, 1, 10000000},
 	{"feed_interval_ms", offsetof(struct cr_options, feed_interval_ms), 500, 50, 1500},
+	{"fault_backoff_ms", offsetof(struct cr_options, fault_backoff_ms), 1000, 0, 10000},
 	{"stats_interval", offsetof(struct cr_options, stats_interval), 10, 0, 86400},
 };
 #define INT_OPTION_COUNT (sizeof(INT_OPTIONS) / sizeof(INT_OPTIONS[0]))

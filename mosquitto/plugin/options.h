@@ -13,6 +13,7 @@ struct cr_options {
 	long deny_cache_seconds; /* ACL denials (refused CONNECTs are never cached) */
 	long cache_size;        /* entries of both kinds together */
 	long feed_interval_ms;
+	long fault_backoff_ms;  /* after a check got no answer, fail misses at once for this long */
 	long stats_interval;    /* seconds between $SYS/broker/cregistry/... publishes; 0: never */
 };
 

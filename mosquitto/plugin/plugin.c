@@ -134,9 +134,10 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	}
 	*userdata = p;
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms)",
+			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms,"
+			" fault backoff %ld ms)",
 			p->opt.url, p->opt.timeout_ms, p->opt.cache_seconds, p->opt.deny_cache_seconds, p->opt.cache_size,
-			p->opt.feed_interval_ms);
+			p->opt.feed_interval_ms, p->opt.fault_backoff_ms);
 	return MOSQ_ERR_SUCCESS;
 }
 

@@ -52,6 +52,9 @@ static void feed_done(struct cr_plugin *p, long status, int64_t now)
 	struct cr_feed_answer answer;
 	char why[CURL_ERROR_SIZE + 32];
 
+	if(status != 0){
+		p->fault_until_ms = 0; /* cregistry answers again: checks may ask it */
+	}
 	if(status != 200){
 		p->counters.feed_errors++;
 		if(status == 0){
@@ -110,6 +113,7 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("cache/entries", p->cache.count);
 	publish_counter("cache/evictions", p->cache.evictions);
 	publish_counter("http/errors", p->counters.http_errors);
+	publish_counter("http/fast_fails", p->counters.fast_fails);
 	publish_counter("kicks", p->counters.kicks);
 	publish_counter("feed/polls", p->counters.feed_polls);
 	publish_counter("feed/errors", p->counters.feed_errors);

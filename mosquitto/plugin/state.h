@@ -23,6 +23,7 @@ struct cr_counters {
 	uint64_t kicks;
 	uint64_t feed_polls;
 	uint64_t feed_errors;
+	uint64_t fast_fails;
 };
 
 struct cr_plugin {
@@ -39,6 +40,7 @@ struct cr_plugin {
 	int64_t next_feed_ms;
 	int64_t last_feed_ok_ms; /* 0: never */
 	int64_t next_stats_ms;
+	int64_t fault_until_ms; /* checks that miss the cache fail without asking until then */
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
 	struct cr_counters counters;

@@ -88,20 +88,29 @@ def _service_pids(service: ServiceProcess) -> list[int]:
     return [pid, *(int(child) for child in children.read_text().split())]
 
 
-@pytest.fixture
-def stopped_service(service: ServiceProcess) -> Iterator[Callable[[], None]]:
-    """stop() freezes `cregistry serve` and its workers (SIGSTOP): connections
-    hang, as on a dead host; everything runs again after the test."""
-    frozen: list[int] = []
+class Freezer:
+    """freeze() stops `cregistry serve` and its workers (SIGSTOP): connections
+    hang, as on a dead host; thaw() lets them run again (also after the test)."""
 
-    def stop() -> None:
-        for pid in _service_pids(service):
+    def __init__(self, service: ServiceProcess) -> None:
+        self.service = service
+        self.frozen: list[int] = []
+
+    def freeze(self) -> None:
+        for pid in _service_pids(self.service):
             os.kill(pid, signal.SIGSTOP)
-            frozen.append(pid)
+            self.frozen.append(pid)
 
-    yield stop
-    for pid in reversed(frozen):
-        os.kill(pid, signal.SIGCONT)
+    def thaw(self) -> None:
+        while self.frozen:
+            os.kill(self.frozen.pop(), signal.SIGCONT)
+
+
+@pytest.fixture
+def freezer(service: ServiceProcess) -> Iterator[Freezer]:
+    freezer = Freezer(service)
+    yield freezer
+    freezer.thaw()
 
 
 def raw_connect(port: int, username: str, password: str, client_id: str) -> tuple[str, float]:
@@ -191,7 +200,7 @@ def test_acl_follows_grants(clients, cregistry) -> None:  # type: ignore[no-unty
 
 
 def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_working(  # type: ignore[no-untyped-def]
-    plugin_broker, clients, cregistry, stopped_service
+    plugin_broker, clients, cregistry, freezer
 ) -> None:
     add_user(cregistry, "valve-1", "valve-secret")
     add_user(cregistry, "valve-2", "valve-secret")
@@ -202,7 +211,7 @@ def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_
     valve.publish("site/valve-1/open", b"1")
     assert valve.receive(5) == ("site/valve-1/open", b"1")  # publish and delivery answers now cached
 
-    stopped_service()
+    freezer.freeze()
     answer, seconds = raw_connect(plugin_broker.port, "valve-2", "valve-secret", "valve-2-client")
     assert answer == "closed"  # no CONNACK: the device treats it as an outage, not as refused
     assert seconds < 2.0
@@ -212,3 +221,12 @@ def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_
     valve.publish("site/valve-1/open", b"2")
     assert valve.receive(5) == ("site/valve-1/open", b"2")
     assert clients("valve-1", "valve-secret", "valve-client").connect() == "Success"  # cached CONNECT
+    for attempt in range(3):  # more devices arriving: each refused as fast, none waits for the others
+        answer, seconds = raw_connect(plugin_broker.port, "valve-2", "valve-secret", f"valve-2-client-{attempt}")
+        assert (answer, seconds < 2.0) == ("closed", True)
+
+    freezer.thaw()
+    deadline = time.monotonic() + 10
+    while (answer := raw_connect(plugin_broker.port, "valve-2", "valve-secret", "valve-2-client")[0]) != "connack 0":
+        assert answer == "closed" and time.monotonic() < deadline
+        time.sleep(0.2)

@@ -484,6 +484,7 @@ static void test_options(void)
 	CHECK(strcmp(o.url, "http://127.0.0.1:8081") == 0);
 	CHECK(o.timeout_ms == 1500 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
 	CHECK(o.cache_size == 100000 && o.feed_interval_ms == 500 && o.stats_interval == 10);
+	CHECK(o.fault_backoff_ms == 1000);
 	cr_options_free(&o);
 
 	begin("options: values");
@@ -518,6 +519,10 @@ static void test_options(void)
 	CHECK(opts(&o, 2, "url", "http://h", "feed_interval_ms", "10") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "feed_interval_ms", "1501") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "stats_interval", "-5") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "fault_backoff_ms", "10001") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "fault_backoff_ms", "0") == 0);
+	CHECK(o.fault_backoff_ms == 0);
+	cr_options_free(&o);
 	CHECK(opts(&o, 2, "url", "http://h", "cache_secs", "10") == -1);   /* a typo is not ignored */
 	CHECK(opts(&o, 2, "url", "http://h", "url", "nonsense") == -1);
 }
