@@ -60,6 +60,9 @@ static int parse_url(const char *value, char **out)
 		return -1;
 	}
 	len = strlen(value);
+	if(len > CR_URL_MAX){
+		return -1;
+	}
 	while(len > 0 && value[len - 1] == '/'){
 		len--;
 	}
@@ -94,8 +97,8 @@ int cr_options_parse(struct cr_options *o, const struct mosquitto_opt *opts, int
 			free(o->url);
 			o->url = NULL;
 			if(parse_url(value, &o->url) != 0){
-				snprintf(err, errlen, "plugin_opt_url must be an http:// or https:// base URL (got \"%s\")",
-						value ? value : "");
+				snprintf(err, errlen, "plugin_opt_url must be an http:// or https:// base URL of at most %d characters (got \"%.100s\")",
+						CR_URL_MAX, value ? value : "");
 				goto fail;
 			}
 			continue;

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#define CR_URL_MAX 1024
+
 struct mosquitto_opt;
 
 struct cr_options {

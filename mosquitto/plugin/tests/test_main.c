@@ -505,6 +505,15 @@ static void test_options(void)
 	CHECK(opts(&o, 1, "url", "http://h/?x=1") == -1);
 	CHECK(opts(&o, 1, "url", "") == -1);
 	CHECK(opts(&o, 1, "url", NULL) == -1);
+	char long_url[CR_URL_MAX + 2];
+	memset(long_url, 'h', sizeof(long_url));
+	memcpy(long_url, "http://", 7);
+	long_url[CR_URL_MAX] = '\0';
+	CHECK(opts(&o, 1, "url", long_url) == 0);
+	cr_options_free(&o);
+	long_url[CR_URL_MAX] = 'h';
+	long_url[CR_URL_MAX + 1] = '\0';
+	CHECK(opts(&o, 1, "url", long_url) == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "timeout_ms", "2001") == -1); /* a check never takes over 2 s */
 	CHECK(opts(&o, 2, "url", "http://h", "timeout_ms", "0") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "timeout_ms", "15OO") == -1);
