@@ -35,7 +35,7 @@ def plugin_conf(port: int, plugin: Path, service: ServiceProcess) -> str:
             "allow_anonymous false",
             f"plugin {plugin}",
             f"plugin_opt_url {service.broker}",
-            "log_dest stdout",
+            "log_dest stderr",  # unbuffered: the tests read the log while mosquitto runs
             "log_type error",
             "log_type warning",
             "log_type notice",
