@@ -55,6 +55,11 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 		return FAULT;
 	}
 	p->fault_until_ms = 0;
+	if(!p->warned_no_tick && p->counters.feed_polls == 0 && cr_now_ms() - p->loaded_ms > 5000){
+		p->warned_no_tick = true;
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: mosquitto sends no ticks, so the change feed is never"
+				" read: set per_listener_settings false");
+	}
 	json = cJSON_PrintUnformatted(body);
 	if(json == NULL){
 		p->counters.http_errors++;

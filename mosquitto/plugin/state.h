@@ -43,6 +43,7 @@ struct cr_plugin {
 	int64_t fault_until_ms; /* checks that miss the cache fail without asking until then */
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
+	bool warned_no_tick;
 	struct cr_counters counters;
 };
 
