@@ -41,13 +41,13 @@ try-go-auth: system-deps
 		echo "WARNING: go-auth could not be built (error above): the broker tests will not run"
 
 ## test: both tiers (unit on fakeredis, integration on real processes)
-test: $(STAMP) system-deps try-go-auth
+test: $(STAMP) system-deps try-go-auth plugin
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
