@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev openssl
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
 .PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth bench bench-quick clean
