@@ -10,6 +10,7 @@ import cregistry.cli
 from cregistry.config import Config
 from cregistry.connections import Client, SentinelTarget, connect, parse_sentinel_url
 from cregistry.errors import ConfigError
+from cregistry.transactions import replica_wait_seconds
 
 
 @pytest.mark.parametrize(
@@ -121,3 +122,10 @@ def test_the_cli_says_when_no_master_is_found(monkeypatch: pytest.MonkeyPatch) -
     result = CliRunner().invoke(cregistry.cli.cli, ["status"])
     assert result.exit_code == 6, result.output
     assert result.stderr == "Error: cannot reach Redis (MasterNotFoundError) at CREGISTRY_REDIS_URL\n"
+
+
+def test_the_replica_wait_ends_before_the_socket_timeout() -> None:
+    # WAIT answers when its time is up; that answer must beat the socket timeout.
+    assert replica_wait_seconds(0.5) == 0.4
+    assert replica_wait_seconds(5.0) == 1.0
+    assert replica_wait_seconds(None) == 1.0
