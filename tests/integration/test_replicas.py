@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -138,4 +139,40 @@ def test_the_cli_exits_6_and_then_0_once_a_replica_confirms(primary: RedisNode, 
         with replica.client() as client:
             assert 0 < client.ttl(Keys("cregistry").unlock()) <= 120
     finally:
+        replica.cleanup()
+
+
+def test_a_connected_replica_that_lags_does_not_confirm(primary: RedisNode, setup_env: dict[str, str]) -> None:
+    """WAIT counts replicas that have this change, not replicas that are
+    connected: a stopped replica stays connected but confirms nothing."""
+    from cregistry.config import Config
+    from cregistry.connections import connect
+    from cregistry.errors import ReplicasUnconfirmed
+    from cregistry.registry import Registry
+
+    replica = RedisNode(replica_of=primary.port)
+    replica.start()
+    config = Config(redis_url=setup_env["CREGISTRY_REDIS_URL"], redis_min_replicas=1)
+    connection = connect(setup_env["CREGISTRY_REDIS_URL"], 0.5, min_replicas=1)
+    registry = Registry(connection, config)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                registry.unlock(60)
+                break
+            except ReplicasUnconfirmed:  # the replica is still syncing
+                assert time.monotonic() < deadline, "the replica did not come online"
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ReplicasUnconfirmed, match="only 0 replica"):
+                registry.lock()
+            with primary.client() as client:
+                assert [r["state"] for k, r in client.info("replication").items() if k == "slave0"] == ["online"]
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        assert registry.status().seconds_left == 0  # the lock is on the primary all the same
+    finally:
+        connection.close()
         replica.cleanup()
