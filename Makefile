@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev openssl
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-failover lint system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
+
+## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
+test-failover: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/failover
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
 bench: $(STAMP) system-deps try-go-auth

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from cregistry.connections import check_url
 from cregistry.errors import ConfigError
 
 ENV_PREFIX = "CREGISTRY_"
@@ -30,6 +31,7 @@ PASSWORD_REQUIRE = "PASSWORD_REQUIRE"
 API_LISTEN = "API_LISTEN"
 BROKER_LISTEN = "BROKER_LISTEN"
 REDIS_TIMEOUT = "REDIS_TIMEOUT"
+REDIS_MIN_REPLICAS = "REDIS_MIN_REPLICAS"
 EMBEDDED_REDIS_PORT = "EMBEDDED_REDIS_PORT"
 WORKERS = "WORKERS"
 THREADS = "THREADS"
@@ -67,6 +69,9 @@ class Config:
     # Broker routes must answer 503 within 2 s when Redis stalls; a check makes
     # at most a few round trips, so each one gets a fraction of that budget.
     redis_timeout: float = 0.5
+    # Replicas that must have an operator change before it is acknowledged
+    # (WAIT; see transactions.py). 0: no waiting; 1 with Sentinel and replicas.
+    redis_min_replicas: int = 0
     embedded_redis_port: int = 6399
     workers: int = 2
     threads: int = 8
@@ -97,6 +102,9 @@ class Config:
         _check_range(BCRYPT_CONCURRENCY, self.bcrypt_concurrency, 1, 256)
         _check_range(REGISTRATION_CONCURRENCY, self.registration_concurrency, 1, 256)
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
+        _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
+        if self.redis_url is not None:
+            check_url(self.redis_url)
         if self.verify_secret is not None:
             try:
                 if len(bytes.fromhex(self.verify_secret)) < 16:

@@ -47,7 +47,7 @@ def create_app(
         raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     app = Flask(f"cregistry.{listener}")
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -106,7 +106,7 @@ class ListenerDispatcher:
 def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> ListenerDispatcher:
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     limits = WorkLimits(config)  # one set of bcrypt slots per process
     return ListenerDispatcher(
         {
