@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-browser lint system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration
+
+# The web console in Debian's headless chromium (apt-get install chromium);
+# CREGISTRY_SCREENSHOTS=docs also rewrites the README's screenshots.
+test-browser: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/browser
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
 bench: $(STAMP) system-deps try-go-auth

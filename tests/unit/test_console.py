@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from cregistry import credentials
 from cregistry.config import Config
+from cregistry.errors import ConfigError
 from cregistry.keys import Keys
 from cregistry.registry import Registry
 from cregistry.users import UserStore
@@ -816,3 +817,66 @@ def test_the_package_ships_its_templates_and_files() -> None:
     shipped = {path for pattern in patterns for path in package.glob(pattern)}
     needed = {p for p in package.rglob("*") if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
     assert needed and needed <= shipped
+
+
+# -- configuration ----------------------------------------------------------------
+def test_the_console_settings() -> None:
+    assert Config.from_env({}).session_secret is None
+    config = Config.from_env(
+        {
+            "CREGISTRY_SESSION_SECRET": "x" * 32,
+            "CREGISTRY_CONSOLE_SECURE_COOKIES": "true",
+            "CREGISTRY_CONSOLE_IDLE_TIMEOUT": "600",
+            "CREGISTRY_CONSOLE_MAX_AGE": "7200",
+            "CREGISTRY_CONSOLE_SIGNIN_LIMIT": "5",
+            "CREGISTRY_CONSOLE_SIGNIN_WINDOW": "60",
+        }
+    )
+    assert (config.session_secret, config.console_secure_cookies) == ("x" * 32, True)
+    assert (config.console_idle_timeout, config.console_max_age) == (600, 7200)
+    assert (config.console_signin_limit, config.console_signin_window) == (5, 60)
+    for raw, flag in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False)):
+        assert Config.from_env({"CREGISTRY_CONSOLE_SECURE_COOKIES": raw}).console_secure_cookies is flag
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CREGISTRY_SESSION_SECRET", "short"),
+        ("CREGISTRY_CONSOLE_SECURE_COOKIES", "maybe"),
+        ("CREGISTRY_CONSOLE_IDLE_TIMEOUT", "10"),
+        ("CREGISTRY_CONSOLE_MAX_AGE", "forever"),
+        ("CREGISTRY_CONSOLE_SIGNIN_LIMIT", "0"),
+        ("CREGISTRY_CONSOLE_SIGNIN_WINDOW", "-1"),
+    ],
+)
+def test_bad_console_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env({variable: value})
+    assert variable in str(error.value)
+
+
+def test_serve_makes_one_session_secret_before_the_workers_fork(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gunicorn forks the workers from one master: the secret made there is
+    every worker's, so a session signed by one is accepted by the others."""
+    import cregistry.server
+
+    started: list[Config] = []
+
+    class Server:
+        def __init__(self, config: Config) -> None:
+            started.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(cregistry.server, "CregistryServer", Server)
+    monkeypatch.setattr(cregistry.server, "_check_redis", lambda config: None)
+    base = Config(redis_url="redis://127.0.0.1:1/0", admin_token=ADMIN_TOKEN)
+    cregistry.server.serve(base, lambda text: None)
+    assert started[0].session_secret is not None and len(started[0].session_secret) == 64
+    assert "CREGISTRY_SESSION_SECRET is not set" in caplog.text
+    cregistry.server.serve(dataclasses.replace(base, session_secret=SECRET), lambda text: None)
+    assert started[1].session_secret == SECRET
