@@ -297,3 +297,13 @@ def test_a_session_works_on_every_worker(service: ServiceProcess) -> None:
         with opener.open(service.api + "/console/registry.json") as answer:
             assert answer.status == 200
     assert "CREGISTRY_SESSION_SECRET is not set" in service.output()
+
+
+def test_the_cookie_is_secure_behind_a_tls_proxy(service: ServiceProcess) -> None:
+    """What nginx in front sends: gunicorn trusts X-Forwarded-Proto from 127.0.0.1."""
+    request = urllib.request.Request(service.api + "/console/sign-in", headers={"X-Forwarded-Proto": "https"})
+    with urllib.request.urlopen(request) as answer:
+        cookie = answer.headers["Set-Cookie"]
+    assert "Secure" in cookie.split("; ") and "HttpOnly" in cookie.split("; ")
+    with urllib.request.urlopen(service.api + "/console/sign-in") as answer:
+        assert "Secure" not in answer.headers["Set-Cookie"].split("; ")
