@@ -48,6 +48,7 @@ def sign_in(page: Any, service: ServiceProcess, token: str = ADMIN_TOKEN) -> Non
     page.get_by_label("Admin token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Client Registry")).to_be_visible()
+    page.wait_for_load_state("load")
 
 
 def request_row(page: Any, username: str) -> Any:
@@ -265,21 +266,39 @@ def test_the_dialog_says_when_another_operator_handled_the_request(page: Any, se
     )
 
 
+# No horizontal scrolling, and no table cell whose text is cut off.
+NOTHING_CUT_OFF = """() =>
+    document.documentElement.scrollWidth <= window.innerWidth
+    && [...document.querySelectorAll("td, th")].every(cell => cell.scrollWidth <= cell.clientWidth + 1)"""
+
+
+CUT_OFF_CELLS = """() => [...document.querySelectorAll("td, th")]
+    .filter(cell => cell.scrollWidth > cell.clientWidth + 1)
+    .map(cell => `${cell.textContent.trim().slice(0, 40)}: ${cell.scrollWidth} > ${cell.clientWidth}`)"""
+
+
 def test_the_registry_view_fits_a_phone(page: Any, service: ServiceProcess, screenshots: Path | None) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     sign_in(page, service)
+    assert page.evaluate(NOTHING_CUT_OFF)  # the empty list
     page.get_by_role("button", name="Unlock").click()
-    assert device_attempt(service, "sensor-9", "pw-sensor-9", "a-rather-long-client-identifier-0123456789") == 403
+    assert device_attempt(service, "sensor-9", "pw-sensor-9", "a-rather-long-client-identifier-0123456789" * 3) == 403
     expect(request_row(page, "sensor-9")).to_be_visible(timeout=APPEARS_WITHIN_MS)
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(NOTHING_CUT_OFF)
     request_row(page, "sensor-9").click()
     pairing = page.locator("dialog#grant-dialog .pairing-id")
     expect(pairing).to_be_visible()
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(NOTHING_CUT_OFF)
     box = pairing.bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
     if screenshots is not None:
         page.screenshot(path=str(screenshots / "console-phone.png"))
+    for view in ("Users", "Audit"):
+        page.keyboard.press("Escape")
+        page.get_by_role("link", name=view).click()
+        expect(page.get_by_role("heading", name=view, exact=True)).to_be_visible()
+        page.wait_for_load_state("load")  # the stylesheet applied
+        assert page.evaluate(NOTHING_CUT_OFF), page.evaluate(CUT_OFF_CELLS)
 
 
 def test_a_session_works_on_every_worker(service: ServiceProcess) -> None:
