@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration test-failover lint system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-failover test-browser lint system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test-integration: $(STAMP) system-deps plugin
 ## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
 test-failover: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/failover
+
+# The web console in Debian's headless chromium (apt-get install chromium);
+# CREGISTRY_SCREENSHOTS=docs also rewrites the README's screenshots.
+test-browser: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/browser
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
 bench: $(STAMP) system-deps try-go-auth

@@ -43,6 +43,12 @@ VERIFY_SECRET = "VERIFY_SECRET"
 BCRYPT_CONCURRENCY = "BCRYPT_CONCURRENCY"
 REGISTRATION_CONCURRENCY = "REGISTRATION_CONCURRENCY"
 AUDIT_MAX = "AUDIT_MAX"
+SESSION_SECRET = "SESSION_SECRET"
+CONSOLE_SECURE_COOKIES = "CONSOLE_SECURE_COOKIES"
+CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
+CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
+CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
+CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
 
 MAX_UNLOCK_SECONDS = 3600
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
@@ -85,6 +91,15 @@ class Config:
     bcrypt_concurrency: int = max(1, os.cpu_count() or 1)
     registration_concurrency: int = 1
     audit_max: int = 10_000
+    # The web console (web/console/): the key that signs its session cookies,
+    # the same on every worker and instance; cookie flags; session lifetimes;
+    # failed sign-ins per client address and window.
+    session_secret: str | None = None
+    console_secure_cookies: bool = False
+    console_idle_timeout: int = 30 * 60
+    console_max_age: int = 12 * 3600
+    console_signin_limit: int = 10
+    console_signin_window: int = 15 * 60
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -105,6 +120,12 @@ class Config:
         _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
         if self.redis_url is not None:
             check_url(self.redis_url)
+        _check_range(CONSOLE_IDLE_TIMEOUT, self.console_idle_timeout, 60, 7 * 24 * 3600)
+        _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
+        _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
+        _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
+        if self.session_secret is not None and len(self.session_secret) < 32:
+            raise ConfigError(f"{ENV_PREFIX}{SESSION_SECRET} must be at least 32 characters")
         if self.verify_secret is not None:
             try:
                 if len(bytes.fromhex(self.verify_secret)) < 16:
@@ -166,6 +187,12 @@ def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     env_name = ENV_PREFIX + name.upper()
     type_text = str(type_name)
+    if type_text == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{env_name} must be true or false, got {raw!r}")
     try:
         if type_text == "int":
             return int(raw)

@@ -18,7 +18,7 @@ from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
-from cregistry.web import api_routes, broker_routes, errors, health
+from cregistry.web import api_routes, broker_routes, console, errors, health
 
 API = "api"
 BROKER = "broker"
@@ -64,6 +64,7 @@ def create_app(
             raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
+        console.init_app(app, config)
         errors.init_app(app, unexpected_status=500)
     else:
         raise ValueError(f"unknown listener {listener!r}")
