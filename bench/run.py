@@ -173,7 +173,9 @@ class Bench:
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in setups}
         for turn in range(self.size["rounds"]):
             for setup in setups:
+                starting = time.monotonic()
                 broker = self.start(setup)
+                start_seconds = time.monotonic() - starting
                 try:
                     assert broker.process is not None
                     cpu = brokers.process_cpu_seconds(broker.process.pid)
@@ -184,6 +186,7 @@ class Bench:
                     result.setdefault(
                         "broker_cpu_share", round((brokers.process_cpu_seconds(broker.process.pid) - cpu) / wall, 3)
                     )
+                    result["broker_start_seconds"] = round(start_seconds, 3)
                 finally:
                     broker.cleanup()
                 self.runs.append({"scenario": scenario, "setup": setup, "round": turn, **result})
@@ -414,6 +417,7 @@ class Bench:
         self.put_medians(results, "connack_p99_ms", "storm_connack_p99_ms", 1)
         self.put_medians(results, "probe_max_ms", "storm_probe_max_ms", 1)
         self.put_medians(results, "probe_p99_ms", "storm_probe_p99_ms", 1)
+        self.put_medians(results, "broker_start_seconds", "storm_broker_start_seconds", 3)
         self.ratio("storm_seconds_ratio", f"storm_seconds_{key(CREGISTRY)}", f"storm_seconds_{key(DYNSEC)}")
         if GO_AUTH in self.plugin_setups:
             self.ratio("storm_seconds_ratio_go_auth", f"storm_seconds_{key(GO_AUTH)}", f"storm_seconds_{key(DYNSEC)}")
