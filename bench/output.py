@@ -76,6 +76,8 @@ PER_SETUP_ROWS = [
     ("storm_slowest_connack_ms", "storm: slowest CONNACK ms"),
     ("storm_probe_max_ms", "storm: longest PINGREQ→PINGRESP of a probe client, ms"),
     ("storm_probe_p99_ms", "storm: probe PINGREQ p99 ms"),
+    ("storm_probe_p50_ms", "storm: probe PINGREQ p50 ms"),
+    ("storm_broker_cpu_share", "storm: broker CPU share (the rest it waits)"),
 ]
 SETUP_COLUMNS = [("no_auth", "no auth"), ("cregistry", "cregistry plugin"), ("dynsec", "dynamic security"),
                  ("go_auth", "go-auth")]  # fmt: skip

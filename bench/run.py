@@ -424,7 +424,9 @@ class Bench:
         self.put_medians(results, "connack_max_ms", "storm_slowest_connack_ms", 1)
         self.put_medians(results, "connack_p99_ms", "storm_connack_p99_ms", 1)
         self.put_medians(results, "probe_max_ms", "storm_probe_max_ms", 1)
+        self.put_medians(results, "probe_p50_ms", "storm_probe_p50_ms", 1)
         self.put_medians(results, "probe_p99_ms", "storm_probe_p99_ms", 1)
+        self.put_medians(results, "broker_cpu_share", "storm_broker_cpu_share", 2)
         self.put_medians(results, "broker_start_seconds", "storm_broker_start_seconds", 3)
         self.ratio("storm_seconds_ratio", f"storm_seconds_{key(CREGISTRY)}", f"storm_seconds_{key(DYNSEC)}")
         if GO_AUTH in self.plugin_setups:
