@@ -1,7 +1,7 @@
 """cregistry benchmarks: every goal is a ratio of two figures measured in
 the same run on the same machine, so the machine's speed cancels out.
 
-    python bench/run.py [--quick] [--out bench/out]
+    python bench/run.py [--quick] [--out bench/out] [--results bench/results.json]
 
 Starts its own redis-server and `cregistry serve`, and a freshly started
 mosquitto for every measurement: without auth, with Mosquitto's dynamic
@@ -578,7 +578,7 @@ class Bench:
         growth = {}
         for setup in (NO_AUTH, CREGISTRY):
             auth = setup != NO_AUTH
-            creds = {"user": "cache-dev", "password": DEVICE_PASSWORD} if auth else {}
+            creds: dict[str, Any] = {"user": "cache-dev", "password": DEVICE_PASSWORD} if auth else {}
             broker = self.start(setup)
             try:
                 assert broker.process is not None
