@@ -93,7 +93,7 @@ def build_document(app: Flask) -> Json:
 
 # -- building blocks ---------------------------------------------------------
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$"
-PAIRING_ID = {"type": "string", "pattern": "^[0-9a-f]{6}$", "example": "c4095f"}
+PAIRING_ID = {"type": "string", "pattern": "^[0-9a-f]{6}$", "example": "48ff1f"}
 TIME = {"type": "string", "format": "date-time", "example": "2026-12-01T08:00:00Z"}
 
 
@@ -142,7 +142,7 @@ ROLE_PARAMETER = path_parameter(
 REQUEST_ID_PARAMETER = path_parameter(
     "request_id",
     "A pending request: `username:pairingId`.",
-    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}:[0-9a-f]{6}$", "example": "sensor-17:c4095f"},
+    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}:[0-9a-f]{6}$", "example": "sensor-17:48ff1f"},
 )
 
 
@@ -174,15 +174,15 @@ USER_EXAMPLE = {
     "createdAt": "2026-12-01T08:00:00Z",
     "superuser": False,
     "clientId": "sensor-17",
-    "pairingId": "c4095f",
+    "pairingId": "48ff1f",
     "source": "mqtt",
     "roles": [],
     "permissions": [{"topic": "devices/%u/#", "access": "readWrite"}],
 }
 REQUEST_EXAMPLE = {
-    "id": "sensor-17:c4095f",
+    "id": "sensor-17:48ff1f",
     "username": "sensor-17",
-    "pairingId": "c4095f",
+    "pairingId": "48ff1f",
     "clientId": "sensor-17",
     "source": "rest",
     "firstSeen": "2026-12-01T08:00:00Z",
@@ -382,7 +382,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                         "pairingId": PAIRING_ID,
                     },
                 },
-                {"status": "granted", "username": "sensor-17", "pairingId": "c4095f"},
+                {"status": "granted", "username": "sensor-17", "pairingId": "48ff1f"},
             ),
             "202": answer(
                 "A request is pending (recorded now, or earlier).",
@@ -391,7 +391,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                     "required": ["status", "pairingId"],
                     "properties": {"status": {"const": "pending"}, "pairingId": PAIRING_ID},
                 },
-                {"status": "pending", "pairingId": "c4095f"},
+                {"status": "pending", "pairingId": "48ff1f"},
             ),
             **common(400),
             "403": answer("An operator denied these credentials.", ref("RegistrationError")),
