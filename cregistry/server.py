@@ -79,6 +79,10 @@ def metrics_directory() -> Iterator[str]:
     owner_pid = os.getpid()
     previous = os.environ.get(METRICS_DIR_ENV)
     os.environ[METRICS_DIR_ENV] = directory
+    log.info("worker metrics in %s (removed on exit)", directory)
+    # Now that the variable is set, so _worker_exited (a signal handler) needs no import.
+    import prometheus_client.multiprocess  # noqa: F401
+
     try:
         yield directory
     finally:

@@ -39,6 +39,8 @@ from cregistry.web import create_app, openapi
 from tests.harness import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 
+pytestmark = pytest.mark.fuzz
+
 FUZZ_EXAMPLES = int(os.environ.get("CREGISTRY_FUZZ_EXAMPLES", "40"))
 SEED = 20261201
 CHECKS = [
@@ -159,3 +161,31 @@ def test_without_a_valid_token(api_schema: Any, session: requests.Session, metho
     statuses = fuzz(api_schema, method, path, session, {"Authorization": "Bearer not-the-token"})
     statuses += fuzz(api_schema, method, path, session, {})
     assert set(statuses) == {401}
+
+
+@pytest.mark.parametrize("path", list(DOCUMENT["paths"]))
+def test_other_methods_answer_405_as_documented(service: ServiceProcess, path: str) -> None:
+    """What the document says of every path: a method it does not list answers 405 with Allow."""
+    url = service.api + re.sub(r"{(\w+)}", lambda match: SEEDED_NAMES[match[1]], path)
+    documented = {method.upper() for method in DOCUMENT["paths"][path]}
+    for method in sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - documented):
+        response = requests.request(method, url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+        assert response.status_code == 405, (method, path)
+        assert documented <= set(response.headers["Allow"].replace(" ", "").split(",")), (method, path)
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json()["ok"] is False
+
+
+BODY_OPERATIONS = [(m, p) for m, p in OPERATIONS if "requestBody" in DOCUMENT["paths"][p][m.lower()]]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_OPERATIONS, ids=[f"{m} {p}" for m, p in BODY_OPERATIONS])
+def test_a_body_over_256_kib_answers_413_as_documented(service: ServiceProcess, method: str, path: str) -> None:
+    seed_examples(service)
+    url = service.api + re.sub(r"{(\w+)}", lambda match: SEEDED_NAMES[match[1]], path)
+    body = json.dumps({"padding": "x" * 300_000})
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+    response = requests.request(method, url, data=body, headers=headers, timeout=10)
+    assert response.status_code == 413
+    assert "413" in DOCUMENT["paths"][path][method.lower()]["responses"]
+    assert response.json()["ok"] is False
