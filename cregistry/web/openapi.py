@@ -20,8 +20,9 @@ from cregistry.registry import MAX_CONTEXT_BYTES, MAX_PAGE
 
 bp = Blueprint("openapi", __name__)
 
-# Routes of the API listener that are not part of the JSON API.
-UNDESCRIBED_BLUEPRINTS = frozenset({"console"})
+# Routes of the API listener that are not part of the JSON API: the
+# console's pages (blueprint "console") and its "GET /" redirect.
+UNDESCRIBED_ENDPOINTS = ("static", "console.", "console_")
 UNDESCRIBED_PREFIXES = ("/console",)
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 
@@ -40,10 +41,7 @@ def described_routes(app: Flask) -> set[tuple[str, str]]:
     """(METHOD, OpenAPI path) of every route of `app` that belongs in the document."""
     routes = set()
     for rule in app.url_map.iter_rules():
-        blueprint = rule.endpoint.rpartition(".")[0]
-        if rule.endpoint == "static" or blueprint in UNDESCRIBED_BLUEPRINTS:
-            continue
-        if rule.rule.startswith(UNDESCRIBED_PREFIXES):
+        if rule.endpoint.startswith(UNDESCRIBED_ENDPOINTS) or rule.rule.startswith(UNDESCRIBED_PREFIXES):
             continue
         for method in rule.methods or ():
             if method not in IGNORED_METHODS:
