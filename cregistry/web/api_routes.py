@@ -174,7 +174,8 @@ def _int_arg(name: str, default: int) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not value.isdigit():
+    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
+    if not (value.isascii() and value.isdigit()):
         raise InvalidInput(f"{name} must be a non-negative integer")
     return int(value)
 

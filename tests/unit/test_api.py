@@ -8,6 +8,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -619,3 +620,12 @@ def test_logs_never_show_a_password_or_hash(
     assert len(hashes) == 2 and caplog.records  # something was logged
     for secret in ["device-secret-1", "device-secret-2", "wrong-secret-3", "corrupt-hash-value", *hashes]:
         assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "-1", "1.0", " 1", ""])
+@pytest.mark.parametrize(
+    "path", ["/api/client-registry/requests?offset=", "/api/client-registry/requests?limit=", "/api/audit?limit="]
+)
+def test_query_numbers_are_ascii_digits(api: FlaskClient, path: str, value: str) -> None:
+    """A 500 before: "²".isdigit() is true and int("²") fails (found while writing the fuzz tier)."""
+    assert_error(api.get(path + urllib.parse.quote(value), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}), 400)
