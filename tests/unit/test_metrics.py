@@ -198,3 +198,12 @@ def test_admin_and_registration_answers_by_status(api: FlaskClient, broker: Flas
 
 def test_check_result_of_a_status() -> None:
     assert [metrics.check_result(s) for s in (200, 400, 403, 503, 500)] == ["allow", "deny", "deny", "error", "error"]
+
+
+def test_the_metrics_directory_must_come_before_prometheus_client() -> None:
+    """prometheus_client picks files or memory when first imported; once it
+    is (as here), a directory set afterwards would be silently ignored."""
+    from cregistry import server
+
+    with pytest.raises(RuntimeError, match="before the workers' metrics directory"), server.metrics_directory():
+        pass
