@@ -436,10 +436,10 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                 "type": "object",
                 "properties": {
                     "seconds": {
-                        "type": "integer",
+                        "type": ["integer", "null"],
                         "minimum": 1,
                         "maximum": MAX_UNLOCK_SECONDS,
-                        "description": "Default CREGISTRY_UNLOCK_SECONDS (300).",
+                        "description": "Absent or null: CREGISTRY_UNLOCK_SECONDS (300).",
                     }
                 },
             },

@@ -125,3 +125,13 @@ def test_the_document_is_valid_openapi_3_1(api: FlaskClient) -> None:
     schema.validate()  # against the OpenAPI 3.1 meta-schema
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == sum(len(item) for item in document["paths"].values())
+
+
+def test_unlock_seconds_null_is_the_default_as_documented(api: FlaskClient) -> None:
+    """The fuzz tier found {"seconds": null} accepted while the document said integer."""
+    document = api.get("/api/openapi.json").get_json()
+    body = document["paths"]["/api/client-registry/unlock"]["post"]["requestBody"]["content"]["application/json"]
+    assert "null" in body["schema"]["properties"]["seconds"]["type"]
+    auth = {"Authorization": "Bearer test-admin-token"}
+    state = api.post("/api/client-registry/unlock", headers=auth, json={"seconds": None}).get_json()
+    assert state["secondsLeft"] == 300
