@@ -18,7 +18,7 @@ from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
-from cregistry.web import api_routes, broker_routes, errors, health, metrics, openapi
+from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 
 API = "api"
 BROKER = "broker"
@@ -47,7 +47,7 @@ def create_app(
         raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     app = Flask(f"cregistry.{listener}")
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -67,6 +67,7 @@ def create_app(
         app.register_blueprint(api_routes.admin)
         app.register_blueprint(openapi.bp)
         metrics.init_app(app, broker=False)
+        console.init_app(app, config)
         errors.init_app(app, unexpected_status=500)
     else:
         raise ValueError(f"unknown listener {listener!r}")
@@ -109,7 +110,7 @@ class ListenerDispatcher:
 def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> ListenerDispatcher:
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     limits = WorkLimits(config)  # one set of bcrypt slots per process
     return ListenerDispatcher(
         {

@@ -200,10 +200,16 @@ def test_check_result_of_a_status() -> None:
     assert [metrics.check_result(s) for s in (200, 400, 403, 503, 500)] == ["allow", "deny", "deny", "error", "error"]
 
 
-def test_the_metrics_directory_must_come_before_prometheus_client() -> None:
+def test_the_metrics_directory_must_come_before_prometheus_client(caplog: pytest.LogCaptureFixture) -> None:
     """prometheus_client picks files or memory when first imported; once it
-    is (as here), a directory set afterwards would be silently ignored."""
+    is (as here), a directory set afterwards is ignored, and serve says so."""
+    import os
+
     from cregistry import server
 
-    with pytest.raises(RuntimeError, match="before the workers' metrics directory"), server.metrics_directory():
-        pass
+    with server.metrics_directory() as directory:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == directory
+        assert os.path.isdir(directory)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert not os.path.exists(directory)
+    assert "imported before the metrics directory was set" in caplog.text

@@ -49,14 +49,12 @@ def test_no_token_needed(api: FlaskClient) -> None:
     assert api.get("/api/openapi.json", headers={"Authorization": "Bearer wrong"}).status_code == 200
 
 
-def test_console_routes_are_left_out(config: Config, connection: fakeredis.FakeRedis) -> None:
-    app = create_app(config, listener="api", connection=connection)
-    app.add_url_rule("/console/", endpoint="console.index", view_func=lambda: "page")
-    app.add_url_rule("/console/users/<username>", endpoint="elsewhere.page", view_func=lambda username: username)
-    app.add_url_rule("/", endpoint="console_root", view_func=lambda: "redirect")
-    assert openapi.described_routes(app) == openapi.described_routes(
-        create_app(config, listener="api", connection=connection)
-    )
+def test_console_routes_are_left_out(app: Flask) -> None:
+    console = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("console")]
+    assert "/" in console and "/console/" in console  # the console is there ...
+    described = {path for _, path in openapi.described_routes(app)}
+    assert not described & {openapi.openapi_path(rule) for rule in console}  # ... and not described
+    assert "/" not in described
 
 
 def test_not_on_the_broker_listener(broker: FlaskClient) -> None:
