@@ -81,7 +81,7 @@ def metrics_directory() -> Iterator[str]:
     previous = os.environ.get(METRICS_DIR_ENV)
     os.environ[METRICS_DIR_ENV] = directory
     log.info("worker metrics in %s (removed on exit)", directory)
-    # Now that the variable is set, so _worker_exited (a signal handler) needs no import.
+    # Imported now, with the variable set, so that _worker_exited (run from a signal handler) need not import.
     import prometheus_client.multiprocess  # noqa: F401
 
     try:
