@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration test-failover test-browser lint system-deps go-auth try-go-auth bench bench-quick bench-deps clean
+.PHONY: install run test test-unit test-integration test-fuzz test-failover test-browser lint system-deps go-auth try-go-auth bench bench-quick bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
+
+## test-fuzz: only the schemathesis tier (part of test-integration); CREGISTRY_FUZZ_EXAMPLES=N for a longer run
+test-fuzz: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m fuzz tests/integration
 
 ## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
 test-failover: $(STAMP) system-deps

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials
+from cregistry import credentials, instruments
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.keys import Keys
@@ -81,11 +81,18 @@ class PasswordVerifier:
             return Verdict.UNKNOWN_USER
         token = self._token(username, password, stored_hash)
         if verified is not None and hmac.compare_digest(verified, token):
+            instruments.password_checked(instruments.PASSWORD_TOKEN, True)
             return Verdict.ACCEPTED
         if failures is not None and int(failures) >= self.config.failure_limit:
+            instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
-        with self.limits.verify_slots:
+        with instruments.waiting_for_bcrypt():
+            self.limits.verify_slots.acquire()
+        try:
             accepted = credentials.verify_password(password, stored_hash)
+        finally:
+            self.limits.verify_slots.release()
+        instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
         if accepted:
             self.redis.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
             return Verdict.ACCEPTED

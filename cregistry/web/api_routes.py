@@ -164,10 +164,14 @@ def _users() -> UserStore:
 
 
 def _int_arg(name: str, default: int) -> int:
-    value = request.args.get(name)
-    if value is None:
+    values = request.args.getlist(name)
+    if not values:
         return default
-    if not value.isdigit():
+    if len(values) > 1:
+        raise InvalidInput(f"{name} must be given once")
+    value = values[0]
+    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
+    if not (value.isascii() and value.isdigit()):
         raise InvalidInput(f"{name} must be a non-negative integer")
     return int(value)
 
