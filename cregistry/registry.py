@@ -92,6 +92,9 @@ class Registration(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LockState:
+    """SPEC §6: `locked` while new requests are refused (no unlock key, 0 s
+    left); otherwise the seconds until the registry locks again."""
+
     locked: bool
     seconds_left: int
 
@@ -188,8 +191,8 @@ class Registry:
     def status(self) -> LockState:
         milliseconds = self.redis.pttl(self.keys.unlock())
         if milliseconds is None or milliseconds < 0:
-            return LockState(False, 0)
-        return LockState(True, math.ceil(milliseconds / 1000))
+            return LockState(locked=True, seconds_left=0)
+        return LockState(locked=False, seconds_left=math.ceil(milliseconds / 1000))
 
     def unlock(self, seconds: Any = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""

@@ -147,7 +147,7 @@ def lock(obj: CliContext) -> None:
 
 
 def _lock_text(locked: bool, seconds_left: int) -> str:
-    return f"unlocked, {seconds_left} s left" if locked else "locked"
+    return "locked" if locked else f"unlocked, {seconds_left} s left"
 
 
 # -- requests ---------------------------------------------------------------

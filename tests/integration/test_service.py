@@ -91,7 +91,7 @@ def test_rest_registration_flow(service: ServiceProcess, cregistry) -> None:  # 
     assert http(
         "POST", f"{service.api}/api/client-registry/unlock", token=ADMIN_TOKEN, json_body={"seconds": 60}
     ).json() == {
-        "locked": True,
+        "locked": False,
         "secondsLeft": 60,
     }
     pending = http("POST", register, json_body=body)
@@ -129,7 +129,7 @@ def test_admin_api_requires_the_token(service: ServiceProcess) -> None:
     url = f"{service.api}/api/client-registry"
     assert http("GET", url).status == 401
     assert http("GET", url, token="wrong").status == 401
-    assert http("GET", url, token=ADMIN_TOKEN).json() == {"locked": False, "secondsLeft": 0}
+    assert http("GET", url, token=ADMIN_TOKEN).json() == {"locked": True, "secondsLeft": 0}
 
 
 def test_concurrent_approvals_have_exactly_one_winner(service: ServiceProcess, cregistry) -> None:  # type: ignore[no-untyped-def]
@@ -203,7 +203,7 @@ def test_embedded_redis_when_no_url_is_given() -> None:
         env = {"CREGISTRY_EMBEDDED_REDIS_PORT": str(embedded_port)}
         assert run_cli("unlock", "--seconds", "30", env=env).stdout.strip() == "unlocked, 30 s left"
         status = http("GET", f"{service.api}/api/client-registry", token=token).json()
-        assert status["locked"] is True
+        assert status["locked"] is False
     finally:
         service.stop(signal.SIGTERM)
         service.cleanup()

@@ -82,24 +82,24 @@ def test_unlock_default_follows_the_environment(runner: CliRunner, monkeypatch: 
 def test_json_before_or_after_the_command(runner: CliRunner, args: list[str]) -> None:
     result = run(runner, *args)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert json.loads(result.stdout) == {"locked": False, "secondsLeft": 0}
+    assert json.loads(result.stdout) == {"locked": True, "secondsLeft": 0}
 
 
 def test_json_for_unlock_and_lock(runner: CliRunner) -> None:
-    assert json.loads(run(runner, "unlock", "--seconds", "90", "--json").stdout) == {"locked": True, "secondsLeft": 90}
-    assert json.loads(run(runner, "--json", "lock").stdout) == {"locked": False, "secondsLeft": 0}
+    assert json.loads(run(runner, "unlock", "--seconds", "90", "--json").stdout) == {"locked": False, "secondsLeft": 90}
+    assert json.loads(run(runner, "--json", "lock").stdout) == {"locked": True, "secondsLeft": 0}
 
 
 @pytest.mark.parametrize("seconds", ["0", "3601", "-1"])
 def test_unlock_out_of_range(runner: CliRunner, registry: Registry, seconds: str) -> None:
     line = assert_one_line_error(run(runner, "unlock", "--seconds", seconds), 2)
     assert line == "Error: seconds must be an integer from 1 to 3600"
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 def test_unlock_not_a_number(runner: CliRunner, registry: Registry) -> None:
     assert_usage_error(run(runner, "unlock", "--seconds", "ten"))
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 # -- requests -------------------------------------------------------------------
