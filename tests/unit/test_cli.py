@@ -386,3 +386,9 @@ def test_output_never_shows_a_password_or_hash(
     for secret in ["secret1", "secret2", "backend-password", *hashes]:
         assert secret not in text
     assert "$2b$" not in text and "passwordHash" not in text
+
+
+def test_serve_refuses_a_short_admin_token(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREGISTRY_ADMIN_TOKEN", "short")
+    line = assert_one_line_error(run(runner, "serve"), 2)
+    assert line == "Error: CREGISTRY_ADMIN_TOKEN must be at least 16 characters"
