@@ -26,13 +26,16 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from cregistry import credentials
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
+from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
+from cregistry.transactions import run_watched
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +108,21 @@ class PasswordVerifier:
     def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
         """Forget the failed attempts of a username; returns how many there were."""
         credentials.validate_username(username)
-        pipe = self.redis.pipeline()
-        pipe.get(self.keys.user_failures(username))
-        pipe.delete(self.keys.user_failures(username))
-        self.audit.add(pipe, actor, "user.failures.clear", username)
-        count = pipe.execute()[0]
-        return int(count or 0)
+        user_key = self.keys.user(username)
+        failures_key = self.keys.user_failures(username)
+
+        def clear(pipe: Any) -> int:
+            # Only known users collect failures (see verify); for anyone else
+            # the answer is "no user", as from every other user command.
+            if not pipe.exists(user_key):
+                raise UserNotFound(f"no user {username!r}")
+            count = pipe.get(failures_key)
+            pipe.multi()
+            pipe.delete(failures_key)
+            self.audit.add(pipe, actor, "user.failures.clear", username)
+            return int(count or 0)
+
+        return run_watched(self.redis, [user_key, failures_key], clear)
 
     def _count_failure(self, username: str) -> None:
         key = self.keys.user_failures(username)
