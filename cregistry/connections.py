@@ -31,3 +31,17 @@ def connect(url: str, timeout: float) -> redis.Redis:
         )
     except ValueError as error:
         raise ConfigError(f"CREGISTRY_REDIS_URL is not usable: {error}") from None
+
+
+def configuration_problem(error: redis.RedisError) -> str | None:
+    """What about a Redis error no retry can fix, or None.
+
+    A URL naming a database the server does not have, or credentials it
+    refuses, fails on every connection: that is a configuration error
+    (CLI exit 2, `serve` refuses to start), not an unreachable Redis.
+    """
+    if isinstance(error, redis.AuthenticationError):
+        return f"CREGISTRY_REDIS_URL: Redis refuses the credentials ({error})"
+    if isinstance(error, redis.ResponseError) and "DB index is out of range" in str(error):
+        return f"CREGISTRY_REDIS_URL names a database this Redis does not have ({error})"
+    return None

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_BYTES = 4096
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
+MAX_OFFSET = 10**9
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
@@ -150,7 +151,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 
 def validate_page(offset: Any, limit: Any) -> None:
-    for name, value, low, high in (("offset", offset, 0, 10**9), ("limit", limit, 1, MAX_PAGE)):
+    for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 

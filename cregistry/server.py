@@ -13,8 +13,9 @@ import redis
 from gunicorn.app.base import BaseApplication
 
 from cregistry.config import Config
-from cregistry.connections import connect
+from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
+from cregistry.errors import ConfigError
 from cregistry.web import create_dispatcher
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ def _check_redis(config: Config) -> None:
     try:
         connection.ping()
     except redis.RedisError as error:
+        problem = configuration_problem(error)
+        if problem is not None:
+            raise ConfigError(problem) from None  # no retry fixes it: refuse to start
         log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
         return
     for warning in redis_durability_warnings(connection):

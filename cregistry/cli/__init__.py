@@ -23,7 +23,9 @@ from cregistry.registry import MAX_PAGE, PendingRequest, Registry
 from cregistry.users import Role, User, UserStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-CLI_REDIS_TIMEOUT = 5.0  # an operator can wait longer than go-auth
+# Per Redis operation: the bound of the broker routes' deadline, so a command
+# against a stalled Redis fails within 2 s as the service's answers do.
+CLI_REDIS_TIMEOUT = 1.5
 
 
 class CliContext:
@@ -39,7 +41,7 @@ class CliContext:
     def registry(self) -> Registry:
         if self._registry is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            self._registry = Registry(connect(url, max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)), self.config)
+            self._registry = Registry(connect(url, CLI_REDIS_TIMEOUT), self.config)
         return self._registry
 
     @functools.cached_property

@@ -12,6 +12,7 @@ import click
 import redis
 
 from cregistry import errors
+from cregistry.connections import configuration_problem
 
 # 1 is click's own code for a ClickException; 2 is click's usage error.
 EXIT_INVALID = 2
@@ -58,6 +59,9 @@ def command_error(message: str, exit_code: int = 1) -> CommandError:
 
 def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
     if isinstance(error, redis.RedisError):
+        problem = configuration_problem(error)
+        if problem is not None:
+            return command_error(problem, EXIT_INVALID)
         return command_error(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
     assert isinstance(error, errors.CregistryError)
     return command_error(str(error), EXIT_CODE_FOR.get(type(error), 1))

@@ -205,7 +205,7 @@ def test_acceptance_is_recorded_atomically_and_the_file_stays_private(tmp_path: 
         ("not json", "is not a valid credentials file"),
         ("[]", "not a JSON object"),
         ('{"username": "x", "password": "password"}', "username must be 3 to 64"),
-        ('{"username": "sensor-1"}', "password must be a string"),
+        ('{"username": "sensor-1"}', "password is missing"),
         ('{"username": "sensor-1", "password": "p", "clientId": 7}', "clientId must be a non-empty string"),
     ],
 )
