@@ -79,6 +79,24 @@ class Role:
 
 
 @dataclasses.dataclass(frozen=True)
+class PermissionChange:
+    """What one grant did. A grant replaces the access on that exact pattern
+    (it never merges read and write into readWrite); `previous` is the access
+    it replaced, None for a new pattern."""
+
+    permission: Permission
+    previous: str | None
+
+    def describe(self) -> str:
+        """ "read → write", "new", or "unchanged"."""
+        if self.previous is None:
+            return "new"
+        if self.previous == self.permission.access:
+            return "unchanged"
+        return f"{self.previous} → {self.permission.access}"
+
+
+@dataclasses.dataclass(frozen=True)
 class AclData:
     """What an ACL check needs about one user, read in as few round trips as possible."""
 
@@ -242,17 +260,32 @@ class UserStore:
         return self.get(username)
 
     def grant(self, username: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> User:
+        """Set the user's access on `topic`, replacing any access it had there."""
+        return self.grant_permission(username, topic, access, actor=actor)[0]
+
+    def grant_permission(
+        self, username: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
+    ) -> tuple[User, PermissionChange]:
+        """grant(), also saying what it replaced; the audit entry records the old access."""
         permission = parse_permission(topic, access)
+        credentials.validate_username(username)
+        user_key = self.keys.user(username)
         key = self.keys.user_permissions(username)
-        self._change_user(
-            username,
-            lambda pipe: pipe.hset(key, permission.topic, permission.access),
-            actor,
-            "user.grant",
-            topic=permission.topic,
-            access=permission.access,
-        )
-        return self.get(username)
+
+        def replace(pipe: Any) -> PermissionChange:
+            if not pipe.exists(user_key):
+                raise UserNotFound(f"no user {username!r}")
+            change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
+            pipe.multi()
+            pipe.hset(key, permission.topic, permission.access)
+            self.audit.add(
+                pipe, actor, "user.grant", username, topic=permission.topic, access=permission.access,
+                previous=change.previous,
+            )  # fmt: skip
+            return change
+
+        change = run_watched(self.redis, [user_key, key], replace)
+        return self.get(username), change
 
     def revoke(self, username: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> User:
         validate_pattern(topic)
@@ -344,15 +377,29 @@ class UserStore:
         return self.get_role(role)
 
     def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:
-        """Create the role if needed and add one permission."""
+        """Create the role if needed and set its access on `topic` (replacing, as grant() does)."""
+        return self.grant_role_permission(role, topic, access, actor=actor)[0]
+
+    def grant_role_permission(
+        self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
+    ) -> tuple[Role, PermissionChange]:
         credentials.validate_role_name(role)
         permission = parse_permission(topic, access)
-        pipe = self.redis.pipeline()
-        pipe.sadd(self.keys.roles(), role)
-        pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
-        self.audit.add(pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access)
-        pipe.execute()
-        return self.get_role(role)
+        key = self.keys.role_permissions(role)
+
+        def replace(pipe: Any) -> PermissionChange:
+            change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
+            pipe.multi()
+            pipe.sadd(self.keys.roles(), role)
+            pipe.hset(key, permission.topic, permission.access)
+            self.audit.add(
+                pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access,
+                previous=change.previous,
+            )  # fmt: skip
+            return change
+
+        change = run_watched(self.redis, [key], replace)
+        return self.get_role(role), change
 
     def revoke_role(self, role: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> Role:
         self._require_role(role)

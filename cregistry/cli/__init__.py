@@ -20,7 +20,7 @@ from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit,
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
-from cregistry.users import Role, User, UserStore
+from cregistry.users import PermissionChange, Role, User, UserStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Per Redis operation: the bound of the broker routes' deadline, so a command
@@ -349,13 +349,24 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
     """Give USERNAME ACCESS (read, write, readWrite) on topic PATTERN.
 
     PATTERN may use + and #, and %u / %c for the username and client id.
+    A pattern that has an access already gets the new one instead (read,
+    then write, leaves write only: grant readWrite for both).
 
     \b
     Example:
         cregistry grant sensor-17 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant(username, pattern, access, actor=obj.actor)
-    emit(changed.to_dict(), f"granted {username} {access} on {display(pattern)}", obj.json_output)
+    changed, change = obj.users.grant_permission(username, pattern, access, actor=obj.actor)
+    emit(
+        changed.to_dict(),
+        f"granted {username} {access} on {display(pattern)}{_change_note(change)}",
+        obj.json_output,
+    )
+
+
+def _change_note(change: PermissionChange) -> str:
+    """Nothing for a new pattern; what a replacing grant replaced."""
+    return "" if change.previous is None else f" ({change.describe()})"
 
 
 @cli.command()
@@ -433,14 +444,19 @@ def role_show(obj: CliContext, name: str) -> None:
 @json_option
 @pass_cli
 def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
-    """Give role NAME (created if new) ACCESS on PATTERN.
+    """Give role NAME (created if new) ACCESS on PATTERN, replacing the
+    access it had on PATTERN.
 
     \b
     Example:
         cregistry role grant device 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant_role(name, pattern, access, actor=obj.actor)
-    emit(changed.to_dict(), f"role {name}: granted {access} on {display(pattern)}", obj.json_output)
+    changed, change = obj.users.grant_role_permission(name, pattern, access, actor=obj.actor)
+    emit(
+        changed.to_dict(),
+        f"role {name}: granted {access} on {display(pattern)}{_change_note(change)}",
+        obj.json_output,
+    )
 
 
 @role.command("revoke")

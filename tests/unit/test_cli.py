@@ -297,6 +297,32 @@ def test_grant_and_revoke(runner: CliRunner, users: UserStore, sensor: str) -> N
     assert_one_line_error(run(runner, "revoke", sensor, "devices/%u/#"), 3)
 
 
+def test_a_second_grant_on_a_pattern_replaces_and_says_what_changed(
+    runner: CliRunner, users: UserStore, registry: Registry, sensor: str
+) -> None:
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "read"), "granted sensor-1 read on a/+/c\n")
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "write"), "granted sensor-1 write on a/+/c (read → write)\n")
+    assert [p.to_dict() for p in users.get(sensor).permissions] == [{"topic": "a/+/c", "access": "write"}]
+    entry = registry.audit.entries(1)[0]
+    assert (entry["action"], entry["details"]) == (
+        "user.grant",
+        {"topic": "a/+/c", "access": "write", "previous": "read"},
+    )
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "write"), "granted sensor-1 write on a/+/c (unchanged)\n")
+
+
+def test_a_second_role_grant_replaces_and_says_what_changed(
+    runner: CliRunner, users: UserStore, registry: Registry
+) -> None:
+    assert_ok(run(runner, "role", "grant", "devices", "a/#", "readWrite"), "role devices: granted readWrite on a/#\n")
+    assert_ok(
+        run(runner, "role", "grant", "devices", "a/#", "read"),
+        "role devices: granted read on a/# (readWrite → read)\n",
+    )
+    assert [p.to_dict() for p in users.get_role("devices").permissions] == [{"topic": "a/#", "access": "read"}]
+    assert registry.audit.entries(1)[0]["details"]["previous"] == "readWrite"
+
+
 def test_grant_invalid_access_is_a_usage_error(runner: CliRunner, users: UserStore, sensor: str) -> None:
     assert_usage_error(run(runner, "grant", sensor, "a/#", "rw"))
     assert users.get(sensor).permissions == ()
