@@ -159,17 +159,29 @@ def _lock_text(locked: bool, seconds_left: int) -> str:
 @json_option
 @pass_cli
 def requests(obj: CliContext, offset: int, limit: int) -> None:
-    """List pending registration requests with their pairing IDs, least recently seen first."""
+    """List pending registration requests with their pairing IDs, least recently seen first.
+
+    \b
+    Example:
+        cregistry requests --offset 100 --limit 50
+    """
     pending = obj.registry.list_requests(offset, limit)
-    text = (
-        table(
+    total = obj.registry.count_requests()
+    if pending:
+        text = table(
             ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
             [_request_row(r) for r in pending],
         )
-        if pending
-        else "no pending requests"
+    elif total:
+        text = f"offset {offset} is past the end: {total} pending request{'' if total == 1 else 's'}"
+    else:
+        text = "no pending requests"
+    # The same page fields as GET /api/client-registry/requests.
+    emit(
+        {"requests": [r.to_dict() for r in pending], "total": total, "offset": offset, "limit": limit},
+        text,
+        obj.json_output,
     )
-    emit({"requests": [r.to_dict() for r in pending]}, text, obj.json_output)
 
 
 def _request_row(request: PendingRequest) -> list[Any]:

@@ -105,7 +105,24 @@ def test_unlock_not_a_number(runner: CliRunner, registry: Registry) -> None:
 # -- requests -------------------------------------------------------------------
 def test_requests_empty(runner: CliRunner) -> None:
     assert_ok(run(runner, "requests"), "no pending requests\n")
-    assert json.loads(run(runner, "requests", "--json").stdout) == {"requests": []}
+    assert json.loads(run(runner, "requests", "--json").stdout) == {
+        "requests": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 1000,
+    }
+
+
+def test_requests_offset_past_the_end_says_how_many_there_are(runner: CliRunner, pending: None) -> None:
+    assert_ok(run(runner, "requests", "--offset", "100"), "offset 100 is past the end: 2 pending requests\n")
+    assert_ok(run(runner, "requests", "--offset", "2"), "offset 2 is past the end: 2 pending requests\n")
+    page = json.loads(run(runner, "requests", "--offset", "1", "--limit", "5", "--json").stdout)
+    assert ([r["username"] for r in page["requests"]], page["total"], page["offset"], page["limit"]) == (
+        ["sensor-2"],
+        2,
+        1,
+        5,
+    )
 
 
 def test_requests_table(runner: CliRunner, pending: None) -> None:
