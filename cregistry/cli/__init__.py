@@ -17,6 +17,7 @@ import click
 from cregistry import embedded
 from cregistry.cli.device_commands import device
 from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, table
+from cregistry.cli.prompts import read_new_password
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
@@ -295,7 +296,7 @@ def user_add(
     elif password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = read_new_password()
     created = obj.users.add(username, password, superuser=superuser, actor=obj.actor)
     emit(created.to_dict(), f"added {created.username}", obj.json_output)
 

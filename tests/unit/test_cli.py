@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import fakeredis
@@ -10,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cregistry.cli
+import cregistry.cli.prompts
 import cregistry.connections
 from cregistry.credentials import pairing_id, verify_password
 from cregistry.keys import Keys
@@ -273,7 +277,36 @@ def test_user_add_delete(runner: CliRunner, users: UserStore) -> None:
     assert_one_line_error(run(runner, "user", "delete", "backend"), 3)
 
 
-def test_user_add_with_password_option_and_prompt(runner: CliRunner, users: UserStore) -> None:
+def test_user_add_prompt_with_two_different_passwords_is_bad_input(
+    runner: CliRunner, users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: True)
+    result = run(runner, "user", "add", "prompted", input="prompt-password\nother-password\n")
+    assert (result.exit_code, result.stderr) == (2, "Error: the two passwords differ; nothing was changed\n")
+    assert not users.exists("prompted")
+
+
+def test_user_add_without_a_terminal_is_bad_input(runner: CliRunner, users: UserStore) -> None:
+    """The real getpass, in a process with no controlling terminal and stdin from /dev/null."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cregistry", "user", "add", "prompted"],
+        env={**os.environ, "CREGISTRY_REDIS_URL": "redis://127.0.0.1:1/0"},  # never reached
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: no terminal to ask for the password on: give it with --password-stdin (or --password)\n"
+    )
+
+
+def test_user_add_with_password_option_and_prompt(
+    runner: CliRunner, users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: True)
     assert_ok(run(runner, "user", "add", "backend", "--password", "option-password"), "added backend\n")
     assert verify_password("option-password", users.password_hash("backend"))
     result = run(runner, "user", "add", "prompted", input="prompt-password\nprompt-password\n")
