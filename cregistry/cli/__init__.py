@@ -16,7 +16,7 @@ import click
 
 from cregistry import embedded
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, table
+from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
 from cregistry.config import Config
 from cregistry.connections import connect
@@ -66,19 +66,6 @@ class CliContext:
         )
 
 
-def json_option(command: F) -> F:
-    """`--json` on a command; `cregistry --json COMMAND` works as well."""
-
-    def merge(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value and isinstance(ctx.obj, CliContext):
-            ctx.obj.json_output = True
-        return value
-
-    return click.option(
-        "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
-    )(command)
-
-
 pass_cli = click.make_pass_decorator(CliContext)
 
 
@@ -120,7 +107,12 @@ def serve() -> None:
 @json_option
 @pass_cli
 def status(obj: CliContext) -> None:
-    """Show whether the registry is unlocked and for how long."""
+    """Show whether the registry is unlocked and for how long.
+
+    \b
+    Example:
+        cregistry status --json
+    """
     state = obj.registry.status()
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
@@ -144,7 +136,12 @@ def unlock(obj: CliContext, seconds: int | None) -> None:
 @json_option
 @pass_cli
 def lock(obj: CliContext) -> None:
-    """Lock the registry now."""
+    """Lock the registry now.
+
+    \b
+    Example:
+        cregistry lock
+    """
     state = obj.registry.lock(actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
@@ -221,7 +218,12 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
 @json_option
 @pass_cli
 def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
-    """Deny USERNAME's request; the same credentials stay refused for the pending TTL."""
+    """Deny USERNAME's request; the same credentials stay refused for the pending TTL.
+
+    \b
+    Example:
+        cregistry deny sensor-17 --pairing-id 3fa2c1
+    """
     request = obj.registry.deny(username, pairing_id, actor=obj.actor)
     emit({"denied": request.to_dict()}, f"denied {request.username} (pairing ID {request.pairing_id})", obj.json_output)
 
@@ -231,7 +233,12 @@ def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
 @json_option
 @pass_cli
 def users(obj: CliContext) -> None:
-    """List users (never their password hashes)."""
+    """List users (never their password hashes).
+
+    \b
+    Example:
+        cregistry users --json
+    """
     found = obj.users.list_users()
     text = (
         table(
@@ -254,8 +261,14 @@ def users(obj: CliContext) -> None:
 
 
 @cli.group()
+@json_option
 def user() -> None:
-    """Show, add and delete users; set the superuser flag."""
+    """Show, add and delete users; set the superuser flag.
+
+    \b
+    Example:
+        cregistry user show sensor-17
+    """
 
 
 @user.command("show")
@@ -263,7 +276,12 @@ def user() -> None:
 @json_option
 @pass_cli
 def user_show(obj: CliContext, username: str) -> None:
-    """Show one user with roles and permissions."""
+    """Show one user with roles and permissions.
+
+    \b
+    Example:
+        cregistry user show sensor-17 --json
+    """
     found = obj.users.get(username)
     emit(found.to_dict(), _user_text(found), obj.json_output)
 
@@ -306,7 +324,12 @@ def user_add(
 @json_option
 @pass_cli
 def user_delete(obj: CliContext, username: str) -> None:
-    """Delete a user, its permissions and role assignments."""
+    """Delete a user, its permissions and role assignments.
+
+    \b
+    Example:
+        cregistry user delete sensor-17
+    """
     obj.users.delete(username, actor=obj.actor)
     emit({"deleted": username}, f"deleted {username}", obj.json_output)
 
@@ -317,7 +340,12 @@ def user_delete(obj: CliContext, username: str) -> None:
 @json_option
 @pass_cli
 def user_superuser(obj: CliContext, username: str, state: str) -> None:
-    """Turn USERNAME's superuser flag on or off (superusers pass every ACL check)."""
+    """Turn USERNAME's superuser flag on or off (superusers pass every ACL check).
+
+    \b
+    Example:
+        cregistry user superuser backend on
+    """
     changed = obj.users.set_superuser(username, state == "on", actor=obj.actor)
     emit(changed.to_dict(), f"{username}: superuser {state}", obj.json_output)
 
@@ -327,7 +355,12 @@ def user_superuser(obj: CliContext, username: str, state: str) -> None:
 @json_option
 @pass_cli
 def user_clear_failures(obj: CliContext, username: str) -> None:
-    """Lift USERNAME's guessing limit (failed password checks in the window)."""
+    """Lift USERNAME's guessing limit (failed password checks in the window).
+
+    \b
+    Example:
+        cregistry user clear-failures sensor-17
+    """
     cleared = obj.registry.verifier.clear_failures(username, actor=obj.actor)
     emit({"username": username, "cleared": cleared}, f"{username}: cleared {cleared} failed attempts", obj.json_output)
 
@@ -388,7 +421,12 @@ def _change_note(change: PermissionChange) -> str:
 @json_option
 @pass_cli
 def revoke(obj: CliContext, username: str, pattern: str) -> None:
-    """Remove USERNAME's direct permission on PATTERN."""
+    """Remove USERNAME's direct permission on PATTERN.
+
+    \b
+    Example:
+        cregistry revoke sensor-17 'devices/%u/#'
+    """
     changed = obj.users.revoke(username, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"revoked {username}'s permission on {display(pattern)}", obj.json_output)
 
@@ -422,15 +460,26 @@ def audit(obj: CliContext, limit: int) -> None:
 
 # -- roles ------------------------------------------------------------------
 @cli.group()
+@json_option
 def role() -> None:
-    """Roles: named sets of permissions given to many users."""
+    """Roles: named sets of permissions given to many users.
+
+    \b
+    Example:
+        cregistry role grant devices 'devices/%u/#' readWrite
+    """
 
 
 @role.command("list")
 @json_option
 @pass_cli
 def role_list(obj: CliContext) -> None:
-    """List roles."""
+    """List roles.
+
+    \b
+    Example:
+        cregistry role list
+    """
     found = obj.users.list_roles()
     text = (
         table(["ROLE", "PERMISSIONS", "MEMBERS"], [[r.name, len(r.permissions), len(r.members)] for r in found])
@@ -445,7 +494,12 @@ def role_list(obj: CliContext) -> None:
 @json_option
 @pass_cli
 def role_show(obj: CliContext, name: str) -> None:
-    """Show a role's permissions and members."""
+    """Show a role's permissions and members.
+
+    \b
+    Example:
+        cregistry role show devices
+    """
     found = obj.users.get_role(name)
     emit(found.to_dict(), _role_text(found), obj.json_output)
 
@@ -478,7 +532,12 @@ def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
 @json_option
 @pass_cli
 def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
-    """Remove role NAME's permission on PATTERN."""
+    """Remove role NAME's permission on PATTERN.
+
+    \b
+    Example:
+        cregistry role revoke devices 'devices/%u/#'
+    """
     changed = obj.users.revoke_role(name, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"role {name}: revoked {display(pattern)}", obj.json_output)
 
@@ -488,7 +547,12 @@ def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
 @json_option
 @pass_cli
 def role_delete(obj: CliContext, name: str) -> None:
-    """Delete role NAME and take it from its members."""
+    """Delete role NAME and take it from its members.
+
+    \b
+    Example:
+        cregistry role delete devices
+    """
     obj.users.delete_role(name, actor=obj.actor)
     emit({"deleted": name}, f"deleted role {name}", obj.json_output)
 
@@ -499,7 +563,12 @@ def role_delete(obj: CliContext, name: str) -> None:
 @json_option
 @pass_cli
 def role_assign(obj: CliContext, username: str, name: str) -> None:
-    """Give USERNAME the role NAME."""
+    """Give USERNAME the role NAME.
+
+    \b
+    Example:
+        cregistry role assign sensor-17 devices
+    """
     changed = obj.users.assign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} has role {name}", obj.json_output)
 
@@ -510,7 +579,12 @@ def role_assign(obj: CliContext, username: str, name: str) -> None:
 @json_option
 @pass_cli
 def role_unassign(obj: CliContext, username: str, name: str) -> None:
-    """Take the role NAME from USERNAME."""
+    """Take the role NAME from USERNAME.
+
+    \b
+    Example:
+        cregistry role unassign sensor-17 devices
+    """
     changed = obj.users.unassign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} no longer has role {name}", obj.json_output)
 

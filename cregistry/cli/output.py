@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 import redis
@@ -40,6 +40,33 @@ EXIT_CODE_FOR = {
     errors.CredentialsRefused: EXIT_REFUSED,
     errors.RegistrationFailed: 1,
 }
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+# ctx.meta is shared by every context of one invocation: a --json given to
+# any group reaches the command that prints.
+JSON_REQUESTED = "cregistry.json"
+
+
+def json_option(command: F) -> F:
+    """`--json` on a command or group: `cregistry --json user show X`,
+    `cregistry user --json show X` and `cregistry user show X --json` are one."""
+
+    def merge(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.meta[JSON_REQUESTED] = True
+            root = ctx.find_root().obj
+            if hasattr(root, "json_output"):
+                root.json_output = True
+        return value
+
+    return click.option(
+        "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
+    )(command)
+
+
+def json_requested(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get(JSON_REQUESTED) or getattr(ctx.find_root().obj, "json_output", False))
 
 
 class CommandError(click.ClickException):
