@@ -9,8 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -23,7 +22,6 @@ from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
 from cregistry.users import PermissionChange, Role, User, UserStore
 
-F = TypeVar("F", bound=Callable[..., Any])
 # Per Redis operation: the bound of the broker routes' deadline, so a command
 # against a stalled Redis fails within 2 s as the service's answers do.
 CLI_REDIS_TIMEOUT = 1.5
