@@ -165,7 +165,11 @@ def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
     Example:
         cregistry approve "$NAME" --pairing-id "$(cregistry device pairing-id --credentials device.json)"
     """
-    credentials = agent.CredentialStore(credentials_path).load()
+    store = agent.CredentialStore(credentials_path)
+    credentials = store.load()
+    if not store.is_private():
+        # stderr: stdout stays just the pairing ID, for --pairing-id "$(...)".
+        click.echo(f"Warning: {credentials_path} is readable by other users: chmod 600 {credentials_path}", err=True)
     as_json = json_requested(ctx)
     emit({"username": credentials.username, "pairingId": credentials.pairing_id}, credentials.pairing_id, as_json)
 
