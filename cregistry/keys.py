@@ -64,6 +64,10 @@ class Keys:
         """String with a TTL: HMAC token of the last verified password (verification.py)."""
         return f"{self.prefix}:{{{username}}}:verified"
 
+    def user_last_connect(self, username: str) -> str:
+        """Hash: time, clientId of the user's last successful CONNECT (written at most once a minute)."""
+        return f"{self.prefix}:{{{username}}}:connect"
+
     def user_failures(self, username: str) -> str:
         """Counter with a TTL: failed password checks in the current window."""
         return f"{self.prefix}:{{{username}}}:failures"

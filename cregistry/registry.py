@@ -447,6 +447,7 @@ class Registry:
                 },
             )
             pipe.sadd(self.keys.users(), username)
+            pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
             self._forget_requests(pipe, username, all_pairings)
             pipe.delete(self.keys.user_denials(username))
             self.audit.add(pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id)

@@ -228,30 +228,33 @@ def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
 
 # -- users ------------------------------------------------------------------
 @cli.command()
+@click.option(
+    "--not-connected-for",
+    "idle_days",
+    type=click.IntRange(min=0),
+    help="Only users whose last connect is older than this many days, or who never connected.",
+)
 @json_option
 @pass_cli
-def users(obj: CliContext) -> None:
-    """List users (never their password hashes).
+def users(obj: CliContext, idle_days: int | None) -> None:
+    """List users (never their password hashes), with their last connect.
 
     \b
     Example:
-        cregistry users --json
+        cregistry users --not-connected-for 7
     """
-    found = obj.users.list_users()
+    since = None if idle_days is None else obj.registry.clock() - idle_days * 86400
+    found = obj.users.list_users(not_connected_since=since)
+    rows = []
+    for u in found:
+        data = u.to_dict()
+        last = f"{data['lastConnect']} {display(u.last_client_id)}" if u.last_connect is not None else "never"
+        rows.append([
+            u.username, "yes" if u.superuser else "no", ",".join(u.roles) or "-", len(u.permissions),
+            data["createdAt"], last,
+        ])  # fmt: skip
     text = (
-        table(
-            ["USERNAME", "SUPERUSER", "ROLES", "PERMISSIONS", "CREATED"],
-            [
-                [
-                    u.username,
-                    "yes" if u.superuser else "no",
-                    ",".join(u.roles) or "-",
-                    len(u.permissions),
-                    u.to_dict()["createdAt"],
-                ]
-                for u in found
-            ],
-        )  # fmt: skip
+        table(["USERNAME", "SUPERUSER", "ROLES", "PERMISSIONS", "CREATED", "LAST CONNECT (CLIENT ID)"], rows)
         if found
         else "no users"
     )
@@ -365,16 +368,23 @@ def user_clear_failures(obj: CliContext, username: str) -> None:
 
 def _user_text(found: User) -> str:
     data = found.to_dict()
-    lines = [
-        f"username:   {found.username}",
-        f"created:    {data['createdAt']}",
-        f"source:     {found.source}",
-        f"client id:  {display(found.client_id)}",
-        f"pairing ID: {found.pairing_id or '-'}",
-        f"superuser:  {'yes' if found.superuser else 'no'}",
-        f"roles:      {', '.join(found.roles) or '-'}",
-        "permissions:" + ("" if found.permissions else " none"),
+    last_connect = (
+        f"{data['lastConnect']} (client id {display(found.last_client_id)})"
+        if found.last_connect is not None
+        else "never"
+    )
+    fields = [
+        ("username", found.username),
+        ("created", data["createdAt"]),
+        ("source", found.source),
+        ("client id", display(found.client_id)),
+        ("pairing ID", found.pairing_id or "-"),
+        ("superuser", "yes" if found.superuser else "no"),
+        ("last connect", last_connect),
+        ("roles", ", ".join(found.roles) or "-"),
     ]
+    lines = [f"{label + ':':<14}{value}" for label, value in fields]
+    lines.append("permissions:" + ("" if found.permissions else " none"))
     lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
     return "\n".join(lines)
 

@@ -235,9 +235,9 @@ def test_users(runner: CliRunner, registry: Registry, users: UserStore, pending:
     users.grant_role("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
     expected = (
-        "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED\n"
-        f"backend   yes        -        0            {FAKE_NOW_TEXT}\n"
-        f"sensor-1  no         devices  1            {FAKE_NOW_TEXT}\n"
+        "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED               LAST CONNECT (CLIENT ID)\n"
+        f"backend   yes        -        0            {FAKE_NOW_TEXT}  never\n"
+        f"sensor-1  no         devices  1            {FAKE_NOW_TEXT}  never\n"
     )
     assert_ok(run(runner, "users"), expected)
     listed = json.loads(run(runner, "users", "--json").stdout)["users"]
@@ -249,13 +249,14 @@ def test_user_show(runner: CliRunner, registry: Registry, users: UserStore, pend
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant("sensor-1", "cmd/+", "read")
     expected = (
-        "username:   sensor-1\n"
-        f"created:    {FAKE_NOW_TEXT}\n"
-        "source:     mqtt\n"
-        "client id:  client-1\n"
-        "pairing ID: e2d3f8\n"
-        "superuser:  no\n"
-        "roles:      -\n"
+        "username:     sensor-1\n"
+        f"created:      {FAKE_NOW_TEXT}\n"
+        "source:       mqtt\n"
+        "client id:    client-1\n"
+        "pairing ID:   e2d3f8\n"
+        "superuser:    no\n"
+        "last connect: never\n"
+        "roles:        -\n"
         "permissions:\n"
         "  read       cmd/+\n"
         "  readWrite  devices/%u/#\n"
