@@ -1,10 +1,11 @@
 """The whole Redis key schema. Nothing else in cregistry formats a key.
 
 Every key starts with the configurable prefix. The keys of one user share the
-hash tag ``{username}`` (and those of one role ``{role:name}``), so that one
-user's data, and the atomic approval that writes it, stay in one slot should
-the data move to Redis Cluster. Usernames and role names cannot contain
-braces or colons (see credentials.py), so tags cannot collide or nest.
+hash tag ``{username}`` (and those of one role ``{role:name}``). That does not
+make Redis Cluster work: an approval also writes the registry-wide indexes and
+the audit stream in the same MULTI (see the README). Usernames and role names
+cannot contain braces or colons (see credentials.py), so tags cannot collide or
+nest.
 """
 
 from __future__ import annotations

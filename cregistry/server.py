@@ -65,7 +65,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                     "!" * 72,
                     f"!! NO CREGISTRY_REDIS_URL: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
                     "!! ALL DATA (users, permissions, requests) IS LOST WHEN THIS PROCESS EXITS.",
-                    f"!! The CLI finds it by itself; other tools can use {embedded.url}",
+                    f"!! The CLI finds it when it has the same CREGISTRY_EMBEDDED_REDIS_PORT ({embedded.port});"
+                    f" other tools can use {embedded.url}",
                     "!! For real use set CREGISTRY_REDIS_URL to a persistent Redis.",
                     "!" * 72,
                 ]
