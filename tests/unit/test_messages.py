@@ -152,3 +152,18 @@ def test_the_cli_gives_redis_the_services_bound(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cregistry.cli, "connect", recording_connect)
     assert CliRunner().invoke(cregistry.cli.cli, ["status"]).exit_code == 0
     assert timeouts == [1.5]
+
+
+# -- the statuses the README lists for the admin API -----------------------------------
+def test_the_api_answers_401_405_and_413_as_documented(api: FlaskClient, auth: dict[str, str]) -> None:
+    unauthorized = api.get("/api/users")
+    assert (unauthorized.status_code, unauthorized.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert unauthorized.get_json()["ok"] is False
+    wrong_method = api.patch("/api/client-registry/lock", headers=auth)
+    assert (wrong_method.status_code, wrong_method.headers["Allow"]) == (405, "OPTIONS, POST")
+    assert wrong_method.get_json()["ok"] is False
+    limit = 256 * 1024
+    too_big = api.post("/api/users", data=b" " * (limit + 1), content_type="application/json", headers=auth)
+    assert (too_big.status_code, too_big.get_json()["ok"]) == (413, False)
+    just_fits = api.post("/api/users", data=b" " * limit, content_type="application/json", headers=auth)
+    assert just_fits.status_code == 400  # read, and refused for what it is: not JSON
