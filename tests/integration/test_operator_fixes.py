@@ -1,16 +1,21 @@
 """Issue 10 on a real redis-server: the CLI's bound against a stalled Redis,
-and a URL naming a database Redis does not have."""
+a URL naming a database Redis does not have, and the last connect through
+the real service."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import cregistry.cli
-from tests.harness import RedisProcess, free_port, run_cli
+from tests.harness import RedisProcess, ServiceProcess, free_port, http, run_cli
+from tests.integration.conftest import ADMIN_TOKEN
 
 # The bound the service promises its broker (SPEC §3) and the CLI now shares.
 CONTRACT_SECONDS = 2.0
@@ -56,3 +61,17 @@ def test_serve_refuses_to_start_on_a_database_redis_does_not_have(redis_process:
     assert result.stderr.splitlines() == [
         "Error: CREGISTRY_REDIS_URL names a database this Redis does not have (DB index is out of range)"
     ]
+
+
+def test_last_connect_through_the_real_service(service: ServiceProcess, cregistry: Callable[..., Any]) -> None:
+    assert cregistry("user", "add", "meter-3", "--password-stdin", stdin="meter-secret\n").returncode == 0
+    before = http("GET", f"{service.api}/api/users/meter-3", token=ADMIN_TOKEN).json()
+    assert (before["lastConnect"], before["lastClientId"]) == (None, None)
+    body = {"username": "meter-3", "password": "meter-secret", "clientid": "meter-3-a"}
+    assert http("POST", f"{service.broker}/mqtt/user", json_body=body).status == 200
+    after = http("GET", f"{service.api}/api/users/meter-3", token=ADMIN_TOKEN).json()
+    assert after["lastClientId"] == "meter-3-a" and after["lastConnect"].endswith("Z")
+    shown = json.loads(cregistry("user", "show", "meter-3", "--json").stdout)
+    assert (shown["lastConnect"], shown["lastClientId"]) == (after["lastConnect"], "meter-3-a")
+    idle = json.loads(cregistry("users", "--not-connected-for", "7", "--json").stdout)["users"]
+    assert "meter-3" not in [u["username"] for u in idle]
