@@ -160,7 +160,8 @@ def test_the_api_answers_401_405_and_413_as_documented(api: FlaskClient, auth: d
     assert (unauthorized.status_code, unauthorized.headers["WWW-Authenticate"]) == (401, "Bearer")
     assert unauthorized.get_json()["ok"] is False
     wrong_method = api.patch("/api/client-registry/lock", headers=auth)
-    assert (wrong_method.status_code, wrong_method.headers["Allow"]) == (405, "OPTIONS, POST")
+    allowed = {method.strip() for method in wrong_method.headers["Allow"].split(",")}
+    assert (wrong_method.status_code, allowed) == (405, {"OPTIONS", "POST"})
     assert wrong_method.get_json()["ok"] is False
     limit = 256 * 1024
     too_big = api.post("/api/users", data=b" " * (limit + 1), content_type="application/json", headers=auth)
