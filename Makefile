@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev openssl
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 # The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
 
-.PHONY: install run test test-unit test-integration lint lock system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml $(wildcard constraints.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -43,14 +43,23 @@ try-go-auth: system-deps
 		echo "WARNING: go-auth could not be built (error above): the broker tests will not run"
 
 ## test: both tiers (unit on fakeredis, integration on real processes)
-test: $(STAMP) system-deps try-go-auth
+test: $(STAMP) system-deps try-go-auth plugin
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
+
+## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
+test-failover: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/failover
+
+# The web console in Debian's headless chromium (apt-get install chromium);
+# CREGISTRY_SCREENSHOTS=docs also rewrites the README's screenshots.
+test-browser: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/browser
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
 bench: $(STAMP) system-deps try-go-auth
@@ -75,5 +84,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check cregistry tests bench
 	$(BIN)/mypy
 
+# plugin, plugin-test, plugin-asan: cregistry's own Mosquitto plugin
+include mosquitto/plugin/plugin.mk
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PLUGIN_BUILD) $(PLUGIN_SO) $(PLUGIN_ASAN_SO) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -402,11 +402,14 @@ class UserStore:
         """Create the role if needed and replace its permissions."""
         credentials.validate_role_name(role)
         permissions = parse_permission_list(items)
-        pipe = self.redis.pipeline()
-        pipe.sadd(self.keys.roles(), role)
-        _replace_hash(pipe, self.keys.role_permissions(role), permissions)
-        self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
-        pipe.execute()
+
+        def replace(pipe: Any) -> None:
+            pipe.multi()
+            pipe.sadd(self.keys.roles(), role)
+            _replace_hash(pipe, self.keys.role_permissions(role), permissions)
+            self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
+
+        run_watched(self.redis, [], replace)
         return self.get_role(role)
 
     def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:

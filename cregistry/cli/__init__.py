@@ -40,7 +40,8 @@ class CliContext:
     def registry(self) -> Registry:
         if self._registry is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            self._registry = Registry(connect(url, CLI_REDIS_TIMEOUT), self.config)
+            connection = connect(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
+            self._registry = Registry(connection, self.config)
         return self._registry
 
     @functools.cached_property
