@@ -127,7 +127,7 @@ def test_cli_reports_a_database_redis_does_not_have_as_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch, error: redis.RedisError, line: str
 ) -> None:
     monkeypatch.setenv("CREGISTRY_REDIS_URL", "redis://127.0.0.1:6379/99")
-    monkeypatch.setattr(cregistry.cli, "connect", lambda _url, _timeout: RefusingRedis(error))
+    monkeypatch.setattr(cregistry.cli, "connect", lambda _url, _timeout, **_kwargs: RefusingRedis(error))
     result = CliRunner().invoke(cregistry.cli.cli, ["status"])
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", line + "\n")
 
@@ -143,7 +143,7 @@ def test_the_cli_gives_redis_the_services_bound(monkeypatch: pytest.MonkeyPatch,
     """A stalled Redis costs an operator 1.5 s per operation, not 5 (the real pause: tests/integration)."""
     timeouts: list[float] = []
 
-    def recording_connect(_url: str, timeout: float) -> fakeredis.FakeRedis:
+    def recording_connect(_url: str, timeout: float, **_kwargs: Any) -> fakeredis.FakeRedis:
         timeouts.append(timeout)
         return fakeredis.FakeRedis(server=redis_server, decode_responses=True)
 
