@@ -301,24 +301,24 @@ class UserStore:
     ) -> tuple[User, PermissionChange]:
         """grant(), also saying what it replaced; the audit entry records the old access."""
         permission = parse_permission(topic, access)
-        credentials.validate_username(username)
-        user_key = self.keys.user(username)
         key = self.keys.user_permissions(username)
+        previous: list[str | None] = [None]
 
-        def replace(pipe: Any) -> PermissionChange:
-            if not pipe.exists(user_key):
-                raise UserNotFound(f"no user {username!r}")
-            change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
-            pipe.multi()
-            pipe.hset(key, permission.topic, permission.access)
-            self.audit.add(
-                pipe, actor, "user.grant", username, topic=permission.topic, access=permission.access,
-                previous=change.previous,
-            )  # fmt: skip
-            return change
+        def read_previous(pipe: Any) -> dict[str, Any]:
+            previous[0] = _text(pipe.hget(key, permission.topic))
+            return {"previous": previous[0]}
 
-        change = run_watched(self.redis, [user_key, key], replace)
-        return self.get(username), change
+        self._change_user(
+            username,
+            lambda pipe: pipe.hset(key, permission.topic, permission.access),
+            actor,
+            "user.grant",
+            watch=[key],
+            precheck=read_previous,
+            topic=permission.topic,
+            access=permission.access,
+        )
+        return self.get(username), PermissionChange(permission, previous[0])
 
     def revoke(self, username: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> User:
         validate_pattern(topic)
@@ -481,23 +481,23 @@ class UserStore:
         action: str,
         *,
         watch: Iterable[str] = (),
-        precheck: Callable[[Any], None] | None = None,
+        precheck: Callable[[Any], dict[str, Any] | None] | None = None,
         **details: Any,
     ) -> None:
         """Apply a change and its audit entry only if the user exists,
         atomically with that check, so a concurrent delete cannot leave
-        orphaned permissions behind."""
+        orphaned permissions behind. `precheck` reads (watched) before the
+        change and may return more details for the audit entry."""
         credentials.validate_username(username)
         user_key = self.keys.user(username)
 
         def apply(pipe: Any) -> None:
             if not pipe.exists(user_key):
                 raise UserNotFound(f"no user {username!r}")
-            if precheck is not None:
-                precheck(pipe)
+            read = precheck(pipe) if precheck is not None else None
             pipe.multi()
             change(pipe)
-            self.audit.add(pipe, actor, action, username, **details)
+            self.audit.add(pipe, actor, action, username, **details, **(read or {}))
 
         run_watched(self.redis, [user_key, *watch], apply)
 
