@@ -17,8 +17,9 @@ import redis
 from gunicorn.app.base import BaseApplication
 
 from cregistry.config import Config
-from cregistry.connections import connect
+from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
+from cregistry.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                     "!" * 72,
                     f"!! NO CREGISTRY_REDIS_URL: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
                     "!! ALL DATA (users, permissions, requests) IS LOST WHEN THIS PROCESS EXITS.",
-                    f"!! The CLI finds it by itself; other tools can use {embedded.url}",
+                    f"!! The CLI finds it when it has the same CREGISTRY_EMBEDDED_REDIS_PORT ({embedded.port});"
+                    f" other tools can use {embedded.url}",
                     "!! For real use set CREGISTRY_REDIS_URL to a persistent Redis.",
                     "!" * 72,
                 ]
@@ -156,6 +158,9 @@ def _check_redis(config: Config) -> None:
     try:
         connection.ping()
     except redis.RedisError as error:
+        problem = configuration_problem(error)
+        if problem is not None:
+            raise ConfigError(problem) from None  # no retry fixes it: refuse to start
         log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
         return
     for warning in redis_durability_warnings(connection):

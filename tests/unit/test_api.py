@@ -182,20 +182,20 @@ def test_registration_needs_no_token(api: FlaskClient) -> None:
 # -- lock state -----------------------------------------------------------------
 def test_status_unlock_lock(api: FlaskClient, auth: dict[str, str], connection: fakeredis.FakeRedis) -> None:
     response = api.get("/api/client-registry", headers=auth)
-    assert (response.status_code, response.get_json()) == (200, {"locked": False, "secondsLeft": 0})
+    assert (response.status_code, response.get_json()) == (200, {"locked": True, "secondsLeft": 0})
     response = api.post("/api/client-registry/unlock", json={"seconds": 60}, headers=auth)
-    assert (response.status_code, response.get_json()) == (200, {"locked": True, "secondsLeft": 60})
+    assert (response.status_code, response.get_json()) == (200, {"locked": False, "secondsLeft": 60})
     assert connection.ttl(KEYS.unlock()) == 60
-    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": True, "secondsLeft": 60}
+    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": False, "secondsLeft": 60}
     response = api.post("/api/client-registry/lock", headers=auth)
-    assert (response.status_code, response.get_json()) == (200, {"locked": False, "secondsLeft": 0})
+    assert (response.status_code, response.get_json()) == (200, {"locked": True, "secondsLeft": 0})
     assert not connection.exists(KEYS.unlock())
 
 
 @pytest.mark.parametrize("body", [None, {}, {"seconds": None}], ids=["no-body", "empty-object", "null-seconds"])
 def test_unlock_default_300(api: FlaskClient, auth: dict[str, str], body: Any) -> None:
     response = api.post("/api/client-registry/unlock", json=body, headers=auth)
-    assert response.get_json() == {"locked": True, "secondsLeft": 300}
+    assert response.get_json() == {"locked": False, "secondsLeft": 300}
 
 
 @pytest.mark.parametrize(
@@ -214,16 +214,16 @@ def test_unlock_default_300(api: FlaskClient, auth: dict[str, str], body: Any) -
 )
 def test_unlock_invalid_seconds_changes_nothing(api: FlaskClient, auth: dict[str, str], body: Any) -> None:
     assert_error(api.post("/api/client-registry/unlock", json=body, headers=auth), 400)
-    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": False, "secondsLeft": 0}
+    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": True, "secondsLeft": 0}
     api.post("/api/client-registry/unlock", json={"seconds": 100}, headers=auth)
     assert_error(api.post("/api/client-registry/unlock", json=body, headers=auth), 400)
-    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": True, "secondsLeft": 100}
+    assert api.get("/api/client-registry", headers=auth).get_json() == {"locked": False, "secondsLeft": 100}
 
 
 def test_unlock_with_invalid_json_body(api: FlaskClient, auth: dict[str, str]) -> None:
     response = api.post("/api/client-registry/unlock", data=b"{seconds", content_type="application/json", headers=auth)
     assert_error(response, 400)
-    assert api.get("/api/client-registry", headers=auth).get_json()["locked"] is False
+    assert api.get("/api/client-registry", headers=auth).get_json()["locked"] is True
 
 
 # -- requests -------------------------------------------------------------------
