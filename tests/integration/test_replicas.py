@@ -18,7 +18,9 @@ from tests.harness import RedisNode, ServiceProcess, http, run_cli
 
 TOKEN = "replicas-admin-token"
 UNCONFIRMED = "the change was made on the Redis primary, but only 0 replica(s) confirmed it within "
-SERVICE_UNCONFIRMED = UNCONFIRMED + "0.4 s"  # 80 % of CREGISTRY_REDIS_TIMEOUT (0.5 s)
+# On a loaded machine the WAIT's own answer (due after 0.4 s) can miss the
+# 0.5 s socket timeout: that is reported as lost, and is the same 503.
+SERVICE_UNCONFIRMED = ("the change was made on the Redis primary, but ", " within 0.4 s")  # 80 % of 0.5 s
 CLI_UNCONFIRMED = UNCONFIRMED + "1 s"
 
 
@@ -101,7 +103,8 @@ def test_every_operator_change_answers_503_when_no_replica_confirms(
     with concurrent.futures.ThreadPoolExecutor(len(changes)) as pool:
         answers = list(pool.map(lambda c: change(*c), changes))
     for (method, path, _body), (status, error, seconds) in zip(changes, answers, strict=True):
-        assert (status, error.startswith(SERVICE_UNCONFIRMED)) == (503, True), (method, path, error)
+        prefix, wait = SERVICE_UNCONFIRMED
+        assert status == 503 and error.startswith(prefix) and wait in error, (method, path, error)
         assert seconds < 5, (method, path, seconds)
 
     # "Made on the primary": the changes are there, with their audit entries.
