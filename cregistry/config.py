@@ -41,6 +41,7 @@ VERIFY_SECRET = "VERIFY_SECRET"
 BCRYPT_CONCURRENCY = "BCRYPT_CONCURRENCY"
 REGISTRATION_CONCURRENCY = "REGISTRATION_CONCURRENCY"
 AUDIT_MAX = "AUDIT_MAX"
+CHANGES_MAX = "CHANGES_MAX"
 
 MAX_UNLOCK_SECONDS = 3600
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
@@ -80,6 +81,9 @@ class Config:
     bcrypt_concurrency: int = max(1, os.cpu_count() or 1)
     registration_concurrency: int = 1
     audit_max: int = 10_000
+    # The change feed brokers poll (changes.py): a broker further behind than
+    # this many changes drops its whole cache instead.
+    changes_max: int = 100_000
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -97,6 +101,7 @@ class Config:
         _check_range(BCRYPT_CONCURRENCY, self.bcrypt_concurrency, 1, 256)
         _check_range(REGISTRATION_CONCURRENCY, self.registration_concurrency, 1, 256)
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
+        _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
         if self.verify_secret is not None:
             try:
                 if len(bytes.fromhex(self.verify_secret)) < 16:

@@ -16,7 +16,7 @@ import click
 
 from cregistry import embedded
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, table
+from cregistry.cli.output import EXIT_INVALID, CommandError, ErrorMappingGroup, command_error, display, emit, table
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
@@ -284,6 +284,37 @@ def user_add(
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     created = obj.users.add(username, password, superuser=superuser, actor=obj.actor)
     emit(created.to_dict(), f"added {created.username}", obj.json_output)
+
+
+@user.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@json_option
+@pass_cli
+def user_passwd(obj: CliContext, username: str, password_stdin: bool) -> None:
+    """Give USERNAME a new password (asked twice on a terminal). The old one
+    stops working at once, and brokers with cregistry's plugin disconnect the
+    user's clients.
+
+    \b
+    Example:
+        printf '%s' "$NEW_PASSWORD" | cregistry user passwd backend --password-stdin
+    """
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not stdin_is_terminal():
+        # getpass would read the pipe with a GetPassWarning and echo nothing useful.
+        raise command_error("no terminal to ask for the password on: use --password-stdin", EXIT_INVALID)
+    else:
+        password = click.prompt("New password", hide_input=True)
+        if click.prompt("Repeat it", hide_input=True) != password:
+            raise command_error("the two passwords differ; nothing changed", EXIT_INVALID)
+    changed = obj.users.set_password(username, password, actor=obj.actor)
+    emit(changed.to_dict(), f"{changed.username}: password changed", obj.json_output)
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
 
 
 @user.command("delete")
