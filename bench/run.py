@@ -32,6 +32,7 @@ from cregistry.keys import Keys  # noqa: E402
 from cregistry.users import UserStore  # noqa: E402
 from tests.harness import (  # noqa: E402
     GO_AUTH_SO,
+    SHIPPED_GO_AUTH_CONF,
     MosquittoProcess,
     MqttClient,
     RedisProcess,
@@ -236,7 +237,11 @@ class Bench:
     def _mosquitto(self, *, cache: bool = True, no_auth: bool = False) -> MosquittoProcess:
         port = free_port()
         conf = render_mosquitto_conf(
-            port=port, plugin=GO_AUTH_SO, cregistry_broker_port=self.service.broker_port, no_auth=no_auth
+            port=port,
+            plugin=GO_AUTH_SO,
+            cregistry_broker_port=self.service.broker_port,
+            shipped=SHIPPED_GO_AUTH_CONF,
+            no_auth=no_auth,
         )
         if not cache:
             conf = conf.replace("auth_opt_cache true", "auth_opt_cache false")
