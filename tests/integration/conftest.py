@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,10 +112,8 @@ def _mosquitto_missing() -> str | None:
     return None
 
 
-# What a sanitizer build of the plugin needs in mosquitto's environment (mosquitto
-# itself is not instrumented, so the runtime is preloaded): every
-# CREGISTRY_MOSQUITTO_ENV_<NAME>=<value> becomes <NAME>=<value> for mosquitto
-# alone, e.g. CREGISTRY_MOSQUITTO_ENV_LD_PRELOAD and ..._ASAN_OPTIONS (.ci/run).
+# More environment for mosquitto alone: every CREGISTRY_MOSQUITTO_ENV_<NAME>=<value>
+# becomes <NAME>=<value> (say, other sanitizer options than plugin_env's).
 # Read at import: the autouse fixture clears CREGISTRY_* from each test's environment.
 MOSQUITTO_ENV_PREFIX = "CREGISTRY_MOSQUITTO_ENV_"
 MOSQUITTO_ENV = {
@@ -125,6 +124,22 @@ MOSQUITTO_ENV = {
 
 
 FEED_OK_NOTICE = "cregistry_auth: change feed ok"
+
+
+def plugin_env(plugin: Path) -> dict[str, str]:
+    """mosquitto's environment for `plugin`. The sanitizer build (`make plugin-asan`,
+    a name ending in -asan.so; see mosquitto/plugin/README.md) needs the ASan
+    runtime preloaded, mosquitto itself not being instrumented; any report then
+    ends the run with exit code 66, which finish_broker() turns into a failure."""
+    env = {}
+    if plugin.name.endswith("-asan.so"):
+        runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
+        env = {
+            "LD_PRELOAD": runtime.stdout.strip(),
+            "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:exitcode=66",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        }
+    return {**env, **MOSQUITTO_ENV}
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +160,7 @@ def cregistry_plugin() -> Path:
 def start_plugin_broker(service: ServiceProcess, plugin: Path) -> MosquittoProcess:
     port = free_port()
     conf = render_mosquitto_conf(port=port, plugin=plugin, cregistry_broker_port=service.broker_port)
-    broker = MosquittoProcess(conf, port, env=MOSQUITTO_ENV)
+    broker = MosquittoProcess(conf, port, env=plugin_env(plugin))
     broker.start()
     # The plugin's first poll of the feed is a reset, which drops whatever it
     # cached before the answer came: tests that rely on cached answers start
