@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server mosquitto mosquitto-dev libmosquitto-dev openssl
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration lint system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-broker-asan lint system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,21 +34,25 @@ system-deps:
 go-auth: system-deps
 	mosquitto/build-go-auth.sh $(GO_AUTH_SO)
 
-# The broker tier needs the plugin; where it cannot be built the tier skips
-# (and fails under CREGISTRY_REQUIRE_BROKER=1), so say loudly why.
+# go-auth's broker tests need its plugin; where it cannot be built they skip
+# (and fail under CREGISTRY_REQUIRE_GO_AUTH=1), so say loudly why.
 try-go-auth: system-deps
 	@mosquitto/build-go-auth.sh $(GO_AUTH_SO) || \
-		echo "WARNING: go-auth could not be built (error above): the broker tests will not run"
+		echo "WARNING: go-auth could not be built (error above): the go-auth broker tests will not run"
 
-## test: both tiers (unit on fakeredis, integration on real processes)
-test: $(STAMP) system-deps try-go-auth
+## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin)
+test: $(STAMP) system-deps plugin try-go-auth
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
+
+## test-broker-asan: the broker tier once more with the plugin's ASan + UBSan build; any report fails it
+test-broker-asan: $(STAMP) system-deps plugin-asan
+	CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration
 
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
 bench: $(STAMP) system-deps try-go-auth

@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
             fixtures = getattr(item, "fixturenames", ())
-            if "mosquitto" in fixtures:
+            # test_plugin_*.py: the plugin's own broker tests, with their own fixtures.
+            if "mosquitto" in fixtures or item.path.name.startswith("test_plugin_"):
                 item.add_marker(pytest.mark.broker)
             if "go_auth_mosquitto" in fixtures:
                 item.add_marker(pytest.mark.broker_go_auth)
