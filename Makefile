@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 
-.PHONY: install run test test-unit test-integration test-broker-asan lint system-deps go-auth try-go-auth bench bench-quick clean
+.PHONY: install run test test-unit test-integration test-broker-asan test-failover test-browser lint system-deps go-auth try-go-auth bench bench-quick bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,12 +54,40 @@ test-integration: $(STAMP) system-deps plugin
 test-broker-asan: $(STAMP) system-deps plugin-asan
 	CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration
 
+## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
+test-failover: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/failover
+
+# The web console in Debian's headless chromium (apt-get install chromium);
+# CREGISTRY_SCREENSHOTS=docs also rewrites the README's screenshots.
+test-browser: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/browser
+
 ## bench: start everything, measure, write bench/results.json and bench/out/{report.md,chart.png}
-bench: $(STAMP) system-deps try-go-auth
+# (bench-quick: the same with small counts, about a minute; it fails only when
+# something could not be measured, never because a goal was missed)
+LOADGEN := bench/build/loadgen
+BENCH_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror
+# mosquitto_ctrl (dynamic security's setup) and what loadgen.c links
+BENCH_APT_PACKAGES := mosquitto-clients libmosquitto-dev libcurl4-openssl-dev pkg-config gcc
+
+bench-deps:
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(LOADGEN): bench/loadgen.c | bench-deps
+	@mkdir -p $(dir $@)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $$(pkg-config --cflags --libs libmosquitto libcurl) -lpthread -lm
+
+bench: $(STAMP) system-deps plugin $(LOADGEN) try-go-auth
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
 
-bench-quick: $(STAMP) system-deps try-go-auth
+bench-quick: $(STAMP) system-deps plugin $(LOADGEN) try-go-auth
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --quick
 
@@ -68,5 +96,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check cregistry tests bench
 	$(BIN)/mypy
 
+# plugin, plugin-test, plugin-asan: cregistry's own Mosquitto plugin
+include mosquitto/plugin/plugin.mk
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PLUGIN_BUILD) $(PLUGIN_SO) $(PLUGIN_ASAN_SO) *.egg-info .pytest_cache .mypy_cache .ruff_cache

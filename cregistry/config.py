@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from cregistry.connections import check_url
 from cregistry.errors import ConfigError
 
 ENV_PREFIX = "CREGISTRY_"
@@ -30,6 +31,7 @@ PASSWORD_REQUIRE = "PASSWORD_REQUIRE"
 API_LISTEN = "API_LISTEN"
 BROKER_LISTEN = "BROKER_LISTEN"
 REDIS_TIMEOUT = "REDIS_TIMEOUT"
+REDIS_MIN_REPLICAS = "REDIS_MIN_REPLICAS"
 EMBEDDED_REDIS_PORT = "EMBEDDED_REDIS_PORT"
 WORKERS = "WORKERS"
 THREADS = "THREADS"
@@ -42,6 +44,12 @@ BCRYPT_CONCURRENCY = "BCRYPT_CONCURRENCY"
 REGISTRATION_CONCURRENCY = "REGISTRATION_CONCURRENCY"
 AUDIT_MAX = "AUDIT_MAX"
 CHANGES_MAX = "CHANGES_MAX"
+SESSION_SECRET = "SESSION_SECRET"
+CONSOLE_SECURE_COOKIES = "CONSOLE_SECURE_COOKIES"
+CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
+CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
+CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
+CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
 
 MAX_UNLOCK_SECONDS = 3600
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
@@ -68,6 +76,9 @@ class Config:
     # Broker routes must answer 503 within 2 s when Redis stalls; a check makes
     # at most a few round trips, so each one gets a fraction of that budget.
     redis_timeout: float = 0.5
+    # Replicas that must have an operator change before it is acknowledged
+    # (WAIT; see transactions.py). 0: no waiting; 1 with Sentinel and replicas.
+    redis_min_replicas: int = 0
     embedded_redis_port: int = 6399
     workers: int = 2
     threads: int = 8
@@ -84,6 +95,15 @@ class Config:
     # The change feed brokers poll (changes.py): a broker further behind than
     # this many changes drops its whole cache instead.
     changes_max: int = 100_000
+    # The web console (web/console/): the key that signs its session cookies,
+    # the same on every worker and instance; cookie flags; session lifetimes;
+    # failed sign-ins per client address and window.
+    session_secret: str | None = None
+    console_secure_cookies: bool = False
+    console_idle_timeout: int = 30 * 60
+    console_max_age: int = 12 * 3600
+    console_signin_limit: int = 10
+    console_signin_window: int = 15 * 60
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -102,6 +122,15 @@ class Config:
         _check_range(REGISTRATION_CONCURRENCY, self.registration_concurrency, 1, 256)
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
         _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
+        _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
+        if self.redis_url is not None:
+            check_url(self.redis_url)
+        _check_range(CONSOLE_IDLE_TIMEOUT, self.console_idle_timeout, 60, 7 * 24 * 3600)
+        _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
+        _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
+        _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
+        if self.session_secret is not None and len(self.session_secret) < 32:
+            raise ConfigError(f"{ENV_PREFIX}{SESSION_SECRET} must be at least 32 characters")
         if self.verify_secret is not None:
             try:
                 if len(bytes.fromhex(self.verify_secret)) < 16:
@@ -163,6 +192,12 @@ def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     env_name = ENV_PREFIX + name.upper()
     type_text = str(type_name)
+    if type_text == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{env_name} must be true or false, got {raw!r}")
     try:
         if type_text == "int":
             return int(raw)

@@ -18,6 +18,10 @@ class StorageUnavailable(CregistryError):
     """Redis cannot be reached, stalls or refuses the write; nothing was decided."""
 
 
+class ReplicasUnconfirmed(StorageUnavailable):
+    """The change reached the Redis primary but not CREGISTRY_REDIS_MIN_REPLICAS replicas in time."""
+
+
 class RegistryLocked(CregistryError):
     """The registry is locked and there is no pending request for these credentials."""
 

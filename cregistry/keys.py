@@ -39,6 +39,10 @@ class Keys:
         """Sorted set "username:pairingId" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"
 
+    def console_signin_failures(self, address: str) -> str:
+        """Counter with a TTL: failed console sign-ins from one client address."""
+        return f"{self.prefix}:console:signin-failures:{address}"
+
     # -- one user ----------------------------------------------------------
     def user(self, username: str) -> str:
         """Hash: passwordHash, createdAt, superuser, clientId, source."""

@@ -197,18 +197,24 @@ class Registry:
             seconds = self.config.unlock_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_UNLOCK_SECONDS:
             raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
-        pipe = self.redis.pipeline()
-        pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
-        self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
-        pipe.execute()
+
+        def open_registry(pipe: Any) -> None:
+            pipe.multi()
+            pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
+            self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
+
+        run_watched(self.redis, [], open_registry)
         log.info("registry unlocked for %d s by %s", seconds, actor)
         return self.status()
 
     def lock(self, *, actor: str = UNNAMED_ACTOR) -> LockState:
-        pipe = self.redis.pipeline()
-        pipe.delete(self.keys.unlock())
-        self.audit.add(pipe, actor, "registry.lock", "registry")
-        pipe.execute()
+
+        def close_registry(pipe: Any) -> None:
+            pipe.multi()
+            pipe.delete(self.keys.unlock())
+            self.audit.add(pipe, actor, "registry.lock", "registry")
+
+        run_watched(self.redis, [], close_registry)
         log.info("registry locked by %s", actor)
         return self.status()
 
@@ -267,7 +273,7 @@ class Registry:
             self._keep_alive(pipe, username, pairing, now)
             return True
 
-        return run_watched(self.redis, [request_key], count_attempt)
+        return run_watched(self.redis, [request_key], count_attempt, durable=False)
 
     def _insert(
         self,
@@ -310,7 +316,9 @@ class Registry:
         # Watching the candidate set makes the per-username cap exact; watching
         # the user key keeps an approval racing this attempt from leaving a
         # request behind for the user it just created.
-        attempt = run_watched(self.redis, [request_key, candidates_key, self.keys.user(username)], insert)
+        attempt = run_watched(
+            self.redis, [request_key, candidates_key, self.keys.user(username)], insert, durable=False
+        )
         if attempt is Attempt.RECORDED:
             log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
         return attempt

@@ -82,8 +82,19 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             " restart every device pays bcrypt again and one whose username is over the failure limit is"
             " refused until the window ends"
         )
+    if not config.session_secret:
+        # Also before the fork: a secret per worker would end a console session
+        # whenever a request lands on another worker.
+        config = dataclasses.replace(config, session_secret=secrets.token_hex(32))
+        log.warning(
+            "CREGISTRY_SESSION_SECRET is not set: web console sessions end when this process does;"
+            " set it (the same on every instance) to keep them"
+        )
     _check_redis(config)
-    announce(f"cregistry API on http://{config.api_listen}, broker routes on http://{config.broker_listen}")
+    announce(
+        f"cregistry API on http://{config.api_listen} (web console at /console/),"
+        f" broker routes on http://{config.broker_listen}"
+    )
     try:
         CregistryServer(config).run()
     finally:

@@ -357,22 +357,28 @@ class UserStore:
         """Create the role if needed and replace its permissions."""
         credentials.validate_role_name(role)
         permissions = parse_permission_list(items)
-        pipe = self.redis.pipeline()
-        pipe.sadd(self.keys.roles(), role)
-        _replace_hash(pipe, self.keys.role_permissions(role), permissions)
-        self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
-        pipe.execute()
+
+        def replace(pipe: Any) -> None:
+            pipe.multi()
+            pipe.sadd(self.keys.roles(), role)
+            _replace_hash(pipe, self.keys.role_permissions(role), permissions)
+            self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
+
+        run_watched(self.redis, [], replace)
         return self.get_role(role)
 
     def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and add one permission."""
         credentials.validate_role_name(role)
         permission = parse_permission(topic, access)
-        pipe = self.redis.pipeline()
-        pipe.sadd(self.keys.roles(), role)
-        pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
-        self.audit.add(pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access)
-        pipe.execute()
+
+        def add(pipe: Any) -> None:
+            pipe.multi()
+            pipe.sadd(self.keys.roles(), role)
+            pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
+            self.audit.add(pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access)
+
+        run_watched(self.redis, [], add)
         return self.get_role(role)
 
     def revoke_role(self, role: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> Role:

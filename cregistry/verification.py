@@ -26,6 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -33,6 +34,7 @@ from cregistry import credentials
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.transactions import run_watched
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,19 @@ class PasswordVerifier:
     def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
         """Forget the failed attempts of a username; returns how many there were."""
         credentials.validate_username(username)
-        pipe = self.redis.pipeline()
-        pipe.get(self.keys.user_failures(username))
-        pipe.delete(self.keys.user_failures(username))
-        self.audit.add(pipe, actor, "user.failures.clear", username)
-        count = pipe.execute()[0]
-        return int(count or 0)
+        key = self.keys.user_failures(username)
+
+        # The count is for the operator's information; a failure counted
+        # between reading and deleting it is forgotten with the rest.
+        count = int(self.redis.get(key) or 0)
+
+        def clear(pipe: Any) -> None:
+            pipe.multi()
+            pipe.delete(key)
+            self.audit.add(pipe, actor, "user.failures.clear", username)
+
+        run_watched(self.redis, [], clear)
+        return count
 
     def _count_failure(self, username: str) -> None:
         key = self.keys.user_failures(username)

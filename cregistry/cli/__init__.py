@@ -39,7 +39,9 @@ class CliContext:
     def registry(self) -> Registry:
         if self._registry is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            self._registry = Registry(connect(url, max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)), self.config)
+            timeout = max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)
+            connection = connect(url, timeout, min_replicas=self.config.redis_min_replicas)
+            self._registry = Registry(connection, self.config)
         return self._registry
 
     @functools.cached_property

@@ -34,6 +34,7 @@ EXIT_CODE_FOR = {
     errors.PendingLimitReached: EXIT_REFUSED,
     errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,
+    errors.ReplicasUnconfirmed: EXIT_UNAVAILABLE,
     errors.CredentialsFileMissing: EXIT_NOT_FOUND,
     errors.CredentialsFileInvalid: EXIT_INVALID,
     errors.CredentialsRefused: EXIT_REFUSED,

@@ -18,7 +18,7 @@ from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
-from cregistry.web import api_routes, broker_routes, errors, health
+from cregistry.web import api_routes, broker_routes, console, errors, health
 
 API = "api"
 BROKER = "broker"
@@ -47,7 +47,7 @@ def create_app(
         raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     app = Flask(f"cregistry.{listener}")
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -64,6 +64,7 @@ def create_app(
             raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
+        console.init_app(app, config)
         errors.init_app(app, unexpected_status=500)
     else:
         raise ValueError(f"unknown listener {listener!r}")
@@ -106,7 +107,7 @@ class ListenerDispatcher:
 def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> ListenerDispatcher:
     if connection is None:
         assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout)
+        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     limits = WorkLimits(config)  # one set of bcrypt slots per process
     return ListenerDispatcher(
         {

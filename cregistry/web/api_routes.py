@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
@@ -11,6 +9,7 @@ from cregistry.errors import InvalidInput
 from cregistry.registry import MAX_PAGE, Registration, Registry, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
+from cregistry.web.tokens import admin_token_name
 
 registration = Blueprint("registration", __name__)
 admin = Blueprint("admin", __name__)
@@ -33,16 +32,10 @@ def register() -> tuple[Response, int]:
 def require_token() -> None:
     """Find the token's name (the actor in the audit trail) or refuse with 401."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given_bytes = given.strip().encode()
-    actor = None
-    # Every configured token is compared, each in constant time, so the
-    # answer's timing tells nothing about which one came close.
-    for name, token in current_app.extensions["cregistry"].config.named_admin_tokens().items():
-        if hmac.compare_digest(given_bytes, token.encode()):
-            actor = f"api:{name}"
-    if scheme.lower() != "bearer" or actor is None:
+    name = admin_token_name(current_app.extensions["cregistry"].config, given.strip())
+    if scheme.lower() != "bearer" or name is None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-    g.actor = actor
+    g.actor = f"api:{name}"
 
 
 @admin.get("/api/client-registry")

@@ -29,6 +29,7 @@ STATUS_FOR = {
     errors.PendingLimitReached: 429,
     errors.TooManyFailures: 429,
     errors.StorageUnavailable: 503,
+    errors.ReplicasUnconfirmed: 503,
     errors.ConfigError: 500,
 }
 

@@ -93,6 +93,6 @@ def runner(monkeypatch: pytest.MonkeyPatch, redis_server: fakeredis.FakeServer) 
     monkeypatch.setattr(
         cregistry.cli,
         "connect",
-        lambda url, timeout: fakeredis.FakeRedis(server=redis_server, decode_responses=True),
+        lambda url, timeout, **_options: fakeredis.FakeRedis(server=redis_server, decode_responses=True),
     )
     return CliRunner()

@@ -343,7 +343,9 @@ def test_role_grant_assign_show(runner: CliRunner, users: UserStore, sensor: str
 )
 def test_redis_unreachable(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
     monkeypatch.setattr(
-        cregistry.cli, "connect", lambda url, timeout: cregistry.connections.connect("redis://127.0.0.1:1/0", 0.2)
+        cregistry.cli,
+        "connect",
+        lambda url, timeout, **_options: cregistry.connections.connect("redis://127.0.0.1:1/0", 0.2),
     )
     line = assert_one_line_error(run(runner, *args), 6)
     assert "Redis" in line

@@ -1,0 +1,1 @@
+"""cregistry's benchmark (run it with `make bench` or `python bench/run.py`)."""

@@ -1,0 +1,509 @@
+"""The operator web console (SPEC §10), on the API listener under /console/.
+
+Server-rendered pages; console.js only moves what must change without a
+reload (the countdown, the pending list, the Grant access dialog). Every
+change is a POST with a CSRF token that calls the same domain function as
+the admin API and the CLI, with the actor "console:<token name>". Bad input
+is shown next to its form in one sentence, with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from cregistry import errors
+from cregistry.config import Config
+from cregistry.registry import PendingRequest, Registry, parse_request_id
+from cregistry.users import ACCESS_LEVELS, UserStore
+from cregistry.web.console import auth
+from cregistry.web.errors import STATUS_FOR
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
+csrf = CSRFProtect()
+
+PAGE_SIZE = 200  # pending requests shown (the most recently seen); the API and CLI page through all
+AUDIT_DEFAULT = 200
+PUBLIC_ENDPOINTS = frozenset({"console.sign_in_form", "console.sign_in", "console.static"})
+REFRESH_ENDPOINT = "console.registry_json"
+
+# Scripts and styles only from files cregistry serves: no inline script, no
+# style attribute, nothing from elsewhere; no framing; forms post only here.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def init_app(app: Flask, config: Config) -> None:
+    """Serve the console on `app` (the API listener's)."""
+    auth.configure(app, config)
+    # Only the console's forms carry CSRF tokens; the admin API uses bearer
+    # tokens and the device route none, so the check is the console's own.
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    # A token lives as long as its session, which has its own limits.
+    app.config["WTF_CSRF_TIME_LIMIT"] = None
+    csrf.init_app(app)
+    app.register_blueprint(bp)
+    app.add_url_rule("/", "console_root", lambda: redirect(url_for("console.registry_view")))
+
+
+# -- every request ------------------------------------------------------------
+@bp.before_request
+def require_session() -> BaseResponse | tuple[Response, int] | None:
+    csrf.protect()
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    operator, reason = auth.current_operator(
+        current_app, _config(), _registry().clock(), activity=request.endpoint != REFRESH_ENDPOINT
+    )
+    if operator is None:
+        if reason:
+            flash(reason, "notice")  # shown on the sign-in page, also after a background refresh
+        if request.endpoint == REFRESH_ENDPOINT:
+            return jsonify({"ok": False, "error": reason or "not signed in", "signIn": url_for(".sign_in_form")}), 401
+        return redirect(url_for(".sign_in_form"), 303)
+    g.operator = operator
+    return None
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    # Not no-referrer: Flask-WTF checks the Referer of POSTs that came over https.
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "console.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.context_processor
+def page_context() -> dict[str, Any]:
+    return {"operator": g.get("operator"), "access_levels": ACCESS_LEVELS}
+
+
+@bp.app_template_filter("when")
+def when(iso: str | None) -> str:
+    """ISO 8601 as stored ("2026-12-01T08:16:31Z") in a form people read."""
+    return (iso or "").replace("T", " ").replace("Z", " UTC")
+
+
+@bp.app_template_filter("visible")
+def visible(text: Any) -> str:
+    """Device-sent text with control and bidi-override characters shown as
+    escapes, so it cannot disguise itself as something else (markup is
+    escaped by the templates anyway)."""
+    text = "" if text is None else str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+@bp.app_template_filter("visible_lines")
+def visible_lines(text: str) -> str:
+    """`visible` line by line, for pretty-printed JSON."""
+    return "\n".join(visible(line) for line in text.split("\n"))
+
+
+@bp.app_template_filter("duration")
+def duration(seconds: int) -> str:
+    if seconds % 60:
+        return f"{seconds} seconds"
+    minutes = seconds // 60
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+@bp.app_template_filter("clock")
+def clock_text(seconds: int) -> str:
+    """Time left as M:SS (or H:MM:SS), the countdown's format."""
+    hours, rest = divmod(max(0, seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+# -- errors -----------------------------------------------------------------
+@bp.errorhandler(CSRFError)
+def csrf_refused(error: CSRFError) -> tuple[str, int]:
+    return _error_page(
+        "This form did not come from this console page, or the page is too old (CSRF check failed):"
+        " reload the page and try again.",
+        400,
+    )
+
+
+@bp.errorhandler(errors.CregistryError)
+def domain_error(error: errors.CregistryError) -> tuple[Any, int]:
+    return _error_page(sentence(error), STATUS_FOR.get(type(error), 400))
+
+
+@bp.errorhandler(redis.RedisError)
+def storage_error(error: redis.RedisError) -> tuple[Any, int]:
+    log.warning("Redis unavailable: %s", type(error).__name__)
+    return _error_page("Redis did not answer, so nothing was read or changed; try again in a moment.", 503)
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> tuple[Any, int]:
+    code = error.code or 500
+    return _error_page(f"{error.name}: {error.description}" if code != 404 else "There is no such page.", code)
+
+
+@bp.errorhandler(Exception)
+def unexpected_error(error: Exception) -> tuple[Any, int]:
+    log.exception("unexpected error in the console")
+    return _error_page("Something went wrong inside cregistry; the details are in its log.", 500)
+
+
+def _error_page(message: str, status: int) -> tuple[Any, int]:
+    if request.endpoint == REFRESH_ENDPOINT:
+        return jsonify({"ok": False, "error": message}), status
+    return render_template("console/error.html", message=message, status=status), status
+
+
+def sentence(error: Exception, hint: str = "") -> str:
+    """A domain error's message as one sentence for the page."""
+    text = str(error).strip() or type(error).__doc__ or "That did not work"
+    text = text[0].upper() + text[1:]
+    if hint:
+        text = f"{text.rstrip('.')}; {hint}"
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def _status(error: errors.CregistryError) -> int:
+    return STATUS_FOR.get(type(error), 400)
+
+
+# -- signing in and out -----------------------------------------------------
+@bp.get("/sign-in")
+def sign_in_form() -> Any:
+    operator, _ = auth.current_operator(current_app, _config(), _registry().clock(), activity=False)
+    if operator is not None:
+        return redirect(url_for(".registry_view"), 303)
+    return render_template("console/sign_in.html")
+
+
+@bp.post("/sign-in")
+def sign_in() -> Any:
+    limit = auth.SignInLimit(_registry().redis, _config())
+    try:
+        auth.sign_in(current_app, _config(), limit, request.form.get("token"), _registry().clock())
+    except auth.SignInRefused as refused:
+        return render_template("console/sign_in.html", error=str(refused)), refused.status
+    return redirect(url_for(".registry_view"), 303)
+
+
+@bp.post("/sign-out")
+def sign_out() -> Any:
+    log.info("console sign-out (token %s)", g.operator.token_name)
+    auth.sign_out()
+    flash("Signed out.", "notice")
+    return redirect(url_for(".sign_in_form"), 303)
+
+
+# -- Client Registry ----------------------------------------------------------
+@bp.get("/")
+def registry_view() -> Any:
+    return _registry_page()
+
+
+def _registry_page(error: str | None = None, status: int = 200) -> tuple[str, int]:
+    registry = _registry()
+    requests, total = _pending(registry)
+    return (
+        render_template(
+            "console/registry.html",
+            state=registry.status(),
+            requests=requests,
+            total=total,
+            unlock_seconds=_config().unlock_seconds,
+            error=error,
+            active="registry",
+        ),
+        status,
+    )
+
+
+@bp.get("/registry.json")
+def registry_json() -> Response:
+    """What the Client Registry page refreshes itself with."""
+    registry = _registry()
+    requests, total = _pending(registry)
+    return jsonify({**registry.status().to_dict(), "total": total, "requests": [r.to_dict() for r in requests]})
+
+
+def _pending(registry: Registry) -> tuple[list[PendingRequest], int]:
+    """The most recently seen requests first."""
+    total = registry.count_requests()
+    page = registry.list_requests(max(0, total - PAGE_SIZE), PAGE_SIZE)
+    return sorted(page, key=lambda r: r.last_seen, reverse=True), max(total, len(page))
+
+
+@bp.post("/unlock")
+def unlock() -> Any:
+    return _change(
+        lambda: _registry().unlock(actor=g.operator.actor),
+        f"Unlocked for {duration(_config().unlock_seconds)}: devices that try to connect now appear below.",
+        _registry_page,
+        lambda _: url_for(".registry_view"),
+    )
+
+
+@bp.post("/lock")
+def lock() -> Any:
+    return _change(
+        lambda: _registry().lock(actor=g.operator.actor),
+        "Locked: attempts by unknown devices are no longer recorded.",
+        _registry_page,
+        lambda _: url_for(".registry_view"),
+    )
+
+
+@bp.get("/requests/<request_id>")
+def request_view(request_id: str) -> Any:
+    """The Grant access page: what the dialog shows, for a browser without script."""
+    username, pairing = parse_request_id(request_id)
+    found = [r for r in _registry().requests_for(username) if r.pairing_id == pairing]
+    if not found:
+        raise errors.RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+    return render_template("console/request.html", req=found[0], context_text=_context_text(found[0]))
+
+
+@bp.post("/requests/<request_id>/approve")
+def approve(request_id: str) -> Any:
+    def allow() -> Any:
+        return _registry().approve(*parse_request_id(request_id), actor=g.operator.actor)
+
+    return _change(
+        allow,
+        lambda user: f"Allowed {user.username}: the device can connect now. It has no permissions yet.",
+        _registry_page,
+        lambda user: url_for(".user_view", username=user.username),
+        hints={errors.UsernameTaken: "another operator may have allowed it already."},
+    )
+
+
+@bp.post("/requests/<request_id>/deny")
+def deny(request_id: str) -> Any:
+    def refuse() -> Any:
+        return _registry().deny(*parse_request_id(request_id), actor=g.operator.actor)
+
+    return _change(
+        refuse,
+        lambda req: f"Denied {req.username} (pairing ID {req.pairing_id}): its attempts are refused.",
+        _registry_page,
+        lambda _: url_for(".registry_view"),
+    )
+
+
+def _context_text(req: PendingRequest) -> str:
+    return "" if req.context is None else json.dumps(req.context, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+# -- Users ------------------------------------------------------------------
+@bp.get("/users")
+def users_view() -> Any:
+    return _users_page()
+
+
+def _users_page(error: str | None = None, status: int = 200, username: str = "") -> tuple[str, int]:
+    return (
+        render_template(
+            "console/users.html", users=_users().list_users(), error=error, username=username, active="users"
+        ),
+        status,
+    )
+
+
+@bp.post("/users")
+def add_user() -> Any:
+    username = request.form.get("username", "").strip()
+    return _change(
+        lambda: _users().add(username, request.form.get("password", ""), actor=g.operator.actor),
+        lambda user: f"Added {user.username}. It has no permissions yet.",
+        lambda error, status: _users_page(error, status, username),
+        lambda user: url_for(".user_view", username=user.username),
+    )
+
+
+@bp.get("/users/<username>")
+def user_view(username: str) -> Any:
+    return _user_page(username)
+
+
+def _user_page(
+    username: str, errors_by_form: dict[str, str] | None = None, status: int = 200, **values: str
+) -> tuple[str, int]:
+    users = _users()
+    user = users.get(username)
+    held = set(user.roles)
+    return (
+        render_template(
+            "console/user.html",
+            user=user,
+            other_roles=[r.name for r in users.list_roles() if r.name not in held],
+            errors=errors_by_form or {},
+            values=values,
+            active="users",
+        ),
+        status,
+    )
+
+
+def _user_change(username: str, form: str, change: Callable[[], Any], done: str, **values: str) -> Any:
+    def failed(error: str, status: int) -> tuple[str, int]:
+        if status == 404 and not _users().exists(username):
+            return _error_page(error, 404)
+        return _user_page(username, {form: error}, status, **values)
+
+    return _change(change, done, failed, lambda _: url_for(".user_view", username=username))
+
+
+@bp.post("/users/<username>/permissions")
+def add_permission(username: str) -> Any:
+    topic, access = request.form.get("topic", ""), request.form.get("access", "")
+    return _user_change(
+        username,
+        "permission",
+        lambda: _users().grant(username, topic, access, actor=g.operator.actor),
+        f"Added {access} on {visible(topic)}.",
+        topic=topic,
+        access=access,
+    )
+
+
+@bp.post("/users/<username>/permissions/remove")
+def remove_permission(username: str) -> Any:
+    topic = request.form.get("topic", "")
+    return _user_change(
+        username,
+        "permissions",
+        lambda: _users().revoke(username, topic, actor=g.operator.actor),
+        f"Removed the permission on {visible(topic)}.",
+    )
+
+
+@bp.post("/users/<username>/roles")
+def give_role(username: str) -> Any:
+    role = request.form.get("role", "")
+    return _user_change(
+        username,
+        "role",
+        lambda: _users().assign_role(username, role, actor=g.operator.actor),
+        f"Gave role {visible(role)}.",
+    )
+
+
+@bp.post("/users/<username>/roles/remove")
+def take_role(username: str) -> Any:
+    role = request.form.get("role", "")
+    return _user_change(
+        username,
+        "roles",
+        lambda: _users().unassign_role(username, role, actor=g.operator.actor),
+        f"Took role {visible(role)}.",
+    )
+
+
+@bp.post("/users/<username>/superuser")
+def set_superuser(username: str) -> Any:
+    flag = request.form.get("superuser") == "1"
+    return _user_change(
+        username,
+        "superuser",
+        lambda: _users().set_superuser(username, flag, actor=g.operator.actor),
+        "Now a superuser: every ACL check passes." if flag else "No longer a superuser.",
+    )
+
+
+@bp.get("/users/<username>/delete")
+def confirm_delete(username: str) -> Any:
+    return render_template("console/delete.html", user=_users().get(username), active="users")
+
+
+@bp.post("/users/<username>/delete")
+def delete_user(username: str) -> Any:
+    return _change(
+        lambda: _users().delete(username, actor=g.operator.actor),
+        f"Deleted {username}.",
+        lambda error, status: _error_page(error, status),
+        lambda _: url_for(".users_view"),
+    )
+
+
+# -- Audit ------------------------------------------------------------------
+@bp.get("/audit")
+def audit_view() -> Any:
+    raw = request.args.get("limit", str(AUDIT_DEFAULT))
+    limit = int(raw) if raw.isdigit() else -1
+    return render_template("console/audit.html", entries=_registry().audit.entries(limit), limit=limit, active="audit")
+
+
+@bp.app_template_filter("details")
+def details_text(details: Any) -> str:
+    if not isinstance(details, dict):
+        return visible(details)
+    return visible(
+        ", ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+            for key, value in sorted(details.items())
+        )
+    )
+
+
+@bp.route("/<path:anything>", methods=["GET", "POST"])
+def not_found(anything: str) -> Any:
+    return _error_page("There is no such page.", 404)
+
+
+# -- helpers ----------------------------------------------------------------
+def _change(
+    change: Callable[[], Any],
+    done: str | Callable[[Any], str],
+    failed: Callable[[str, int], Any],
+    then: Callable[[Any], str],
+    hints: dict[type[errors.CregistryError], str] | None = None,
+) -> Any:
+    """Run one domain change; on success flash `done` and redirect (POST,
+    redirect, GET), on a domain error show it next to the form, with a hint
+    at what may have happened."""
+    hints = {errors.RequestNotFound: "another operator may have handled it, or it expired.", **(hints or {})}
+    try:
+        result = change()
+    except errors.CregistryError as error:
+        return failed(sentence(error, hints.get(type(error), "")), _status(error))
+    flash(done(result) if callable(done) else done, "done")
+    return redirect(then(result), 303)
+
+
+def _config() -> Config:
+    return current_app.extensions["cregistry"].config
+
+
+def _registry() -> Registry:
+    return current_app.extensions["cregistry"].registry
+
+
+def _users() -> UserStore:
+    return _registry().users

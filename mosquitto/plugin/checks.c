@@ -1,0 +1,226 @@
+/* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
+ *
+ * Answers by HTTP status: 200 allow, 403/400 deny, anything else (5xx, other
+ * statuses, timeout, no connection) is a fault: nothing is cached and the
+ * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
+ *   CONNECT   -> socket closed without CONNACK (handle_connect.c)
+ *   PUBLISH   -> handle__publish returns the error: the publisher is
+ *                disconnected before any PUBACK/PUBREC, so QoS 1/2 are re-sent
+ *   SUBSCRIBE -> handle__subscribe returns the error: client disconnected.
+ * Deliveries (MOSQ_ACL_READ) that cannot be decided are answered as denied:
+ * the message is not delivered to that subscriber (fail closed; lost for it at
+ * every QoS), and the publisher and other subscribers are not affected. An
+ * error there would instead disconnect a QoS 0 publisher and make mosquitto
+ * retry a QoS 2 release for every subscriber. Reads are cached like every
+ * ACL answer, so subscribers whose answers are cached keep receiving. */
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <openssl/crypto.h>
+
+#include <mosquitto.h>
+
+#include "state.h"
+
+static void service_state(struct cr_plugin *p, int ok, const char *why)
+{
+	if(p->service_state == ok){
+		return;
+	}
+	p->service_state = ok;
+	if(ok){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: service answering at %s", p->opt.url);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: service not answering at %s (%s): refusing what is not cached",
+				p->opt.url, why);
+	}
+}
+
+enum verdict { ALLOW, DENY, FAULT };
+
+/* Mosquitto waits on its only thread while a check runs. When cregistry gave
+ * no answer at all (timeout, no connection), the checks that miss the cache
+ * fail at once for fault_backoff_ms instead of each waiting up to timeout_ms,
+ * so that clients whose answers are cached are not stalled behind a queue of
+ * reconnecting devices. The first miss after the window asks again, and any
+ * HTTP answer of the change feed ends the window early (poll.c). */
+static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
+{
+	char *json;
+	long status;
+	char why[64];
+
+	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+		p->counters.fast_fails++;
+		return FAULT;
+	}
+	p->fault_until_ms = 0;
+	if(!p->warned_no_tick && p->counters.feed_polls == 0 && cr_now_ms() - p->loaded_ms > 5000){
+		p->warned_no_tick = true;
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: mosquitto sends no ticks, so the change feed is never"
+				" read: set per_listener_settings false");
+	}
+	json = cJSON_PrintUnformatted(body);
+	if(json == NULL){
+		p->counters.http_errors++;
+		return FAULT;
+	}
+	status = cr_http_post_json(&p->http, url, json);
+	OPENSSL_cleanse(json, strlen(json));
+	cJSON_free(json);
+	if(status == 200){
+		service_state(p, 1, "");
+		return ALLOW;
+	}
+	if(status == 403 || status == 400){
+		service_state(p, 1, "");
+		return DENY;
+	}
+	p->counters.http_errors++;
+	if(status == 0){
+		if(p->opt.fault_backoff_ms > 0){
+			p->fault_until_ms = cr_now_ms() + p->opt.fault_backoff_ms;
+		}
+		service_state(p, 0, p->http.check_error[0] ? p->http.check_error : "no answer");
+	}else{
+		snprintf(why, sizeof(why), "HTTP %ld", status);
+		service_state(p, 0, why);
+	}
+	return FAULT;
+}
+
+static void wipe_string_item(cJSON *item)
+{
+	if(item && item->valuestring){
+		OPENSSL_cleanse(item->valuestring, strlen(item->valuestring));
+	}
+}
+
+int cr_on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct cr_plugin *p = userdata;
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *user = ed->username;
+	const char *password = ed->password ? ed->password : "";
+	const char *id = mosquitto_client_id(ed->client);
+	unsigned char digest[CR_DIGEST_LEN];
+	struct cr_key key;
+	int cached;
+	cJSON *body;
+	cJSON *pw_item = NULL;
+	enum verdict v;
+
+	(void)event;
+	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
+		return MOSQ_ERR_AUTH;
+	}
+	if(strpbrk(user, "+#") || strpbrk(id, "+#")){
+		return MOSQ_ERR_AUTH; /* mosquitto leaves this check to version 5 plugins */
+	}
+	if(cr_connect_digest(p->digest_key, user, password, id, digest) != 0){
+		p->counters.http_errors++;
+		return MOSQ_ERR_UNKNOWN;
+	}
+	memset(&key, 0, sizeof(key));
+	key.user = user;
+	key.user_len = strlen(user);
+	key.kind = CR_KIND_CONNECT;
+	key.part[0] = digest;
+	key.part_len[0] = sizeof(digest);
+	key.part[1] = "";
+	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
+		p->counters.hits++;
+		return MOSQ_ERR_SUCCESS; /* only grants are cached */
+	}
+	p->counters.misses++;
+
+	body = cJSON_CreateObject();
+	if(body == NULL || cJSON_AddStringToObject(body, "username", user) == NULL
+			|| (pw_item = cJSON_AddStringToObject(body, "password", password)) == NULL
+			|| cJSON_AddStringToObject(body, "clientid", id) == NULL){
+		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
+		cJSON_Delete(body);
+		p->counters.http_errors++;
+		return MOSQ_ERR_UNKNOWN;
+	}
+	v = ask(p, p->url_user, body);
+	wipe_string_item(pw_item);
+	cJSON_Delete(body);
+	if(v == ALLOW){
+		if(p->opt.cache_seconds > 0){
+			/* out of memory only costs a later re-check */
+			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
+		}
+		OPENSSL_cleanse(digest, sizeof(digest));
+		return MOSQ_ERR_SUCCESS;
+	}
+	OPENSSL_cleanse(digest, sizeof(digest));
+	return v == DENY ? MOSQ_ERR_AUTH : MOSQ_ERR_UNKNOWN; /* refusals are never cached */
+}
+
+int cr_on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct cr_plugin *p = userdata;
+	struct mosquitto_evt_acl_check *ed = event_data;
+	const char *user, *id;
+	struct cr_key key;
+	int acc, result;
+	cJSON *body;
+	enum verdict v;
+
+	(void)event;
+	switch(ed->access){
+		case MOSQ_ACL_UNSUBSCRIBE:
+			return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_READ:
+			acc = 1;
+			break;
+		case MOSQ_ACL_WRITE:
+			acc = 2;
+			break;
+		case MOSQ_ACL_SUBSCRIBE:
+			acc = 4;
+			break;
+		default:
+			return MOSQ_ERR_ACL_DENIED;
+	}
+	user = mosquitto_client_username(ed->client);
+	id = mosquitto_client_id(ed->client);
+	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0' || ed->topic == NULL){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	key.user = user;
+	key.user_len = strlen(user);
+	key.kind = CR_KIND_ACL;
+	key.access = (uint8_t)acc;
+	key.part[0] = id;
+	key.part_len[0] = strlen(id);
+	key.part[1] = ed->topic;
+	key.part_len[1] = strlen(ed->topic);
+	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &result)){
+		p->counters.hits++;
+		return result;
+	}
+	p->counters.misses++;
+
+	body = cJSON_CreateObject();
+	if(body == NULL || cJSON_AddStringToObject(body, "username", user) == NULL
+			|| cJSON_AddStringToObject(body, "clientid", id) == NULL
+			|| cJSON_AddStringToObject(body, "topic", ed->topic) == NULL
+			|| cJSON_AddNumberToObject(body, "acc", acc) == NULL){
+		cJSON_Delete(body);
+		p->counters.http_errors++;
+		return acc == 1 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_UNKNOWN;
+	}
+	v = ask(p, p->url_acl, body);
+	cJSON_Delete(body);
+	if(v == FAULT){
+		return acc == 1 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_UNKNOWN;
+	}
+	result = v == ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	long lifetime = v == ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
+	if(lifetime > 0){
+		(void)cr_cache_put(&p->cache, &key, result, cr_now_ms() + lifetime * 1000);
+	}
+	return result;
+}

@@ -1,0 +1,34 @@
+/* The change feed's answers (FEED-CONTRACT.md), parsed with cJSON. */
+#ifndef CR_FEED_H
+#define CR_FEED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CR_POSITION_MAX 128
+#define CR_FEED_BODY_MAX (4u * 1024u * 1024u) /* larger answers are refused unparsed */
+
+enum cr_change_type {
+	CR_CHANGE_USER = 1, /* drop the user's answers (and kick its clients when kick) */
+	CR_CHANGE_ALL = 2,  /* drop the whole cache */
+};
+
+struct cr_change {
+	enum cr_change_type type;
+	bool kick;
+	char *user;
+};
+
+struct cr_feed_answer {
+	char position[CR_POSITION_MAX + 1];
+	bool reset;
+	size_t count;
+	struct cr_change *changes;
+};
+
+/* 0, or -1 with a one-line reason in err (garbage: the caller keeps its position
+ * and cache). Entries of an unknown shape are skipped. Free with cr_feed_answer_free. */
+int cr_feed_parse(const char *body, size_t len, struct cr_feed_answer *out, char *err, size_t errlen);
+void cr_feed_answer_free(struct cr_feed_answer *answer);
+
+#endif

@@ -1,0 +1,137 @@
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "options.h"
+
+struct int_option {
+	const char *name;
+	size_t offset;
+	long def;
+	long min;
+	long max;
+};
+
+static const struct int_option INT_OPTIONS[] = {
+	{"timeout_ms", offsetof(struct cr_options, timeout_ms), 1500, 50, 2000},
+	{"cache_seconds", offsetof(struct cr_options, cache_seconds), 300, 0, 86400},
+	{"deny_cache_seconds", offsetof(struct cr_options, deny_cache_seconds), 60, 0, 86400},
+	{"cache_size", offsetof(struct cr_options, cache_size), 100000, 1, 10000000},
+	{"feed_interval_ms", offsetof(struct cr_options, feed_interval_ms), 500, 50, 1500},
+	{"fault_backoff_ms", offsetof(struct cr_options, fault_backoff_ms), 1000, 0, 10000},
+	{"stats_interval", offsetof(struct cr_options, stats_interval), 10, 0, 86400},
+};
+#define INT_OPTION_COUNT (sizeof(INT_OPTIONS) / sizeof(INT_OPTIONS[0]))
+
+static int parse_long(const char *text, long *out)
+{
+	char *end = NULL;
+	long v;
+
+	if(text == NULL || *text == '\0' || *text == ' ' || *text == '+'){
+		return -1;
+	}
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if(errno != 0 || end == text || *end != '\0'){
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_url(const char *value, char **out)
+{
+	size_t len;
+	char *url;
+
+	if(value == NULL){
+		return -1;
+	}
+	if(strncasecmp(value, "http://", 7) != 0 && strncasecmp(value, "https://", 8) != 0){
+		return -1;
+	}
+	if(strpbrk(value, " \t\r\n?#") != NULL){
+		return -1;
+	}
+	len = strlen(value);
+	if(len > CR_URL_MAX){
+		return -1;
+	}
+	while(len > 0 && value[len - 1] == '/'){
+		len--;
+	}
+	if(len <= (strncasecmp(value, "http://", 7) == 0 ? 7u : 8u)){
+		return -1;
+	}
+	url = malloc(len + 1);
+	if(url == NULL){
+		return -1;
+	}
+	memcpy(url, value, len);
+	url[len] = '\0';
+	*out = url;
+	return 0;
+}
+
+int cr_options_parse(struct cr_options *o, const struct mosquitto_opt *opts, int count, char *err, size_t errlen)
+{
+	memset(o, 0, sizeof(*o));
+	for(size_t i = 0; i < INT_OPTION_COUNT; i++){
+		*(long *)((char *)o + INT_OPTIONS[i].offset) = INT_OPTIONS[i].def;
+	}
+	for(int i = 0; i < count; i++){
+		const char *key = opts[i].key;
+		const char *value = opts[i].value;
+		size_t j;
+
+		if(key == NULL){
+			continue;
+		}
+		if(strcmp(key, "url") == 0){
+			free(o->url);
+			o->url = NULL;
+			if(parse_url(value, &o->url) != 0){
+				snprintf(err, errlen, "plugin_opt_url must be an http:// or https:// base URL of at most %d characters (got \"%.100s\")",
+						CR_URL_MAX, value ? value : "");
+				goto fail;
+			}
+			continue;
+		}
+		for(j = 0; j < INT_OPTION_COUNT; j++){
+			if(strcmp(key, INT_OPTIONS[j].name) == 0){
+				break;
+			}
+		}
+		if(j == INT_OPTION_COUNT){
+			snprintf(err, errlen, "unknown option plugin_opt_%s", key);
+			goto fail;
+		}
+		long v;
+		if(parse_long(value, &v) != 0 || v < INT_OPTIONS[j].min || v > INT_OPTIONS[j].max){
+			snprintf(err, errlen, "plugin_opt_%s must be a whole number from %ld to %ld (got \"%s\")", key,
+					INT_OPTIONS[j].min, INT_OPTIONS[j].max, value ? value : "");
+			goto fail;
+		}
+		*(long *)((char *)o + INT_OPTIONS[j].offset) = v;
+	}
+	if(o->url == NULL){
+		snprintf(err, errlen, "plugin_opt_url is required (the base URL of cregistry's broker listener)");
+		goto fail;
+	}
+	return 0;
+fail:
+	cr_options_free(o);
+	return -1;
+}
+
+void cr_options_free(struct cr_options *o)
+{
+	free(o->url);
+	o->url = NULL;
+}

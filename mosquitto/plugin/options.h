@@ -1,0 +1,26 @@
+/* plugin_opt_* values, checked once at load: a bad value refuses to load. */
+#ifndef CR_OPTIONS_H
+#define CR_OPTIONS_H
+
+#include <stddef.h>
+
+#define CR_URL_MAX 1024
+
+struct mosquitto_opt;
+
+struct cr_options {
+	char *url;              /* base URL of cregistry's broker listener, no trailing '/' */
+	long timeout_ms;        /* one whole HTTP check (connect + answer) */
+	long cache_seconds;     /* CONNECT grants and ACL allows */
+	long deny_cache_seconds; /* ACL denials (refused CONNECTs are never cached) */
+	long cache_size;        /* entries of both kinds together */
+	long feed_interval_ms;
+	long fault_backoff_ms;  /* after a check got no answer, fail misses at once for this long */
+	long stats_interval;    /* seconds between $SYS/broker/cregistry/... publishes; 0: never */
+};
+
+/* 0, or -1 with a one-line reason in err. On success free with cr_options_free. */
+int cr_options_parse(struct cr_options *o, const struct mosquitto_opt *opts, int count, char *err, size_t errlen);
+void cr_options_free(struct cr_options *o);
+
+#endif

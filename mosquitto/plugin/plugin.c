@@ -1,0 +1,158 @@
+/* cregistry_auth: cregistry's authentication and authorisation plugin for
+ * Mosquitto 2.0 (plugin interface version 5). Entry points only; the checks
+ * are in checks.c, the change feed and counters in poll.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include <mosquitto.h>
+
+#include "state.h"
+
+/* everything else in the .so is hidden (-fvisibility=hidden) */
+#define CR_EXPORT __attribute__((visibility("default")))
+
+static char *join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *s = malloc(la + lb + 1);
+
+	if(s){
+		memcpy(s, a, la);
+		memcpy(s + la, b, lb + 1);
+	}
+	return s;
+}
+
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	struct cr_plugin *p = userdata;
+
+	(void)event;
+	(void)event_data;
+	cr_cache_drop_all(&p->cache);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: reload: dropped the whole cache");
+	return MOSQ_ERR_SUCCESS;
+}
+
+static void plugin_free(struct cr_plugin *p)
+{
+	if(p == NULL){
+		return;
+	}
+	cr_http_cleanup(&p->http);
+	cr_cache_free(&p->cache);
+	cr_options_free(&p->opt);
+	free(p->url_user);
+	free(p->url_acl);
+	free(p->url_changes);
+	OPENSSL_cleanse(p->digest_key, sizeof(p->digest_key));
+	free(p);
+	curl_global_cleanup();
+}
+
+static const struct {
+	int event;
+	MOSQ_FUNC_generic_callback cb;
+} CALLBACKS[] = {
+	{MOSQ_EVT_BASIC_AUTH, cr_on_basic_auth},
+	{MOSQ_EVT_ACL_CHECK, cr_on_acl_check},
+	{MOSQ_EVT_TICK, cr_on_tick},
+	{MOSQ_EVT_RELOAD, on_reload},
+};
+#define CALLBACK_COUNT (sizeof(CALLBACKS) / sizeof(CALLBACKS[0]))
+
+CR_EXPORT int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5){
+			return 5;
+		}
+	}
+	return -1;
+}
+
+CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, struct mosquitto_opt *options,
+		int option_count)
+{
+	struct cr_plugin *p;
+	unsigned char hash_key[16];
+	char err[256];
+	size_t registered = 0;
+
+	if(curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: libcurl could not be initialised");
+		return MOSQ_ERR_UNKNOWN;
+	}
+	p = calloc(1, sizeof(*p));
+	if(p == NULL){
+		curl_global_cleanup();
+		return MOSQ_ERR_NOMEM;
+	}
+	p->pid = identifier;
+	p->service_state = -1;
+	p->feed_state = -1;
+	if(cr_options_parse(&p->opt, options, option_count, err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: %s", err);
+		plugin_free(p);
+		return MOSQ_ERR_INVAL;
+	}
+	if(cr_digest_new_key(p->digest_key) != 0 || cr_random_bytes(hash_key, sizeof(hash_key)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: no random bytes for the cache keys");
+		plugin_free(p);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	p->url_user = join(p->opt.url, "/mqtt/user");
+	p->url_acl = join(p->opt.url, "/mqtt/acl");
+	p->url_changes = join(p->opt.url, "/mqtt/changes?after=");
+	if(p->url_user == NULL || p->url_acl == NULL || p->url_changes == NULL
+			|| cr_cache_init(&p->cache, (size_t)p->opt.cache_size, hash_key) != 0
+			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0){
+		OPENSSL_cleanse(hash_key, sizeof(hash_key));
+		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: out of memory, or libcurl refused its settings");
+		plugin_free(p);
+		return MOSQ_ERR_NOMEM;
+	}
+	OPENSSL_cleanse(hash_key, sizeof(hash_key));
+	p->loaded_ms = cr_now_ms();
+	p->next_feed_ms = p->loaded_ms;
+	p->next_stats_ms = p->loaded_ms;
+
+	for(registered = 0; registered < CALLBACK_COUNT; registered++){
+		if(mosquitto_callback_register(identifier, CALLBACKS[registered].event, CALLBACKS[registered].cb, NULL, p)
+				!= MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: could not register callback %d",
+					CALLBACKS[registered].event);
+			while(registered-- > 0){
+				mosquitto_callback_unregister(identifier, CALLBACKS[registered].event, CALLBACKS[registered].cb, NULL);
+			}
+			plugin_free(p);
+			return MOSQ_ERR_UNKNOWN;
+		}
+	}
+	*userdata = p;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms,"
+			" fault backoff %ld ms)",
+			p->opt.url, p->opt.timeout_ms, p->opt.cache_seconds, p->opt.deny_cache_seconds, p->opt.cache_size,
+			p->opt.feed_interval_ms, p->opt.fault_backoff_ms);
+	return MOSQ_ERR_SUCCESS;
+}
+
+CR_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	struct cr_plugin *p = userdata;
+
+	(void)options;
+	(void)option_count;
+	if(p == NULL){
+		return MOSQ_ERR_SUCCESS;
+	}
+	for(size_t i = 0; i < CALLBACK_COUNT; i++){
+		mosquitto_callback_unregister(p->pid, CALLBACKS[i].event, CALLBACKS[i].cb, NULL);
+	}
+	plugin_free(p);
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,144 @@
+/* MOSQ_EVT_TICK: polls the change feed without blocking the broker (a multi
+ * handle advanced on every tick, never waited on) and publishes the counters. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <mosquitto.h>
+
+#include "state.h"
+
+static void feed_state(struct cr_plugin *p, int ok, const char *why)
+{
+	if(p->feed_state == ok){
+		return;
+	}
+	p->feed_state = ok;
+	if(ok){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: change feed ok");
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				"cregistry_auth: change feed failing (%s): keeping the cache until entries expire", why);
+	}
+}
+
+void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer)
+{
+	if(answer->reset){
+		cr_cache_drop_all(&p->cache);
+		if(p->position[0] != '\0'){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					"cregistry_auth: change feed reset (changes may have been missed): dropped the whole cache");
+		}
+	}else{
+		for(size_t i = 0; i < answer->count; i++){
+			const struct cr_change *c = &answer->changes[i];
+			if(c->type == CR_CHANGE_ALL){
+				cr_cache_drop_all(&p->cache);
+			}else if(c->type == CR_CHANGE_USER){
+				cr_cache_drop_user(&p->cache, c->user);
+				if(c->kick){
+					mosquitto_kick_client_by_username(c->user, false);
+					p->counters.kicks++;
+				}
+			}
+		}
+	}
+	memcpy(p->position, answer->position, sizeof(p->position));
+}
+
+static void feed_done(struct cr_plugin *p, long status, int64_t now)
+{
+	struct cr_feed_answer answer;
+	char why[CURL_ERROR_SIZE + 32];
+
+	if(status != 0){
+		p->fault_until_ms = 0; /* cregistry answers again: checks may ask it */
+	}
+	if(status != 200){
+		p->counters.feed_errors++;
+		if(status == 0){
+			snprintf(why, sizeof(why), "%s", p->http.feed_error[0] ? p->http.feed_error : "no answer");
+		}else{
+			snprintf(why, sizeof(why), "HTTP %ld", status);
+		}
+		feed_state(p, 0, why);
+		return;
+	}
+	if(cr_feed_parse(p->http.feed_body.data, p->http.feed_body.len, &answer, why, sizeof(why)) != 0){
+		p->counters.feed_errors++;
+		feed_state(p, 0, why);
+		return;
+	}
+	cr_apply_feed_answer(p, &answer);
+	cr_feed_answer_free(&answer);
+	p->last_feed_ok_ms = now;
+	feed_state(p, 1, "");
+}
+
+static void feed_start(struct cr_plugin *p)
+{
+	char url[2048];
+	char *escaped = curl_easy_escape(p->http.feed, p->position, 0);
+
+	if(escaped == NULL){
+		return;
+	}
+	snprintf(url, sizeof(url), "%s%s", p->url_changes, escaped);
+	curl_free(escaped);
+	p->counters.feed_polls++;
+	if(cr_http_feed_start(&p->http, url) != 0){
+		p->counters.feed_errors++;
+		feed_state(p, 0, "could not start a request");
+	}
+}
+
+static void publish_counter(const char *name, uint64_t value)
+{
+	char topic[96];
+	char payload[32];
+	int len;
+
+	snprintf(topic, sizeof(topic), "$SYS/broker/cregistry/%s", name);
+	len = snprintf(payload, sizeof(payload), "%" PRIu64, value);
+	mosquitto_broker_publish_copy(NULL, topic, len, payload, 0, true, NULL);
+}
+
+static void publish_stats(struct cr_plugin *p, int64_t now)
+{
+	int64_t since = p->last_feed_ok_ms ? p->last_feed_ok_ms : p->loaded_ms;
+
+	publish_counter("cache/hits", p->counters.hits);
+	publish_counter("cache/misses", p->counters.misses);
+	publish_counter("cache/entries", p->cache.count);
+	publish_counter("cache/evictions", p->cache.evictions);
+	publish_counter("http/errors", p->counters.http_errors);
+	publish_counter("http/fast_fails", p->counters.fast_fails);
+	publish_counter("kicks", p->counters.kicks);
+	publish_counter("feed/polls", p->counters.feed_polls);
+	publish_counter("feed/errors", p->counters.feed_errors);
+	publish_counter("feed/lag_ms", (uint64_t)(now - since));
+}
+
+int cr_on_tick(int event, void *event_data, void *userdata)
+{
+	struct cr_plugin *p = userdata;
+	int64_t now = cr_now_ms();
+	long status = 0;
+
+	(void)event;
+	(void)event_data;
+	if(p->http.feed_running){
+		if(cr_http_feed_poll(&p->http, &status)){
+			feed_done(p, status, now);
+		}
+	}else if(now >= p->next_feed_ms){
+		p->next_feed_ms = now + p->opt.feed_interval_ms;
+		feed_start(p);
+	}
+	if(p->opt.stats_interval > 0 && now >= p->next_stats_ms){
+		p->next_stats_ms = now + p->opt.stats_interval * 1000;
+		publish_stats(p, now);
+	}
+	return MOSQ_ERR_SUCCESS;
+}

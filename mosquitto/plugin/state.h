@@ -1,0 +1,66 @@
+/* All state of one plugin instance, passed to every callback as userdata:
+ * nothing is global, so a second instance shares nothing. */
+#ifndef CR_STATE_H
+#define CR_STATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "cache.h"
+#include "digest.h"
+#include "feed.h"
+#include "http.h"
+#include "options.h"
+
+struct cr_counters {
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t http_errors;
+	uint64_t kicks;
+	uint64_t feed_polls;
+	uint64_t feed_errors;
+	uint64_t fast_fails;
+};
+
+struct cr_plugin {
+	mosquitto_plugin_id_t *pid;
+	struct cr_options opt;
+	struct cr_cache cache;
+	struct cr_http http;
+	unsigned char digest_key[CR_DIGEST_KEY_LEN];
+	char *url_user;
+	char *url_acl;
+	char *url_changes;
+	char position[CR_POSITION_MAX + 1]; /* "" until the first answer */
+	int64_t loaded_ms;
+	int64_t next_feed_ms;
+	int64_t last_feed_ok_ms; /* 0: never */
+	int64_t next_stats_ms;
+	int64_t fault_until_ms; /* checks that miss the cache fail without asking until then */
+	int service_state; /* -1 unknown, 0 failing, 1 answering */
+	int feed_state;
+	bool warned_no_tick;
+	struct cr_counters counters;
+};
+
+static inline int64_t cr_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* checks.c */
+int cr_on_basic_auth(int event, void *event_data, void *userdata);
+int cr_on_acl_check(int event, void *event_data, void *userdata);
+
+/* poll.c */
+int cr_on_tick(int event, void *event_data, void *userdata);
+void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
+
+#endif
