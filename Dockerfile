@@ -7,9 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CREGISTRY_BROKER_LISTEN=0.0.0.0:8081
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY cregistry ./cregistry
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --system --uid 10001 --no-create-home cregistry
 
 USER cregistry

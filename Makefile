@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
+# The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
+CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
 
-.PHONY: install run test test-unit test-integration test-broker-asan test-failover test-browser lint system-deps go-auth try-go-auth bench bench-quick bench-deps clean
+.PHONY: install run test test-unit test-integration test-broker-asan test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick bench-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard constraints.txt)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,6 +56,10 @@ test-integration: $(STAMP) system-deps plugin
 test-broker-asan: $(STAMP) system-deps plugin-asan
 	CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration
 
+## test-fuzz: only the schemathesis tier (part of test-integration); CREGISTRY_FUZZ_EXAMPLES=N for a longer run
+test-fuzz: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m fuzz tests/integration
+
 ## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
 test-failover: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/failover
@@ -84,12 +90,21 @@ $(LOADGEN): bench/loadgen.c | bench-deps
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $$(pkg-config --cflags --libs libmosquitto libcurl) -lpthread -lm
 
 bench: $(STAMP) system-deps plugin $(LOADGEN) try-go-auth
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 bench-quick: $(STAMP) system-deps plugin $(LOADGEN) try-go-auth
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e '.[bench]'
 	$(BIN)/python bench/run.py --quick
+
+## lock: rewrite constraints.txt from the venv with every extra of pyproject.toml installed
+## (keeps the pinned versions and adds new dependencies; FRESH=1 moves everything to the newest allowed)
+lock: $(STAMP)
+	$(BIN)/pip install --quiet $(if $(FRESH),--upgrade --upgrade-strategy eager,$(CONSTRAINTS)) \
+		-e ".[$$($(BIN)/python -c 'import tomllib; print(",".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]))')]"
+	{ echo "# Versions the tests run with: pip install -c constraints.txt -e '.[dev]'. Regenerate with: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -iv '^cregistry[ =@]'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check cregistry tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import redis
 from cregistry import credentials, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
-from cregistry.registry import Attempt, Registry
+from cregistry.registry import Attempt, Registry, ThrottledWarning
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
 from cregistry.verification import Verdict, WorkLimits
 
@@ -46,6 +47,59 @@ def parse_acc(value: Any) -> int:
     return value
 
 
+# A user's last successful CONNECT is written at most this often.
+LAST_CONNECT_INTERVAL = 60.0
+# The bookkeeping write runs only if the check itself took less than this:
+# with the 0.5 s Redis timeout, its two round trips then end well within
+# the broker routes' 1.5 s deadline even when Redis stalls right now.
+LAST_CONNECT_BUDGET = 0.25
+LAST_CONNECT_REMEMBERED = 100_000  # users per process whose last write is remembered
+
+
+class LastConnectRecorder:
+    """Records a user's last successful CONNECT (time, client id) without
+    slowing the connect path: this process skips Redis entirely for a user
+    it wrote less than a minute ago with the same client id, and the write
+    itself (record_connect) skips users another process wrote meanwhile.
+
+    Bookkeeping never decides anything: if Redis fails here, the check that
+    succeeded stays a success and the time is written on a later connect.
+    """
+
+    def __init__(
+        self,
+        users: UserStore,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.users = users
+        self.clock = clock
+        self.monotonic = monotonic
+        self.lock = threading.Lock()
+        self.skip_until: dict[str, tuple[float, str]] = {}  # username -> (monotonic time, client id)
+
+    def record(self, username: str, client_id: str, started: float) -> None:
+        now = self.monotonic()
+        if now - started > LAST_CONNECT_BUDGET:
+            return
+        with self.lock:
+            until, written_client_id = self.skip_until.get(username, (0.0, ""))
+            if now < until and written_client_id == client_id:
+                return
+            if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
+                self.skip_until = {u: v for u, v in self.skip_until.items() if v[0] > now}
+                if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
+                    self.skip_until.clear()
+            self.skip_until[username] = (now + LAST_CONNECT_INTERVAL, client_id)
+        try:
+            self.users.record_connect(username, client_id, self.clock(), LAST_CONNECT_INTERVAL)
+        except redis.RedisError as error:
+            _last_connect_warning.emit(type(error).__name__)
+
+
+_last_connect_warning = ThrottledWarning("cannot record a last connect (%s); the connect itself succeeded")
+
+
 class Authorizer:
     def __init__(
         self,
@@ -53,12 +107,16 @@ class Authorizer:
         config: Config,
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.registry = Registry(connection, config, clock, limits)
         self.users: UserStore = self.registry.users
+        self.monotonic = monotonic
+        self.last_connects = LastConnectRecorder(self.users, clock, monotonic)
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
+        started = self.monotonic()
         try:
             credentials.validate_username(username)
             credentials.validate_password_format(password)
@@ -67,6 +125,7 @@ class Authorizer:
             return Decision(False, str(error))
         verdict = self.registry.verifier.verify(username, password)
         if verdict is Verdict.ACCEPTED:
+            self.last_connects.record(username, client_id, started)
             return ALLOW
         if verdict is not Verdict.UNKNOWN_USER:
             return Decision(False, verdict.value)

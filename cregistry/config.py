@@ -52,6 +52,8 @@ CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
 
 MAX_UNLOCK_SECONDS = 3600
+# One floor for CREGISTRY_ADMIN_TOKEN and every token of CREGISTRY_ADMIN_TOKENS.
+MIN_ADMIN_TOKEN_LENGTH = 16
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
 
 
@@ -139,11 +141,14 @@ class Config:
                 raise ConfigError(f"{ENV_PREFIX}{VERIFY_SECRET} must be at least 32 hex digits") from None
         if not 0.05 <= self.redis_timeout <= 60:
             raise ConfigError(f"{ENV_PREFIX}{REDIS_TIMEOUT} must be between 0.05 and 60 seconds")
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKEN} must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
         for item in (self.admin_tokens or "").split(","):
             name, sep, token = item.strip().partition("=")
-            if item.strip() and (not sep or not name or len(token) < 16):
+            if item.strip() and (not sep or not name or len(token) < MIN_ADMIN_TOKEN_LENGTH):
                 raise ConfigError(
-                    f"{ENV_PREFIX}{ADMIN_TOKENS} must be NAME=TOKEN,... with tokens of 16 characters or more"
+                    f"{ENV_PREFIX}{ADMIN_TOKENS} must be NAME=TOKEN,... with tokens of"
+                    f" {MIN_ADMIN_TOKEN_LENGTH} characters or more"
                 )
         unknown = set(self.password_require) - set(PASSWORD_CLASSES)
         if unknown:

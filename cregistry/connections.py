@@ -146,3 +146,17 @@ def connect(url: str, timeout: float, *, min_replicas: int = 0) -> Client:
             raise ConfigError(f"{URL_NAME} is not usable: {error}") from None
     client.min_replicas = min_replicas
     return client
+
+
+def configuration_problem(error: redis.RedisError) -> str | None:
+    """What about a Redis error no retry can fix, or None.
+
+    A URL naming a database the server does not have, or credentials it
+    refuses, fails on every connection: that is a configuration error
+    (CLI exit 2, `serve` refuses to start), not an unreachable Redis.
+    """
+    if isinstance(error, redis.AuthenticationError):
+        return f"CREGISTRY_REDIS_URL: Redis refuses the credentials ({error})"
+    if isinstance(error, redis.ResponseError) and "DB index is out of range" in str(error):
+        return f"CREGISTRY_REDIS_URL names a database this Redis does not have ({error})"
+    return None

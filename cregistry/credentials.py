@@ -26,6 +26,8 @@ MAX_CLIENT_ID_BYTES = 65535  # MQTT's own limit for a UTF-8 string
 
 
 def validate_username(username: Any) -> str:
+    if username is None:
+        raise InvalidInput("username is missing")
     if not isinstance(username, str):
         raise InvalidInput("username must be a string")
     if not USERNAME_RE.fullmatch(username):
@@ -83,6 +85,8 @@ class PasswordPolicy:
 
 def validate_password_format(password: Any) -> str:
     """What any password must be before bcrypt sees it, old or new."""
+    if password is None:
+        raise InvalidInput("password is missing")
     if not isinstance(password, str):
         raise InvalidInput("password must be a string")
     if "\x00" in password:

@@ -36,8 +36,12 @@ CREDENTIALS_FORMAT = 1
 # 32 random bytes, 43 URL-safe characters: far above the 24 bytes a guessing
 # attacker would have to beat, far below bcrypt's 72-byte limit.
 PASSWORD_ENTROPY_BYTES = 32
+PASSWORD_LENGTH = 43  # what secrets.token_urlsafe(PASSWORD_ENTROPY_BYTES) gives
 # 40 random bits: a fleet of 10 000 devices with the same host name has a
 # chance of about 1 in 20 000 of two sharing a username.
+# A stored password shorter than this was not written by the agent (which
+# writes 43 characters): refused rather than used.
+MIN_STORED_PASSWORD_LENGTH = 16
 USERNAME_SUFFIX_BYTES = 5
 USERNAME_MAX_LENGTH = 64
 FALLBACK_USERNAME_BASE = "device"
@@ -89,8 +93,18 @@ class Credentials:
         """Raises InvalidInput when `data` is not a credentials object."""
         if not isinstance(data, dict):
             raise errors.InvalidInput("not a JSON object")
+        file_format = data.get("format")
+        if type(file_format) is not int or file_format != CREDENTIALS_FORMAT:
+            found = "missing" if file_format is None else f"{file_format!r}"
+            raise errors.InvalidInput(f"format must be {CREDENTIALS_FORMAT}, the one this agent writes, not {found}")
         username = validate_username(data.get("username"))
         password = validate_password_format(data.get("password"))
+        if len(password) < MIN_STORED_PASSWORD_LENGTH:
+            raise errors.InvalidInput(
+                f"the password has {len(password)} character{'' if len(password) == 1 else 's'};"
+                f" the agent writes {PASSWORD_LENGTH}"
+                f" and never fewer than {MIN_STORED_PASSWORD_LENGTH}"
+            )
         client_id = data.get("clientId", username)
         created = data.get("created", "")
         last_accepted = data.get("lastAccepted")

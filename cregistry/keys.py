@@ -1,10 +1,11 @@
 """The whole Redis key schema. Nothing else in cregistry formats a key.
 
 Every key starts with the configurable prefix. The keys of one user share the
-hash tag ``{username}`` (and those of one role ``{role:name}``), so that one
-user's data, and the atomic approval that writes it, stay in one slot should
-the data move to Redis Cluster. Usernames and role names cannot contain
-braces or colons (see credentials.py), so tags cannot collide or nest.
+hash tag ``{username}`` (and those of one role ``{role:name}``). That does not
+make Redis Cluster work: an approval also writes the registry-wide indexes and
+the audit stream in the same MULTI (see the README). Usernames and role names
+cannot contain braces or colons (see credentials.py), so tags cannot collide or
+nest.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class Keys:
     def user_verified(self, username: str) -> str:
         """String with a TTL: HMAC token of the last verified password (verification.py)."""
         return f"{self.prefix}:{{{username}}}:verified"
+
+    def user_last_connect(self, username: str) -> str:
+        """Hash: time, clientId of the user's last successful CONNECT (written at most once a minute)."""
+        return f"{self.prefix}:{{{username}}}:connect"
 
     def user_failures(self, username: str) -> str:
         """Counter with a TTL: failed password checks in the current window."""

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_BYTES = 4096
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
+MAX_OFFSET = 10**9
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
@@ -92,6 +93,9 @@ class Registration(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LockState:
+    """SPEC §6: `locked` while new requests are refused (no unlock key, 0 s
+    left); otherwise the seconds until the registry locks again."""
+
     locked: bool
     seconds_left: int
 
@@ -147,7 +151,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 
 def validate_page(offset: Any, limit: Any) -> None:
-    for name, value, low, high in (("offset", offset, 0, 10**9), ("limit", limit, 1, MAX_PAGE)):
+    for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
@@ -188,8 +192,8 @@ class Registry:
     def status(self) -> LockState:
         milliseconds = self.redis.pttl(self.keys.unlock())
         if milliseconds is None or milliseconds < 0:
-            return LockState(False, 0)
-        return LockState(True, math.ceil(milliseconds / 1000))
+            return LockState(locked=True, seconds_left=0)
+        return LockState(locked=False, seconds_left=math.ceil(milliseconds / 1000))
 
     def unlock(self, seconds: Any = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
@@ -451,6 +455,7 @@ class Registry:
                 },
             )
             pipe.sadd(self.keys.users(), username)
+            pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
             self._forget_requests(pipe, username, all_pairings)
             pipe.delete(self.keys.user_denials(username))
             self.audit.add(pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id)

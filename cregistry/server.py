@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import secrets
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from gunicorn.app.base import BaseApplication
 
 from cregistry.config import Config
-from cregistry.connections import connect
+from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
-from cregistry.web import create_dispatcher
+from cregistry.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# prometheus_client reads it when it is imported (web/metrics.py, in each worker).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class CregistryServer(BaseApplication):
@@ -43,11 +50,51 @@ class CregistryServer(BaseApplication):
             # gunicorn >= 26 opens a control socket in ~/.gunicorn by default;
             # cregistry does not use it, and two instances would share the path.
             settings["control_socket_disable"] = True
+        settings["child_exit"] = _worker_exited
         for key, value in settings.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # Imported here, in the worker: prometheus_client fixes its storage
+        # (files in METRICS_DIR_ENV, or memory) when it is first imported.
+        from cregistry.web import create_dispatcher
+
         return create_dispatcher(self.config)
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    """A worker's live gauges (password checks waiting) end with it; its counters stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str]:
+    """Prometheus multiprocess mode: each worker writes its metrics to files
+    here and the one answering /metrics adds them up. Fresh for every start
+    (old files would add a previous run's counts), removed on exit."""
+    if "prometheus_client" in sys.modules:
+        # Only when serve() runs inside a process that loaded the web apps (tests).
+        log.warning("prometheus_client was imported before the metrics directory was set: /metrics counts per worker")
+    directory = tempfile.mkdtemp(prefix="cregistry-metrics-")
+    owner_pid = os.getpid()
+    previous = os.environ.get(METRICS_DIR_ENV)
+    os.environ[METRICS_DIR_ENV] = directory
+    log.info("worker metrics in %s (removed on exit)", directory)
+    # Imported now, with the variable set, so that _worker_exited (run from a signal handler) need not import.
+    import prometheus_client.multiprocess  # noqa: F401
+
+    try:
+        yield directory
+    finally:
+        # Workers are forks that unwind through here too; only the master cleans up.
+        if os.getpid() == owner_pid:
+            if previous is None:
+                os.environ.pop(METRICS_DIR_ENV, None)
+            else:
+                os.environ[METRICS_DIR_ENV] = previous
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve(config: Config, announce: Callable[[str], None]) -> None:
@@ -64,7 +111,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                     "!" * 72,
                     f"!! NO CREGISTRY_REDIS_URL: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
                     "!! ALL DATA (users, permissions, requests) IS LOST WHEN THIS PROCESS EXITS.",
-                    f"!! The CLI finds it by itself; other tools can use {embedded.url}",
+                    f"!! The CLI finds it when it has the same CREGISTRY_EMBEDDED_REDIS_PORT ({embedded.port});"
+                    f" other tools can use {embedded.url}",
                     "!! For real use set CREGISTRY_REDIS_URL to a persistent Redis.",
                     "!" * 72,
                 ]
@@ -96,7 +144,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         f" broker routes on http://{config.broker_listen}"
     )
     try:
-        CregistryServer(config).run()
+        with metrics_directory():
+            CregistryServer(config).run()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -109,6 +158,9 @@ def _check_redis(config: Config) -> None:
     try:
         connection.ping()
     except redis.RedisError as error:
+        problem = configuration_problem(error)
+        if problem is not None:
+            raise ConfigError(problem) from None  # no retry fixes it: refuse to start
         log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
         return
     for warning in redis_durability_warnings(connection):

@@ -49,6 +49,10 @@ class User:
     source: str
     roles: tuple[str, ...]
     permissions: tuple[Permission, ...]
+    # The last successful CONNECT cregistry answered, to within a minute
+    # (record_connect); None before the first one.
+    last_connect: float | None = None
+    last_client_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """What the API and CLI show; never the password hash."""
@@ -61,6 +65,8 @@ class User:
             "source": self.source,
             "roles": list(self.roles),
             "permissions": [p.to_dict() for p in self.permissions],
+            "lastConnect": isoformat(self.last_connect) if self.last_connect is not None else None,
+            "lastClientId": self.last_client_id,
         }
 
 
@@ -76,6 +82,24 @@ class Role:
             "permissions": [p.to_dict() for p in self.permissions],
             "members": list(self.members),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class PermissionChange:
+    """What one grant did. A grant replaces the access on that exact pattern
+    (it never merges read and write into readWrite); `previous` is the access
+    it replaced, None for a new pattern."""
+
+    permission: Permission
+    previous: str | None
+
+    def describe(self) -> str:
+        """ "read → write", "new", or "unchanged"."""
+        if self.previous is None:
+            return "new"
+        if self.previous == self.permission.access:
+            return "unchanged"
+        return f"{self.previous} → {self.permission.access}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,25 +164,50 @@ class UserStore:
         pipe.hgetall(self.keys.user(username))
         pipe.hgetall(self.keys.user_permissions(username))
         pipe.smembers(self.keys.user_roles(username))
-        fields, permissions, roles = pipe.execute()
+        pipe.hgetall(self.keys.user_last_connect(username))
+        fields, permissions, roles, last_connect = pipe.execute()
         if not fields:
             raise UserNotFound(f"no user {username!r}")
-        return _user_from(username, fields, permissions, roles)
+        return _user_from(username, fields, permissions, roles, last_connect)
 
-    def list_users(self) -> list[User]:
+    def list_users(self, *, not_connected_since: float | None = None) -> list[User]:
+        """Every user; with `not_connected_since`, only those whose last CONNECT
+        is older than that time, or who never connected."""
+        users = self._all_users()
+        if not_connected_since is None:
+            return users
+        return [u for u in users if u.last_connect is None or u.last_connect < not_connected_since]
+
+    def _all_users(self) -> list[User]:
         names = sorted(_text_set(self.redis.smembers(self.keys.users())))
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.user(name))
             pipe.hgetall(self.keys.user_permissions(name))
             pipe.smembers(self.keys.user_roles(name))
+            pipe.hgetall(self.keys.user_last_connect(name))
         results = pipe.execute()
         users = []
         for index, name in enumerate(names):
-            fields, permissions, roles = results[3 * index : 3 * index + 3]
+            fields, permissions, roles, last_connect = results[4 * index : 4 * index + 4]
             if fields:  # the index can briefly name a user being deleted
-                users.append(_user_from(name, fields, permissions, roles))
+                users.append(_user_from(name, fields, permissions, roles, last_connect))
         return users
+
+    def record_connect(self, username: str, client_id: str, now: float, interval: float) -> bool:
+        """Remember a successful CONNECT unless one with the same client id was
+        recorded less than `interval` seconds ago (by any process); True if written.
+
+        Not a transaction: a user deleted between its password check and this
+        write leaves this one small key behind, which delete(), add() and an
+        approval of the same name remove.
+        """
+        key = self.keys.user_last_connect(username)
+        last_time, last_client_id = self.redis.hmget(key, ["time", "clientId"])
+        if last_time is not None and _text(last_client_id) == client_id and now - float(last_time) < interval:
+            return False
+        self.redis.hset(key, mapping={"time": repr(now), "clientId": client_id})
+        return True
 
     def acl_data(self, username: str) -> AclData:
         pipe = self.redis.pipeline(transaction=False)
@@ -198,6 +247,7 @@ class UserStore:
                 raise UsernameTaken(f"user {username!r} exists already")
             pipe.multi()
             pipe.hset(self.keys.user(username), mapping=fields)
+            pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
             pipe.sadd(self.keys.users(), username)
             self.audit.add(pipe, actor, "user.add", username, superuser=superuser)
 
@@ -233,6 +283,7 @@ class UserStore:
                 self.keys.user_roles(username),
                 self.keys.user_verified(username),
                 self.keys.user_failures(username),
+                self.keys.user_last_connect(username),
             )
             pipe.srem(self.keys.users(), username)
             for role in _text_set(self.redis.smembers(self.keys.user_roles(username))):
@@ -263,17 +314,32 @@ class UserStore:
         return self.get(username)
 
     def grant(self, username: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> User:
+        """Set the user's access on `topic`, replacing any access it had there."""
+        return self.grant_permission(username, topic, access, actor=actor)[0]
+
+    def grant_permission(
+        self, username: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
+    ) -> tuple[User, PermissionChange]:
+        """grant(), also saying what it replaced; the audit entry records the old access."""
         permission = parse_permission(topic, access)
         key = self.keys.user_permissions(username)
+        previous: list[str | None] = [None]
+
+        def read_previous(pipe: Any) -> dict[str, Any]:
+            previous[0] = _text(pipe.hget(key, permission.topic))
+            return {"previous": previous[0]}
+
         self._change_user(
             username,
             lambda pipe: pipe.hset(key, permission.topic, permission.access),
             actor,
             "user.grant",
+            watch=[key],
+            precheck=read_previous,
             topic=permission.topic,
             access=permission.access,
         )
-        return self.get(username)
+        return self.get(username), PermissionChange(permission, previous[0])
 
     def revoke(self, username: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> User:
         validate_pattern(topic)
@@ -368,18 +434,29 @@ class UserStore:
         return self.get_role(role)
 
     def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:
-        """Create the role if needed and add one permission."""
+        """Create the role if needed and set its access on `topic` (replacing, as grant() does)."""
+        return self.grant_role_permission(role, topic, access, actor=actor)[0]
+
+    def grant_role_permission(
+        self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
+    ) -> tuple[Role, PermissionChange]:
         credentials.validate_role_name(role)
         permission = parse_permission(topic, access)
+        key = self.keys.role_permissions(role)
 
-        def add(pipe: Any) -> None:
+        def replace(pipe: Any) -> PermissionChange:
+            change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
-            pipe.hset(self.keys.role_permissions(role), permission.topic, permission.access)
-            self.audit.add(pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access)
+            pipe.hset(key, permission.topic, permission.access)
+            self.audit.add(
+                pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access,
+                previous=change.previous,
+            )  # fmt: skip
+            return change
 
-        run_watched(self.redis, [], add)
-        return self.get_role(role)
+        change = run_watched(self.redis, [key], replace)
+        return self.get_role(role), change
 
     def revoke_role(self, role: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> Role:
         self._require_role(role)
@@ -425,23 +502,23 @@ class UserStore:
         action: str,
         *,
         watch: Iterable[str] = (),
-        precheck: Callable[[Any], None] | None = None,
+        precheck: Callable[[Any], dict[str, Any] | None] | None = None,
         **details: Any,
     ) -> None:
         """Apply a change and its audit entry only if the user exists,
         atomically with that check, so a concurrent delete cannot leave
-        orphaned permissions behind."""
+        orphaned permissions behind. `precheck` reads (watched) before the
+        change and may return more details for the audit entry."""
         credentials.validate_username(username)
         user_key = self.keys.user(username)
 
         def apply(pipe: Any) -> None:
             if not pipe.exists(user_key):
                 raise UserNotFound(f"no user {username!r}")
-            if precheck is not None:
-                precheck(pipe)
+            read = precheck(pipe) if precheck is not None else None
             pipe.multi()
             change(pipe)
-            self.audit.add(pipe, actor, action, username, **details)
+            self.audit.add(pipe, actor, action, username, **details, **(read or {}))
 
         run_watched(self.redis, [user_key, *watch], apply)
 
@@ -453,8 +530,11 @@ def _replace_hash(pipe: Any, key: str, permissions: Iterable[Permission]) -> Non
         pipe.hset(key, mapping=mapping)
 
 
-def _user_from(username: str, fields: dict[Any, Any], permissions: dict[Any, Any], roles: Any) -> User:
+def _user_from(
+    username: str, fields: dict[Any, Any], permissions: dict[Any, Any], roles: Any, last_connect: dict[Any, Any]
+) -> User:
     data = {_text(k): _text(v) for k, v in fields.items()}
+    connect = {_text(k): _text(v) for k, v in last_connect.items()}
     return User(
         username=username,
         created_at=float(data.get("createdAt") or 0),
@@ -464,6 +544,8 @@ def _user_from(username: str, fields: dict[Any, Any], permissions: dict[Any, Any
         source=data.get("source") or "operator",
         roles=tuple(sorted(_text_set(roles))),
         permissions=tuple(_permissions_from(permissions)),
+        last_connect=float(connect["time"]) if connect.get("time") else None,
+        last_client_id=connect.get("clientId"),
     )
 
 

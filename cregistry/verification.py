@@ -30,9 +30,10 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials
+from cregistry import credentials, instruments
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
+from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
 from cregistry.transactions import run_watched
 
@@ -81,11 +82,18 @@ class PasswordVerifier:
             return Verdict.UNKNOWN_USER
         token = self._token(username, password, stored_hash)
         if verified is not None and hmac.compare_digest(verified, token):
+            instruments.password_checked(instruments.PASSWORD_TOKEN, True)
             return Verdict.ACCEPTED
         if failures is not None and int(failures) >= self.config.failure_limit:
+            instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
-        with self.limits.verify_slots:
+        with instruments.waiting_for_bcrypt():
+            self.limits.verify_slots.acquire()
+        try:
             accepted = credentials.verify_password(password, stored_hash)
+        finally:
+            self.limits.verify_slots.release()
+        instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
         if accepted:
             self.redis.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
             return Verdict.ACCEPTED
@@ -107,19 +115,21 @@ class PasswordVerifier:
     def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
         """Forget the failed attempts of a username; returns how many there were."""
         credentials.validate_username(username)
-        key = self.keys.user_failures(username)
+        user_key = self.keys.user(username)
+        failures_key = self.keys.user_failures(username)
 
-        # The count is for the operator's information; a failure counted
-        # between reading and deleting it is forgotten with the rest.
-        count = int(self.redis.get(key) or 0)
-
-        def clear(pipe: Any) -> None:
+        def clear(pipe: Any) -> int:
+            # Only known users collect failures (see verify); for anyone else
+            # the answer is "no user", as from every other user command.
+            if not pipe.exists(user_key):
+                raise UserNotFound(f"no user {username!r}")
+            count = pipe.get(failures_key)
             pipe.multi()
-            pipe.delete(key)
+            pipe.delete(failures_key)
             self.audit.add(pipe, actor, "user.failures.clear", username)
+            return int(count or 0)
 
-        run_watched(self.redis, [], clear)
-        return count
+        return run_watched(self.redis, [user_key, failures_key], clear)
 
     def _count_failure(self, username: str) -> None:
         key = self.keys.user_failures(username)

@@ -137,8 +137,11 @@ CGO_CFLAGS="-I/usr/local/include -fPIC" "$GO" build -buildmode=c-archive go-auth
 log "step 2/2: go build -buildmode=c-shared -o go-auth.so"
 CGO_LDFLAGS="-shared" "$GO" build -buildmode=c-shared -o go-auth.so
 
+# Read the symbol table whole, then search it: `nm | grep -q` under pipefail
+# fails whenever grep stops at its first match and nm dies of SIGPIPE.
+EXPORTED="$(nm -D --defined-only go-auth.so)" || die "nm cannot read the dynamic symbols of go-auth.so"
 for sym in mosquitto_auth_plugin_version mosquitto_auth_plugin_init mosquitto_auth_unpwd_check mosquitto_auth_acl_check; do
-  nm -D --defined-only go-auth.so | grep -qw "$sym" || die "built go-auth.so does not export $sym"
+  grep -qw -- "$sym" <<<"$EXPORTED" || die "built go-auth.so does not export $sym"
 done
 
 # ---- install atomically + stamp -------------------------------------------

@@ -9,21 +9,22 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from cregistry import embedded
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import EXIT_INVALID, CommandError, ErrorMappingGroup, command_error, display, emit, table
+from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, json_option, table
+from cregistry.cli.prompts import read_new_password
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
-from cregistry.users import Role, User, UserStore
+from cregistry.users import PermissionChange, Role, User, UserStore
 
-F = TypeVar("F", bound=Callable[..., Any])
-CLI_REDIS_TIMEOUT = 5.0  # an operator can wait longer than go-auth
+# Per Redis operation: the bound of the broker routes' deadline, so a command
+# against a stalled Redis fails within 2 s as the service's answers do.
+CLI_REDIS_TIMEOUT = 1.5
 
 
 class CliContext:
@@ -39,8 +40,7 @@ class CliContext:
     def registry(self) -> Registry:
         if self._registry is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            timeout = max(self.config.redis_timeout, CLI_REDIS_TIMEOUT)
-            connection = connect(url, timeout, min_replicas=self.config.redis_min_replicas)
+            connection = connect(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
             self._registry = Registry(connection, self.config)
         return self._registry
 
@@ -63,19 +63,6 @@ class CliContext:
             f": CREGISTRY_REDIS_URL is not set and no embedded Redis of `cregistry serve`"
             f" answers at {embedded.url_for(self.config.embedded_redis_port)}"
         )
-
-
-def json_option(command: F) -> F:
-    """`--json` on a command; `cregistry --json COMMAND` works as well."""
-
-    def merge(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value and isinstance(ctx.obj, CliContext):
-            ctx.obj.json_output = True
-        return value
-
-    return click.option(
-        "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
-    )(command)
 
 
 pass_cli = click.make_pass_decorator(CliContext)
@@ -119,7 +106,12 @@ def serve() -> None:
 @json_option
 @pass_cli
 def status(obj: CliContext) -> None:
-    """Show whether the registry is unlocked and for how long."""
+    """Show whether the registry is unlocked and for how long.
+
+    \b
+    Example:
+        cregistry status --json
+    """
     state = obj.registry.status()
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
@@ -143,13 +135,18 @@ def unlock(obj: CliContext, seconds: int | None) -> None:
 @json_option
 @pass_cli
 def lock(obj: CliContext) -> None:
-    """Lock the registry now."""
+    """Lock the registry now.
+
+    \b
+    Example:
+        cregistry lock
+    """
     state = obj.registry.lock(actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
 def _lock_text(locked: bool, seconds_left: int) -> str:
-    return f"unlocked, {seconds_left} s left" if locked else "locked"
+    return "locked" if locked else f"unlocked, {seconds_left} s left"
 
 
 # -- requests ---------------------------------------------------------------
@@ -159,17 +156,29 @@ def _lock_text(locked: bool, seconds_left: int) -> str:
 @json_option
 @pass_cli
 def requests(obj: CliContext, offset: int, limit: int) -> None:
-    """List pending registration requests with their pairing IDs, least recently seen first."""
+    """List pending registration requests with their pairing IDs, least recently seen first.
+
+    \b
+    Example:
+        cregistry requests --offset 100 --limit 50
+    """
     pending = obj.registry.list_requests(offset, limit)
-    text = (
-        table(
+    total = obj.registry.count_requests()
+    if pending:
+        text = table(
             ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
             [_request_row(r) for r in pending],
         )
-        if pending
-        else "no pending requests"
+    elif total:
+        text = f"offset {offset} is past the end: {total} pending request{'' if total == 1 else 's'}"
+    else:
+        text = "no pending requests"
+    # The same page fields as GET /api/client-registry/requests.
+    emit(
+        {"requests": [r.to_dict() for r in pending], "total": total, "offset": offset, "limit": limit},
+        text,
+        obj.json_output,
     )
-    emit({"requests": [r.to_dict() for r in pending]}, text, obj.json_output)
 
 
 def _request_row(request: PendingRequest) -> list[Any]:
@@ -208,32 +217,45 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
 @json_option
 @pass_cli
 def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
-    """Deny USERNAME's request; the same credentials stay refused for the pending TTL."""
+    """Deny USERNAME's request; the same credentials stay refused for the pending TTL.
+
+    \b
+    Example:
+        cregistry deny sensor-17 --pairing-id 3fa2c1
+    """
     request = obj.registry.deny(username, pairing_id, actor=obj.actor)
     emit({"denied": request.to_dict()}, f"denied {request.username} (pairing ID {request.pairing_id})", obj.json_output)
 
 
 # -- users ------------------------------------------------------------------
 @cli.command()
+@click.option(
+    "--not-connected-for",
+    "idle_days",
+    type=click.IntRange(min=0),
+    help="Only users whose last connect is older than this many days, or who never connected.",
+)
 @json_option
 @pass_cli
-def users(obj: CliContext) -> None:
-    """List users (never their password hashes)."""
-    found = obj.users.list_users()
+def users(obj: CliContext, idle_days: int | None) -> None:
+    """List users (never their password hashes), with their last connect.
+
+    \b
+    Example:
+        cregistry users --not-connected-for 7
+    """
+    since = None if idle_days is None else obj.registry.clock() - idle_days * 86400
+    found = obj.users.list_users(not_connected_since=since)
+    rows = []
+    for u in found:
+        data = u.to_dict()
+        last = f"{data['lastConnect']} {display(u.last_client_id)}" if u.last_connect is not None else "never"
+        rows.append([
+            u.username, "yes" if u.superuser else "no", ",".join(u.roles) or "-", len(u.permissions),
+            data["createdAt"], last,
+        ])  # fmt: skip
     text = (
-        table(
-            ["USERNAME", "SUPERUSER", "ROLES", "PERMISSIONS", "CREATED"],
-            [
-                [
-                    u.username,
-                    "yes" if u.superuser else "no",
-                    ",".join(u.roles) or "-",
-                    len(u.permissions),
-                    u.to_dict()["createdAt"],
-                ]
-                for u in found
-            ],
-        )  # fmt: skip
+        table(["USERNAME", "SUPERUSER", "ROLES", "PERMISSIONS", "CREATED", "LAST CONNECT (CLIENT ID)"], rows)
         if found
         else "no users"
     )
@@ -241,8 +263,14 @@ def users(obj: CliContext) -> None:
 
 
 @cli.group()
+@json_option
 def user() -> None:
-    """Show, add and delete users; set the superuser flag."""
+    """Show, add and delete users; set the superuser flag.
+
+    \b
+    Example:
+        cregistry user show sensor-17
+    """
 
 
 @user.command("show")
@@ -250,7 +278,12 @@ def user() -> None:
 @json_option
 @pass_cli
 def user_show(obj: CliContext, username: str) -> None:
-    """Show one user with roles and permissions."""
+    """Show one user with roles and permissions.
+
+    \b
+    Example:
+        cregistry user show sensor-17 --json
+    """
     found = obj.users.get(username)
     emit(found.to_dict(), _user_text(found), obj.json_output)
 
@@ -283,7 +316,7 @@ def user_add(
     elif password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = read_new_password()
     created = obj.users.add(username, password, superuser=superuser, actor=obj.actor)
     emit(created.to_dict(), f"added {created.username}", obj.json_output)
 
@@ -302,21 +335,9 @@ def user_passwd(obj: CliContext, username: str, password_stdin: bool) -> None:
     Example:
         printf '%s' "$NEW_PASSWORD" | cregistry user passwd backend --password-stdin
     """
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif not stdin_is_terminal():
-        # getpass would read the pipe with a GetPassWarning and echo nothing useful.
-        raise command_error("no terminal to ask for the password on: use --password-stdin", EXIT_INVALID)
-    else:
-        password = click.prompt("New password", hide_input=True)
-        if click.prompt("Repeat it", hide_input=True) != password:
-            raise command_error("the two passwords differ; nothing changed", EXIT_INVALID)
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else read_new_password("New password")
     changed = obj.users.set_password(username, password, actor=obj.actor)
     emit(changed.to_dict(), f"{changed.username}: password changed", obj.json_output)
-
-
-def stdin_is_terminal() -> bool:
-    return sys.stdin.isatty()
 
 
 @user.command("delete")
@@ -324,7 +345,12 @@ def stdin_is_terminal() -> bool:
 @json_option
 @pass_cli
 def user_delete(obj: CliContext, username: str) -> None:
-    """Delete a user, its permissions and role assignments."""
+    """Delete a user, its permissions and role assignments.
+
+    \b
+    Example:
+        cregistry user delete sensor-17
+    """
     obj.users.delete(username, actor=obj.actor)
     emit({"deleted": username}, f"deleted {username}", obj.json_output)
 
@@ -335,7 +361,12 @@ def user_delete(obj: CliContext, username: str) -> None:
 @json_option
 @pass_cli
 def user_superuser(obj: CliContext, username: str, state: str) -> None:
-    """Turn USERNAME's superuser flag on or off (superusers pass every ACL check)."""
+    """Turn USERNAME's superuser flag on or off (superusers pass every ACL check).
+
+    \b
+    Example:
+        cregistry user superuser backend on
+    """
     changed = obj.users.set_superuser(username, state == "on", actor=obj.actor)
     emit(changed.to_dict(), f"{username}: superuser {state}", obj.json_output)
 
@@ -345,23 +376,35 @@ def user_superuser(obj: CliContext, username: str, state: str) -> None:
 @json_option
 @pass_cli
 def user_clear_failures(obj: CliContext, username: str) -> None:
-    """Lift USERNAME's guessing limit (failed password checks in the window)."""
+    """Lift USERNAME's guessing limit (failed password checks in the window).
+
+    \b
+    Example:
+        cregistry user clear-failures sensor-17
+    """
     cleared = obj.registry.verifier.clear_failures(username, actor=obj.actor)
     emit({"username": username, "cleared": cleared}, f"{username}: cleared {cleared} failed attempts", obj.json_output)
 
 
 def _user_text(found: User) -> str:
     data = found.to_dict()
-    lines = [
-        f"username:   {found.username}",
-        f"created:    {data['createdAt']}",
-        f"source:     {found.source}",
-        f"client id:  {display(found.client_id)}",
-        f"pairing ID: {found.pairing_id or '-'}",
-        f"superuser:  {'yes' if found.superuser else 'no'}",
-        f"roles:      {', '.join(found.roles) or '-'}",
-        "permissions:" + ("" if found.permissions else " none"),
+    last_connect = (
+        f"{data['lastConnect']} (client id {display(found.last_client_id)})"
+        if found.last_connect is not None
+        else "never"
+    )
+    fields = [
+        ("username", found.username),
+        ("created", data["createdAt"]),
+        ("source", found.source),
+        ("client id", display(found.client_id)),
+        ("pairing ID", found.pairing_id or "-"),
+        ("superuser", "yes" if found.superuser else "no"),
+        ("last connect", last_connect),
+        ("roles", ", ".join(found.roles) or "-"),
     ]
+    lines = [f"{label + ':':<14}{value}" for label, value in fields]
+    lines.append("permissions:" + ("" if found.permissions else " none"))
     lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
     return "\n".join(lines)
 
@@ -380,13 +423,24 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
     """Give USERNAME ACCESS (read, write, readWrite) on topic PATTERN.
 
     PATTERN may use + and #, and %u / %c for the username and client id.
+    A pattern that has an access already gets the new one instead (read,
+    then write, leaves write only: grant readWrite for both).
 
     \b
     Example:
         cregistry grant sensor-17 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant(username, pattern, access, actor=obj.actor)
-    emit(changed.to_dict(), f"granted {username} {access} on {display(pattern)}", obj.json_output)
+    changed, change = obj.users.grant_permission(username, pattern, access, actor=obj.actor)
+    emit(
+        changed.to_dict(),
+        f"granted {username} {access} on {display(pattern)}{_change_note(change)}",
+        obj.json_output,
+    )
+
+
+def _change_note(change: PermissionChange) -> str:
+    """Nothing for a new pattern; what a replacing grant replaced."""
+    return "" if change.previous is None else f" ({change.describe()})"
 
 
 @cli.command()
@@ -395,7 +449,12 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
 @json_option
 @pass_cli
 def revoke(obj: CliContext, username: str, pattern: str) -> None:
-    """Remove USERNAME's direct permission on PATTERN."""
+    """Remove USERNAME's direct permission on PATTERN.
+
+    \b
+    Example:
+        cregistry revoke sensor-17 'devices/%u/#'
+    """
     changed = obj.users.revoke(username, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"revoked {username}'s permission on {display(pattern)}", obj.json_output)
 
@@ -429,15 +488,26 @@ def audit(obj: CliContext, limit: int) -> None:
 
 # -- roles ------------------------------------------------------------------
 @cli.group()
+@json_option
 def role() -> None:
-    """Roles: named sets of permissions given to many users."""
+    """Roles: named sets of permissions given to many users.
+
+    \b
+    Example:
+        cregistry role grant devices 'devices/%u/#' readWrite
+    """
 
 
 @role.command("list")
 @json_option
 @pass_cli
 def role_list(obj: CliContext) -> None:
-    """List roles."""
+    """List roles.
+
+    \b
+    Example:
+        cregistry role list
+    """
     found = obj.users.list_roles()
     text = (
         table(["ROLE", "PERMISSIONS", "MEMBERS"], [[r.name, len(r.permissions), len(r.members)] for r in found])
@@ -452,7 +522,12 @@ def role_list(obj: CliContext) -> None:
 @json_option
 @pass_cli
 def role_show(obj: CliContext, name: str) -> None:
-    """Show a role's permissions and members."""
+    """Show a role's permissions and members.
+
+    \b
+    Example:
+        cregistry role show devices
+    """
     found = obj.users.get_role(name)
     emit(found.to_dict(), _role_text(found), obj.json_output)
 
@@ -464,14 +539,19 @@ def role_show(obj: CliContext, name: str) -> None:
 @json_option
 @pass_cli
 def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
-    """Give role NAME (created if new) ACCESS on PATTERN.
+    """Give role NAME (created if new) ACCESS on PATTERN, replacing the
+    access it had on PATTERN.
 
     \b
     Example:
         cregistry role grant device 'devices/%u/#' readWrite
     """
-    changed = obj.users.grant_role(name, pattern, access, actor=obj.actor)
-    emit(changed.to_dict(), f"role {name}: granted {access} on {display(pattern)}", obj.json_output)
+    changed, change = obj.users.grant_role_permission(name, pattern, access, actor=obj.actor)
+    emit(
+        changed.to_dict(),
+        f"role {name}: granted {access} on {display(pattern)}{_change_note(change)}",
+        obj.json_output,
+    )
 
 
 @role.command("revoke")
@@ -480,7 +560,12 @@ def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
 @json_option
 @pass_cli
 def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
-    """Remove role NAME's permission on PATTERN."""
+    """Remove role NAME's permission on PATTERN.
+
+    \b
+    Example:
+        cregistry role revoke devices 'devices/%u/#'
+    """
     changed = obj.users.revoke_role(name, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"role {name}: revoked {display(pattern)}", obj.json_output)
 
@@ -490,7 +575,12 @@ def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
 @json_option
 @pass_cli
 def role_delete(obj: CliContext, name: str) -> None:
-    """Delete role NAME and take it from its members."""
+    """Delete role NAME and take it from its members.
+
+    \b
+    Example:
+        cregistry role delete devices
+    """
     obj.users.delete_role(name, actor=obj.actor)
     emit({"deleted": name}, f"deleted role {name}", obj.json_output)
 
@@ -501,7 +591,12 @@ def role_delete(obj: CliContext, name: str) -> None:
 @json_option
 @pass_cli
 def role_assign(obj: CliContext, username: str, name: str) -> None:
-    """Give USERNAME the role NAME."""
+    """Give USERNAME the role NAME.
+
+    \b
+    Example:
+        cregistry role assign sensor-17 devices
+    """
     changed = obj.users.assign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} has role {name}", obj.json_output)
 
@@ -512,7 +607,12 @@ def role_assign(obj: CliContext, username: str, name: str) -> None:
 @json_option
 @pass_cli
 def role_unassign(obj: CliContext, username: str, name: str) -> None:
-    """Take the role NAME from USERNAME."""
+    """Take the role NAME from USERNAME.
+
+    \b
+    Example:
+        cregistry role unassign sensor-17 devices
+    """
     changed = obj.users.unassign_role(username, name, actor=obj.actor)
     emit(changed.to_dict(), f"{username} no longer has role {name}", obj.json_output)
 

@@ -11,13 +11,19 @@ import click
 
 from cregistry import device as agent
 from cregistry import errors
-from cregistry.cli.output import EXIT_INVALID, ErrorMappingGroup, command_error, emit
+from cregistry.cli.output import EXIT_INVALID, ErrorMappingGroup, command_error, emit, json_option, json_requested
 from cregistry.credentials import validate_username
 
 
 @click.group(cls=ErrorMappingGroup)
+@json_option
 def device() -> None:
-    """Be a device: register with generated credentials, then stay connected."""
+    """Be a device: register with generated credentials, then stay connected.
+
+    \b
+    Example:
+        cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json
+    """
 
 
 def _username(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -149,9 +155,9 @@ def run(
 
 @device.command("pairing-id")
 @click.option("--credentials", "credentials_path", type=CREDENTIALS_FILE, required=True, help="The credentials file.")
-@click.option("--json", "json_flag", is_flag=True, help="Output JSON for scripts.")
+@json_option
 @click.pass_context
-def pairing_id(ctx: click.Context, credentials_path: Path, json_flag: bool) -> None:
+def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
     """Print the pairing ID of the credentials in a file, to compare with
     `cregistry requests`.
 
@@ -159,9 +165,12 @@ def pairing_id(ctx: click.Context, credentials_path: Path, json_flag: bool) -> N
     Example:
         cregistry approve "$NAME" --pairing-id "$(cregistry device pairing-id --credentials device.json)"
     """
-    credentials = agent.CredentialStore(credentials_path).load()
-    # `cregistry --json device pairing-id` works like the other commands.
-    as_json = json_flag or bool(getattr(ctx.find_root().obj, "json_output", False))
+    store = agent.CredentialStore(credentials_path)
+    credentials = store.load()
+    if not store.is_private():
+        # stderr: stdout stays just the pairing ID, for --pairing-id "$(...)".
+        click.echo(f"Warning: {credentials_path} is readable by other users: chmod 600 {credentials_path}", err=True)
+    as_json = json_requested(ctx)
     emit({"username": credentials.username, "pairingId": credentials.pairing_id}, credentials.pairing_id, as_json)
 
 

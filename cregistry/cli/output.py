@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 import redis
 
 from cregistry import errors
+from cregistry.connections import configuration_problem
 
 # 1 is click's own code for a ClickException; 2 is click's usage error.
 EXIT_INVALID = 2
@@ -42,6 +43,33 @@ EXIT_CODE_FOR = {
 }
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+# ctx.meta is shared by every context of one invocation: a --json given to
+# any group reaches the command that prints.
+JSON_REQUESTED = "cregistry.json"
+
+
+def json_option(command: F) -> F:
+    """`--json` on a command or group: `cregistry --json user show X`,
+    `cregistry user --json show X` and `cregistry user show X --json` are one."""
+
+    def merge(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.meta[JSON_REQUESTED] = True
+            root = ctx.find_root().obj
+            if hasattr(root, "json_output"):
+                root.json_output = True
+        return value
+
+    return click.option(
+        "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
+    )(command)
+
+
+def json_requested(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get(JSON_REQUESTED) or getattr(ctx.find_root().obj, "json_output", False))
+
+
 class CommandError(click.ClickException):
     """One line on stderr ("Error: ..."), exit code 1."""
 
@@ -59,6 +87,9 @@ def command_error(message: str, exit_code: int = 1) -> CommandError:
 
 def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
     if isinstance(error, redis.RedisError):
+        problem = configuration_problem(error)
+        if problem is not None:
+            return command_error(problem, EXIT_INVALID)
         return command_error(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
     assert isinstance(error, errors.CregistryError)
     return command_error(str(error), EXIT_CODE_FOR.get(type(error), 1))

@@ -18,7 +18,7 @@ from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
-from cregistry.web import api_routes, broker_routes, console, errors, health
+from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 
 API = "api"
 BROKER = "broker"
@@ -58,12 +58,15 @@ def create_app(
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
+        metrics.init_app(app, broker=True)
         errors.init_app(app, unexpected_status=503)
     elif listener == API:
         if not config.named_admin_tokens():
             raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
+        app.register_blueprint(openapi.bp)
+        metrics.init_app(app, broker=False)
         console.init_app(app, config)
         errors.init_app(app, unexpected_status=500)
     else:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
+from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
-from cregistry.registry import MAX_PAGE, Registration, Registry, parse_request_id
+from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registration, Registry, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.tokens import admin_token_name
@@ -158,7 +159,7 @@ def clear_failures(username: str) -> Response:
 
 @admin.get("/api/audit")
 def audit() -> Response:
-    limit = _int_arg("limit", 100)
+    limit = _int_arg("limit", 100, 1, MAX_AUDIT_LISTED)
     return jsonify({"entries": _registry().audit.entries(limit)})
 
 
@@ -171,14 +172,19 @@ def _users() -> UserStore:
     return current_app.extensions["cregistry"].registry.users
 
 
-def _int_arg(name: str, default: int) -> int:
-    value = request.args.get(name)
-    if value is None:
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    """A query integer; one message for every way it can be wrong."""
+    values = request.args.getlist(name)
+    if not values:
         return default
-    if not value.isdigit():
-        raise InvalidInput(f"{name} must be a non-negative integer")
+    if len(values) > 1:
+        raise InvalidInput(f"{name} must be given once")
+    value = values[0]
+    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
+    if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
+        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
     return int(value)
 
 
 def _page() -> tuple[int, int]:
-    return _int_arg("offset", 0), _int_arg("limit", MAX_PAGE)
+    return _int_arg("offset", 0, 0, MAX_OFFSET), _int_arg("limit", MAX_PAGE, 1, MAX_PAGE)

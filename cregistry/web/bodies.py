@@ -5,20 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import BadRequest
 
 from cregistry.errors import InvalidInput
 
 
 def json_body() -> Any:
-    """The body parsed as JSON whatever its Content-Type; InvalidInput if it is not JSON."""
+    """The body parsed as JSON whatever its Content-Type; InvalidInput if it is not JSON.
+
+    A body of `null` is JSON and comes back as None: the caller says what it
+    expected instead ("a JSON object", "a JSON list ...").
+    """
     try:
-        data = request.get_json(force=True, silent=True)
-    except RecursionError:
+        return request.get_json(force=True, silent=False)
+    except (BadRequest, RecursionError):
         # json refuses deep nesting with RecursionError, not ValueError.
-        data = None
-    if data is None:
-        raise InvalidInput("the body must be JSON")
-    return data
+        raise InvalidInput("the body must be JSON") from None
 
 
 def json_object(*, required: bool) -> dict[str, Any]:

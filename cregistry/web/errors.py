@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from cregistry import errors
+from cregistry.web import metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def init_app(app: Flask, *, unexpected_status: int) -> None:
     @app.errorhandler(errors.CregistryError)
     def domain_error(error: errors.CregistryError):
         status = STATUS_FOR.get(type(error), 400)
+        if isinstance(error, errors.StorageUnavailable):
+            metrics.count_redis_error(error)
         extra = {}
         if type(error) in REGISTRATION_STATUS_FOR:
             extra["status"] = REGISTRATION_STATUS_FOR[type(error)]
@@ -64,6 +67,7 @@ def init_app(app: Flask, *, unexpected_status: int) -> None:
     @app.errorhandler(redis.RedisError)
     def storage_error(error: redis.RedisError):
         log.warning("Redis unavailable: %s", type(error).__name__)
+        metrics.count_redis_error(error)
         return error_body("storage unavailable; try again", 503)
 
     @app.errorhandler(HTTPException)

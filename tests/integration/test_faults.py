@@ -495,7 +495,7 @@ def test_redis_fault_answers_503_in_time_never_grants_and_recovers(
     service_pid = service.process.pid if service.process else None
     with make_fault(redis_process):
         probes = run_probes(service, waiting_id, tag="during")
-        if fault != "paused":  # the CLI waits up to 5 s, longer than the pause
+        if fault != "paused":  # the CLI under a pause: test_operator_fixes.py
             approved = cregistry("approve", "waiting")
             assert approved.returncode == 6, (approved.stdout, approved.stderr)
             assert approved.stderr.startswith("Error: cannot reach Redis") and "Traceback" not in approved.stderr

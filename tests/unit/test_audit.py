@@ -325,7 +325,7 @@ def test_cli_shows_device_supplied_text_escaped(
     shown = cli(runner, "user", "show", "sensor-1")
     assert shown.exit_code == 0
     assert_no_raw_control_characters(shown.output)
-    assert "client id:  <script>alert(1)</script>\\x1b[31mred" in shown.output
+    assert "client id:    <script>alert(1)</script>\\x1b[31mred" in shown.output
     assert cli(runner, "grant", "sensor-1", "a/\x1b[2J/#", "read").exit_code == 0
     for args in (["user", "show", "sensor-1"], ["audit"], ["users"], ["revoke", "sensor-1", "a/\x1b[2J/#"]):
         result = cli(runner, *args)

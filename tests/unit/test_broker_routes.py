@@ -69,7 +69,7 @@ def acl(client: FlaskClient, topic: str, acc: int, username: str = USERNAME, cli
 
 def make_device(registry: Registry, username: str = USERNAME, password: str = PASSWORD) -> str:
     """A device that registered itself and was approved (no permissions)."""
-    was_locked = not registry.status().locked
+    was_locked = registry.status().locked
     registry.unlock()
     registry.record_attempt(username, password, CLIENT_ID, "mqtt")
     registry.approve(username)
@@ -405,7 +405,7 @@ def test_api_routes_do_not_exist_on_the_broker_listener(
 ) -> None:
     response = broker.open(path, method=method, headers=auth, json={"username": "sensor-1", "password": "secret1"})
     assert response.status_code == 404
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 @pytest.mark.parametrize("path", ["/mqtt/user", "/mqtt/superuser", "/mqtt/acl"])

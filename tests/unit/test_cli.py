@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import fakeredis
@@ -10,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import cregistry.cli
+import cregistry.cli.prompts
 import cregistry.connections
 from cregistry.credentials import pairing_id, verify_password
 from cregistry.keys import Keys
@@ -82,30 +86,47 @@ def test_unlock_default_follows_the_environment(runner: CliRunner, monkeypatch: 
 def test_json_before_or_after_the_command(runner: CliRunner, args: list[str]) -> None:
     result = run(runner, *args)
     assert (result.exit_code, result.stderr) == (0, "")
-    assert json.loads(result.stdout) == {"locked": False, "secondsLeft": 0}
+    assert json.loads(result.stdout) == {"locked": True, "secondsLeft": 0}
 
 
 def test_json_for_unlock_and_lock(runner: CliRunner) -> None:
-    assert json.loads(run(runner, "unlock", "--seconds", "90", "--json").stdout) == {"locked": True, "secondsLeft": 90}
-    assert json.loads(run(runner, "--json", "lock").stdout) == {"locked": False, "secondsLeft": 0}
+    assert json.loads(run(runner, "unlock", "--seconds", "90", "--json").stdout) == {"locked": False, "secondsLeft": 90}
+    assert json.loads(run(runner, "--json", "lock").stdout) == {"locked": True, "secondsLeft": 0}
 
 
 @pytest.mark.parametrize("seconds", ["0", "3601", "-1"])
 def test_unlock_out_of_range(runner: CliRunner, registry: Registry, seconds: str) -> None:
     line = assert_one_line_error(run(runner, "unlock", "--seconds", seconds), 2)
     assert line == "Error: seconds must be an integer from 1 to 3600"
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 def test_unlock_not_a_number(runner: CliRunner, registry: Registry) -> None:
     assert_usage_error(run(runner, "unlock", "--seconds", "ten"))
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 # -- requests -------------------------------------------------------------------
 def test_requests_empty(runner: CliRunner) -> None:
     assert_ok(run(runner, "requests"), "no pending requests\n")
-    assert json.loads(run(runner, "requests", "--json").stdout) == {"requests": []}
+    assert json.loads(run(runner, "requests", "--json").stdout) == {
+        "requests": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 1000,
+    }
+
+
+def test_requests_offset_past_the_end_says_how_many_there_are(runner: CliRunner, pending: None) -> None:
+    assert_ok(run(runner, "requests", "--offset", "100"), "offset 100 is past the end: 2 pending requests\n")
+    assert_ok(run(runner, "requests", "--offset", "2"), "offset 2 is past the end: 2 pending requests\n")
+    page = json.loads(run(runner, "requests", "--offset", "1", "--limit", "5", "--json").stdout)
+    assert ([r["username"] for r in page["requests"]], page["total"], page["offset"], page["limit"]) == (
+        ["sensor-2"],
+        2,
+        1,
+        5,
+    )
 
 
 def test_requests_table(runner: CliRunner, pending: None) -> None:
@@ -214,9 +235,9 @@ def test_users(runner: CliRunner, registry: Registry, users: UserStore, pending:
     users.grant_role("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
     expected = (
-        "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED\n"
-        f"backend   yes        -        0            {FAKE_NOW_TEXT}\n"
-        f"sensor-1  no         devices  1            {FAKE_NOW_TEXT}\n"
+        "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED               LAST CONNECT (CLIENT ID)\n"
+        f"backend   yes        -        0            {FAKE_NOW_TEXT}  never\n"
+        f"sensor-1  no         devices  1            {FAKE_NOW_TEXT}  never\n"
     )
     assert_ok(run(runner, "users"), expected)
     listed = json.loads(run(runner, "users", "--json").stdout)["users"]
@@ -228,13 +249,14 @@ def test_user_show(runner: CliRunner, registry: Registry, users: UserStore, pend
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant("sensor-1", "cmd/+", "read")
     expected = (
-        "username:   sensor-1\n"
-        f"created:    {FAKE_NOW_TEXT}\n"
-        "source:     mqtt\n"
-        "client id:  client-1\n"
-        "pairing ID: e2d3f8\n"
-        "superuser:  no\n"
-        "roles:      -\n"
+        "username:     sensor-1\n"
+        f"created:      {FAKE_NOW_TEXT}\n"
+        "source:       mqtt\n"
+        "client id:    client-1\n"
+        "pairing ID:   e2d3f8\n"
+        "superuser:    no\n"
+        "last connect: never\n"
+        "roles:        -\n"
         "permissions:\n"
         "  read       cmd/+\n"
         "  readWrite  devices/%u/#\n"
@@ -256,7 +278,36 @@ def test_user_add_delete(runner: CliRunner, users: UserStore) -> None:
     assert_one_line_error(run(runner, "user", "delete", "backend"), 3)
 
 
-def test_user_add_with_password_option_and_prompt(runner: CliRunner, users: UserStore) -> None:
+def test_user_add_prompt_with_two_different_passwords_is_bad_input(
+    runner: CliRunner, users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: True)
+    result = run(runner, "user", "add", "prompted", input="prompt-password\nother-password\n")
+    assert (result.exit_code, result.stderr) == (2, "Error: the two passwords differ; nothing was changed\n")
+    assert not users.exists("prompted")
+
+
+def test_user_add_without_a_terminal_is_bad_input(runner: CliRunner, users: UserStore) -> None:
+    """The real getpass, in a process with no controlling terminal and stdin from /dev/null."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cregistry", "user", "add", "prompted"],
+        env={**os.environ, "CREGISTRY_REDIS_URL": "redis://127.0.0.1:1/0"},  # never reached
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: no terminal to ask for the password on: give it with --password-stdin (or --password)\n"
+    )
+
+
+def test_user_add_with_password_option_and_prompt(
+    runner: CliRunner, users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: True)
     assert_ok(run(runner, "user", "add", "backend", "--password", "option-password"), "added backend\n")
     assert verify_password("option-password", users.password_hash("backend"))
     result = run(runner, "user", "add", "prompted", input="prompt-password\nprompt-password\n")
@@ -295,6 +346,32 @@ def test_grant_and_revoke(runner: CliRunner, users: UserStore, sensor: str) -> N
     assert_ok(run(runner, "revoke", sensor, "devices/%u/#"), "revoked sensor-1's permission on devices/%u/#\n")
     assert users.get(sensor).permissions == ()
     assert_one_line_error(run(runner, "revoke", sensor, "devices/%u/#"), 3)
+
+
+def test_a_second_grant_on_a_pattern_replaces_and_says_what_changed(
+    runner: CliRunner, users: UserStore, registry: Registry, sensor: str
+) -> None:
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "read"), "granted sensor-1 read on a/+/c\n")
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "write"), "granted sensor-1 write on a/+/c (read → write)\n")
+    assert [p.to_dict() for p in users.get(sensor).permissions] == [{"topic": "a/+/c", "access": "write"}]
+    entry = registry.audit.entries(1)[0]
+    assert (entry["action"], entry["details"]) == (
+        "user.grant",
+        {"topic": "a/+/c", "access": "write", "previous": "read"},
+    )
+    assert_ok(run(runner, "grant", sensor, "a/+/c", "write"), "granted sensor-1 write on a/+/c (unchanged)\n")
+
+
+def test_a_second_role_grant_replaces_and_says_what_changed(
+    runner: CliRunner, users: UserStore, registry: Registry
+) -> None:
+    assert_ok(run(runner, "role", "grant", "devices", "a/#", "readWrite"), "role devices: granted readWrite on a/#\n")
+    assert_ok(
+        run(runner, "role", "grant", "devices", "a/#", "read"),
+        "role devices: granted read on a/# (readWrite → read)\n",
+    )
+    assert [p.to_dict() for p in users.get_role("devices").permissions] == [{"topic": "a/#", "access": "read"}]
+    assert registry.audit.entries(1)[0]["details"]["previous"] == "readWrite"
 
 
 def test_grant_invalid_access_is_a_usage_error(runner: CliRunner, users: UserStore, sensor: str) -> None:
@@ -388,3 +465,9 @@ def test_output_never_shows_a_password_or_hash(
     for secret in ["secret1", "secret2", "backend-password", *hashes]:
         assert secret not in text
     assert "$2b$" not in text and "passwordHash" not in text
+
+
+def test_serve_refuses_a_short_admin_token(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREGISTRY_ADMIN_TOKEN", "short")
+    line = assert_one_line_error(run(runner, "serve"), 2)
+    assert line == "Error: CREGISTRY_ADMIN_TOKEN must be at least 16 characters"

@@ -43,7 +43,7 @@ def test_from_env_parses_every_kind_of_value() -> None:
         {
             "CREGISTRY_REDIS_URL": "unix:///run/redis.sock",
             "CREGISTRY_KEY_PREFIX": "fleet-1",
-            "CREGISTRY_ADMIN_TOKEN": "s3cret-token",
+            "CREGISTRY_ADMIN_TOKEN": "s3cret-token-of-24-chars",
             "CREGISTRY_UNLOCK_SECONDS": "600",
             "CREGISTRY_BCRYPT_COST": "12",
             "CREGISTRY_PENDING_TTL": "3600",
@@ -58,7 +58,7 @@ def test_from_env_parses_every_kind_of_value() -> None:
     )
     assert config.redis_url == "unix:///run/redis.sock"
     assert config.key_prefix == "fleet-1"
-    assert config.admin_token == "s3cret-token"
+    assert config.admin_token == "s3cret-token-of-24-chars"
     assert config.unlock_seconds == 600
     assert config.bcrypt_cost == 12
     assert config.pending_ttl == 3600
@@ -129,6 +129,29 @@ def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
     assert variable in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"CREGISTRY_ADMIN_TOKEN": "short"}, "CREGISTRY_ADMIN_TOKEN must be at least 16 characters"),
+        ({"CREGISTRY_ADMIN_TOKEN": "x" * 15}, "CREGISTRY_ADMIN_TOKEN must be at least 16 characters"),
+        (
+            {"CREGISTRY_ADMIN_TOKENS": "ops=short"},
+            "CREGISTRY_ADMIN_TOKENS must be NAME=TOKEN,... with tokens of 16 characters or more",
+        ),
+    ],
+)
+def test_one_length_rule_for_every_admin_token(variables: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env(variables)
+    assert str(error.value) == message
+
+
+def test_an_admin_token_of_16_characters_is_enough() -> None:
+    token = "x" * 16
+    config = Config.from_env({"CREGISTRY_ADMIN_TOKEN": token, "CREGISTRY_ADMIN_TOKENS": f"ops={token}"})
+    assert config.named_admin_tokens() == {"admin": token, "ops": token}
+
+
 def test_same_port_for_both_listeners_is_refused_naming_both_variables() -> None:
     with pytest.raises(ConfigError) as error:
         Config.from_env({"CREGISTRY_API_LISTEN": "0.0.0.0:8081"})
@@ -165,6 +188,6 @@ def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeR
     assert all(key.startswith("other:") for key in keys), keys
     # The default prefix sees none of it.
     default = Registry(connection, Config(bcrypt_cost=4), clock)
-    assert default.status().locked is False
+    assert default.status().locked is True
     assert default.list_requests() == []
     assert default.users.list_users() == []

@@ -204,9 +204,24 @@ def test_acceptance_is_recorded_atomically_and_the_file_stays_private(tmp_path: 
     [
         ("not json", "is not a valid credentials file"),
         ("[]", "not a JSON object"),
-        ('{"username": "x", "password": "password"}', "username must be 3 to 64"),
-        ('{"username": "sensor-1"}', "password must be a string"),
-        ('{"username": "sensor-1", "password": "p", "clientId": 7}', "clientId must be a non-empty string"),
+        ('{"format": 1, "username": "x", "password": "password-password"}', "username must be 3 to 64"),
+        ('{"format": 1, "username": "sensor-1"}', "password is missing"),
+        (
+            '{"format": 1, "username": "sensor-1", "password": "password-password", "clientId": 7}',
+            "clientId must be a non-empty string",
+        ),
+        # What the agent never writes: an unknown format, a password a person typed.
+        (
+            '{"username": "sensor-1", "password": "password-password"}',
+            "format must be 1, the one this agent writes, not missing",
+        ),
+        ('{"format": 2, "username": "sensor-1", "password": "password-password"}', "format must be 1, .* not 2"),
+        ('{"format": true, "username": "sensor-1", "password": "password-password"}', "format must be 1, .* not True"),
+        ('{"format": "1", "username": "sensor-1", "password": "password-password"}', "format must be 1, .* not '1'"),
+        (
+            '{"format": 1, "username": "sensor-1", "password": "p"}',
+            "the password has 1 character; the agent writes 43 and never fewer than 16",
+        ),
     ],
 )
 def test_invalid_credentials_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
@@ -616,6 +631,29 @@ def test_pairing_id_command(tmp_path: Path) -> None:
     assert (result.exit_code, json.loads(result.output)) == (0, {"username": "sensor-1", "pairingId": expected})
     result = runner.invoke(cli, ["--json", "device", "pairing-id", "--credentials", str(path)])
     assert (result.exit_code, json.loads(result.output)) == (0, {"username": "sensor-1", "pairingId": expected})
+
+
+def test_pairing_id_warns_about_a_file_others_can_read(tmp_path: Path) -> None:
+    path = tmp_path / "device.json"
+    CredentialStore(path).load_or_create(_credentials)
+    path.chmod(0o644)
+    result = CliRunner().invoke(device_group, ["pairing-id", "--credentials", str(path)])
+    assert (result.exit_code, result.stdout) == (0, f"{pairing_id('sensor-1', 'password-of-sensor-1')}\n")
+    assert result.stderr == f"Warning: {path} is readable by other users: chmod 600 {path}\n"
+    path.chmod(0o600)
+    assert CliRunner().invoke(device_group, ["pairing-id", "--credentials", str(path)]).stderr == ""
+
+
+def test_pairing_id_refuses_a_password_the_agent_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "device.json"
+    path.write_text('{"format": 1, "username": "sensor-1", "password": "p"}')
+    path.chmod(0o600)
+    result = CliRunner().invoke(device_group, ["pairing-id", "--credentials", str(path)])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: {path} is not a valid credentials file (the password has 1 character; the agent writes 43"
+        " and never fewer than 16); fix it or use another --credentials file\n"
+    )
 
 
 def test_pairing_id_command_errors(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
 import cregistry.cli
+import cregistry.cli.prompts
 from cregistry.credentials import verify_password
 from cregistry.keys import Keys
 from cregistry.registry import Registry
@@ -159,7 +160,7 @@ def assert_one_line_error(result: Result, exit_code: int) -> str:
 
 @pytest.fixture
 def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cregistry.cli, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: True)
 
 
 def test_cli_password_stdin(runner: CliRunner, users: UserStore, broker: FlaskClient, sensor: str) -> None:
@@ -191,18 +192,19 @@ def test_cli_prompt_mismatch_changes_nothing(
     before = secrets_of(connection)
     result = run(runner, "sensor-1", input=f"{NEW}\nsomething-else\n")
     assert result.exit_code == 2
-    assert result.stderr == "Error: the two passwords differ; nothing changed\n"
+    assert result.stderr == f"Error: {cregistry.cli.prompts.MISMATCH}\n"
     assert secrets_of(connection) == before
 
 
 def test_cli_without_a_terminal_says_use_password_stdin(
-    runner: CliRunner, sensor: str, connection: fakeredis.FakeRedis
+    runner: CliRunner, sensor: str, connection: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(cregistry.cli.prompts, "terminal_available", lambda: False)
     before = secrets_of(connection)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no GetPassWarning
         result = run(runner, "sensor-1", input=f"{NEW}\n{NEW}\n")
-    assert assert_one_line_error(result, 2) == "Error: no terminal to ask for the password on: use --password-stdin"
+    assert assert_one_line_error(result, 2) == f"Error: {cregistry.cli.prompts.NO_TERMINAL}"
     assert secrets_of(connection) == before
 
 

@@ -42,15 +42,15 @@ def stored_request(connection: fakeredis.FakeRedis, username: str, password: str
 # -- lock state -----------------------------------------------------------------
 def test_locked_by_default(registry: Registry, connection: fakeredis.FakeRedis) -> None:
     state = registry.status()
-    assert (state.locked, state.seconds_left) == (False, 0)
+    assert (state.locked, state.seconds_left) == (True, 0)
     assert connection.keys("*") == []
 
 
 def test_unlock_default_is_300_seconds_as_a_key_with_ttl(registry: Registry, connection: fakeredis.FakeRedis) -> None:
     state = registry.unlock()
-    assert (state.locked, state.seconds_left) == (True, 300)
+    assert (state.locked, state.seconds_left) == (False, 300)
     assert connection.ttl(KEYS.unlock()) == 300
-    assert registry.status().to_dict() == {"locked": True, "secondsLeft": 300}
+    assert registry.status().to_dict() == {"locked": False, "secondsLeft": 300}
 
 
 @pytest.mark.parametrize("seconds", [1, 60, 3600])
@@ -68,7 +68,7 @@ def test_unlock_default_follows_config(connection: fakeredis.FakeRedis, clock: F
 def test_unlock_refuses_bad_seconds_and_stays_locked(registry: Registry, seconds: Any) -> None:
     with pytest.raises(InvalidInput):
         registry.unlock(seconds)
-    assert registry.status().locked is False
+    assert registry.status().locked is True
 
 
 def test_unlock_refusal_keeps_an_existing_unlock(registry: Registry) -> None:
@@ -81,7 +81,7 @@ def test_unlock_refusal_keeps_an_existing_unlock(registry: Registry) -> None:
 def test_lock_deletes_the_key(registry: Registry, connection: fakeredis.FakeRedis) -> None:
     registry.unlock()
     state = registry.lock()
-    assert (state.locked, state.seconds_left) == (False, 0)
+    assert (state.locked, state.seconds_left) == (True, 0)
     assert not connection.exists(KEYS.unlock())
 
 

@@ -236,6 +236,16 @@ def test_api_clear_failures_lifts_the_limit(
     assert api.delete("/api/users/a%2Bb/failures", headers=auth).status_code == 400
 
 
+def test_clear_failures_of_an_unknown_user_is_not_found_and_changes_nothing(
+    runner: CliRunner, api: FlaskClient, auth: dict[str, str], connection: fakeredis.FakeRedis
+) -> None:
+    result = runner.invoke(cregistry.cli.cli, ["user", "clear-failures", "nobody"])
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "", "Error: no user 'nobody'\n")
+    response = api.delete("/api/users/nobody/failures", headers=auth)
+    assert (response.status_code, response.get_json()) == (404, {"ok": False, "error": "no user 'nobody'"})
+    assert connection.keys("*") == []  # not even an audit entry
+
+
 def test_rest_register_shares_the_limit_and_answers_429_limited(
     api: FlaskClient, device: str, verify_calls: list[str], connection: fakeredis.FakeRedis
 ) -> None:

@@ -1,0 +1,702 @@
+"""GET /api/openapi.json: the OpenAPI 3.1 description of the API listener.
+
+The operations are described here, keyed by method and Flask rule; the
+document served lists those whose route the app really has, so it never
+promises a route that is not there. tests/unit/test_openapi.py walks the
+app's url_map and fails when a route has no description here, or a
+description no route. Console pages (another blueprint, HTML) are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
+from cregistry.config import MAX_UNLOCK_SECONDS
+from cregistry.registry import MAX_CONTEXT_BYTES, MAX_PAGE
+
+bp = Blueprint("openapi", __name__)
+
+# Routes of the API listener that are not part of the JSON API: the
+# console's pages (blueprint "console") and its "GET /" redirect.
+UNDESCRIBED_ENDPOINTS = ("static", "console.", "console_")
+UNDESCRIBED_PREFIXES = ("/console",)
+IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+Json = dict[str, Any]
+
+
+@bp.get("/api/openapi.json")
+def openapi_document() -> Response:
+    document = current_app.extensions.get("cregistry.openapi")
+    if document is None:
+        document = current_app.extensions["cregistry.openapi"] = build_document(current_app)
+    return jsonify(document)
+
+
+def described_routes(app: Flask) -> set[tuple[str, str]]:
+    """(METHOD, OpenAPI path) of every route of `app` that belongs in the document."""
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(UNDESCRIBED_ENDPOINTS) or rule.rule.startswith(UNDESCRIBED_PREFIXES):
+            continue
+        for method in rule.methods or ():
+            if method not in IGNORED_METHODS:
+                routes.add((method, openapi_path(rule.rule)))
+    return routes
+
+
+def openapi_path(rule: str) -> str:
+    """Flask's /api/users/<username> as OpenAPI's /api/users/{username}."""
+    return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def build_document(app: Flask) -> Json:
+    paths: dict[str, Json] = {}
+    for method, path in sorted(described_routes(app)):
+        operation = OPERATIONS.get((method, path))
+        if operation is not None:
+            paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cregistry API",
+            "version": "1",
+            "description": (
+                "Device registration and the admin API of cregistry (the API listener, CREGISTRY_API_LISTEN)."
+                " The broker routes and /metrics are on the broker listener and are not part of this document."
+                ' Every error answer is `{"ok": false, "error": "..."}`. A method a path does not support'
+                " answers 405 with an Allow header; a body over 256 KiB answers 413; a path that does not exist"
+                " answers 404."
+            ),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "/"}],
+        "tags": [
+            {"name": "devices", "description": "Self-registration of devices (no token)."},
+            {"name": "registry", "description": "Unlock, lock and the pending requests."},
+            {"name": "users", "description": "Users, their permissions, roles and superuser flag."},
+            {"name": "roles", "description": "Roles: named sets of permissions."},
+            {"name": "audit", "description": "The audit trail."},
+            {"name": "service", "description": "Health and this document (no token)."},
+        ],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": COMPONENTS,
+    }
+
+
+# -- building blocks ---------------------------------------------------------
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$"
+PAIRING_ID = {"type": "string", "pattern": "^[0-9a-f]{6}$", "example": "48ff1f"}
+TIME = {"type": "string", "format": "date-time", "example": "2026-12-01T08:00:00Z"}
+
+
+def ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_content(schema: Json, example: Any = None) -> Json:
+    media: Json = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def answer(description: str, schema: Json, example: Any = None) -> Json:
+    return {"description": description, "content": json_content(schema, example)}
+
+
+def error(description: str) -> Json:
+    return answer(description, ref("Error"))
+
+
+def common(*codes: int) -> dict[str, Json]:
+    return {str(code): {"$ref": f"#/components/responses/{COMMON_RESPONSES[code]}"} for code in codes}
+
+
+COMMON_RESPONSES = {
+    400: "InvalidInput",
+    401: "Unauthorized",
+    404: "NotFound",
+    413: "TooLarge",
+    503: "StorageUnavailable",
+}
+
+
+def path_parameter(name: str, description: str, schema: Json) -> Json:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+USERNAME_PARAMETER = path_parameter(
+    "username", "A username.", {"type": "string", "pattern": NAME_PATTERN, "example": "sensor-17"}
+)
+ROLE_PARAMETER = path_parameter(
+    "role", "A role name.", {"type": "string", "pattern": NAME_PATTERN, "example": "sensors"}
+)
+REQUEST_ID_PARAMETER = path_parameter(
+    "request_id",
+    "A pending request: `username:pairingId`.",
+    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}:[0-9a-f]{6}$", "example": "sensor-17:48ff1f"},
+)
+
+
+def query_integer(name: str, description: str, minimum: int, maximum: int, default: int) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default},
+    }
+
+
+def body(schema: Json, example: Any, *, required: bool = True) -> Json:
+    return {"required": required, "content": json_content(schema, example)}
+
+
+def admin(summary: str, tag: str, responses: dict[str, Json], **extra: Any) -> Json:
+    """An operation that needs the bearer token."""
+    return {"summary": summary, "tags": [tag], "responses": {**responses, **common(401, 503)}, **extra}
+
+
+def public(summary: str, tag: str, responses: dict[str, Json], **extra: Any) -> Json:
+    return {"summary": summary, "tags": [tag], "security": [], "responses": responses, **extra}
+
+
+USER_EXAMPLE = {
+    "username": "sensor-17",
+    "createdAt": "2026-12-01T08:00:00Z",
+    "superuser": False,
+    "clientId": "sensor-17",
+    "pairingId": "48ff1f",
+    "source": "mqtt",
+    "roles": [],
+    "permissions": [{"topic": "devices/%u/#", "access": "readWrite"}],
+}
+REQUEST_EXAMPLE = {
+    "id": "sensor-17:48ff1f",
+    "username": "sensor-17",
+    "pairingId": "48ff1f",
+    "clientId": "sensor-17",
+    "source": "rest",
+    "firstSeen": "2026-12-01T08:00:00Z",
+    "lastSeen": "2026-12-01T08:00:05Z",
+    "attempts": 2,
+    "context": {"model": "TH-2"},
+}
+ROLE_EXAMPLE = {"name": "sensors", "permissions": [{"topic": "sensors/#", "access": "write"}], "members": ["sensor-17"]}
+STATE_EXAMPLE = {"locked": False, "secondsLeft": 300}
+PERMISSIONS_EXAMPLE = [{"topic": "devices/%u/#", "access": "readWrite"}, {"topic": "config/%c", "access": "read"}]
+
+SCHEMAS: Json = {
+    "Error": {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {"ok": {"const": False}, "error": {"type": "string"}},
+        "example": {"ok": False, "error": "no user 'sensor-17'"},
+    },
+    "RegistrationError": {
+        "type": "object",
+        "required": ["ok", "error", "status"],
+        "properties": {
+            "ok": {"const": False},
+            "error": {"type": "string"},
+            "status": {"enum": ["locked", "denied", "conflict", "limited"]},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {"ok": {"type": "boolean"}, "error": {"type": "string"}},
+    },
+    "RegistryState": {
+        "type": "object",
+        "required": ["locked", "secondsLeft"],
+        "properties": {
+            "locked": {"type": "boolean", "description": "true while new requests are refused (no unlock key)"},
+            "secondsLeft": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "seconds until it locks again; 0 if locked",
+            },
+        },
+        "example": STATE_EXAMPLE,
+    },
+    "Permission": {
+        "type": "object",
+        "required": ["topic", "access"],
+        "additionalProperties": False,
+        "properties": {
+            "topic": {
+                "type": "string",
+                "description": "An MQTT topic pattern with `+`, `#`, `%u` (username) and `%c` (client id).",
+            },
+            "access": {"enum": ["read", "write", "readWrite"]},
+        },
+        "example": {"topic": "devices/%u/#", "access": "readWrite"},
+    },
+    "User": {
+        "type": "object",
+        "required": ["username", "createdAt", "superuser", "clientId", "pairingId", "source", "roles", "permissions"],
+        "properties": {
+            "username": {"type": "string"},
+            "createdAt": TIME,
+            "superuser": {"type": "boolean"},
+            "clientId": {"type": ["string", "null"]},
+            "pairingId": {"type": ["string", "null"]},
+            "source": {"type": "string", "description": "`mqtt`, `rest` (approved requests) or `operator`"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "permissions": {"type": "array", "items": ref("Permission")},
+        },
+        "example": USER_EXAMPLE,
+    },
+    "PendingRequest": {
+        "type": "object",
+        "required": [
+            "id",
+            "username",
+            "pairingId",
+            "clientId",
+            "source",
+            "firstSeen",
+            "lastSeen",
+            "attempts",
+            "context",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "username": {"type": "string"},
+            "pairingId": PAIRING_ID,
+            "clientId": {"type": "string"},
+            "source": {"enum": ["mqtt", "rest"]},
+            "firstSeen": TIME,
+            "lastSeen": TIME,
+            "attempts": {"type": "integer", "minimum": 1},
+            "context": {"type": ["object", "null"]},
+        },
+        "example": REQUEST_EXAMPLE,
+    },
+    "Role": {
+        "type": "object",
+        "required": ["name", "permissions", "members"],
+        "properties": {
+            "name": {"type": "string"},
+            "permissions": {"type": "array", "items": ref("Permission")},
+            "members": {"type": "array", "items": {"type": "string"}},
+        },
+        "example": ROLE_EXAMPLE,
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "time", "actor", "action", "target", "details"],
+        "properties": {
+            "id": {"type": "string"},
+            "time": TIME,
+            "actor": {"type": "string", "description": "`api:<token name>` or `cli:<login name>`"},
+            "action": {"type": "string"},
+            "target": {"type": "string"},
+            "details": {"type": "object"},
+        },
+    },
+    "Permissions": {
+        "type": "array",
+        "items": ref("Permission"),
+        "maxItems": 1000,
+        "description": "Replaces the whole list; a topic may appear once.",
+    },
+}
+
+COMPONENTS: Json = {
+    "securitySchemes": {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "CREGISTRY_ADMIN_TOKEN, or one of CREGISTRY_ADMIN_TOKENS.",
+        }
+    },
+    "schemas": SCHEMAS,
+    "responses": {
+        "InvalidInput": error("Invalid input: the body, a field, a name or a query parameter breaks the rules."),
+        "Unauthorized": {
+            "description": "No valid `Authorization: Bearer <token>` header.",
+            "headers": {"WWW-Authenticate": {"schema": {"const": "Bearer"}}},
+            "content": json_content(ref("Error")),
+        },
+        "NotFound": error("No such user, role or request."),
+        "TooLarge": error("The body is larger than 256 KiB."),
+        "MethodNotAllowed": {
+            "description": "The path does not support this method (answered on every path).",
+            "headers": {"Allow": {"schema": {"type": "string"}}},
+            "content": json_content(ref("Error")),
+        },
+        "StorageUnavailable": error("Redis is unreachable, slow or refuses the write; nothing was changed."),
+    },
+}
+
+USER_ANSWER = answer("The user, without its password hash.", ref("User"), USER_EXAMPLE)
+STATE_ANSWER = answer("The registry's state.", ref("RegistryState"), STATE_EXAMPLE)
+ROLE_ANSWER = answer("The role.", ref("Role"), ROLE_EXAMPLE)
+
+OPERATIONS: dict[tuple[str, str], Json] = {
+    # -- service --------------------------------------------------------------
+    ("GET", "/healthz"): public(
+        "The process answers",
+        "service",
+        {"200": answer("Up.", ref("Health"), {"ok": True, "error": ""})},
+        operationId="healthz",
+    ),
+    ("GET", "/readyz"): public(
+        "Redis answers",
+        "service",
+        {
+            "200": answer("Ready.", ref("Health"), {"ok": True, "error": ""}),
+            "503": answer("Redis does not answer (within 2 s).", ref("Health")),
+        },
+        operationId="readyz",
+    ),
+    ("GET", "/api/openapi.json"): public(
+        "This document",
+        "service",
+        {"200": answer("The OpenAPI 3.1 document of the API listener.", {"type": "object"})},
+        operationId="openapi",
+    ),
+    # -- devices --------------------------------------------------------------
+    ("POST", "/api/client-registry/register"): public(
+        "A device asks to be registered (and polls by repeating the request)",
+        "devices",
+        {
+            "201": answer(
+                "The user exists with these credentials.",
+                {
+                    "type": "object",
+                    "required": ["status", "username", "pairingId"],
+                    "properties": {
+                        "status": {"const": "granted"},
+                        "username": {"type": "string"},
+                        "pairingId": PAIRING_ID,
+                    },
+                },
+                {"status": "granted", "username": "sensor-17", "pairingId": "48ff1f"},
+            ),
+            "202": answer(
+                "A request is pending (recorded now, or earlier).",
+                {
+                    "type": "object",
+                    "required": ["status", "pairingId"],
+                    "properties": {"status": {"const": "pending"}, "pairingId": PAIRING_ID},
+                },
+                {"status": "pending", "pairingId": "48ff1f"},
+            ),
+            **common(400),
+            "403": answer("An operator denied these credentials.", ref("RegistrationError")),
+            "409": answer("The username exists with other credentials.", ref("RegistrationError")),
+            **common(413),
+            "423": answer("Locked, and no pending request with these credentials.", ref("RegistrationError")),
+            "429": answer(
+                "A pending cap is reached (nothing recorded), or too many wrong passwords for this username.",
+                ref("RegistrationError"),
+            ),
+            **common(503),
+        },
+        operationId="register",
+        requestBody=body(
+            {
+                "type": "object",
+                "required": ["username", "password"],
+                "properties": {
+                    "username": {"type": "string", "pattern": NAME_PATTERN},
+                    "password": {
+                        "type": "string",
+                        "minLength": 5,
+                        "description": "At least 5 characters (CREGISTRY_PASSWORD_MIN_LENGTH), at most 72 bytes"
+                        " in UTF-8, no U+0000.",
+                    },
+                    "clientId": {"type": "string"},
+                    "context": {"type": "object", "description": f"At most {MAX_CONTEXT_BYTES} bytes of JSON."},
+                },
+            },
+            {"username": "sensor-17", "password": "k3H9-xq2", "clientId": "sensor-17", "context": {"model": "TH-2"}},
+        ),
+    ),
+    # -- registry -------------------------------------------------------------
+    ("GET", "/api/client-registry"): admin(
+        "Whether the registry is locked", "registry", {"200": STATE_ANSWER}, operationId="registryStatus"
+    ),
+    ("POST", "/api/client-registry/unlock"): admin(
+        "Unlock: record unknown devices' attempts for a while",
+        "registry",
+        {"200": STATE_ANSWER, **common(400, 413)},
+        operationId="unlock",
+        requestBody=body(
+            {
+                "type": "object",
+                "properties": {
+                    "seconds": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "maximum": MAX_UNLOCK_SECONDS,
+                        "description": "Absent or null: CREGISTRY_UNLOCK_SECONDS (300).",
+                    }
+                },
+            },
+            {"seconds": 600},
+            required=False,
+        ),
+    ),
+    ("POST", "/api/client-registry/lock"): admin(
+        "Lock: refuse new requests", "registry", {"200": STATE_ANSWER}, operationId="lock"
+    ),
+    ("GET", "/api/client-registry/requests"): admin(
+        "The pending requests, least recently seen first",
+        "registry",
+        {
+            "200": answer(
+                "One page of pending requests.",
+                {
+                    "type": "object",
+                    "required": ["requests", "total", "offset", "limit"],
+                    "properties": {
+                        "requests": {"type": "array", "items": ref("PendingRequest")},
+                        "total": {"type": "integer", "minimum": 0},
+                        "offset": {"type": "integer", "minimum": 0},
+                        "limit": {"type": "integer", "minimum": 1},
+                    },
+                },
+                {"requests": [REQUEST_EXAMPLE], "total": 1, "offset": 0, "limit": MAX_PAGE},
+            ),
+            **common(400),
+        },
+        operationId="listRequests",
+        parameters=[
+            query_integer("offset", "Requests to skip.", 0, 10**9, 0),
+            query_integer("limit", "Requests on the page.", 1, MAX_PAGE, MAX_PAGE),
+        ],
+    ),
+    ("POST", "/api/client-registry/requests/{request_id}/approve"): admin(
+        "Approve a request: create the user with its hash and no permissions",
+        "registry",
+        {
+            "201": answer("The new user.", ref("User"), USER_EXAMPLE),
+            **common(404),
+            "409": error("The username is taken."),
+        },
+        operationId="approve",
+        parameters=[REQUEST_ID_PARAMETER],
+    ),
+    ("POST", "/api/client-registry/requests/{request_id}/deny"): admin(
+        "Deny a request",
+        "registry",
+        {
+            "200": answer(
+                "The denied request.",
+                {"type": "object", "required": ["denied"], "properties": {"denied": ref("PendingRequest")}},
+                {"denied": REQUEST_EXAMPLE},
+            ),
+            **common(404),
+        },
+        operationId="deny",
+        parameters=[REQUEST_ID_PARAMETER],
+    ),
+    # -- users ----------------------------------------------------------------
+    ("GET", "/api/users"): admin(
+        "Every user",
+        "users",
+        {
+            "200": answer(
+                "The users.",
+                {
+                    "type": "object",
+                    "required": ["users"],
+                    "properties": {"users": {"type": "array", "items": ref("User")}},
+                },
+                {"users": [USER_EXAMPLE]},
+            )
+        },
+        operationId="listUsers",
+    ),
+    ("POST", "/api/users"): admin(
+        "Create a user (an operator-made one, source `operator`)",
+        "users",
+        {
+            "201": answer("The new user.", ref("User"), USER_EXAMPLE),
+            **common(400),
+            "409": error("The username exists."),
+            **common(413),
+        },
+        operationId="addUser",
+        requestBody=body(
+            {
+                "type": "object",
+                "required": ["username", "password"],
+                "properties": {
+                    "username": {"type": "string", "pattern": NAME_PATTERN},
+                    "password": {"type": "string", "minLength": 5},
+                    "superuser": {"type": "boolean", "default": False},
+                },
+            },
+            {"username": "gateway-1", "password": "s3cret-pass", "superuser": False},
+        ),
+    ),
+    ("GET", "/api/users/{username}"): admin(
+        "One user",
+        "users",
+        {"200": USER_ANSWER, **common(400, 404)},
+        operationId="showUser",
+        parameters=[USERNAME_PARAMETER],
+    ),
+    ("DELETE", "/api/users/{username}"): admin(
+        "Delete a user",
+        "users",
+        {
+            "200": answer(
+                "Deleted.",
+                {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}},
+                {"deleted": "sensor-17"},
+            ),
+            **common(400, 404),
+        },
+        operationId="deleteUser",
+        parameters=[USERNAME_PARAMETER],
+    ),
+    ("PUT", "/api/users/{username}/permissions"): admin(
+        "Replace the user's direct permissions",
+        "users",
+        {"200": USER_ANSWER, **common(400, 404, 413)},
+        operationId="setUserPermissions",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body(ref("Permissions"), PERMISSIONS_EXAMPLE),
+    ),
+    ("PUT", "/api/users/{username}/password"): admin(
+        "Give the user a new password; the old one stops working everywhere",
+        "users",
+        {"200": USER_ANSWER, **common(400, 404, 413)},
+        operationId="setUserPassword",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body(
+            {
+                "type": "object",
+                "required": ["password"],
+                "additionalProperties": False,
+                "properties": {"password": {"type": "string", "minLength": 5}},
+            },
+            {"password": "n3w-pass-word"},
+        ),
+    ),
+    ("PUT", "/api/users/{username}/roles"): admin(
+        "Replace the user's roles",
+        "users",
+        {"200": USER_ANSWER, **common(400, 404, 413)},
+        operationId="setUserRoles",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body({"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}}, ["sensors"]),
+    ),
+    ("PUT", "/api/users/{username}/superuser"): admin(
+        "Set or clear the superuser flag (superusers pass every ACL check)",
+        "users",
+        {"200": USER_ANSWER, **common(400, 404, 413)},
+        operationId="setSuperuser",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body(
+            {"type": "object", "required": ["superuser"], "properties": {"superuser": {"type": "boolean"}}},
+            {"superuser": True},
+        ),
+    ),
+    ("DELETE", "/api/users/{username}/failures"): admin(
+        "Lift the guessing limit of a username",
+        "users",
+        {
+            "200": answer(
+                "How many failed attempts were forgotten.",
+                {
+                    "type": "object",
+                    "required": ["username", "cleared"],
+                    "properties": {"username": {"type": "string"}, "cleared": {"type": "integer", "minimum": 0}},
+                },
+                {"username": "sensor-17", "cleared": 12},
+            ),
+            **common(400),
+        },
+        operationId="clearFailures",
+        parameters=[USERNAME_PARAMETER],
+    ),
+    # -- roles ----------------------------------------------------------------
+    ("GET", "/api/roles"): admin(
+        "Every role",
+        "roles",
+        {
+            "200": answer(
+                "The roles.",
+                {
+                    "type": "object",
+                    "required": ["roles"],
+                    "properties": {"roles": {"type": "array", "items": ref("Role")}},
+                },
+                {"roles": [ROLE_EXAMPLE]},
+            )
+        },
+        operationId="listRoles",
+    ),
+    ("GET", "/api/roles/{role}"): admin(
+        "One role",
+        "roles",
+        {"200": ROLE_ANSWER, **common(400, 404)},
+        operationId="showRole",
+        parameters=[ROLE_PARAMETER],
+    ),
+    ("PUT", "/api/roles/{role}/permissions"): admin(
+        "Create the role or replace its permissions",
+        "roles",
+        {"200": ROLE_ANSWER, **common(400, 413)},
+        operationId="setRolePermissions",
+        parameters=[ROLE_PARAMETER],
+        requestBody=body(ref("Permissions"), [{"topic": "sensors/#", "access": "write"}]),
+    ),
+    ("DELETE", "/api/roles/{role}"): admin(
+        "Delete the role and take it from its members",
+        "roles",
+        {
+            "200": answer(
+                "Deleted.",
+                {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}},
+                {"deleted": "sensors"},
+            ),
+            **common(400, 404),
+        },
+        operationId="deleteRole",
+        parameters=[ROLE_PARAMETER],
+    ),
+    # -- audit ----------------------------------------------------------------
+    ("GET", "/api/audit"): admin(
+        "The audit trail, newest first",
+        "audit",
+        {
+            "200": answer(
+                "The newest entries.",
+                {
+                    "type": "object",
+                    "required": ["entries"],
+                    "properties": {"entries": {"type": "array", "items": ref("AuditEntry")}},
+                },
+                {
+                    "entries": [
+                        {
+                            "id": "1764576000000-0",
+                            "time": "2026-12-01T08:00:00Z",
+                            "actor": "api:admin",
+                            "action": "registry.unlock",
+                            "target": "registry",
+                            "details": {"seconds": 300},
+                        }
+                    ]
+                },
+            ),
+            **common(400),
+        },
+        operationId="audit",
+        parameters=[query_integer("limit", "Entries to show.", 1, MAX_AUDIT_LISTED, 100)],
+    ),
+}
