@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-dev libmosquitto-dev openssl
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl
 GO_AUTH_SO := mosquitto/go-auth.so
 # The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
 
-.PHONY: install run test test-unit test-integration test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick bench-deps clean
+.PHONY: install run test test-unit test-integration test-broker-asan test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick bench-deps clean
 
 $(STAMP): pyproject.toml $(wildcard constraints.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +36,14 @@ system-deps:
 go-auth: system-deps
 	mosquitto/build-go-auth.sh $(GO_AUTH_SO)
 
-# The broker tier needs the plugin; where it cannot be built the tier skips
-# (and fails under CREGISTRY_REQUIRE_BROKER=1), so say loudly why.
+# go-auth's broker tests need its plugin; where it cannot be built they skip
+# (and fail under CREGISTRY_REQUIRE_GO_AUTH=1), so say loudly why.
 try-go-auth: system-deps
 	@mosquitto/build-go-auth.sh $(GO_AUTH_SO) || \
-		echo "WARNING: go-auth could not be built (error above): the broker tests will not run"
+		echo "WARNING: go-auth could not be built (error above): the go-auth broker tests will not run"
 
-## test: both tiers (unit on fakeredis, integration on real processes)
-test: $(STAMP) system-deps try-go-auth plugin
+## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin)
+test: $(STAMP) system-deps plugin try-go-auth
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -51,6 +51,10 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
+
+## test-broker-asan: the broker tier once more with the plugin's ASan + UBSan build; any report fails it
+test-broker-asan: $(STAMP) system-deps plugin-asan
+	CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration
 
 ## test-fuzz: only the schemathesis tier (part of test-integration); CREGISTRY_FUZZ_EXAMPLES=N for a longer run
 test-fuzz: $(STAMP) system-deps

@@ -2,7 +2,7 @@
 role or permission, and when. A Redis stream capped at CREGISTRY_AUDIT_MAX
 entries; each entry is written in the same transaction as the change it
 describes, so there is no change without its entry and no entry without its
-change."""
+change. The same call queues the change-feed entry brokers read (changes.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from cregistry.changes import ChangeFeed
 from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
@@ -29,9 +30,12 @@ class AuditLog:
         self.config = config
         self.keys = Keys(config.key_prefix)
         self.clock = clock
+        self.changes = ChangeFeed(connection, config)
 
     def add(self, pipe: Any, actor: str, action: str, target: str, **details: Any) -> None:
-        """Queue one entry on `pipe`, the transaction that makes the change."""
+        """Queue one entry, and the change-feed entry the action calls for, on
+        `pipe`, the transaction that makes the change."""
+        self.changes.record(pipe, action, target)
         fields = {
             "time": repr(self.clock()),
             "actor": actor,

@@ -43,6 +43,7 @@ VERIFY_SECRET = "VERIFY_SECRET"
 BCRYPT_CONCURRENCY = "BCRYPT_CONCURRENCY"
 REGISTRATION_CONCURRENCY = "REGISTRATION_CONCURRENCY"
 AUDIT_MAX = "AUDIT_MAX"
+CHANGES_MAX = "CHANGES_MAX"
 SESSION_SECRET = "SESSION_SECRET"
 CONSOLE_SECURE_COOKIES = "CONSOLE_SECURE_COOKIES"
 CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
@@ -93,6 +94,9 @@ class Config:
     bcrypt_concurrency: int = max(1, os.cpu_count() or 1)
     registration_concurrency: int = 1
     audit_max: int = 10_000
+    # The change feed brokers poll (changes.py): a broker further behind than
+    # this many changes drops its whole cache instead.
+    changes_max: int = 100_000
     # The web console (web/console/): the key that signs its session cookies,
     # the same on every worker and instance; cookie flags; session lifetimes;
     # failed sign-ins per client address and window.
@@ -119,6 +123,7 @@ class Config:
         _check_range(BCRYPT_CONCURRENCY, self.bcrypt_concurrency, 1, 256)
         _check_range(REGISTRATION_CONCURRENCY, self.registration_concurrency, 1, 256)
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
+        _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
         _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
         if self.redis_url is not None:
             check_url(self.redis_url)

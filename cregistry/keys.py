@@ -32,6 +32,10 @@ class Keys:
         """Stream of operator actions, capped at CREGISTRY_AUDIT_MAX entries."""
         return f"{self.prefix}:audit"
 
+    def changes(self) -> str:
+        """Stream of what brokers must forget (changes.py), capped at CREGISTRY_CHANGES_MAX entries."""
+        return f"{self.prefix}:changes"
+
     def pending_index(self) -> str:
         """Sorted set "username:pairingId" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"

@@ -254,6 +254,27 @@ class UserStore:
         run_watched(self.redis, [self.keys.user(username)], create)
         return self.get(username)
 
+    def set_password(self, username: str, password: Any, *, actor: str = UNNAMED_ACTOR) -> User:
+        """Give the user a new password; the old one stops working everywhere.
+
+        The verified-password token goes (verification.py), and the change
+        feed tells brokers to disconnect the user's clients. The pairing ID
+        described the old password, so it goes too.
+        """
+        credentials.validate_username(username)
+        self.policy.validate(password)
+        if not self.exists(username):  # before bcrypt: an unknown name costs no hashing
+            raise UserNotFound(f"no user {username!r}")
+        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+
+        def replace(pipe: Any) -> None:
+            pipe.hset(self.keys.user(username), "passwordHash", password_hash)
+            pipe.hdel(self.keys.user(username), "pairingId")
+            pipe.delete(self.keys.user_verified(username))
+
+        self._change_user(username, replace, actor, "user.password")
+        return self.get(username)
+
     def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
         def delete_all(pipe: Any) -> None:
             pipe.delete(

@@ -1,5 +1,6 @@
 """Real processes for the integration tier and the benchmarks: redis-server,
-`cregistry serve` and (with go-auth) mosquitto, each on free loopback ports."""
+`cregistry serve` and mosquitto (with cregistry's plugin, or go-auth), each on
+free loopback ports."""
 
 from __future__ import annotations
 
@@ -206,22 +207,37 @@ def http(
 
 
 GO_AUTH_SO = Path(os.environ.get("CREGISTRY_GO_AUTH_SO", REPO / "mosquitto" / "go-auth.so"))
+# cregistry's own plugin, built by `make plugin` (or a sanitizer build, see .ci/run).
+PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
 SHIPPED_MOSQUITTO_CONF = REPO / "mosquitto" / "mosquitto.conf"
+SHIPPED_GO_AUTH_CONF = REPO / "mosquitto" / "mosquitto-go-auth.conf"
+# Lines mosquitto writes when a sanitizer in the plugin (or anywhere) found something.
+SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "SUMMARY: AddressSanitizer")
 
 
 def render_mosquitto_conf(
-    *, port: int, plugin: Path, cregistry_broker_port: int, cache_seconds: int | None = None, no_auth: bool = False
+    *,
+    port: int,
+    plugin: Path,
+    cregistry_broker_port: int,
+    shipped: Path = SHIPPED_MOSQUITTO_CONF,
+    cache_seconds: int | None = None,
+    no_auth: bool = False,
+    plugin_options: dict[str, str] | None = None,
 ) -> str:
-    """The shipped mosquitto.conf with only ports, paths and cache times replaced."""
+    """A shipped configuration (the plugin's, or go-auth's with `shipped`) with
+    only ports, paths and cache times replaced, and test options added."""
     lines = []
-    for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines():
+    for line in shipped.read_text().splitlines():
         option = line.split(" ", 1)[0]
         if option == "listener":
             line = f"listener {port} {LOOPBACK}"
-        elif no_auth and (option.startswith("auth_") or option == "allow_anonymous"):
+        elif no_auth and (option.startswith(("auth_", "plugin")) or option == "allow_anonymous"):
             continue
-        elif option == "auth_plugin":
-            line = f"auth_plugin {plugin}"
+        elif option in ("auth_plugin", "plugin"):
+            line = f"{option} {plugin}"
+        elif option == "plugin_opt_url":
+            line = f"plugin_opt_url http://{LOOPBACK}:{cregistry_broker_port}"
         elif option == "auth_opt_http_port":
             line = f"auth_opt_http_port {cregistry_broker_port}"
         elif cache_seconds is not None and option in ("auth_opt_auth_cache_seconds", "auth_opt_acl_cache_seconds"):
@@ -229,21 +245,33 @@ def render_mosquitto_conf(
         elif cache_seconds is not None and option.endswith("_jitter_seconds"):
             line = f"{option} 0"
         lines.append(line)
+    lines += [f"plugin_opt_{name} {value}" for name, value in (plugin_options or {}).items()]
     if no_auth:
         lines.append("allow_anonymous true")
-    lines += ["log_dest stdout", "log_type error", "log_type warning", "log_type notice", "persistence false"]
+    # stderr: unbuffered, so a test that fails can show what mosquitto said up to then.
+    lines += [
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "persistence false",
+    ]
     return "\n".join(lines) + "\n"
 
 
 class MosquittoProcess:
-    """A real mosquitto loading the real go-auth plugin, configured from mosquitto/."""
+    """A real mosquitto configured from mosquitto/, with its output kept.
 
-    def __init__(self, conf_text: str, port: int) -> None:
+    `env` reaches mosquitto only (a sanitizer runtime to preload, its options)."""
+
+    def __init__(self, conf_text: str, port: int, env: dict[str, str] | None = None) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise FileNotFoundError("mosquitto is not installed")
         self.binary = binary
         self.port = port
+        self.env = {**os.environ, **(env or {})}
         self.directory = tempfile.mkdtemp(prefix="cregistry-mosquitto-")
         os.chmod(self.directory, 0o755)
         self.conf = Path(self.directory) / "mosquitto.conf"
@@ -254,7 +282,9 @@ class MosquittoProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
         wait_for_port(self.port, process=self.process)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -263,9 +293,53 @@ class MosquittoProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def problems(self) -> list[str]:
+        """Why this broker's run is a failure even if every test passed: a
+        crash, an unclean exit, a sanitizer report. Call after stop()."""
+        found = []
+        code = None if self.process is None else self.process.returncode
+        if code not in (None, 0):
+            found.append(f"mosquitto exited with {code}")
+        output = self.output()
+        found += [f"mosquitto's output has {report!r}" for report in SANITIZER_REPORTS if report in output]
+        return found
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (gunicorn's master and its workers)."""
+    found = [pid]
+    for each in found:
+        path = Path(f"/proc/{each}/task/{each}/children")
+        if path.exists():
+            found += [int(child) for child in path.read_text().split()]
+    return found
+
+
+def raw_connect(port: int, username: str, password: str, client_id: str, timeout: float = 10.0) -> tuple[bytes, float]:
+    """One MQTT 3.1.1 CONNECT on a bare socket: the broker's first bytes (a
+    CONNACK, or b"" when it closed the socket) and the seconds until they came.
+    paho adds its own delay to noticing a closed socket; timing needs this."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    # Protocol "MQTT" level 4, flags: username, password, clean session; keepalive 30 s.
+    body = text("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + text(client_id) + text(username)
+    body += text(password)
+    assert len(body) < 128, "one-byte remaining length only"
+    started = time.monotonic()
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        try:
+            answer = sock.recv(4)
+        except ConnectionResetError:
+            answer = b""
+    return answer, time.monotonic() - started
 
 
 class MqttClient:
@@ -310,6 +384,9 @@ class MqttClient:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.connected.wait(0.05):
+                if str(self.connack) != "Success":
+                    # paho's loop would try again by itself: one call, one attempt.
+                    self.close()
                 return str(self.connack)
             if self.disconnected.is_set():
                 break
@@ -328,6 +405,13 @@ class MqttClient:
                 self.suback_event.wait(remaining)
         code = self.subacks[mid][0]
         return 0x80 if code.is_failure else int(code.value)
+
+    def unsubscribe(self, topic_filter: str, timeout: float = 10.0) -> None:
+        unsubscribed = threading.Event()
+        self.client.on_unsubscribe = lambda *_args: unsubscribed.set()
+        self.client.unsubscribe(topic_filter)
+        if not unsubscribed.wait(timeout):
+            raise TimeoutError("no UNSUBACK")
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos).wait_for_publish(10)

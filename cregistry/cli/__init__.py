@@ -321,6 +321,25 @@ def user_add(
     emit(created.to_dict(), f"added {created.username}", obj.json_output)
 
 
+@user.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@json_option
+@pass_cli
+def user_passwd(obj: CliContext, username: str, password_stdin: bool) -> None:
+    """Give USERNAME a new password (asked twice on a terminal). The old one
+    stops working at once, and brokers with cregistry's plugin disconnect the
+    user's clients.
+
+    \b
+    Example:
+        printf '%s' "$NEW_PASSWORD" | cregistry user passwd backend --password-stdin
+    """
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else read_new_password("New password")
+    changed = obj.users.set_password(username, password, actor=obj.actor)
+    emit(changed.to_dict(), f"{changed.username}: password changed", obj.json_output)
+
+
 @user.command("delete")
 @click.argument("username")
 @json_option

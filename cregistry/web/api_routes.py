@@ -108,6 +108,14 @@ def set_user_permissions(username: str) -> Response:
     return jsonify(_users().set_permissions(username, json_body(), actor=g.actor).to_dict())
 
 
+@admin.put("/api/users/<username>/password")
+def set_user_password(username: str) -> Response:
+    body = json_object(required=True)
+    if set(body) != {"password"}:
+        raise InvalidInput('expected {"password": "..."}')
+    return jsonify(_users().set_password(username, body["password"], actor=g.actor).to_dict())
+
+
 @admin.put("/api/users/<username>/roles")
 def set_user_roles(username: str) -> Response:
     return jsonify(_users().set_roles(username, json_body(), actor=g.actor).to_dict())

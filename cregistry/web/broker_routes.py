@@ -1,4 +1,5 @@
-"""The routes go-auth's HTTP backend calls. Served only on the broker listener."""
+"""The routes go-auth's HTTP backend and cregistry's plugin call, and the
+change feed the plugin polls. Served only on the broker listener."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from cregistry.broker import Authorizer, Decision, parse_acc
+from cregistry.changes import ChangeFeed
 from cregistry.errors import InvalidInput
 from cregistry.web.bodies import json_object
 from cregistry.web.deadline import within_deadline
@@ -33,6 +35,17 @@ def check_acl() -> Response:
     params = _params()
     fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
     return _decide(_authorizer().check_acl, *fields, parse_acc(params.get("acc")))
+
+
+@bp.get("/changes")
+def changes() -> Response:
+    """What cached answers to drop since position `after` (see changes.py)."""
+    page = within_deadline(_feed().read, request.args.get("after") or None)
+    return jsonify({"ok": True, "error": "", **page.to_dict()})
+
+
+def _feed() -> ChangeFeed:
+    return _authorizer().registry.audit.changes
 
 
 def _authorizer() -> Authorizer:

@@ -618,7 +618,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                 },
                 {"username": "sensor-17", "cleared": 12},
             ),
-            **common(400),
+            **common(400, 404),
         },
         operationId="clearFailures",
         parameters=[USERNAME_PARAMETER],

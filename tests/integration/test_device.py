@@ -1,6 +1,6 @@
 """`cregistry device` as a real process: against the real `cregistry serve`
-over REST, through a real mosquitto with go-auth (tests that use the
-`mosquitto` fixture), and against a plain mosquitto without authentication
+over REST, through a real mosquitto with cregistry's plugin (tests that use
+the `mosquitto` fixture), and against a plain mosquitto without authentication
 for what needs no registry (reconnecting, stopping)."""
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ from tests.harness import (
     REPO,
     MosquittoProcess,
     MqttClient,
+    RedisProcess,
     ServiceProcess,
     free_port,
     render_mosquitto_conf,
     run_cli,
 )
-from tests.integration.conftest import BROKER_CACHE_SECONDS
+from tests.integration.conftest import finish_broker, start_plugin_broker
 
-# go-auth caches denials: after an approval the device gets in within the
-# cache time plus one backoff (--max-backoff 1), plus a margin.
-CACHE_WAIT = BROKER_CACHE_SECONDS + 6
+# The plugin never caches a refused CONNECT, and a change reaches it within
+# 2 s: after an approval or a grant the device gets in (or its publishes
+# pass) within one backoff (--max-backoff 1) plus that, plus a margin.
+FEED_WAIT = 6.0
 
 
 class Device:
@@ -123,7 +125,7 @@ def requests_of(cregistry) -> list[dict[str, Any]]:  # type: ignore[no-untyped-d
     return requests
 
 
-def wait_for_requests(cregistry, count: int, timeout: float = CACHE_WAIT) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def wait_for_requests(cregistry, count: int, timeout: float = FEED_WAIT) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
         found = requests_of(cregistry)
@@ -254,7 +256,7 @@ def test_pairing_id_command_errors(tmp_path: Path) -> None:
     assert broken.stderr.startswith(f"Error: {tmp_path / 'broken.json'} is not a valid credentials file")
 
 
-# -- through the real broker with go-auth ----------------------------------------------
+# -- through the real broker with cregistry's plugin ------------------------------------------
 def test_mqtt_registration_then_publishing(  # type: ignore[no-untyped-def]
     mosquitto: MosquittoProcess, cregistry, devices, tmp_path: Path
 ) -> None:
@@ -269,7 +271,7 @@ def test_mqtt_registration_then_publishing(  # type: ignore[no-untyped-def]
     username, pairing = device.announced()
     assert (request["username"], request["pairingId"], request["source"]) == (username, pairing, "mqtt")
     assert cregistry("approve", username, "--pairing-id", pairing).returncode == 0
-    device.wait_for("connected", timeout=CACHE_WAIT, username=username)
+    device.wait_for("connected", timeout=FEED_WAIT, username=username)
 
     assert cregistry("grant", username, "devices/%u/#", "write").returncode == 0
     cregistry("user", "add", "watcher-1", "--password-stdin", stdin="watcher-secret\n")
@@ -278,8 +280,8 @@ def test_mqtt_registration_then_publishing(  # type: ignore[no-untyped-def]
     try:
         assert watcher.connect() == "Success"
         assert watcher.subscribe(f"devices/{username}/heartbeat") == 1
-        # The device's first publishes were denied and go-auth cached that.
-        received = watcher.receive(CACHE_WAIT)
+        # The device's first publishes were denied; the grant reached the broker since.
+        received = watcher.receive(FEED_WAIT)
         assert received is not None
         topic, payload = received
         assert topic == f"devices/{username}/heartbeat"
@@ -303,7 +305,7 @@ def test_mqtt_restart_reuses_and_a_deleted_user_is_reported(  # type: ignore[no-
     first = devices(*args)
     [request] = wait_for_requests(cregistry, 1)
     cregistry("approve", request["username"], "--pairing-id", request["pairingId"])
-    first.wait_for("connected", timeout=CACHE_WAIT)
+    first.wait_for("connected", timeout=FEED_WAIT)
     assert first.stop() == 0
 
     second = devices(*args)
@@ -311,12 +313,15 @@ def test_mqtt_restart_reuses_and_a_deleted_user_is_reported(  # type: ignore[no-
     assert second.stdout() == ""
     assert not any(e["event"] == "not-accepted-yet" for e in second.events())
     assert requests_of(cregistry) == []
-    assert second.stop() == 0
 
-    # The operator deletes the user; the device says so instead of quietly starting over.
+    # The operator deletes the user: the broker disconnects the device, which
+    # says so instead of quietly starting over.
     cregistry("lock")
+    seen = len(second.events())
     assert cregistry("user", "delete", request["username"]).returncode == 0
-    time.sleep(BROKER_CACHE_SECONDS + 0.5)  # go-auth caches grants too
+    second.wait_for("connection-lost", timeout=FEED_WAIT, after=seen)
+    second.wait_for("refused-after-accepted", timeout=FEED_WAIT, after=seen)
+    assert second.stop() == 0
     third = devices(*args, "--exit-on-refusal")
     assert third.wait_exit() == 5
     warning = third.wait_for("refused-after-accepted")
@@ -327,6 +332,38 @@ def test_mqtt_restart_reuses_and_a_deleted_user_is_reported(  # type: ignore[no-
     assert requests_of(cregistry) == []
     assert stored(credentials)["username"] == request["username"]
     assert pairing_id(request["username"], stored(credentials)["password"]) == request["pairingId"]
+
+
+def test_an_outage_is_retried_and_not_taken_for_a_refusal(  # type: ignore[no-untyped-def]
+    mosquitto: MosquittoProcess, service: ServiceProcess, redis_process: RedisProcess, cregistry_plugin: Path,
+    cregistry, devices, tmp_path: Path,
+) -> None:  # fmt: skip
+    """When cregistry cannot answer, the plugin makes mosquitto close the socket
+    without a CONNACK; the device treats that as an outage (retry with backoff),
+    not as refused credentials, and gets in once cregistry answers again."""
+    credentials = tmp_path / "d.json"
+    cregistry("unlock")
+    first = devices("--host", "127.0.0.1", "--port", str(mosquitto.port), "--credentials", str(credentials))
+    [request] = wait_for_requests(cregistry, 1)
+    cregistry("approve", request["username"], "--pairing-id", request["pairingId"])
+    first.wait_for("connected", timeout=FEED_WAIT)
+    assert first.stop() == 0
+
+    fresh = start_plugin_broker(service, cregistry_plugin)  # nothing cached there
+    try:
+        redis_process.stop()
+        try:
+            device = devices("--host", "127.0.0.1", "--port", str(fresh.port), "--credentials", str(credentials))
+            failed = device.wait_for("connect-failed")
+            assert "closed the connection" in failed["reason"], failed
+            device.wait_for("connect-failed", after=device.events().index(failed) + 1)  # retried
+        finally:
+            redis_process.start()
+        device.wait_for("connected", timeout=FEED_WAIT)
+        assert not any(e["event"] in ("refused-after-accepted", "not-accepted-yet") for e in device.events())
+        assert device.stop() == 0
+    finally:
+        finish_broker(fresh)
 
 
 # -- MQTT alone: a plain broker without authentication -----------------------------------
