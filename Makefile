@@ -43,7 +43,7 @@ try-go-auth: system-deps
 		echo "WARNING: go-auth could not be built (error above): the go-auth broker tests will not run"
 
 ## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin)
-test: $(STAMP) system-deps plugin try-go-auth
+test: $(STAMP) system-deps plugin plugin-test try-go-auth
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
