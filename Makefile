@@ -60,8 +60,8 @@ test-broker-asan: $(STAMP) system-deps plugin-asan
 test-fuzz: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m fuzz tests/integration
 
-## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
-test-failover: $(STAMP) system-deps
+## test-failover: a Redis primary, two replicas, three sentinels, two brokers with the plugin; the primary is killed (about 40 s)
+test-failover: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/failover
 
 # The web console in Debian's headless chromium (apt-get install chromium);
