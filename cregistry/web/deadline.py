@@ -21,7 +21,12 @@ DEADLINE_SECONDS = 1.5
 
 
 def within_deadline(work: Callable[..., T], *args: Any) -> T:
-    """Run `work` on the app's thread pool; StorageUnavailable past the deadline.
+    """run_within on the app's thread pool."""
+    return run_within(current_app.extensions["cregistry"].checks, work, *args)
+
+
+def run_within(pool: concurrent.futures.Executor, work: Callable[..., T], *args: Any) -> T:
+    """Run `work` on `pool`; StorageUnavailable past the deadline.
 
     Work that waited in the queue past its deadline is not started at all: it
     was answered 503 already and could only record what nobody waits for. Work
@@ -35,7 +40,7 @@ def within_deadline(work: Callable[..., T], *args: Any) -> T:
             raise StorageUnavailable("the work did not start in time")
         return work(*args)
 
-    future = current_app.extensions["cregistry"].checks.submit(run_in_time)
+    future = pool.submit(run_in_time)
     try:
         return future.result(timeout=DEADLINE_SECONDS)
     except concurrent.futures.TimeoutError:
