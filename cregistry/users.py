@@ -204,11 +204,12 @@ class UserStore:
         approval of the same name remove.
         """
         key = self.keys.user_last_connect(username)
-        last_time, last_client_id = self.redis.hmget(key, ["time", "clientId"])
-        if last_time is not None and _text(last_client_id) == client_id and now - float(last_time) < interval:
-            return False
-        self.redis.hset(key, mapping={"time": repr(now), "clientId": client_id})
-        return True
+        args = (repr(now), client_id, repr(interval))
+        try:  # one round trip on the connect path
+            written: Any = self.redis.evalsha(_RECORD_CONNECT_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            written = self.redis.eval(RECORD_CONNECT_SCRIPT, 1, key, *args)
+        return bool(int(written))
 
     def acl_data(self, username: str) -> AclData:
         pipe = self.redis.pipeline(transaction=False)
@@ -594,6 +595,16 @@ end
 return answer
 """
 _ACL_SNAPSHOT_SHA = hashlib.sha1(ACL_SNAPSHOT_SCRIPT.encode()).hexdigest()
+
+
+# KEYS: the user's last-connect hash; ARGV: now, client id, interval (record_connect).
+RECORD_CONNECT_SCRIPT = """
+local last = redis.call('HMGET', KEYS[1], 'time', 'clientId')
+if last[1] and last[2] == ARGV[2] and tonumber(ARGV[1]) - tonumber(last[1]) < tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'time', ARGV[1], 'clientId', ARGV[2])
+return 1
+"""
+_RECORD_CONNECT_SHA = hashlib.sha1(RECORD_CONNECT_SCRIPT.encode()).hexdigest()
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
