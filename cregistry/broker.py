@@ -151,7 +151,7 @@ class Authorizer:
             credentials.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
-        if self.users.acl_data(username).superuser:
+        if self.permissions.acl_data(username).superuser:
             return ALLOW
         return Decision(False, "not a superuser")
 
