@@ -15,6 +15,7 @@ import redis
 from cregistry import credentials, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
+from cregistry.permission_cache import PermissionCache
 from cregistry.registry import Attempt, Registry, ThrottledWarning
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
 from cregistry.verification import Verdict, WorkLimits
@@ -113,6 +114,7 @@ class Authorizer:
         self.users: UserStore = self.registry.users
         self.monotonic = monotonic
         self.last_connects = LastConnectRecorder(self.users, clock, monotonic)
+        self.permissions = PermissionCache(self.users)
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
@@ -149,7 +151,7 @@ class Authorizer:
             credentials.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
-        if self.users.acl_data(username).superuser:
+        if self.permissions.acl_data(username).superuser:
             return ALLOW
         return Decision(False, "not a superuser")
 
@@ -163,7 +165,7 @@ class Authorizer:
                 levels = topics.validate_topic_name(topic)
         except InvalidInput as error:
             return Decision(False, str(error))
-        data = self.users.acl_data(username)
+        data = self.permissions.acl_data(username)  # one round trip
         if not data.exists:
             return Decision(False, "unknown user")
         if data.superuser:
