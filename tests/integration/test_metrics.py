@@ -63,8 +63,11 @@ def metrics_directory(service: ServiceProcess) -> Path:
 
 
 def checks_in_file(path: Path) -> float:
-    """What one worker counted in cregistry_checks_total (its own file)."""
+    """What one worker counted in cregistry_checks_total (its own file; a
+    worker that has not counted anything yet has none)."""
     total = 0.0
+    if not path.exists():
+        return total
     for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(str(path)):
         _metric, sample, _labels, _help = json.loads(key)
         if sample == "cregistry_checks_total":
