@@ -14,10 +14,10 @@ from typing import Any
 import redis
 
 from cregistry.changes import ChangeFeed
-from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
+from cregistry.timestamps import isoformat
 
 MAX_LISTED = 1000
 # Whoever changes something without saying who (tests, library use).

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials, topics
+from cregistry import names, passwords, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.registry import Attempt, Registry, ThrottledWarning
@@ -118,9 +118,9 @@ class Authorizer:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
         started = self.monotonic()
         try:
-            credentials.validate_username(username)
-            credentials.validate_password_format(password)
-            credentials.validate_client_id(client_id)
+            names.validate_username(username)
+            passwords.validate_password_format(password)
+            names.validate_client_id(client_id)
         except InvalidInput as error:
             return Decision(False, str(error))
         verdict = self.registry.verifier.verify(username, password)
@@ -146,7 +146,7 @@ class Authorizer:
 
     def check_superuser(self, username: str) -> Decision:
         try:
-            credentials.validate_username(username)
+            names.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
         if self.users.acl_data(username).superuser:
@@ -156,7 +156,7 @@ class Authorizer:
     def check_acl(self, username: str, client_id: str, topic: str, acc: int) -> Decision:
         """Superusers pass here too, so go-auth's superuser URI is optional."""
         try:
-            credentials.validate_username(username)
+            names.validate_username(username)
             if acc == ACC_SUBSCRIBE:
                 levels = topics.validate_filter(topic)
             else:

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cregistry import errors
-from cregistry.clock import isoformat
-from cregistry.credentials import BCRYPT_MAX_BYTES, pairing_id, validate_password_format, validate_username
 from cregistry.errors import CredentialsFileInvalid, CredentialsFileMissing, CredentialsRefused, RegistrationFailed
+from cregistry.names import validate_username
+from cregistry.passwords import BCRYPT_MAX_BYTES, pairing_id, validate_password_format
+from cregistry.timestamps import isoformat
 
 log = logging.getLogger(__name__)
 

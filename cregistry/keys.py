@@ -4,7 +4,7 @@ Every key starts with the configurable prefix. The keys of one user share the
 hash tag ``{username}`` (and those of one role ``{role:name}``). That does not
 make Redis Cluster work: an approval also writes the registry-wide indexes and
 the audit stream in the same MULTI (see the README). Usernames and role names
-cannot contain braces or colons (see credentials.py), so tags cannot collide or
+cannot contain braces or colons (see names.py), so tags cannot collide or
 nest.
 """
 

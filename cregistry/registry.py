@@ -20,9 +20,8 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials
+from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR
-from cregistry.clock import isoformat
 from cregistry.config import MAX_UNLOCK_SECONDS, Config
 from cregistry.errors import (
     AmbiguousRequest,
@@ -35,6 +34,7 @@ from cregistry.errors import (
     UsernameTaken,
 )
 from cregistry.keys import Keys
+from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
 from cregistry.users import User, UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
@@ -143,7 +143,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
     """Split an id made by request_id; anything else names no request."""
     username, _, pairing_id = value.partition(":")
     try:
-        credentials.validate_username(username)
+        names.validate_username(username)
         _validate_pairing_id(pairing_id)
     except InvalidInput:
         raise RequestNotFound(f"no pending request {value!r}") from None
@@ -235,7 +235,7 @@ class Registry:
 
         The caller has validated the input and knows the user does not exist.
         """
-        pairing = credentials.pairing_id(username, password)
+        pairing = passwords.pairing_id(username, password)
         request_key = self.keys.request(username, pairing)
         now = self.clock()
         # Everything the decision needs, in one round trip.
@@ -358,11 +358,11 @@ class Registry:
         context: Any = None,
     ) -> tuple[Registration, str]:
         """A device asks to be registered; returns (PENDING|GRANTED, pairing ID) or raises."""
-        credentials.validate_username(username)
-        credentials.validate_password_format(password)
-        client_id = credentials.validate_client_id("" if client_id is None else client_id)
+        names.validate_username(username)
+        passwords.validate_password_format(password)
+        client_id = names.validate_client_id("" if client_id is None else client_id)
         context = validate_context(context)
-        pairing = credentials.pairing_id(username, password)
+        pairing = passwords.pairing_id(username, password)
         verdict = self.verifier.verify(username, password)
         if verdict is Verdict.ACCEPTED:
             return Registration.GRANTED, pairing
@@ -414,7 +414,7 @@ class Registry:
         return int(pipe.execute()[1])
 
     def requests_for(self, username: str) -> list[PendingRequest]:
-        credentials.validate_username(username)
+        names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
         pairings = self._live_pairing_ids(username)
         for pairing in pairings:
@@ -432,7 +432,7 @@ class Registry:
         username; WATCH makes concurrent approvals (or an approve racing a
         deny) end with exactly one winner.
         """
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
         candidates_key = self.keys.user_requests(username)
 
@@ -468,7 +468,7 @@ class Registry:
     def deny(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> PendingRequest:
         """Remove the request and remember the denial for the pending TTL,
         so the device's polling gets 403 instead of a fresh request."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
 
@@ -523,10 +523,10 @@ class Registry:
 def _validate_pairing_id(pairing_id: Any) -> str:
     if (
         not isinstance(pairing_id, str)
-        or len(pairing_id) != credentials.PAIRING_ID_LENGTH
+        or len(pairing_id) != passwords.PAIRING_ID_LENGTH
         or not set(pairing_id) <= PAIRING_ID_CHARS
     ):
-        raise InvalidInput(f"a pairing ID is {credentials.PAIRING_ID_LENGTH} lower-case hex digits")
+        raise InvalidInput(f"a pairing ID is {passwords.PAIRING_ID_LENGTH} lower-case hex digits")
     return pairing_id
 
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials
+from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
-from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import (
     InvalidInput,
@@ -21,6 +20,7 @@ from cregistry.errors import (
     UserNotFound,
 )
 from cregistry.keys import Keys
+from cregistry.timestamps import isoformat
 from cregistry.topics import validate_pattern
 from cregistry.transactions import run_watched
 
@@ -148,7 +148,7 @@ class UserStore:
         self.config = config
         self.keys = Keys(config.key_prefix)
         self.clock = clock
-        self.policy = credentials.PasswordPolicy(config.password_min_length, config.password_require)
+        self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
         self.audit = AuditLog(connection, config, clock)
 
     # -- reading -----------------------------------------------------------
@@ -159,7 +159,7 @@ class UserStore:
         return bool(self.redis.exists(self.keys.user(username)))
 
     def get(self, username: str) -> User:
-        credentials.validate_username(username)
+        names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.user(username))
         pipe.hgetall(self.keys.user_permissions(username))
@@ -232,9 +232,9 @@ class UserStore:
     # entry in the same transaction.
     def add(self, username: str, password: str, *, superuser: bool = False, actor: str = UNNAMED_ACTOR) -> User:
         """Create a user with a password chosen by the operator."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         self.policy.validate(password)
-        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
         fields: dict[Any, Any] = {
             "passwordHash": password_hash,
             "createdAt": repr(self.clock()),
@@ -261,11 +261,11 @@ class UserStore:
         feed tells brokers to disconnect the user's clients. The pairing ID
         described the old password, so it goes too.
         """
-        credentials.validate_username(username)
+        names.validate_username(username)
         self.policy.validate(password)
         if not self.exists(username):  # before bcrypt: an unknown name costs no hashing
             raise UserNotFound(f"no user {username!r}")
-        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
 
         def replace(pipe: Any) -> None:
             pipe.hset(self.keys.user(username), "passwordHash", password_hash)
@@ -391,7 +391,7 @@ class UserStore:
         return self.get(username)
 
     def unassign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         roles_key = self.keys.user_roles(username)
 
         def require_role(pipe: Any) -> None:
@@ -421,7 +421,7 @@ class UserStore:
 
     def set_role_permissions(self, role: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and replace its permissions."""
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         permissions = parse_permission_list(items)
 
         def replace(pipe: Any) -> None:
@@ -440,7 +440,7 @@ class UserStore:
     def grant_role_permission(
         self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
     ) -> tuple[Role, PermissionChange]:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         permission = parse_permission(topic, access)
         key = self.keys.role_permissions(role)
 
@@ -490,7 +490,7 @@ class UserStore:
 
     # -- helpers -----------------------------------------------------------
     def _require_role(self, role: str) -> None:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         if not self.redis.sismember(self.keys.roles(), role):
             raise RoleNotFound(f"no role {role!r}")
 
@@ -509,7 +509,7 @@ class UserStore:
         atomically with that check, so a concurrent delete cannot leave
         orphaned permissions behind. `precheck` reads (watched) before the
         change and may return more details for the audit entry."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
 
         def apply(pipe: Any) -> None:

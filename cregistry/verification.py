@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials, instruments
+from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.errors import UserNotFound
@@ -90,7 +90,7 @@ class PasswordVerifier:
         with instruments.waiting_for_bcrypt():
             self.limits.verify_slots.acquire()
         try:
-            accepted = credentials.verify_password(password, stored_hash)
+            accepted = passwords.verify_password(password, stored_hash)
         finally:
             self.limits.verify_slots.release()
         instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
@@ -105,7 +105,7 @@ class PasswordVerifier:
         if not self.limits.registration_slots.acquire(blocking=False):
             return None
         try:
-            return credentials.hash_password(password, self.config.bcrypt_cost)
+            return passwords.hash_password(password, self.config.bcrypt_cost)
         finally:
             self.limits.registration_slots.release()
 
@@ -114,7 +114,7 @@ class PasswordVerifier:
 
     def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
         """Forget the failed attempts of a username; returns how many there were."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
         failures_key = self.keys.user_failures(username)
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 import cregistry.cli
 import cregistry.cli.prompts
 import cregistry.connections
-from cregistry.credentials import pairing_id, verify_password
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id, verify_password
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 
