@@ -15,7 +15,8 @@ import click
 
 from cregistry import embedded
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, json_option, table
+from cregistry.cli.errors import CommandError, ErrorMappingGroup
+from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
 from cregistry.config import Config
 from cregistry.connections import connect

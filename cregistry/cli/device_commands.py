@@ -11,7 +11,8 @@ import click
 
 from cregistry import device as agent
 from cregistry import errors
-from cregistry.cli.output import EXIT_INVALID, ErrorMappingGroup, command_error, emit, json_option, json_requested
+from cregistry.cli.errors import EXIT_INVALID, ErrorMappingGroup, command_error
+from cregistry.cli.output import emit, json_option, json_requested
 from cregistry.names import validate_username
 
 
