@@ -25,12 +25,20 @@ UNNAMED_ACTOR = "system"
 
 
 class AuditLog:
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        keys: Keys | None = None,
+        changes: ChangeFeed | None = None,
+    ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
-        self.changes = ChangeFeed(connection, config)
+        self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
 
     def add(self, pipe: Any, actor: str, action: str, target: str, **details: Any) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on

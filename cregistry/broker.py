@@ -108,8 +108,12 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        registry: Registry | None = None,
     ):
-        self.registry = Registry(connection, config, clock, limits)
+        # cregistry.services.build hands in the registry it built; alone
+        # (tests, benchmarks) the authorizer builds its own.
+        self.registry = registry if registry is not None else Registry(connection, config, clock, limits)
         self.users: UserStore = self.registry.users
         self.monotonic = monotonic
         self.last_connects = LastConnectRecorder(self.users, clock, monotonic)

@@ -70,10 +70,10 @@ class FeedPage:
 
 
 class ChangeFeed:
-    def __init__(self, connection: redis.Redis, config: Config) -> None:
+    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
 
     def record(self, pipe: Any, action: str, target: str) -> None:
         """Queue the feed entry for `action` on `target` on `pipe`, the change's transaction."""

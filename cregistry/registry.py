@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from cregistry import names, passwords
-from cregistry.audit import UNNAMED_ACTOR
+from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import MAX_UNLOCK_SECONDS, Config
 from cregistry.errors import (
     AmbiguousRequest,
@@ -179,14 +179,27 @@ class Registry:
         config: Config,
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
+        *,
+        keys: Keys | None = None,
+        users: UserStore | None = None,
+        verifier: PasswordVerifier | None = None,
+        audit: AuditLog | None = None,
     ):
+        # Built on their own (tests, library use), the collaborators share one
+        # Keys and one AuditLog; cregistry.services.build hands them in.
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
-        self.users = UserStore(connection, config, clock)
-        self.verifier = PasswordVerifier(connection, config, clock, limits)
-        self.audit = self.users.audit
+        if audit is None:
+            audit = users.audit if users is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.audit = audit
+        self.users = users if users is not None else UserStore(connection, config, clock, keys=self.keys, audit=audit)
+        self.verifier = (
+            verifier
+            if verifier is not None
+            else PasswordVerifier(connection, config, clock, limits, keys=self.keys, audit=audit)
+        )
 
     # -- lock state --------------------------------------------------------
     def status(self) -> LockState:

@@ -143,13 +143,21 @@ def parse_permission_list(items: Any) -> list[Permission]:
 class UserStore:
     """Users and roles in Redis. Takes its connection; knows nothing of HTTP."""
 
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        keys: Keys | None = None,
+        audit: AuditLog | None = None,
+    ):
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
         self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
-        self.audit = AuditLog(connection, config, clock)
+        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:

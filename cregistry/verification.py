@@ -62,13 +62,16 @@ class PasswordVerifier:
         config: Config,
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
+        *,
+        keys: Keys | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
         self.limits = limits if limits is not None else WorkLimits(config)
-        self.audit = AuditLog(connection, config, clock)
+        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 

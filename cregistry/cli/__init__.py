@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cregistry import embedded
+from cregistry import embedded, services
 from cregistry.cli.device_commands import device
 from cregistry.cli.errors import CommandError, ErrorMappingGroup
 from cregistry.cli.output import display, emit, json_option, table
@@ -31,19 +31,24 @@ CLI_REDIS_TIMEOUT = 1.5
 class CliContext:
     def __init__(self, json_output: bool) -> None:
         self.json_output = json_output
-        self._registry: Registry | None = None
+        self._services: services.Services | None = None
 
     @functools.cached_property
     def config(self) -> Config:
         return Config.from_env()
 
     @property
-    def registry(self) -> Registry:
-        if self._registry is None:
+    def domain(self) -> services.Services:
+        """Built on first use, so `--help` and device commands need no Redis."""
+        if self._services is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
             connection = connect(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
-            self._registry = Registry(connection, self.config)
-        return self._registry
+            self._services = services.build(connection, self.config)
+        return self._services
+
+    @property
+    def registry(self) -> Registry:
+        return self.domain.registry
 
     @functools.cached_property
     def actor(self) -> str:
@@ -55,7 +60,7 @@ class CliContext:
 
     @property
     def users(self) -> UserStore:
-        return self.registry.users
+        return self.domain.users
 
     def redis_hint(self) -> str:
         if self.config.redis_url:
@@ -383,7 +388,7 @@ def user_clear_failures(obj: CliContext, username: str) -> None:
     Example:
         cregistry user clear-failures sensor-17
     """
-    cleared = obj.registry.verifier.clear_failures(username, actor=obj.actor)
+    cleared = obj.domain.verifier.clear_failures(username, actor=obj.actor)
     emit({"username": username, "cleared": cleared}, f"{username}: cleared {cleared} failed attempts", obj.json_output)
 
 
@@ -472,7 +477,7 @@ def audit(obj: CliContext, limit: int) -> None:
     Example:
         cregistry audit --limit 20
     """
-    entries = obj.registry.audit.entries(limit)
+    entries = obj.domain.audit.entries(limit)
     text = (
         table(
             ["TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"],

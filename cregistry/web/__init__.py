@@ -12,6 +12,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound
 
+from cregistry import services
 from cregistry.broker import Authorizer
 from cregistry.config import Config, parse_listen
 from cregistry.connections import connect
@@ -27,7 +28,10 @@ MAX_BODY_BYTES = 256 * 1024  # a 64 KiB topic plus the rest; anything bigger is 
 
 @dataclasses.dataclass
 class Services:
+    """What the routes reach through current_app.extensions["cregistry"]."""
+
     config: Config
+    domain: services.Services
     registry: Registry
     authorizer: Authorizer
     # Broker checks run here, so a route can give up on one at its deadline.
@@ -52,9 +56,9 @@ def create_app(
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    authorizer = Authorizer(connection, config, limits=limits)
+    domain = services.build(connection, config, limits=limits)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
-    app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer, checks)
+    app.extensions["cregistry"] = Services(config, domain, domain.registry, domain.authorizer, checks)
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
