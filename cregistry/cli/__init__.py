@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 
 from cregistry import embedded, services
 from cregistry.cli.device_commands import device
@@ -28,9 +30,15 @@ from cregistry.users import PermissionChange, Role, User, UserStore
 CLI_REDIS_TIMEOUT = 1.5
 
 
+# How a command reaches Redis: connections.connect, or what the caller hands
+# in as the click context's obj (the tests: CliRunner.invoke(..., obj=...)).
+Connector = Callable[..., redis.Redis]
+
+
 class CliContext:
-    def __init__(self, json_output: bool) -> None:
+    def __init__(self, json_output: bool, connector: Connector = connect) -> None:
         self.json_output = json_output
+        self.connector = connector
         self._services: services.Services | None = None
 
     @functools.cached_property
@@ -42,7 +50,7 @@ class CliContext:
         """Built on first use, so `--help` and device commands need no Redis."""
         if self._services is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            connection = connect(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
+            connection = self.connector(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
             self._services = services.build(connection, self.config)
         return self._services
 
@@ -83,7 +91,7 @@ def cli(ctx: click.Context, json_output: bool) -> None:
 
     Reads CREGISTRY_* environment variables (CREGISTRY_REDIS_URL above all).
     """
-    ctx.obj = CliContext(json_output)
+    ctx.obj = CliContext(json_output, ctx.obj if callable(ctx.obj) else connect)
 
 
 # -- service ----------------------------------------------------------------
