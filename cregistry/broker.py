@@ -134,7 +134,7 @@ class Authorizer:
         if verdict is not Verdict.UNKNOWN_USER:
             return Decision(False, verdict.value)
         try:
-            self.users.policy.validate(password)
+            self.users.policy.validate_strength(password)
         except InvalidInput as error:
             return Decision(False, f"unknown user; not recorded: {error}")
         attempt, pairing = self.registry.record_attempt(username, password, client_id, "mqtt")
@@ -144,6 +144,7 @@ class Authorizer:
             Attempt.LOCKED: "unknown user; the registry is locked",
             Attempt.DENIED: "the registration request with these credentials was denied",
             Attempt.LIMITED: "unknown user; too many pending requests, not recorded",
+            Attempt.BUSY: "unknown user; registration is busy, not recorded; connect again later",
             Attempt.APPROVED_MEANWHILE: "registration approved just now; connect again",
         }
         return Decision(False, reasons[attempt])

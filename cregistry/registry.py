@@ -81,6 +81,7 @@ class Attempt(enum.Enum):
     LOCKED = "locked"  # registry locked: nothing recorded
     DENIED = "denied"  # an operator denied these credentials
     LIMITED = "limited"  # a pending cap is reached: nothing recorded
+    BUSY = "busy"  # every registration bcrypt slot is taken: nothing recorded
     APPROVED_MEANWHILE = "approved meanwhile"  # the user was created while we hashed
 
 
@@ -243,12 +244,15 @@ class Registry:
         client_id: str,
         source: str,
         context: dict[str, Any] | None = None,
+        pairing: str | None = None,
     ) -> tuple[Attempt, str]:
         """Record or refresh a pending request; returns the outcome and the pairing ID.
 
-        The caller has validated the input and knows the user does not exist.
+        The caller has validated the input and knows the user does not exist;
+        it may pass the pairing ID it computed already.
         """
-        pairing = passwords.pairing_id(username, password)
+        if pairing is None:
+            pairing = passwords.pairing_id(username, password)
         request_key = self.keys.request(username, pairing)
         now = self.clock()
         # Everything the decision needs, in one round trip.
@@ -264,6 +268,8 @@ class Registry:
             return Attempt.DENIED, pairing
         if pending and self._touch(username, pairing, now):
             return Attempt.REPEATED, pairing
+        # A request that vanished while counted is gone for good (approved,
+        # denied or expired): the next checks treat the attempt as new.
         if not unlocked:
             return Attempt.LOCKED, pairing
         # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
@@ -274,7 +280,7 @@ class Registry:
             return Attempt.LIMITED, pairing
         password_hash = self.verifier.hash_for_registration(password)
         if password_hash is None:
-            return Attempt.LIMITED, pairing
+            return Attempt.BUSY, pairing
         return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
 
     def _touch(self, username: str, pairing: str, now: float) -> bool:
@@ -285,12 +291,17 @@ class Registry:
             if not pipe.exists(request_key):
                 return False  # approved, denied or expired while we looked
             pipe.multi()
-            pipe.hincrby(request_key, "attempts", 1)
-            pipe.hset(request_key, "lastSeen", repr(now))
-            self._keep_alive(pipe, username, pairing, now)
+            self._count_attempt(pipe, username, pairing, now)
             return True
 
         return run_watched(self.redis, [request_key], count_attempt, durable=False)
+
+    def _count_attempt(self, pipe: Any, username: str, pairing: str, now: float) -> None:
+        """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
+        request_key = self.keys.request(username, pairing)
+        pipe.hincrby(request_key, "attempts", 1)
+        pipe.hset(request_key, "lastSeen", repr(now))
+        self._keep_alive(pipe, username, pairing, now)
 
     def _insert(
         self,
@@ -310,7 +321,11 @@ class Registry:
                 # Approved while we hashed: no request for an existing user.
                 return Attempt.APPROVED_MEANWHILE
             if pipe.exists(request_key):
-                return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
+                # Recorded by a concurrent attempt: count this one in the same
+                # transaction (request_key is watched) instead of a second one.
+                pipe.multi()
+                self._count_attempt(pipe, username, pairing, now)
+                return Attempt.REPEATED
             if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
                 return Attempt.LIMITED
             pipe.multi()
@@ -385,8 +400,8 @@ class Registry:
             # 201/409 make this route a password oracle: it shares the guessing limit.
             raise TooManyFailures(f"too many failed attempts for {username!r}; try again later")
         # Existing users keep working under a stricter policy; new ones meet it.
-        self.users.policy.validate(password)
-        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context)
+        self.users.policy.validate_strength(password)
+        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context, pairing)
         if attempt in (Attempt.RECORDED, Attempt.REPEATED, Attempt.APPROVED_MEANWHILE):
             # Approved meanwhile: the device's next poll gets 201 (or 409).
             return Registration.PENDING, pairing
@@ -394,6 +409,9 @@ class Registry:
             raise RequestDenied("the registration request with these credentials was denied")
         if attempt is Attempt.LIMITED:
             raise PendingLimitReached("too many pending registration requests; try again later")
+        if attempt is Attempt.BUSY:
+            # 429 as for the caps: the device backs off and tries again.
+            raise PendingLimitReached("registration is busy; try again later")
         raise RegistryLocked("the registry is locked; ask the operator to unlock it")
 
     # -- operators ---------------------------------------------------------

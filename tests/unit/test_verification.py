@@ -443,7 +443,7 @@ def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
     keys_before = sorted(connection.keys("*"))
     assert limits.registration_slots.acquire(blocking=False)  # another registration is hashing
     try:
-        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.LIMITED
+        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.BUSY
         assert hash_calls == []
         assert sorted(connection.keys("*")) == keys_before
         # A request already recorded needs no hashing and is still counted.
