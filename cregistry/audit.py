@@ -17,6 +17,7 @@ from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
+from cregistry.names import is_int_within
 from cregistry.timestamps import isoformat
 
 MAX_LISTED = 1000
@@ -55,7 +56,7 @@ class AuditLog:
 
     def entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` entries, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
+        if not is_int_within(limit, 1, MAX_LISTED):
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_LISTED}")
         rows: Any = self.redis.xrevrange(self.keys.audit(), count=limit)
         return [_entry(entry_id, fields) for entry_id, fields in rows or []]

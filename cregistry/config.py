@@ -13,6 +13,7 @@ from typing import Any
 
 from cregistry.connections import check_url
 from cregistry.errors import ConfigError
+from cregistry.names import is_int_within
 
 ENV_PREFIX = "CREGISTRY_"
 
@@ -216,5 +217,5 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int_within(value, low, high):
         raise ConfigError(f"{ENV_PREFIX}{name} must be an integer from {low} to {high}, got {value!r}")

@@ -56,3 +56,8 @@ def utf8(text: str, what: str) -> bytes:
     except UnicodeEncodeError:
         # Lone surrogates arrive through JSON "\ud800" escapes.
         raise InvalidInput(f"{what} is not valid Unicode") from None
+
+
+def is_int_within(value: Any, low: int, high: int) -> bool:
+    """An integer (JSON's true is not 1 here) from low to high inclusive."""
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high

@@ -94,7 +94,7 @@ class Registration(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LockState:
-    """SPEC §6: `locked` while new requests are refused (no unlock key, 0 s
+    """`locked` while new requests are refused (no unlock key, 0 s
     left); otherwise the seconds until the registry locks again."""
 
     locked: bool
@@ -153,7 +153,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 def validate_page(offset: Any, limit: Any) -> None:
     for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if not names.is_int_within(value, low, high):
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
 
@@ -213,7 +213,7 @@ class Registry:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
         if seconds is None:
             seconds = self.config.unlock_seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_UNLOCK_SECONDS:
+        if not names.is_int_within(seconds, 1, MAX_UNLOCK_SECONDS):
             raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
 
         def open_registry(pipe: Any) -> None:
