@@ -1,5 +1,5 @@
 """Redis connections, configured by one URL: redis://, rediss://, unix://, or
-redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB] (SPEC §9)."""
+redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator web console (SPEC §10), on the API listener under /console/.
+"""The operator web console, on the API listener under /console/.
 
 Server-rendered pages; console.js only moves what must change without a
 reload (the countdown, the pending list, the Grant access dialog). Every
