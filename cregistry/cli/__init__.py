@@ -20,7 +20,7 @@ from cregistry.cli.device_commands import device
 from cregistry.cli.errors import CommandError, ErrorMappingGroup
 from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
-from cregistry.config import Config
+from cregistry.config import REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
 from cregistry.users import PermissionChange, Role, User, UserStore
@@ -72,9 +72,9 @@ class CliContext:
 
     def redis_hint(self) -> str:
         if self.config.redis_url:
-            return " at CREGISTRY_REDIS_URL"
+            return f" at {env_name(REDIS_URL)}"
         return (
-            f": CREGISTRY_REDIS_URL is not set and no embedded Redis of `cregistry serve`"
+            f": {env_name(REDIS_URL)} is not set and no embedded Redis of `cregistry serve`"
             f" answers at {embedded.url_for(self.config.embedded_redis_port)}"
         )
 

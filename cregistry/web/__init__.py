@@ -14,7 +14,7 @@ from werkzeug.exceptions import NotFound
 
 from cregistry import services
 from cregistry.broker import Authorizer
-from cregistry.config import Config, parse_listen
+from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name, parse_listen
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
@@ -48,7 +48,7 @@ def create_app(
     """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
     config = config if config is not None else Config.from_env()
     if config.redis_url is None and connection is None:
-        raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
+        raise ConfigError(f"no Redis: set {env_name(REDIS_URL)}")
     if connection is None:
         assert config.redis_url is not None
         connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
@@ -66,7 +66,7 @@ def create_app(
         errors.init_app(app, unexpected_status=503)
     elif listener == API:
         if not config.named_admin_tokens():
-            raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
+            raise ConfigError(f"the API listener needs {env_name(ADMIN_TOKEN)}")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
         app.register_blueprint(openapi.bp)
