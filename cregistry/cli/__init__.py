@@ -20,10 +20,10 @@ from cregistry.cli.device_commands import device
 from cregistry.cli.errors import CommandError, ErrorMappingGroup
 from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
-from cregistry.config import REDIS_URL, Config, env_name
+from cregistry.config import MAX_UNLOCK_SECONDS, REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
-from cregistry.users import PermissionChange, Role, User, UserStore
+from cregistry.users import ACCESS_LEVELS, PermissionChange, Role, User, UserStore
 
 # Per Redis operation: the bound of the broker routes' deadline, so a command
 # against a stalled Redis fails within 2 s as the service's answers do.
@@ -131,7 +131,12 @@ def status(obj: CliContext) -> None:
 
 
 @cli.command()
-@click.option("--seconds", type=int, default=None, help="How long to stay unlocked (default 300, at most 3600).")
+@click.option(
+    "--seconds",
+    type=int,
+    default=None,
+    help=f"How long to stay unlocked (default {Config.unlock_seconds}, at most {MAX_UNLOCK_SECONDS}).",
+)
 @json_option
 @pass_cli
 def unlock(obj: CliContext, seconds: int | None) -> None:
@@ -424,7 +429,7 @@ def _user_text(found: User) -> str:
 
 
 # -- permissions ------------------------------------------------------------
-ACCESS_CHOICE = click.Choice(["read", "write", "readWrite"])
+ACCESS_CHOICE = click.Choice(ACCESS_LEVELS)
 
 
 @cli.command()
