@@ -40,13 +40,18 @@ def validate_role_name(role: Any) -> str:
 
 
 def validate_client_id(client_id: Any) -> str:
-    if not isinstance(client_id, str):
-        raise InvalidInput("client id must be a string")
-    if "\x00" in client_id:
-        raise InvalidInput("client id must not contain NUL")
-    if len(utf8(client_id, "client id")) > MAX_CLIENT_ID_BYTES:
-        raise InvalidInput(f"client id must be at most {MAX_CLIENT_ID_BYTES} bytes")
-    return client_id
+    return validate_text(client_id, "client id", MAX_CLIENT_ID_BYTES)
+
+
+def validate_text(value: Any, what: str, max_bytes: int, unit: str = "bytes") -> str:
+    """A string without NUL of at most `max_bytes` in UTF-8; else InvalidInput naming `what`."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL")
+    if len(utf8(value, what)) > max_bytes:
+        raise InvalidInput(f"{what} must be at most {max_bytes} {unit}")
+    return value
 
 
 def utf8(text: str, what: str) -> bytes:

@@ -10,7 +10,7 @@ from typing import Any
 import bcrypt
 
 from cregistry.errors import InvalidInput
-from cregistry.names import utf8
+from cregistry.names import validate_text
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,8 @@ def validate_password_format(password: Any) -> str:
     """What any password must be before bcrypt sees it, old or new."""
     if password is None:
         raise InvalidInput("password is missing")
-    if not isinstance(password, str):
-        raise InvalidInput("password must be a string")
-    if "\x00" in password:
-        raise InvalidInput("password must not contain NUL")
     # bcrypt ignores everything past 72 bytes; refusing is the only honest answer.
-    if len(utf8(password, "password")) > BCRYPT_MAX_BYTES:
-        raise InvalidInput(f"password must be at most {BCRYPT_MAX_BYTES} bytes in UTF-8")
-    return password
+    return validate_text(password, "password", BCRYPT_MAX_BYTES, "bytes in UTF-8")
 
 
 def pairing_id(username: str, password: str) -> str:
