@@ -92,5 +92,11 @@ class Keys:
 
     @staticmethod
     def pending_member(username: str, pairing_id: str) -> str:
-        """Member of the pending index (not a key)."""
+        """Member of the pending index (not a key); also the admin API's request id."""
         return f"{username}:{pairing_id}"
+
+    @staticmethod
+    def split_pending_member(member: str) -> tuple[str, str]:
+        """(username, pairing ID) of a pending_member; usernames hold no colon."""
+        username, _, pairing_id = member.partition(":")
+        return username, pairing_id

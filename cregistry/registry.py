@@ -136,13 +136,13 @@ class PendingRequest:
 
 
 def request_id(username: str, pairing_id: str) -> str:
-    """The admin API's id of a request: "username:pairingId"."""
-    return f"{username}:{pairing_id}"
+    """The admin API's id of a request: "username:pairingId", its pending-index member."""
+    return Keys.pending_member(username, pairing_id)
 
 
 def parse_request_id(value: str) -> tuple[str, str]:
     """Split an id made by request_id; anything else names no request."""
-    username, _, pairing_id = value.partition(":")
+    username, pairing_id = Keys.split_pending_member(value)
     try:
         names.validate_username(username)
         _validate_pairing_id(pairing_id)
@@ -423,7 +423,7 @@ class Registry:
         pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
         pipe.zrange(self.keys.pending_index(), offset, offset + limit - 1)
         members = pipe.execute()[1]
-        pairs = [member.split(":", 1) for member in members]
+        pairs = [Keys.split_pending_member(member) for member in members]
         pipe = self.redis.pipeline(transaction=False)
         for username, pairing in pairs:
             pipe.hgetall(self.keys.request(username, pairing))
