@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
@@ -41,11 +43,11 @@ class AuditLog:
         self.clock = clock
         self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
 
-    def add(self, pipe: Any, actor: str, action: str, target: str, **details: Any) -> None:
+    def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: Any) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on
         `pipe`, the transaction that makes the change."""
         self.changes.record(pipe, action, target)
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "time": repr(self.clock()),
             "actor": actor,
             "action": action,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
@@ -216,7 +217,7 @@ class Registry:
         if not names.is_int_within(seconds, 1, MAX_UNLOCK_SECONDS):
             raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
 
-        def open_registry(pipe: Any) -> None:
+        def open_registry(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
             self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
@@ -227,7 +228,7 @@ class Registry:
 
     def lock(self, *, actor: str = UNNAMED_ACTOR) -> LockState:
 
-        def close_registry(pipe: Any) -> None:
+        def close_registry(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.delete(self.keys.unlock())
             self.audit.add(pipe, actor, "registry.lock", "registry")
@@ -287,7 +288,7 @@ class Registry:
         """Count one more attempt on an existing request; False if it vanished meanwhile."""
         request_key = self.keys.request(username, pairing)
 
-        def count_attempt(pipe: Any) -> bool:
+        def count_attempt(pipe: Pipeline) -> bool:
             if not pipe.exists(request_key):
                 return False  # approved, denied or expired while we looked
             pipe.multi()
@@ -296,7 +297,7 @@ class Registry:
 
         return run_watched(self.redis, [request_key], count_attempt, durable=False)
 
-    def _count_attempt(self, pipe: Any, username: str, pairing: str, now: float) -> None:
+    def _count_attempt(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
         """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
         request_key = self.keys.request(username, pairing)
         pipe.hincrby(request_key, "attempts", 1)
@@ -316,7 +317,7 @@ class Registry:
         request_key = self.keys.request(username, pairing)
         candidates_key = self.keys.user_requests(username)
 
-        def insert(pipe: Any) -> Attempt:
+        def insert(pipe: Pipeline) -> Attempt:
             if pipe.exists(self.keys.user(username)):
                 # Approved while we hashed: no request for an existing user.
                 return Attempt.APPROVED_MEANWHILE
@@ -355,7 +356,7 @@ class Registry:
             log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
         return attempt
 
-    def _keep_alive(self, pipe: Any, username: str, pairing: str, now: float) -> None:
+    def _keep_alive(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
         """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
         ttl = self.config.pending_ttl
         pipe.expire(self.keys.request(username, pairing), ttl)
@@ -467,7 +468,7 @@ class Registry:
         user_key = self.keys.user(username)
         candidates_key = self.keys.user_requests(username)
 
-        def create_user(pipe: Any) -> PendingRequest:
+        def create_user(pipe: Pipeline) -> PendingRequest:
             if pipe.exists(user_key):
                 raise UsernameTaken(f"user {username!r} exists already")
             request = self._watch_request(pipe, username, pairing_id)
@@ -503,7 +504,7 @@ class Registry:
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
 
-        def deny_request(pipe: Any) -> PendingRequest:
+        def deny_request(pipe: Pipeline) -> PendingRequest:
             request = self._watch_request(pipe, username, pairing_id)
             pairing = request.pairing_id
             pipe.multi()
@@ -518,7 +519,7 @@ class Registry:
         log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
         return request
 
-    def _watch_request(self, pipe: Any, username: str, pairing_id: str | None) -> PendingRequest:
+    def _watch_request(self, pipe: Pipeline, username: str, pairing_id: str | None) -> PendingRequest:
         """Choose the request (see _choose), WATCH it and read it."""
         pairing = self._choose(username, pairing_id)
         request_key = self.keys.request(username, pairing)
@@ -544,7 +545,7 @@ class Registry:
             )
         return live[0]
 
-    def _forget_requests(self, pipe: Any, username: str, pairings: set[Any]) -> None:
+    def _forget_requests(self, pipe: Pipeline, username: str, pairings: set[Any]) -> None:
         for pairing in pairings:
             pipe.delete(self.keys.request(username, pairing))
             pipe.srem(self.keys.user_requests(username), pairing)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
@@ -250,7 +252,7 @@ class UserStore:
             "source": "operator",
         }
 
-        def create(pipe: Any) -> None:
+        def create(pipe: Pipeline) -> None:
             if pipe.exists(self.keys.user(username)):
                 raise UsernameTaken(f"user {username!r} exists already")
             pipe.multi()
@@ -275,7 +277,7 @@ class UserStore:
             raise UserNotFound(f"no user {username!r}")
         password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             pipe.hset(self.keys.user(username), "passwordHash", password_hash)
             pipe.hdel(self.keys.user(username), "pairingId")
             pipe.delete(self.keys.user_verified(username))
@@ -284,7 +286,7 @@ class UserStore:
         return self.get(username)
 
     def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
-        def delete_all(pipe: Any) -> None:
+        def delete_all(pipe: Pipeline) -> None:
             pipe.delete(
                 self.keys.user(username),
                 self.keys.user_permissions(username),
@@ -333,7 +335,7 @@ class UserStore:
         key = self.keys.user_permissions(username)
         previous: list[str | None] = [None]
 
-        def read_previous(pipe: Any) -> dict[str, Any]:
+        def read_previous(pipe: Pipeline) -> dict[str, Any]:
             previous[0] = _text(pipe.hget(key, permission.topic))
             return {"previous": previous[0]}
 
@@ -353,7 +355,7 @@ class UserStore:
         validate_pattern(topic)
         key = self.keys.user_permissions(username)
 
-        def require_permission(pipe: Any) -> None:
+        def require_permission(pipe: Pipeline) -> None:
             if not pipe.hexists(key, topic):
                 raise PermissionNotFound(f"user {username!r} has no permission on {topic!r}")
 
@@ -375,7 +377,7 @@ class UserStore:
             self._require_role(role)
         roles_key = self.keys.user_roles(username)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             old = _text_set(self.redis.smembers(roles_key))
             pipe.delete(roles_key)
             if roles:
@@ -391,7 +393,7 @@ class UserStore:
     def assign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
         self._require_role(role)
 
-        def assign(pipe: Any) -> None:
+        def assign(pipe: Pipeline) -> None:
             pipe.sadd(self.keys.user_roles(username), role)
             pipe.sadd(self.keys.role_members(role), username)
 
@@ -402,11 +404,11 @@ class UserStore:
         names.validate_role_name(role)
         roles_key = self.keys.user_roles(username)
 
-        def require_role(pipe: Any) -> None:
+        def require_role(pipe: Pipeline) -> None:
             if not pipe.sismember(roles_key, role):
                 raise RoleNotFound(f"user {username!r} does not have role {role!r}")
 
-        def unassign(pipe: Any) -> None:
+        def unassign(pipe: Pipeline) -> None:
             pipe.srem(roles_key, role)
             pipe.srem(self.keys.role_members(role), username)
 
@@ -432,7 +434,7 @@ class UserStore:
         names.validate_role_name(role)
         permissions = parse_permission_list(items)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
             _replace_hash(pipe, self.keys.role_permissions(role), permissions)
@@ -452,7 +454,7 @@ class UserStore:
         permission = parse_permission(topic, access)
         key = self.keys.role_permissions(role)
 
-        def replace(pipe: Any) -> PermissionChange:
+        def replace(pipe: Pipeline) -> PermissionChange:
             change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
@@ -471,7 +473,7 @@ class UserStore:
         validate_pattern(topic)
         key = self.keys.role_permissions(role)
 
-        def remove(pipe: Any) -> None:
+        def remove(pipe: Pipeline) -> None:
             if not pipe.hexists(key, topic):
                 raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
             pipe.multi()
@@ -485,7 +487,7 @@ class UserStore:
         self._require_role(role)
         members_key = self.keys.role_members(role)
 
-        def remove(pipe: Any) -> None:
+        def remove(pipe: Pipeline) -> None:
             members = _text_set(pipe.smembers(members_key))
             pipe.multi()
             pipe.srem(self.keys.roles(), role)
@@ -520,7 +522,7 @@ class UserStore:
         names.validate_username(username)
         user_key = self.keys.user(username)
 
-        def apply(pipe: Any) -> None:
+        def apply(pipe: Pipeline) -> None:
             if not pipe.exists(user_key):
                 raise UserNotFound(f"no user {username!r}")
             read = precheck(pipe) if precheck is not None else None
@@ -531,9 +533,9 @@ class UserStore:
         run_watched(self.redis, [user_key, *watch], apply)
 
 
-def _replace_hash(pipe: Any, key: str, permissions: Iterable[Permission]) -> None:
+def _replace_hash(pipe: Pipeline, key: str, permissions: Iterable[Permission]) -> None:
     pipe.delete(key)
-    mapping = {p.topic: p.access for p in permissions}
+    mapping: dict[FieldT, EncodableT] = {p.topic: p.access for p in permissions}
     if mapping:
         pipe.hset(key, mapping=mapping)
 

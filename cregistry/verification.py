@@ -26,9 +26,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
@@ -121,7 +121,7 @@ class PasswordVerifier:
         user_key = self.keys.user(username)
         failures_key = self.keys.user_failures(username)
 
-        def clear(pipe: Any) -> int:
+        def clear(pipe: Pipeline) -> int:
             # Only known users collect failures (see verify); for anyone else
             # the answer is "no user", as from every other user command.
             if not pipe.exists(user_key):
