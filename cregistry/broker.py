@@ -15,7 +15,8 @@ import redis
 from cregistry import names, passwords, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
-from cregistry.registry import Attempt, Registry, ThrottledWarning
+from cregistry.log_throttle import ThrottledWarning
+from cregistry.registry import Attempt, Registry
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
 from cregistry.verification import Verdict, WorkLimits
 
@@ -97,7 +98,7 @@ class LastConnectRecorder:
             _last_connect_warning.emit(type(error).__name__)
 
 
-_last_connect_warning = ThrottledWarning("cannot record a last connect (%s); the connect itself succeeded")
+_last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
 
 
 class Authorizer:

@@ -13,7 +13,6 @@ import enum
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from cregistry.errors import (
     UsernameTaken,
 )
 from cregistry.keys import Keys
+from cregistry.log_throttle import ThrottledWarning
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
 from cregistry.users import User, UserStore
@@ -48,30 +48,7 @@ MAX_OFFSET = 10**9
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
-class ThrottledWarning:
-    """A warning logged at most once per interval per process: a flood of
-    attempts must not turn into a flood of log lines (the attacker sets the
-    rate). The lines held back are counted in the next one."""
-
-    def __init__(self, message: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.message = message
-        self.interval = interval
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.last: float | None = None
-        self.held_back = 0
-
-    def emit(self, *args: Any) -> None:
-        with self.lock:
-            now = self.clock()
-            if self.last is not None and now - self.last < self.interval:
-                self.held_back += 1
-                return
-            held_back, self.held_back, self.last = self.held_back, 0, now
-        log.warning(self.message + " (%d more since the last such line)", *args, held_back)
-
-
-_cap_warning = ThrottledWarning("pending request cap (%d) reached; attempts are not recorded")
+_cap_warning = ThrottledWarning(log, "pending request cap (%d) reached; attempts are not recorded")
 
 
 class Attempt(enum.Enum):
