@@ -43,7 +43,7 @@ try-go-auth: system-deps
 		echo "WARNING: go-auth could not be built (error above): the go-auth broker tests will not run"
 
 ## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin)
-test: $(STAMP) system-deps plugin try-go-auth
+test: $(STAMP) system-deps plugin plugin-test try-go-auth
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -60,8 +60,8 @@ test-broker-asan: $(STAMP) system-deps plugin-asan
 test-fuzz: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m fuzz tests/integration
 
-## test-failover: a Redis primary, two replicas, three sentinels; the primary is killed (about 30 s)
-test-failover: $(STAMP) system-deps
+## test-failover: a Redis primary, two replicas, three sentinels, two brokers with the plugin; the primary is killed (about 40 s)
+test-failover: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/failover
 
 # The web console in Debian's headless chromium (apt-get install chromium);

@@ -16,6 +16,7 @@ from cregistry import names, passwords, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.log_throttle import ThrottledWarning
+from cregistry.permission_cache import PermissionCache
 from cregistry.registry import Attempt, Registry
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
 from cregistry.verification import Verdict, WorkLimits
@@ -118,6 +119,7 @@ class Authorizer:
         self.users: UserStore = self.registry.users
         self.monotonic = monotonic
         self.last_connects = LastConnectRecorder(self.users, clock, monotonic)
+        self.permissions = PermissionCache(self.users)
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
@@ -155,7 +157,7 @@ class Authorizer:
             names.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
-        if self.users.acl_data(username).superuser:
+        if self.permissions.acl_data(username).superuser:
             return ALLOW
         return Decision(False, "not a superuser")
 
@@ -169,7 +171,7 @@ class Authorizer:
                 levels = topics.validate_topic_name(topic)
         except InvalidInput as error:
             return Decision(False, str(error))
-        data = self.users.acl_data(username)
+        data = self.permissions.acl_data(username)  # one round trip
         if not data.exists:
             return Decision(False, "unknown user")
         if data.superuser:

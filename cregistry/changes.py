@@ -7,12 +7,14 @@ entry, so no change can skip it). The plugin polls `GET /mqtt/changes?after=`
 on the broker listener and drops what the entries name; see the README,
 "The change feed".
 
-A position is a stream entry ID. Reading from a position first checks that
-the entry still exists: if it does, nothing after it can have been missed; if
-it does not (the broker fell more than CREGISTRY_CHANGES_MAX changes behind,
-Redis was flushed, a failover lost entries), the answer is a reset and the
-plugin drops its whole cache. So that every answer can name an existing
-entry, an empty stream is seeded with a marker entry.
+A position is a stream entry ID and the Redis primary's replication ID
+(`<entry>~<replid>`). Reading from a position first checks that it is this
+primary's and that the entry still exists: if so, nothing after it can have
+been missed; if not (the broker fell more than CREGISTRY_CHANGES_MAX changes
+behind, Redis was flushed, a failover happened and may have lost entries),
+the answer is a reset and the plugin drops its whole cache. So that every
+answer can name an existing entry, an empty stream is seeded with a marker
+entry.
 """
 
 from __future__ import annotations
@@ -89,27 +91,69 @@ class ChangeFeed:
 
     def read(self, after: str | None) -> FeedPage:
         """The changes after position `after` (oldest first, at most MAX_PAGE),
-        or a reset when `after` is absent or names no entry of the stream."""
-        if after is None or not _is_stream_id(after):
-            return FeedPage(self._latest_position(), True)
-        rows: Any = self.redis.xrange(self.keys.changes(), min=after, max="+", count=MAX_PAGE + 1)
-        if not rows or rows[0][0] != after:
-            return FeedPage(self._latest_position(), True)
+        or a reset when `after` is absent, names no entry of the stream, or was
+        given out by another Redis primary (see _epoch)."""
+        entry, _, epoch = (after or "").partition(EPOCH_SEPARATOR)
+        pipe = self.redis.pipeline(transaction=False)  # one connection: both answers from one server
+        pipe.info("replication")
+        if _is_stream_id(entry):
+            pipe.xrange(self.keys.changes(), min=entry, max="+", count=MAX_PAGE + 1)
+        # raise_on_error=False: the embedded in-memory Redis refuses INFO (no
+        # epoch then); connection errors are raised all the same.
+        answers = pipe.execute(raise_on_error=False)
+        current = _epoch(answers[0])
+        if len(answers) < 2:
+            return FeedPage(self._latest_position(current), True)
+        rows: Any = answers[1]
+        if isinstance(rows, Exception):
+            raise rows
+        if epoch != current or not rows or rows[0][0] != entry:
+            return FeedPage(self._resume_position(entry, current), True)
         rows = rows[1:]
-        position = rows[-1][0] if rows else after
+        position = _position(rows[-1][0] if rows else entry, current)
         changes = tuple(change for change in (_change(fields) for _id, fields in rows) if change is not None)
         return FeedPage(position, False, changes)
 
-    def _latest_position(self) -> str:
+    def _resume_position(self, entry: str, epoch: str) -> str:
+        """Where a reset continues: the newest entry up to `entry` that still
+        exists, so that the changes made since (a failover's new primary
+        writing on, a restarted Redis) are still sent, kicks included; the
+        latest entry when none is left (trimmed, flushed)."""
+        rows: Any = self.redis.xrevrange(self.keys.changes(), max=entry, count=1)
+        if rows:
+            return _position(str(rows[0][0]), epoch)
+        return self._latest_position(epoch)
+
+    def _latest_position(self, epoch: str) -> str:
         rows: Any = self.redis.xrevrange(self.keys.changes(), count=1)
         if rows:
-            return str(rows[0][0])
+            return _position(str(rows[0][0]), epoch)
         # Concurrent seeds add two markers; both are skipped when read.
-        return str(self._add(self.redis, {"marker": "1"}))
+        return _position(str(self._add(self.redis, {"marker": "1"})), epoch)
 
     def _add(self, target: Any, fields: dict[str, str]) -> Any:
         # Exact trimming: the cap is what the README promises, and changes are rare.
         return target.xadd(self.keys.changes(), fields, maxlen=self.config.changes_max, approximate=False)
+
+
+EPOCH_SEPARATOR = "~"
+_REPLID = re.compile(r"[0-9a-f]{40}", re.ASCII)
+
+
+def _epoch(info: Any) -> str:
+    """The primary's replication ID (INFO replication, master_replid), or ""
+    where there is none (the embedded in-memory Redis). A replica promoted by
+    a failover takes a new one, so a position given out by the old primary is
+    a reset on the new one even if its entry was replicated: answers a broker
+    cached from the old primary may reflect changes the failover lost, whose
+    entries it never read (its position was before them)."""
+    replid = info.get("master_replid", "") if isinstance(info, dict) else ""
+    return replid if isinstance(replid, str) and _REPLID.fullmatch(replid) else ""
+
+
+def _position(entry: str, epoch: str) -> str:
+    """`<entry ID>~<replid>`: at most 82 characters of [0-9a-f~-] (the contract allows 128)."""
+    return f"{entry}{EPOCH_SEPARATOR}{epoch}" if epoch else entry
 
 
 def _is_stream_id(text: str) -> bool:

@@ -86,6 +86,11 @@ class Keys:
         """Hash: topic pattern -> access."""
         return f"{self.prefix}:{{role:{role}}}:permissions"
 
+    def role_permissions_affixes(self) -> tuple[str, str]:
+        """(before, after) such that before + role + after == role_permissions(role),
+        for a server-side script that reads the roles it finds."""
+        return f"{self.prefix}:{{role:", "}:permissions"
+
     def role_members(self, role: str) -> str:
         """Set of usernames holding the role (so deleting a role cleans up)."""
         return f"{self.prefix}:{{role:{role}}}:members"

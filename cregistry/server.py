@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # prometheus_client reads it when it is imported (web/metrics.py, in each worker).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class CregistryServer(BaseApplication):
@@ -67,6 +68,9 @@ class CregistryServer(BaseApplication):
         # (files in METRICS_DIR_ENV, or memory) when it is first imported.
         from cregistry.web import create_dispatcher
 
+        # Mosquitto waits for each broker check: a thread that has its answer
+        # should not wait CPython's default 5 ms for another one to yield.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         return create_dispatcher(self.config)
 
 

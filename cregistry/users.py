@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -213,11 +214,12 @@ class UserStore:
         approval of the same name remove.
         """
         key = self.keys.user_last_connect(username)
-        last_time, last_client_id = self.redis.hmget(key, ["time", "clientId"])
-        if last_time is not None and _text(last_client_id) == client_id and now - float(last_time) < interval:
-            return False
-        self.redis.hset(key, mapping={"time": repr(now), "clientId": client_id})
-        return True
+        args = (repr(now), client_id, repr(interval))
+        try:  # one round trip on the connect path
+            written: Any = self.redis.evalsha(_RECORD_CONNECT_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            written = self.redis.eval(RECORD_CONNECT_SCRIPT, 1, key, *args)
+        return bool(int(written))
 
     def acl_data(self, username: str) -> AclData:
         pipe = self.redis.pipeline(transaction=False)
@@ -236,6 +238,30 @@ class UserStore:
             for role_permissions in pipe.execute():
                 permissions += _permissions_from(role_permissions)
         return AclData(True, _text(superuser) == "1", tuple(permissions))
+
+    def acl_snapshot(self, username: str, known_position: str) -> tuple[str, AclData | None]:
+        """The change feed's newest position, and the user's AclData read in
+        the same atomic step (one round trip, a server-side script); None
+        instead of the data when the position is `known_position` (nothing
+        changed since the caller read the data it holds). The position is ""
+        while the feed is empty."""
+        before, after = self.keys.role_permissions_affixes()
+        keys = [self.keys.changes(), self.keys.user(username), self.keys.user_permissions(username)]
+        keys.append(self.keys.user_roles(username))
+        args = [known_position, before, after]
+        try:
+            reply: Any = self.redis.evalsha(_ACL_SNAPSHOT_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            reply = self.redis.eval(ACL_SNAPSHOT_SCRIPT, len(keys), *keys, *args)
+        position = str(_text(reply[0]))
+        if len(reply) == 1:
+            return position, None
+        if not int(reply[1]):
+            return position, AclData(False, False, ())
+        permissions = _permissions_from(_pairs(reply[3]))
+        for role_permissions in reply[5:]:
+            permissions += _permissions_from(_pairs(role_permissions))
+        return position, AclData(True, _text(reply[2]) == "1", tuple(permissions))
 
     # -- users -------------------------------------------------------------
     # Every change takes the `actor` for the audit trail and writes its audit
@@ -557,6 +583,43 @@ def _user_from(
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
     )
+
+
+# KEYS: changes, user, user permissions, user roles; ARGV: the caller's known
+# position, and the affixes of a role's permissions key (keys.py).
+# Answers {position} when nothing changed, {position, 0} for no such user, or
+# {position, 1, superuser, direct permissions, roles, each role's permissions}.
+ACL_SNAPSHOT_SCRIPT = """
+local position = ''
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then position = newest[1][1] end
+if position ~= '' and position == ARGV[1] then return {position} end
+local user = redis.call('HMGET', KEYS[2], 'passwordHash', 'superuser')
+if not user[1] then return {position, 0} end
+local roles = redis.call('SMEMBERS', KEYS[4])
+table.sort(roles)
+local answer = {position, 1, user[2] or '', redis.call('HGETALL', KEYS[3]), roles}
+for _, role in ipairs(roles) do
+    answer[#answer + 1] = redis.call('HGETALL', ARGV[2] .. role .. ARGV[3])
+end
+return answer
+"""
+_ACL_SNAPSHOT_SHA = hashlib.sha1(ACL_SNAPSHOT_SCRIPT.encode()).hexdigest()
+
+
+# KEYS: the user's last-connect hash; ARGV: now, client id, interval (record_connect).
+RECORD_CONNECT_SCRIPT = """
+local last = redis.call('HMGET', KEYS[1], 'time', 'clientId')
+if last[1] and last[2] == ARGV[2] and tonumber(ARGV[1]) - tonumber(last[1]) < tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'time', ARGV[1], 'clientId', ARGV[2])
+return 1
+"""
+_RECORD_CONNECT_SHA = hashlib.sha1(RECORD_CONNECT_SCRIPT.encode()).hexdigest()
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """HGETALL's answer inside a script: [field, value, field, value, ...]."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _permissions_from(mapping: dict[Any, Any]) -> list[Permission]:

@@ -75,6 +75,15 @@ class PasswordVerifier:
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 
+    def verify_by_token(self, username: str, password: str) -> bool:
+        """True when the verified token accepts the password (one round trip,
+        no bcrypt); False means "ask verify()", not "wrong password"."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.user(username), "passwordHash")
+        pipe.get(self.keys.user_verified(username))
+        stored_hash, verified = pipe.execute()
+        return self._token_accepts(username, password, stored_hash, verified)
+
     def verify(self, username: str, password: str) -> Verdict:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.keys.user(username), "passwordHash")
@@ -83,10 +92,9 @@ class PasswordVerifier:
         stored_hash, verified, failures = pipe.execute()
         if stored_hash is None:
             return Verdict.UNKNOWN_USER
-        token = self._token(username, password, stored_hash)
-        if verified is not None and hmac.compare_digest(verified, token):
-            instruments.password_checked(instruments.PASSWORD_TOKEN, True)
+        if self._token_accepts(username, password, stored_hash, verified):
             return Verdict.ACCEPTED
+        token = self._token(username, password, stored_hash)
         if failures is not None and int(failures) >= self.config.failure_limit:
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
@@ -144,6 +152,14 @@ class PasswordVerifier:
         count = pipe.execute()[1]
         if count == self.config.failure_limit:
             log.warning("user %s reached %d failed password checks; refusing without bcrypt", username, count)
+
+    def _token_accepts(self, username: str, password: str, stored_hash: str | None, verified: str | None) -> bool:
+        if stored_hash is None or verified is None:
+            return False
+        if not hmac.compare_digest(verified, self._token(username, password, stored_hash)):
+            return False
+        instruments.password_checked(instruments.PASSWORD_TOKEN, True)
+        return True
 
     def _token(self, username: str, password: str, stored_hash: str) -> str:
         message = b"\0".join((username.encode(), password.encode(), stored_hash.encode()))

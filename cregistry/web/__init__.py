@@ -20,6 +20,7 @@ from cregistry.errors import ConfigError
 from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
+from cregistry.web.broker_wsgi import BrokerChecks
 
 API = "api"
 BROKER = "broker"
@@ -62,6 +63,10 @@ def create_app(
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
+        # The check routes themselves skip Flask (broker_wsgi.py); the blueprint answers other methods.
+        app.wsgi_app = BrokerChecks(  # type: ignore[method-assign]
+            app.wsgi_app, domain.authorizer, checks, redis_timeout=config.redis_timeout, max_body_bytes=MAX_BODY_BYTES
+        )
         metrics.init_app(app, broker=True)
         errors.init_app(app, unexpected_status=503)
     elif listener == API:

@@ -21,23 +21,31 @@ DEADLINE_SECONDS = 1.5
 
 
 def within_deadline(work: Callable[..., T], *args: Any) -> T:
-    """Run `work` on the app's thread pool; StorageUnavailable past the deadline.
+    """run_within on the app's thread pool."""
+    return run_within(current_app.extensions["cregistry"].checks, work, *args)
+
+
+def run_within(
+    pool: concurrent.futures.Executor, work: Callable[..., T], *args: Any, started: float | None = None
+) -> T:
+    """Run `work` on `pool`; StorageUnavailable past the deadline, counted
+    from `started` (time.monotonic(); now when not given).
 
     Work that waited in the queue past its deadline is not started at all: it
     was answered 503 already and could only record what nobody waits for. Work
     that started in time may finish late; its writes are atomic, and it never
     grants anything.
     """
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    deadline = (time.monotonic() if started is None else started) + DEADLINE_SECONDS
 
     def run_in_time() -> T:
         if time.monotonic() > deadline:
             raise StorageUnavailable("the work did not start in time")
         return work(*args)
 
-    future = current_app.extensions["cregistry"].checks.submit(run_in_time)
+    future = pool.submit(run_in_time)
     try:
-        return future.result(timeout=DEADLINE_SECONDS)
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)") from None

@@ -510,6 +510,61 @@ def test_redis_fault_answers_503_in_time_never_grants_and_recovers(
     assert_probes(after, HEALTHY, f"{fault} (after)")
 
 
+def acl_check(service: ServiceProcess, username: str, topic: str, acc: int = 2) -> HttpAnswer | None:
+    return answer(
+        "POST",
+        f"{service.broker}/mqtt/acl",
+        json_body={"username": username, "clientid": "c", "topic": topic, "acc": acc},
+    )
+
+
+def test_a_cached_permission_is_not_granted_while_redis_is_paused(
+    service: ServiceProcess, redis_process: RedisProcess
+) -> None:
+    """ACL checks run without the deadline's thread hop and their worker
+    caches permission sets (permission_cache.py): a paused Redis must still
+    answer 503 within 2 s, and the cached set must not answer instead."""
+    registry = registry_on(redis_process)
+    registry.users.add("cached-dev", "cached-secret")
+    registry.users.grant("cached-dev", "cached/#", "readWrite")
+    # Every worker may answer; a few checks warm the caches of those that do.
+    for _ in range(6):
+        warm = acl_check(service, "cached-dev", "cached/t")
+        assert warm is not None and warm.status == 200
+    with redis_paused(redis_process):
+        probes = []
+        for _ in range(3):
+            started = time.monotonic()
+            result = acl_check(service, "cached-dev", "cached/t")
+            probes.append((None if result is None else result.status, time.monotonic() - started))
+    print(f"\n[paused, cached ACL] {probes}")
+    for status, seconds in probes:
+        assert status == 503, probes
+        assert seconds < DEADLINE, probes
+    recovered = acl_check(service, "cached-dev", "cached/t")
+    assert recovered is not None and recovered.status == 200
+
+
+def test_a_revocation_takes_effect_at_the_next_acl_check(service: ServiceProcess, redis_process: RedisProcess) -> None:
+    """The per-worker cache is validated by the change feed on every check,
+    so a revocation (the user's own or a role's) is never answered from it."""
+    registry = registry_on(redis_process)
+    registry.users.add("revoked-dev", "revoked-secret")
+    registry.users.grant("revoked-dev", "own/#", "readWrite")
+    registry.users.set_role_permissions("revoked-role", [{"topic": "role/#", "access": "readWrite"}])
+    registry.users.assign_role("revoked-dev", "revoked-role")
+    for _ in range(6):
+        for topic in ("own/t", "role/t"):
+            allowed = acl_check(service, "revoked-dev", topic)
+            assert allowed is not None and allowed.status == 200, topic
+    registry.users.revoke("revoked-dev", "own/#")
+    registry.users.revoke_role("revoked-role", "role/#")
+    for _ in range(6):
+        for topic in ("own/t", "role/t"):
+            refused = acl_check(service, "revoked-dev", topic)
+            assert refused is not None and refused.status == 403, topic
+
+
 def test_redis_loading_its_data_answers_503_and_never_grants(
     service: ServiceProcess, redis_process: RedisProcess
 ) -> None:

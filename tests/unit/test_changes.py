@@ -12,9 +12,11 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
+import cregistry.changes
 import cregistry.cli
 import cregistry.connections
 from cregistry.changes import CHANGE_FOR_ACTION, MAX_PAGE, NO_CHANGE_ACTIONS, ChangeFeed
@@ -293,3 +295,49 @@ def test_redis_unreachable_answers_503_within_2_seconds(config: Config) -> None:
         assert time.monotonic() - started < 2
         assert response.status_code == 503
         assert response.get_json()["ok"] is False and response.get_json()["error"]
+
+
+def test_a_position_given_out_by_another_primary_is_a_reset(
+    feed: ChangeFeed, users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover: the new primary has the entry a position names, but answers
+    cached from the old primary may reflect changes it lost (whose entries the
+    broker never read). The primary's replication ID in the position tells."""
+    primary = {"replid": "a" * 40}
+    monkeypatch.setattr(cregistry.changes, "_epoch", lambda _info: primary["replid"])
+    first = feed.read(None)
+    assert first.position.endswith("~" + "a" * 40)
+    users.add("epoch-1", "epoch-secret")
+    page = feed.read(first.position)
+    assert page.reset is False and page.changes == ({"user": "epoch-1", "kick": False},)
+    primary["replid"] = "b" * 40  # promoted replica: same stream, another replication ID
+    after = feed.read(page.position)
+    assert after.reset is True and after.changes == ()
+    assert after.position == page.position.replace("a" * 40, "b" * 40)
+    assert feed.read(after.position).reset is False
+    # An entry ID alone (given out where there was no replication ID) is a reset too.
+    assert feed.read(after.position.partition("~")[0]).reset is True
+
+
+def test_the_epoch_is_the_primarys_replication_id_or_nothing() -> None:
+    replid = "0123456789abcdef0123456789abcdef01234567"
+    assert cregistry.changes._epoch({"role": "master", "master_replid": replid}) == replid
+    assert cregistry.changes._epoch({"master_replid": "not-a-replid"}) == ""
+    assert cregistry.changes._epoch(redis.ResponseError("unknown command 'info'")) == ""
+
+
+def test_a_reset_continues_before_the_lost_entry_so_later_kicks_still_arrive(
+    feed: ChangeFeed, users: UserStore, connection: fakeredis.FakeRedis
+) -> None:
+    """A failover lost the entry the broker's position names; what the new
+    primary recorded since (a delete: a kick) still reaches the broker after
+    the reset, which alone kicks nobody."""
+    start = feed.read(None).position
+    users.add("gone-1", "gone-secret")
+    seen = feed.read(start)
+    assert seen.changes == ({"user": "gone-1", "kick": False},)
+    connection.xdel(KEYS.changes(), seen.position)  # the entry the failover lost
+    users.delete("gone-1")  # on the new primary, before the broker polls again
+    reset = feed.read(seen.position)
+    assert reset.reset is True and reset.position == start
+    assert changes_after(feed, reset.position) == [{"user": "gone-1", "kick": True}]

@@ -1,0 +1,32 @@
+"""A CONNECT accepted by its verified token: the broker path's fast case.
+
+A known device that connected before proves its password with the verified
+token (verification.py) in one Redis round trip, without bcrypt. That case
+runs on the request's own thread (web/broker_wsgi.py); every other case
+(bcrypt, a wrong password, the guessing limit, an unknown user who may
+become a registration request) is Authorizer.check_user's, on the check pool
+under the deadline.
+"""
+
+from __future__ import annotations
+
+from cregistry import names, passwords
+from cregistry.broker import ALLOW, Authorizer, Decision
+from cregistry.errors import InvalidInput
+
+
+def check_user_by_token(authorizer: Authorizer, username: str, password: str, client_id: str) -> Decision | None:
+    """ALLOW when the verified token accepts the password, a refusal for
+    malformed fields (as check_user's), None for "ask check_user"."""
+    started = authorizer.monotonic()
+    try:
+        names.validate_username(username)
+        passwords.validate_password_format(password)
+        names.validate_client_id(client_id)
+    except InvalidInput as error:
+        return Decision(False, str(error))
+    if not authorizer.registry.verifier.verify_by_token(username, password):
+        return None
+    # Runs only if the check above took less than LAST_CONNECT_BUDGET (broker.py).
+    authorizer.last_connects.record(username, client_id, started)
+    return ALLOW

@@ -1,0 +1,163 @@
+"""The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser) as a
+thin WSGI callable in front of the broker listener's Flask app.
+
+Mosquitto waits for these answers on its only thread, so they skip Flask's
+routing, hooks and error handlers; everything else on the broker listener
+(health, /metrics, /mqtt/changes, other methods) goes on to Flask. The wire
+format is the same as broker_routes.py's: JSON, form or query string, POST,
+PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
+in the same metrics (web/metrics.py).
+
+The 1.5 s deadline (deadline.py): an ACL or superuser check makes one Redis
+round trip (a second only when Redis lost the script, and a connection may
+have to be opened first), each bounded by CREGISTRY_REDIS_TIMEOUT; when
+those bounds fit the deadline the check runs on the request's own thread,
+without a hop to the check pool. So does a CONNECT that its verified token
+accepts (token_connect.py: one round trip, then the last-connect write only
+when that took under 0.25 s). Every other CONNECT may hash with bcrypt and
+record a registration request (several round trips): it runs on the pool,
+under the deadline counted from the request's start. With the default 0.5 s
+timeout the worst cases are 1.5 s (an ACL check opening a connection, then
+NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose last-connect write
+opens a connection), within go-auth's and the plugin's 2 s.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
+
+from cregistry import errors
+from cregistry.broker import Authorizer, Decision, parse_acc
+from cregistry.errors import InvalidInput
+from cregistry.token_connect import check_user_by_token
+from cregistry.web import metrics
+from cregistry.web.deadline import DEADLINE_SECONDS, run_within
+from cregistry.web.errors import STATUS_FOR
+
+log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method; others go to Flask (405 there)
+ROUTES = {"/mqtt/user": "user", "/mqtt/acl": "acl", "/mqtt/superuser": "superuser"}
+# Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
+INLINE_ROUND_TRIPS = 3
+
+
+class BrokerChecks:
+    def __init__(
+        self,
+        fallback: WsgiApp,
+        authorizer: Authorizer,
+        pool: concurrent.futures.Executor,
+        *,
+        redis_timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.fallback = fallback
+        self.authorizer = authorizer
+        self.pool = pool
+        self.max_body_bytes = max_body_bytes
+        self.inline = INLINE_ROUND_TRIPS * redis_timeout <= DEADLINE_SECONDS
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        route = ROUTES.get(environ.get("PATH_INFO") or "")
+        if route is None or environ.get("REQUEST_METHOD") not in METHODS:
+            return self.fallback(environ, start_response)
+        started = time.perf_counter()
+        try:
+            status, body = self._check(route, environ)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
+            status, body = _error_answer(error)
+        metrics.CHECK_SECONDS.labels(route).observe(time.perf_counter() - started)
+        metrics.CHECKS.labels(route, metrics.check_result(status)).inc()
+        data = _json_bytes(body)
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
+    def _check(self, route: str, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        request = Request(environ)
+        request.max_content_length = self.max_body_bytes
+        params = _params(request)
+        authorizer = self.authorizer
+        if route == "user":
+            fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
+            started = time.monotonic()
+            quick = check_user_by_token(authorizer, *fields) if self.inline else None
+            decision = (
+                quick if quick is not None else run_within(self.pool, authorizer.check_user, *fields, started=started)
+            )
+        elif route == "acl":
+            fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
+            decision = self._run(authorizer.check_acl, *fields, parse_acc(params.get("acc")))
+        else:
+            decision = self._run(authorizer.check_superuser, _field(params, "username"))
+        return _answer(decision)
+
+    def _run(self, check: Callable[..., Decision], *args: Any) -> Decision:
+        if self.inline:
+            return check(*args)
+        return run_within(self.pool, check, *args)
+
+
+def _params(request: Request) -> dict[str, Any]:
+    """go-auth sends JSON (http_params_mode json) or a form (form); GET may
+    carry either in the body, or the fields in the query string."""
+    body = request.get_data(cache=True)
+    if request.is_json or body.lstrip()[:1] in (b"{", b"["):
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            # json refuses deep nesting with RecursionError, not ValueError.
+            raise InvalidInput("the body must be JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return data
+    params: dict[str, Any] = request.args.to_dict()
+    params.update(request.form.to_dict())
+    return params
+
+
+def _field(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} is missing or not a string")
+    return value
+
+
+def _answer(decision: Decision) -> tuple[int, dict[str, Any]]:
+    return (200 if decision.allowed else 403), {"ok": decision.allowed, "error": decision.reason}
+
+
+def _error_answer(error: Exception) -> tuple[int, dict[str, Any]]:
+    """What web/errors.py answers on the broker listener, where a bug is a 503."""
+    if isinstance(error, errors.CregistryError):
+        if isinstance(error, errors.StorageUnavailable):
+            metrics.count_redis_error(error)
+        return STATUS_FOR.get(type(error), 400), {"ok": False, "error": str(error)}
+    if isinstance(error, redis.RedisError):
+        log.warning("Redis unavailable: %s", type(error).__name__)
+        metrics.count_redis_error(error)
+        return 503, {"ok": False, "error": "storage unavailable; try again"}
+    if isinstance(error, HTTPException) and error.code is not None:
+        return error.code, {"ok": False, "error": error.description or error.name}
+    log.exception("unexpected error", exc_info=error)
+    return 503, {"ok": False, "error": "internal error"}
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """As the Flask apps' JSON (web/__init__.py): compact, ASCII, with <, > and & escaped."""
+    text = json.dumps(body, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") + "\n").encode()
