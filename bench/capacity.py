@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cregistry import credentials  # noqa: E402
+from cregistry import passwords  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
 from cregistry.users import UserStore  # noqa: E402
@@ -52,9 +52,9 @@ def measure_memory(users: int, permissions: int) -> dict[str, Any]:
         keys = Keys(config.key_prefix)
         # A real bcrypt hash (60 characters at every cost); hashing each user
         # would only make the script slow, not the hash longer.
-        sample_hash = credentials.hash_password("x" * 12, 4)
-        real_hash = credentials.hash_password
-        credentials.hash_password = lambda _password, _cost: sample_hash  # type: ignore[assignment]
+        sample_hash = passwords.hash_password("x" * 12, 4)
+        real_hash = passwords.hash_password
+        passwords.hash_password = lambda _password, _cost: sample_hash  # type: ignore[assignment]
         try:
             store.add("warm-up-user", "secret-pw")  # creates the index and the audit stream
             before = used_memory(client)
@@ -72,7 +72,7 @@ def measure_memory(users: int, permissions: int) -> dict[str, Any]:
                 client.set(keys.user_verified(f"device-{n:07d}"), "f" * 64, ex=7 * 24 * 3600)
             after_tokens = used_memory(client)
         finally:
-            credentials.hash_password = real_hash  # type: ignore[assignment]
+            passwords.hash_password = real_hash  # type: ignore[assignment]
         audit_before = used_memory(client)
         audit_entries = 10_000
         for n in range(audit_entries):
@@ -191,10 +191,10 @@ def measure_checks(seconds: float, threads: int) -> dict[str, Any]:
 
 
 def measure_bcrypt(rounds: int = 20) -> dict[str, Any]:
-    stored = credentials.hash_password("sensor-secret", 10)
+    stored = passwords.hash_password("sensor-secret", 10)
     started = time.process_time()
     for _ in range(rounds):
-        credentials.verify_password("sensor-secret", stored)
+        passwords.verify_password("sensor-secret", stored)
     return {"cost": 10, "cpu_seconds_per_check": round((time.process_time() - started) / rounds, 4)}
 
 

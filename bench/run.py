@@ -39,8 +39,8 @@ from bench.brokers import CREGISTRY, DYNSEC, GO_AUTH, NO_AUTH, SETUPS, DynsecUse
 from bench.output import GOALS, chart, evaluate_goals, report  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
-from cregistry.credentials import hash_password  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
+from cregistry.passwords import hash_password  # noqa: E402
 from cregistry.users import UserStore  # noqa: E402
 from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http  # noqa: E402
 

@@ -12,12 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from cregistry.changes import ChangeFeed
-from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
+from cregistry.names import is_int_within
+from cregistry.timestamps import isoformat
 
 MAX_LISTED = 1000
 # Whoever changes something without saying who (tests, library use).
@@ -25,18 +28,26 @@ UNNAMED_ACTOR = "system"
 
 
 class AuditLog:
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        keys: Keys | None = None,
+        changes: ChangeFeed | None = None,
+    ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
-        self.changes = ChangeFeed(connection, config)
+        self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
 
-    def add(self, pipe: Any, actor: str, action: str, target: str, **details: Any) -> None:
+    def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: Any) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on
         `pipe`, the transaction that makes the change."""
         self.changes.record(pipe, action, target)
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "time": repr(self.clock()),
             "actor": actor,
             "action": action,
@@ -47,7 +58,7 @@ class AuditLog:
 
     def entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` entries, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
+        if not is_int_within(limit, 1, MAX_LISTED):
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_LISTED}")
         rows: Any = self.redis.xrevrange(self.keys.audit(), count=limit)
         return [_entry(entry_id, fields) for entry_id, fields in rows or []]

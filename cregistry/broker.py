@@ -12,11 +12,12 @@ from typing import Any
 
 import redis
 
-from cregistry import credentials, topics
+from cregistry import names, passwords, topics
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
+from cregistry.log_throttle import ThrottledWarning
 from cregistry.permission_cache import PermissionCache
-from cregistry.registry import Attempt, Registry, ThrottledWarning
+from cregistry.registry import Attempt, Registry
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
 from cregistry.verification import Verdict, WorkLimits
 
@@ -98,7 +99,7 @@ class LastConnectRecorder:
             _last_connect_warning.emit(type(error).__name__)
 
 
-_last_connect_warning = ThrottledWarning("cannot record a last connect (%s); the connect itself succeeded")
+_last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
 
 
 class Authorizer:
@@ -109,8 +110,12 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        registry: Registry | None = None,
     ):
-        self.registry = Registry(connection, config, clock, limits)
+        # cregistry.services.build hands in the registry it built; alone
+        # (tests, benchmarks) the authorizer builds its own.
+        self.registry = registry if registry is not None else Registry(connection, config, clock, limits)
         self.users: UserStore = self.registry.users
         self.monotonic = monotonic
         self.last_connects = LastConnectRecorder(self.users, clock, monotonic)
@@ -120,9 +125,9 @@ class Authorizer:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
         started = self.monotonic()
         try:
-            credentials.validate_username(username)
-            credentials.validate_password_format(password)
-            credentials.validate_client_id(client_id)
+            names.validate_username(username)
+            passwords.validate_password_format(password)
+            names.validate_client_id(client_id)
         except InvalidInput as error:
             return Decision(False, str(error))
         verdict = self.registry.verifier.verify(username, password)
@@ -132,7 +137,7 @@ class Authorizer:
         if verdict is not Verdict.UNKNOWN_USER:
             return Decision(False, verdict.value)
         try:
-            self.users.policy.validate(password)
+            self.users.policy.validate_strength(password)
         except InvalidInput as error:
             return Decision(False, f"unknown user; not recorded: {error}")
         attempt, pairing = self.registry.record_attempt(username, password, client_id, "mqtt")
@@ -142,13 +147,14 @@ class Authorizer:
             Attempt.LOCKED: "unknown user; the registry is locked",
             Attempt.DENIED: "the registration request with these credentials was denied",
             Attempt.LIMITED: "unknown user; too many pending requests, not recorded",
+            Attempt.BUSY: "unknown user; registration is busy, not recorded; connect again later",
             Attempt.APPROVED_MEANWHILE: "registration approved just now; connect again",
         }
         return Decision(False, reasons[attempt])
 
     def check_superuser(self, username: str) -> Decision:
         try:
-            credentials.validate_username(username)
+            names.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
         if self.permissions.acl_data(username).superuser:
@@ -158,7 +164,7 @@ class Authorizer:
     def check_acl(self, username: str, client_id: str, topic: str, acc: int) -> Decision:
         """Superusers pass here too, so go-auth's superuser URI is optional."""
         try:
-            credentials.validate_username(username)
+            names.validate_username(username)
             if acc == ACC_SUBSCRIBE:
                 levels = topics.validate_filter(topic)
             else:

@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from cregistry.config import Config
 from cregistry.keys import Keys
@@ -72,12 +73,12 @@ class FeedPage:
 
 
 class ChangeFeed:
-    def __init__(self, connection: redis.Redis, config: Config) -> None:
+    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
 
-    def record(self, pipe: Any, action: str, target: str) -> None:
+    def record(self, pipe: Pipeline, action: str, target: str) -> None:
         """Queue the feed entry for `action` on `target` on `pipe`, the change's transaction."""
         kind = CHANGE_FOR_ACTION.get(action)
         if kind is None:

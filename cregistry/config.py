@@ -7,12 +7,14 @@ environment, then an explicit override (tests).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import types
 from collections.abc import Mapping
 from typing import Any
 
-from cregistry.connections import check_url
 from cregistry.errors import ConfigError
+from cregistry.names import is_int_within
 
 ENV_PREFIX = "CREGISTRY_"
 
@@ -50,6 +52,12 @@ CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
 CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
 CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: env_name(REDIS_URL) is "CREGISTRY_REDIS_URL"."""
+    return ENV_PREFIX + name
+
 
 MAX_UNLOCK_SECONDS = 3600
 # One floor for CREGISTRY_ADMIN_TOKEN and every token of CREGISTRY_ADMIN_TOKENS.
@@ -126,6 +134,9 @@ class Config:
         _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
         _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
         if self.redis_url is not None:
+            # Imported here: connections names its settings through this module.
+            from cregistry.connections import check_url
+
             check_url(self.redis_url)
         _check_range(CONSOLE_IDLE_TIMEOUT, self.console_idle_timeout, 60, 7 * 24 * 3600)
         _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
@@ -163,14 +174,20 @@ class Config:
         if parse_listen(self.api_listen, API_LISTEN)[1] == parse_listen(self.broker_listen, BROKER_LISTEN)[1]:
             raise ConfigError(f"{ENV_PREFIX}{API_LISTEN} and {ENV_PREFIX}{BROKER_LISTEN} need different ports")
 
-    def named_admin_tokens(self) -> dict[str, str]:
+    def named_admin_tokens(self) -> Mapping[str, str]:
         """Token name -> token; CREGISTRY_ADMIN_TOKEN is named "admin"."""
+        return self._named_admin_tokens
+
+    @functools.cached_property
+    def _named_admin_tokens(self) -> Mapping[str, str]:
+        # Parsed once per Config, not once per admin request; read-only
+        # because every request of the process shares it.
         named = {"admin": self.admin_token} if self.admin_token else {}
         for item in (self.admin_tokens or "").split(","):
             if item.strip():
                 name, _, token = item.strip().partition("=")
                 named[name] = token
-        return named
+        return types.MappingProxyType(named)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **override: Any) -> Config:
@@ -216,5 +233,5 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int_within(value, low, high):
         raise ConfigError(f"{ENV_PREFIX}{name} must be an integer from {low} to {high}, got {value!r}")

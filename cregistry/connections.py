@@ -1,5 +1,5 @@
 """Redis connections, configured by one URL: redis://, rediss://, unix://, or
-redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB] (SPEC §9)."""
+redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cregistry.config import REDIS_URL, env_name
 from cregistry.errors import ConfigError
 
 SENTINEL_SCHEME = "redis+sentinel://"
 SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 DEFAULT_SENTINEL_PORT = 26379
-URL_NAME = "CREGISTRY_REDIS_URL"
+URL_NAME = env_name(REDIS_URL)
 
 
 class Client(redis.Redis):
@@ -156,7 +157,7 @@ def configuration_problem(error: redis.RedisError) -> str | None:
     (CLI exit 2, `serve` refuses to start), not an unreachable Redis.
     """
     if isinstance(error, redis.AuthenticationError):
-        return f"CREGISTRY_REDIS_URL: Redis refuses the credentials ({error})"
+        return f"{URL_NAME}: Redis refuses the credentials ({error})"
     if isinstance(error, redis.ResponseError) and "DB index is out of range" in str(error):
-        return f"CREGISTRY_REDIS_URL names a database this Redis does not have ({error})"
+        return f"{URL_NAME} names a database this Redis does not have ({error})"
     return None

@@ -1,4 +1,4 @@
-"""The device agent behind `cregistry device` (SPEC §8): credentials made and
+"""The device agent behind `cregistry device`: credentials made and
 kept on the device, registration over MQTT or REST, then a connection that
 stays up. Nothing here knows click; time, sleep, randomness, HTTP and MQTT
 are passed in so that tests can drive every decision."""
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cregistry import errors
-from cregistry.clock import isoformat
-from cregistry.credentials import BCRYPT_MAX_BYTES, pairing_id, validate_password_format, validate_username
 from cregistry.errors import CredentialsFileInvalid, CredentialsFileMissing, CredentialsRefused, RegistrationFailed
+from cregistry.names import validate_username
+from cregistry.passwords import BCRYPT_MAX_BYTES, pairing_id, validate_password_format
+from cregistry.timestamps import isoformat
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Credentials:
 
 
 def username_for_host(hostname: str, suffix: str) -> str:
-    """A valid username (SPEC §2) from any host name: its first label made
+    """A valid username (names.USERNAME_RE) from any host name: its first label made
     ASCII, lower case and safe, then `-` and `suffix` (hex digits)."""
     label = next((part for part in hostname.split(".") if part), "")
     ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode("ascii")
@@ -128,7 +129,7 @@ def username_for_host(hostname: str, suffix: str) -> str:
 def new_password(token: Callable[[int], str] = secrets.token_urlsafe) -> str:
     """43 random URL-safe characters, drawn again until every character class
     is present, so that even a server policy that requires lower, upper,
-    digit and symbol (SPEC §2) accepts it; that costs under one bit."""
+    digit and symbol (passwords.PasswordPolicy) accepts it; that costs under one bit."""
     while True:
         candidate = token(PASSWORD_ENTROPY_BYTES)
         if (
@@ -329,7 +330,7 @@ class RestDecision:
 
 
 def decide_registration(status: int, body: Any, username: str, pairing: str) -> RestDecision:
-    """The SPEC §5 statuses, seen from the device."""
+    """The statuses of POST /api/client-registry/register, seen from the device."""
     server_error = body.get("error") if isinstance(body, dict) else None
     detail = f": {server_error}" if isinstance(server_error, str) and server_error else ""
     if status == 201:

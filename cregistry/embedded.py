@@ -19,6 +19,8 @@ import time
 
 import redis
 
+from cregistry.config import EMBEDDED_REDIS_PORT, REDIS_URL, env_name
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -40,7 +42,7 @@ class EmbeddedRedis:
         if _port_in_use(self.port):
             raise RuntimeError(
                 f"cannot start the embedded Redis: {HOST}:{self.port} is in use"
-                " (set CREGISTRY_EMBEDDED_REDIS_PORT, or CREGISTRY_REDIS_URL for a real Redis)"
+                f" (set {env_name(EMBEDDED_REDIS_PORT)}, or {env_name(REDIS_URL)} for a real Redis)"
             )
         if self.kind == "redis-server":
             command = [

@@ -1,4 +1,4 @@
-"""Domain exceptions. The web layer (web/errors.py) and the CLI (cli/output.py)
+"""Domain exceptions. The web layer (web/errors.py) and the CLI (cli/errors.py)
 each map them to statuses and exit codes in one place."""
 
 

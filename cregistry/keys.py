@@ -4,7 +4,7 @@ Every key starts with the configurable prefix. The keys of one user share the
 hash tag ``{username}`` (and those of one role ``{role:name}``). That does not
 make Redis Cluster work: an approval also writes the registry-wide indexes and
 the audit stream in the same MULTI (see the README). Usernames and role names
-cannot contain braces or colons (see credentials.py), so tags cannot collide or
+cannot contain braces or colons (see names.py), so tags cannot collide or
 nest.
 """
 
@@ -97,5 +97,11 @@ class Keys:
 
     @staticmethod
     def pending_member(username: str, pairing_id: str) -> str:
-        """Member of the pending index (not a key)."""
+        """Member of the pending index (not a key); also the admin API's request id."""
         return f"{username}:{pairing_id}"
+
+    @staticmethod
+    def split_pending_member(member: str) -> tuple[str, str]:
+        """(username, pairing ID) of a pending_member; usernames hold no colon."""
+        username, _, pairing_id = member.partition(":")
+        return username, pairing_id

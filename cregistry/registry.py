@@ -13,16 +13,15 @@ import enum
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
-from cregistry import credentials
-from cregistry.audit import UNNAMED_ACTOR
-from cregistry.clock import isoformat
+from cregistry import names, passwords
+from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import MAX_UNLOCK_SECONDS, Config
 from cregistry.errors import (
     AmbiguousRequest,
@@ -35,6 +34,8 @@ from cregistry.errors import (
     UsernameTaken,
 )
 from cregistry.keys import Keys
+from cregistry.log_throttle import ThrottledWarning
+from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
 from cregistry.users import User, UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
@@ -47,30 +48,7 @@ MAX_OFFSET = 10**9
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
-class ThrottledWarning:
-    """A warning logged at most once per interval per process: a flood of
-    attempts must not turn into a flood of log lines (the attacker sets the
-    rate). The lines held back are counted in the next one."""
-
-    def __init__(self, message: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.message = message
-        self.interval = interval
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.last: float | None = None
-        self.held_back = 0
-
-    def emit(self, *args: Any) -> None:
-        with self.lock:
-            now = self.clock()
-            if self.last is not None and now - self.last < self.interval:
-                self.held_back += 1
-                return
-            held_back, self.held_back, self.last = self.held_back, 0, now
-        log.warning(self.message + " (%d more since the last such line)", *args, held_back)
-
-
-_cap_warning = ThrottledWarning("pending request cap (%d) reached; attempts are not recorded")
+_cap_warning = ThrottledWarning(log, "pending request cap (%d) reached; attempts are not recorded")
 
 
 class Attempt(enum.Enum):
@@ -81,6 +59,7 @@ class Attempt(enum.Enum):
     LOCKED = "locked"  # registry locked: nothing recorded
     DENIED = "denied"  # an operator denied these credentials
     LIMITED = "limited"  # a pending cap is reached: nothing recorded
+    BUSY = "busy"  # every registration bcrypt slot is taken: nothing recorded
     APPROVED_MEANWHILE = "approved meanwhile"  # the user was created while we hashed
 
 
@@ -93,7 +72,7 @@ class Registration(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LockState:
-    """SPEC §6: `locked` while new requests are refused (no unlock key, 0 s
+    """`locked` while new requests are refused (no unlock key, 0 s
     left); otherwise the seconds until the registry locks again."""
 
     locked: bool
@@ -135,15 +114,15 @@ class PendingRequest:
 
 
 def request_id(username: str, pairing_id: str) -> str:
-    """The admin API's id of a request: "username:pairingId"."""
-    return f"{username}:{pairing_id}"
+    """The admin API's id of a request: "username:pairingId", its pending-index member."""
+    return Keys.pending_member(username, pairing_id)
 
 
 def parse_request_id(value: str) -> tuple[str, str]:
     """Split an id made by request_id; anything else names no request."""
-    username, _, pairing_id = value.partition(":")
+    username, pairing_id = Keys.split_pending_member(value)
     try:
-        credentials.validate_username(username)
+        names.validate_username(username)
         _validate_pairing_id(pairing_id)
     except InvalidInput:
         raise RequestNotFound(f"no pending request {value!r}") from None
@@ -152,7 +131,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 def validate_page(offset: Any, limit: Any) -> None:
     for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if not names.is_int_within(value, low, high):
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
 
@@ -179,14 +158,27 @@ class Registry:
         config: Config,
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
+        *,
+        keys: Keys | None = None,
+        users: UserStore | None = None,
+        verifier: PasswordVerifier | None = None,
+        audit: AuditLog | None = None,
     ):
+        # Built on their own (tests, library use), the collaborators share one
+        # Keys and one AuditLog; cregistry.services.build hands them in.
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
-        self.users = UserStore(connection, config, clock)
-        self.verifier = PasswordVerifier(connection, config, clock, limits)
-        self.audit = self.users.audit
+        if audit is None:
+            audit = users.audit if users is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.audit = audit
+        self.users = users if users is not None else UserStore(connection, config, clock, keys=self.keys, audit=audit)
+        self.verifier = (
+            verifier
+            if verifier is not None
+            else PasswordVerifier(connection, config, clock, limits, keys=self.keys, audit=audit)
+        )
 
     # -- lock state --------------------------------------------------------
     def status(self) -> LockState:
@@ -199,10 +191,10 @@ class Registry:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
         if seconds is None:
             seconds = self.config.unlock_seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_UNLOCK_SECONDS:
+        if not names.is_int_within(seconds, 1, MAX_UNLOCK_SECONDS):
             raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
 
-        def open_registry(pipe: Any) -> None:
+        def open_registry(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
             self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
@@ -213,7 +205,7 @@ class Registry:
 
     def lock(self, *, actor: str = UNNAMED_ACTOR) -> LockState:
 
-        def close_registry(pipe: Any) -> None:
+        def close_registry(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.delete(self.keys.unlock())
             self.audit.add(pipe, actor, "registry.lock", "registry")
@@ -230,12 +222,15 @@ class Registry:
         client_id: str,
         source: str,
         context: dict[str, Any] | None = None,
+        pairing: str | None = None,
     ) -> tuple[Attempt, str]:
         """Record or refresh a pending request; returns the outcome and the pairing ID.
 
-        The caller has validated the input and knows the user does not exist.
+        The caller has validated the input and knows the user does not exist;
+        it may pass the pairing ID it computed already.
         """
-        pairing = credentials.pairing_id(username, password)
+        if pairing is None:
+            pairing = passwords.pairing_id(username, password)
         request_key = self.keys.request(username, pairing)
         now = self.clock()
         # Everything the decision needs, in one round trip.
@@ -251,6 +246,8 @@ class Registry:
             return Attempt.DENIED, pairing
         if pending and self._touch(username, pairing, now):
             return Attempt.REPEATED, pairing
+        # A request that vanished while counted is gone for good (approved,
+        # denied or expired): the next checks treat the attempt as new.
         if not unlocked:
             return Attempt.LOCKED, pairing
         # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
@@ -261,23 +258,28 @@ class Registry:
             return Attempt.LIMITED, pairing
         password_hash = self.verifier.hash_for_registration(password)
         if password_hash is None:
-            return Attempt.LIMITED, pairing
+            return Attempt.BUSY, pairing
         return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
 
     def _touch(self, username: str, pairing: str, now: float) -> bool:
         """Count one more attempt on an existing request; False if it vanished meanwhile."""
         request_key = self.keys.request(username, pairing)
 
-        def count_attempt(pipe: Any) -> bool:
+        def count_attempt(pipe: Pipeline) -> bool:
             if not pipe.exists(request_key):
                 return False  # approved, denied or expired while we looked
             pipe.multi()
-            pipe.hincrby(request_key, "attempts", 1)
-            pipe.hset(request_key, "lastSeen", repr(now))
-            self._keep_alive(pipe, username, pairing, now)
+            self._count_attempt(pipe, username, pairing, now)
             return True
 
         return run_watched(self.redis, [request_key], count_attempt, durable=False)
+
+    def _count_attempt(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
+        """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
+        request_key = self.keys.request(username, pairing)
+        pipe.hincrby(request_key, "attempts", 1)
+        pipe.hset(request_key, "lastSeen", repr(now))
+        self._keep_alive(pipe, username, pairing, now)
 
     def _insert(
         self,
@@ -292,12 +294,16 @@ class Registry:
         request_key = self.keys.request(username, pairing)
         candidates_key = self.keys.user_requests(username)
 
-        def insert(pipe: Any) -> Attempt:
+        def insert(pipe: Pipeline) -> Attempt:
             if pipe.exists(self.keys.user(username)):
                 # Approved while we hashed: no request for an existing user.
                 return Attempt.APPROVED_MEANWHILE
             if pipe.exists(request_key):
-                return Attempt.REPEATED if self._touch(username, pairing, now) else Attempt.LIMITED
+                # Recorded by a concurrent attempt: count this one in the same
+                # transaction (request_key is watched) instead of a second one.
+                pipe.multi()
+                self._count_attempt(pipe, username, pairing, now)
+                return Attempt.REPEATED
             if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
                 return Attempt.LIMITED
             pipe.multi()
@@ -327,7 +333,7 @@ class Registry:
             log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
         return attempt
 
-    def _keep_alive(self, pipe: Any, username: str, pairing: str, now: float) -> None:
+    def _keep_alive(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
         """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
         ttl = self.config.pending_ttl
         pipe.expire(self.keys.request(username, pairing), ttl)
@@ -358,11 +364,11 @@ class Registry:
         context: Any = None,
     ) -> tuple[Registration, str]:
         """A device asks to be registered; returns (PENDING|GRANTED, pairing ID) or raises."""
-        credentials.validate_username(username)
-        credentials.validate_password_format(password)
-        client_id = credentials.validate_client_id("" if client_id is None else client_id)
+        names.validate_username(username)
+        passwords.validate_password_format(password)
+        client_id = names.validate_client_id("" if client_id is None else client_id)
         context = validate_context(context)
-        pairing = credentials.pairing_id(username, password)
+        pairing = passwords.pairing_id(username, password)
         verdict = self.verifier.verify(username, password)
         if verdict is Verdict.ACCEPTED:
             return Registration.GRANTED, pairing
@@ -372,8 +378,8 @@ class Registry:
             # 201/409 make this route a password oracle: it shares the guessing limit.
             raise TooManyFailures(f"too many failed attempts for {username!r}; try again later")
         # Existing users keep working under a stricter policy; new ones meet it.
-        self.users.policy.validate(password)
-        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context)
+        self.users.policy.validate_strength(password)
+        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context, pairing)
         if attempt in (Attempt.RECORDED, Attempt.REPEATED, Attempt.APPROVED_MEANWHILE):
             # Approved meanwhile: the device's next poll gets 201 (or 409).
             return Registration.PENDING, pairing
@@ -381,6 +387,9 @@ class Registry:
             raise RequestDenied("the registration request with these credentials was denied")
         if attempt is Attempt.LIMITED:
             raise PendingLimitReached("too many pending registration requests; try again later")
+        if attempt is Attempt.BUSY:
+            # 429 as for the caps: the device backs off and tries again.
+            raise PendingLimitReached("registration is busy; try again later")
         raise RegistryLocked("the registry is locked; ask the operator to unlock it")
 
     # -- operators ---------------------------------------------------------
@@ -392,7 +401,7 @@ class Registry:
         pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
         pipe.zrange(self.keys.pending_index(), offset, offset + limit - 1)
         members = pipe.execute()[1]
-        pairs = [member.split(":", 1) for member in members]
+        pairs = [Keys.split_pending_member(member) for member in members]
         pipe = self.redis.pipeline(transaction=False)
         for username, pairing in pairs:
             pipe.hgetall(self.keys.request(username, pairing))
@@ -414,7 +423,7 @@ class Registry:
         return int(pipe.execute()[1])
 
     def requests_for(self, username: str) -> list[PendingRequest]:
-        credentials.validate_username(username)
+        names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
         pairings = self._live_pairing_ids(username)
         for pairing in pairings:
@@ -432,11 +441,11 @@ class Registry:
         username; WATCH makes concurrent approvals (or an approve racing a
         deny) end with exactly one winner.
         """
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
         candidates_key = self.keys.user_requests(username)
 
-        def create_user(pipe: Any) -> PendingRequest:
+        def create_user(pipe: Pipeline) -> PendingRequest:
             if pipe.exists(user_key):
                 raise UsernameTaken(f"user {username!r} exists already")
             request = self._watch_request(pipe, username, pairing_id)
@@ -468,11 +477,11 @@ class Registry:
     def deny(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> PendingRequest:
         """Remove the request and remember the denial for the pending TTL,
         so the device's polling gets 403 instead of a fresh request."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
 
-        def deny_request(pipe: Any) -> PendingRequest:
+        def deny_request(pipe: Pipeline) -> PendingRequest:
             request = self._watch_request(pipe, username, pairing_id)
             pairing = request.pairing_id
             pipe.multi()
@@ -487,7 +496,7 @@ class Registry:
         log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
         return request
 
-    def _watch_request(self, pipe: Any, username: str, pairing_id: str | None) -> PendingRequest:
+    def _watch_request(self, pipe: Pipeline, username: str, pairing_id: str | None) -> PendingRequest:
         """Choose the request (see _choose), WATCH it and read it."""
         pairing = self._choose(username, pairing_id)
         request_key = self.keys.request(username, pairing)
@@ -513,7 +522,7 @@ class Registry:
             )
         return live[0]
 
-    def _forget_requests(self, pipe: Any, username: str, pairings: set[Any]) -> None:
+    def _forget_requests(self, pipe: Pipeline, username: str, pairings: set[Any]) -> None:
         for pairing in pairings:
             pipe.delete(self.keys.request(username, pairing))
             pipe.srem(self.keys.user_requests(username), pairing)
@@ -523,10 +532,10 @@ class Registry:
 def _validate_pairing_id(pairing_id: Any) -> str:
     if (
         not isinstance(pairing_id, str)
-        or len(pairing_id) != credentials.PAIRING_ID_LENGTH
+        or len(pairing_id) != passwords.PAIRING_ID_LENGTH
         or not set(pairing_id) <= PAIRING_ID_CHARS
     ):
-        raise InvalidInput(f"a pairing ID is {credentials.PAIRING_ID_LENGTH} lower-case hex digits")
+        raise InvalidInput(f"a pairing ID is {passwords.PAIRING_ID_LENGTH} lower-case hex digits")
     return pairing_id
 
 

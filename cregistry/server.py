@@ -16,7 +16,15 @@ from typing import Any
 import redis
 from gunicorn.app.base import BaseApplication
 
-from cregistry.config import Config
+from cregistry.config import (
+    ADMIN_TOKEN,
+    EMBEDDED_REDIS_PORT,
+    REDIS_URL,
+    SESSION_SECRET,
+    VERIFY_SECRET,
+    Config,
+    env_name,
+)
 from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
 from cregistry.errors import ConfigError
@@ -113,11 +121,11 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             "\n".join(
                 [
                     "!" * 72,
-                    f"!! NO CREGISTRY_REDIS_URL: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
+                    f"!! NO {env_name(REDIS_URL)}: running on an EMBEDDED IN-MEMORY Redis ({embedded.kind}).",
                     "!! ALL DATA (users, permissions, requests) IS LOST WHEN THIS PROCESS EXITS.",
-                    f"!! The CLI finds it when it has the same CREGISTRY_EMBEDDED_REDIS_PORT ({embedded.port});"
+                    f"!! The CLI finds it when it has the same {env_name(EMBEDDED_REDIS_PORT)} ({embedded.port});"
                     f" other tools can use {embedded.url}",
-                    "!! For real use set CREGISTRY_REDIS_URL to a persistent Redis.",
+                    f"!! For real use set {env_name(REDIS_URL)} to a persistent Redis.",
                     "!" * 72,
                 ]
             )
@@ -125,12 +133,12 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     if not config.admin_token:
         config = dataclasses.replace(config, admin_token=secrets.token_urlsafe(32))
         # Printed once, here, and never logged: it is the only copy.
-        announce(f"No CREGISTRY_ADMIN_TOKEN given; this run's admin token is: {config.admin_token}")
+        announce(f"No {env_name(ADMIN_TOKEN)} given; this run's admin token is: {config.admin_token}")
     if not config.verify_secret:
         # Generated before gunicorn forks, so every worker shares it.
         config = dataclasses.replace(config, verify_secret=secrets.token_hex(32))
         log.warning(
-            "CREGISTRY_VERIFY_SECRET is not set: verified-password tokens end with this process, so after a"
+            f"{env_name(VERIFY_SECRET)} is not set: verified-password tokens end with this process, so after a"
             " restart every device pays bcrypt again and one whose username is over the failure limit is"
             " refused until the window ends"
         )
@@ -139,7 +147,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         # whenever a request lands on another worker.
         config = dataclasses.replace(config, session_secret=secrets.token_hex(32))
         log.warning(
-            "CREGISTRY_SESSION_SECRET is not set: web console sessions end when this process does;"
+            f"{env_name(SESSION_SECRET)} is not set: web console sessions end when this process does;"
             " set it (the same on every instance) to keep them"
         )
     _check_redis(config)

@@ -10,7 +10,7 @@ under the deadline.
 
 from __future__ import annotations
 
-from cregistry import credentials
+from cregistry import names, passwords
 from cregistry.broker import ALLOW, Authorizer, Decision
 from cregistry.errors import InvalidInput
 
@@ -20,9 +20,9 @@ def check_user_by_token(authorizer: Authorizer, username: str, password: str, cl
     malformed fields (as check_user's), None for "ask check_user"."""
     started = authorizer.monotonic()
     try:
-        credentials.validate_username(username)
-        credentials.validate_password_format(password)
-        credentials.validate_client_id(client_id)
+        names.validate_username(username)
+        passwords.validate_password_format(password)
+        names.validate_client_id(client_id)
     except InvalidInput as error:
         return Decision(False, str(error))
     if not authorizer.registry.verifier.verify_by_token(username, password):

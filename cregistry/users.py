@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
-from cregistry import credentials
+from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
-from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.errors import (
     InvalidInput,
@@ -22,6 +23,7 @@ from cregistry.errors import (
     UserNotFound,
 )
 from cregistry.keys import Keys
+from cregistry.timestamps import isoformat
 from cregistry.topics import validate_pattern
 from cregistry.transactions import run_watched
 
@@ -144,13 +146,21 @@ def parse_permission_list(items: Any) -> list[Permission]:
 class UserStore:
     """Users and roles in Redis. Takes its connection; knows nothing of HTTP."""
 
-    def __init__(self, connection: redis.Redis, config: Config, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        keys: Keys | None = None,
+        audit: AuditLog | None = None,
+    ):
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
-        self.policy = credentials.PasswordPolicy(config.password_min_length, config.password_require)
-        self.audit = AuditLog(connection, config, clock)
+        self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
+        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:
@@ -160,7 +170,7 @@ class UserStore:
         return bool(self.redis.exists(self.keys.user(username)))
 
     def get(self, username: str) -> User:
-        credentials.validate_username(username)
+        names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.user(username))
         pipe.hgetall(self.keys.user_permissions(username))
@@ -258,9 +268,9 @@ class UserStore:
     # entry in the same transaction.
     def add(self, username: str, password: str, *, superuser: bool = False, actor: str = UNNAMED_ACTOR) -> User:
         """Create a user with a password chosen by the operator."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         self.policy.validate(password)
-        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
         fields: dict[Any, Any] = {
             "passwordHash": password_hash,
             "createdAt": repr(self.clock()),
@@ -268,7 +278,7 @@ class UserStore:
             "source": "operator",
         }
 
-        def create(pipe: Any) -> None:
+        def create(pipe: Pipeline) -> None:
             if pipe.exists(self.keys.user(username)):
                 raise UsernameTaken(f"user {username!r} exists already")
             pipe.multi()
@@ -287,13 +297,13 @@ class UserStore:
         feed tells brokers to disconnect the user's clients. The pairing ID
         described the old password, so it goes too.
         """
-        credentials.validate_username(username)
+        names.validate_username(username)
         self.policy.validate(password)
         if not self.exists(username):  # before bcrypt: an unknown name costs no hashing
             raise UserNotFound(f"no user {username!r}")
-        password_hash = credentials.hash_password(password, self.config.bcrypt_cost)
+        password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             pipe.hset(self.keys.user(username), "passwordHash", password_hash)
             pipe.hdel(self.keys.user(username), "pairingId")
             pipe.delete(self.keys.user_verified(username))
@@ -302,7 +312,7 @@ class UserStore:
         return self.get(username)
 
     def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
-        def delete_all(pipe: Any) -> None:
+        def delete_all(pipe: Pipeline) -> None:
             pipe.delete(
                 self.keys.user(username),
                 self.keys.user_permissions(username),
@@ -351,7 +361,7 @@ class UserStore:
         key = self.keys.user_permissions(username)
         previous: list[str | None] = [None]
 
-        def read_previous(pipe: Any) -> dict[str, Any]:
+        def read_previous(pipe: Pipeline) -> dict[str, Any]:
             previous[0] = _text(pipe.hget(key, permission.topic))
             return {"previous": previous[0]}
 
@@ -371,7 +381,7 @@ class UserStore:
         validate_pattern(topic)
         key = self.keys.user_permissions(username)
 
-        def require_permission(pipe: Any) -> None:
+        def require_permission(pipe: Pipeline) -> None:
             if not pipe.hexists(key, topic):
                 raise PermissionNotFound(f"user {username!r} has no permission on {topic!r}")
 
@@ -393,7 +403,7 @@ class UserStore:
             self._require_role(role)
         roles_key = self.keys.user_roles(username)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             old = _text_set(self.redis.smembers(roles_key))
             pipe.delete(roles_key)
             if roles:
@@ -409,7 +419,7 @@ class UserStore:
     def assign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
         self._require_role(role)
 
-        def assign(pipe: Any) -> None:
+        def assign(pipe: Pipeline) -> None:
             pipe.sadd(self.keys.user_roles(username), role)
             pipe.sadd(self.keys.role_members(role), username)
 
@@ -417,14 +427,14 @@ class UserStore:
         return self.get(username)
 
     def unassign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         roles_key = self.keys.user_roles(username)
 
-        def require_role(pipe: Any) -> None:
+        def require_role(pipe: Pipeline) -> None:
             if not pipe.sismember(roles_key, role):
                 raise RoleNotFound(f"user {username!r} does not have role {role!r}")
 
-        def unassign(pipe: Any) -> None:
+        def unassign(pipe: Pipeline) -> None:
             pipe.srem(roles_key, role)
             pipe.srem(self.keys.role_members(role), username)
 
@@ -447,10 +457,10 @@ class UserStore:
 
     def set_role_permissions(self, role: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and replace its permissions."""
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         permissions = parse_permission_list(items)
 
-        def replace(pipe: Any) -> None:
+        def replace(pipe: Pipeline) -> None:
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
             _replace_hash(pipe, self.keys.role_permissions(role), permissions)
@@ -466,11 +476,11 @@ class UserStore:
     def grant_role_permission(
         self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
     ) -> tuple[Role, PermissionChange]:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         permission = parse_permission(topic, access)
         key = self.keys.role_permissions(role)
 
-        def replace(pipe: Any) -> PermissionChange:
+        def replace(pipe: Pipeline) -> PermissionChange:
             change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
@@ -489,7 +499,7 @@ class UserStore:
         validate_pattern(topic)
         key = self.keys.role_permissions(role)
 
-        def remove(pipe: Any) -> None:
+        def remove(pipe: Pipeline) -> None:
             if not pipe.hexists(key, topic):
                 raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
             pipe.multi()
@@ -503,7 +513,7 @@ class UserStore:
         self._require_role(role)
         members_key = self.keys.role_members(role)
 
-        def remove(pipe: Any) -> None:
+        def remove(pipe: Pipeline) -> None:
             members = _text_set(pipe.smembers(members_key))
             pipe.multi()
             pipe.srem(self.keys.roles(), role)
@@ -516,7 +526,7 @@ class UserStore:
 
     # -- helpers -----------------------------------------------------------
     def _require_role(self, role: str) -> None:
-        credentials.validate_role_name(role)
+        names.validate_role_name(role)
         if not self.redis.sismember(self.keys.roles(), role):
             raise RoleNotFound(f"no role {role!r}")
 
@@ -535,10 +545,10 @@ class UserStore:
         atomically with that check, so a concurrent delete cannot leave
         orphaned permissions behind. `precheck` reads (watched) before the
         change and may return more details for the audit entry."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
 
-        def apply(pipe: Any) -> None:
+        def apply(pipe: Pipeline) -> None:
             if not pipe.exists(user_key):
                 raise UserNotFound(f"no user {username!r}")
             read = precheck(pipe) if precheck is not None else None
@@ -549,9 +559,9 @@ class UserStore:
         run_watched(self.redis, [user_key, *watch], apply)
 
 
-def _replace_hash(pipe: Any, key: str, permissions: Iterable[Permission]) -> None:
+def _replace_hash(pipe: Pipeline, key: str, permissions: Iterable[Permission]) -> None:
     pipe.delete(key)
-    mapping = {p.topic: p.access for p in permissions}
+    mapping: dict[FieldT, EncodableT] = {p.topic: p.access for p in permissions}
     if mapping:
         pipe.hset(key, mapping=mapping)
 

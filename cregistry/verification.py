@@ -26,11 +26,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
+from redis.client import Pipeline
 
-from cregistry import credentials, instruments
+from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.errors import UserNotFound
@@ -62,13 +62,16 @@ class PasswordVerifier:
         config: Config,
         clock: Callable[[], float] = time.time,
         limits: WorkLimits | None = None,
+        *,
+        keys: Keys | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
         self.limits = limits if limits is not None else WorkLimits(config)
-        self.audit = AuditLog(connection, config, clock)
+        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 
@@ -98,7 +101,7 @@ class PasswordVerifier:
         with instruments.waiting_for_bcrypt():
             self.limits.verify_slots.acquire()
         try:
-            accepted = credentials.verify_password(password, stored_hash)
+            accepted = passwords.verify_password(password, stored_hash)
         finally:
             self.limits.verify_slots.release()
         instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
@@ -113,7 +116,7 @@ class PasswordVerifier:
         if not self.limits.registration_slots.acquire(blocking=False):
             return None
         try:
-            return credentials.hash_password(password, self.config.bcrypt_cost)
+            return passwords.hash_password(password, self.config.bcrypt_cost)
         finally:
             self.limits.registration_slots.release()
 
@@ -122,11 +125,11 @@ class PasswordVerifier:
 
     def clear_failures(self, username: str, *, actor: str = UNNAMED_ACTOR) -> int:
         """Forget the failed attempts of a username; returns how many there were."""
-        credentials.validate_username(username)
+        names.validate_username(username)
         user_key = self.keys.user(username)
         failures_key = self.keys.user_failures(username)
 
-        def clear(pipe: Any) -> int:
+        def clear(pipe: Pipeline) -> int:
             # Only known users collect failures (see verify); for anyone else
             # the answer is "no user", as from every other user command.
             if not pipe.exists(user_key):

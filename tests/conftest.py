@@ -16,27 +16,27 @@ def clean_cregistry_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
-    """Record the password of every call of cregistry.credentials.<name>."""
-    import cregistry.credentials
+    """Record the password of every call of cregistry.passwords.<name>."""
+    import cregistry.passwords
 
     calls: list[str] = []
-    original = getattr(cregistry.credentials, name)
+    original = getattr(cregistry.passwords, name)
 
     def counting(password: str, *args: object) -> object:
         calls.append(password)
         return original(password, *args)
 
-    monkeypatch.setattr(cregistry.credentials, name, counting)
+    monkeypatch.setattr(cregistry.passwords, name, counting)
     return calls
 
 
 @pytest.fixture
 def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every bcrypt hashing (credentials.hash_password), by password."""
+    """Every bcrypt hashing (passwords.hash_password), by password."""
     return _count_calls(monkeypatch, "hash_password")
 
 
 @pytest.fixture
 def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every bcrypt check (credentials.verify_password), by password."""
+    """Every bcrypt check (passwords.verify_password), by password."""
     return _count_calls(monkeypatch, "verify_password")

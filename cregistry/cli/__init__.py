@@ -9,40 +9,54 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 
-from cregistry import embedded
+from cregistry import embedded, services
 from cregistry.cli.device_commands import device
-from cregistry.cli.output import CommandError, ErrorMappingGroup, display, emit, json_option, table
+from cregistry.cli.errors import CommandError, ErrorMappingGroup
+from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
-from cregistry.config import Config
+from cregistry.config import MAX_UNLOCK_SECONDS, REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.registry import MAX_PAGE, PendingRequest, Registry
-from cregistry.users import PermissionChange, Role, User, UserStore
+from cregistry.users import ACCESS_LEVELS, PermissionChange, Role, User, UserStore
 
 # Per Redis operation: the bound of the broker routes' deadline, so a command
 # against a stalled Redis fails within 2 s as the service's answers do.
 CLI_REDIS_TIMEOUT = 1.5
 
 
+# How a command reaches Redis: connections.connect, or what the caller hands
+# in as the click context's obj (the tests: CliRunner.invoke(..., obj=...)).
+Connector = Callable[..., redis.Redis]
+
+
 class CliContext:
-    def __init__(self, json_output: bool) -> None:
+    def __init__(self, json_output: bool, connector: Connector = connect) -> None:
         self.json_output = json_output
-        self._registry: Registry | None = None
+        self.connector = connector
+        self._services: services.Services | None = None
 
     @functools.cached_property
     def config(self) -> Config:
         return Config.from_env()
 
     @property
-    def registry(self) -> Registry:
-        if self._registry is None:
+    def domain(self) -> services.Services:
+        """Built on first use, so `--help` and device commands need no Redis."""
+        if self._services is None:
             url = self.config.redis_url or embedded.url_for(self.config.embedded_redis_port)
-            connection = connect(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
-            self._registry = Registry(connection, self.config)
-        return self._registry
+            connection = self.connector(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
+            self._services = services.build(connection, self.config)
+        return self._services
+
+    @property
+    def registry(self) -> Registry:
+        return self.domain.registry
 
     @functools.cached_property
     def actor(self) -> str:
@@ -54,13 +68,13 @@ class CliContext:
 
     @property
     def users(self) -> UserStore:
-        return self.registry.users
+        return self.domain.users
 
     def redis_hint(self) -> str:
         if self.config.redis_url:
-            return " at CREGISTRY_REDIS_URL"
+            return f" at {env_name(REDIS_URL)}"
         return (
-            f": CREGISTRY_REDIS_URL is not set and no embedded Redis of `cregistry serve`"
+            f": {env_name(REDIS_URL)} is not set and no embedded Redis of `cregistry serve`"
             f" answers at {embedded.url_for(self.config.embedded_redis_port)}"
         )
 
@@ -77,7 +91,7 @@ def cli(ctx: click.Context, json_output: bool) -> None:
 
     Reads CREGISTRY_* environment variables (CREGISTRY_REDIS_URL above all).
     """
-    ctx.obj = CliContext(json_output)
+    ctx.obj = CliContext(json_output, ctx.obj if callable(ctx.obj) else connect)
 
 
 # -- service ----------------------------------------------------------------
@@ -117,7 +131,12 @@ def status(obj: CliContext) -> None:
 
 
 @cli.command()
-@click.option("--seconds", type=int, default=None, help="How long to stay unlocked (default 300, at most 3600).")
+@click.option(
+    "--seconds",
+    type=int,
+    default=None,
+    help=f"How long to stay unlocked (default {Config.unlock_seconds}, at most {MAX_UNLOCK_SECONDS}).",
+)
 @json_option
 @pass_cli
 def unlock(obj: CliContext, seconds: int | None) -> None:
@@ -382,7 +401,7 @@ def user_clear_failures(obj: CliContext, username: str) -> None:
     Example:
         cregistry user clear-failures sensor-17
     """
-    cleared = obj.registry.verifier.clear_failures(username, actor=obj.actor)
+    cleared = obj.domain.verifier.clear_failures(username, actor=obj.actor)
     emit({"username": username, "cleared": cleared}, f"{username}: cleared {cleared} failed attempts", obj.json_output)
 
 
@@ -410,7 +429,7 @@ def _user_text(found: User) -> str:
 
 
 # -- permissions ------------------------------------------------------------
-ACCESS_CHOICE = click.Choice(["read", "write", "readWrite"])
+ACCESS_CHOICE = click.Choice(ACCESS_LEVELS)
 
 
 @cli.command()
@@ -471,7 +490,7 @@ def audit(obj: CliContext, limit: int) -> None:
     Example:
         cregistry audit --limit 20
     """
-    entries = obj.registry.audit.entries(limit)
+    entries = obj.domain.audit.entries(limit)
     text = (
         table(
             ["TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"],

@@ -11,8 +11,9 @@ import click
 
 from cregistry import device as agent
 from cregistry import errors
-from cregistry.cli.output import EXIT_INVALID, ErrorMappingGroup, command_error, emit, json_option, json_requested
-from cregistry.credentials import validate_username
+from cregistry.cli.errors import EXIT_INVALID, ErrorMappingGroup, command_error
+from cregistry.cli.output import emit, json_option, json_requested
+from cregistry.names import validate_username
 
 
 @click.group(cls=ErrorMappingGroup)

@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from cregistry.cli.output import EXIT_INVALID, command_error
+from cregistry.cli.errors import EXIT_INVALID, command_error
 
 NO_TERMINAL = "no terminal to ask for the password on: give it with --password-stdin (or --password)"
 MISMATCH = "the two passwords differ; nothing was changed"

@@ -12,8 +12,9 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound
 
+from cregistry import services
 from cregistry.broker import Authorizer
-from cregistry.config import Config, parse_listen
+from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name, parse_listen
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry
@@ -28,7 +29,10 @@ MAX_BODY_BYTES = 256 * 1024  # a 64 KiB topic plus the rest; anything bigger is 
 
 @dataclasses.dataclass
 class Services:
+    """What the routes reach through current_app.extensions["cregistry"]."""
+
     config: Config
+    domain: services.Services
     registry: Registry
     authorizer: Authorizer
     # Broker checks run here, so a route can give up on one at its deadline.
@@ -45,7 +49,7 @@ def create_app(
     """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
     config = config if config is not None else Config.from_env()
     if config.redis_url is None and connection is None:
-        raise ConfigError("no Redis: set CREGISTRY_REDIS_URL")
+        raise ConfigError(f"no Redis: set {env_name(REDIS_URL)}")
     if connection is None:
         assert config.redis_url is not None
         connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
@@ -53,21 +57,21 @@ def create_app(
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    authorizer = Authorizer(connection, config, limits=limits)
+    domain = services.build(connection, config, limits=limits)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
-    app.extensions["cregistry"] = Services(config, authorizer.registry, authorizer, checks)
+    app.extensions["cregistry"] = Services(config, domain, domain.registry, domain.authorizer, checks)
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)
         # The check routes themselves skip Flask (broker_wsgi.py); the blueprint answers other methods.
         app.wsgi_app = BrokerChecks(  # type: ignore[method-assign]
-            app.wsgi_app, authorizer, checks, redis_timeout=config.redis_timeout, max_body_bytes=MAX_BODY_BYTES
+            app.wsgi_app, domain.authorizer, checks, redis_timeout=config.redis_timeout, max_body_bytes=MAX_BODY_BYTES
         )
         metrics.init_app(app, broker=True)
         errors.init_app(app, unexpected_status=503)
     elif listener == API:
         if not config.named_admin_tokens():
-            raise ConfigError("the API listener needs CREGISTRY_ADMIN_TOKEN")
+            raise ConfigError(f"the API listener needs {env_name(ADMIN_TOKEN)}")
         app.register_blueprint(api_routes.registration)
         app.register_blueprint(api_routes.admin)
         app.register_blueprint(openapi.bp)

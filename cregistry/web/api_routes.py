@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
+from cregistry import services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
 from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registration, Registry, parse_request_id
@@ -153,23 +154,27 @@ def delete_role(role: str) -> Response:
 @admin.delete("/api/users/<username>/failures")
 def clear_failures(username: str) -> Response:
     """Lift the guessing limit of a username."""
-    cleared = _registry().verifier.clear_failures(username, actor=g.actor)
+    cleared = _domain().verifier.clear_failures(username, actor=g.actor)
     return jsonify({"username": username, "cleared": cleared})
 
 
 @admin.get("/api/audit")
 def audit() -> Response:
     limit = _int_arg("limit", 100, 1, MAX_AUDIT_LISTED)
-    return jsonify({"entries": _registry().audit.entries(limit)})
+    return jsonify({"entries": _domain().audit.entries(limit)})
 
 
 # -- helpers ----------------------------------------------------------------
+def _domain() -> services.Services:
+    return current_app.extensions["cregistry"].domain
+
+
 def _registry() -> Registry:
-    return current_app.extensions["cregistry"].registry
+    return _domain().registry
 
 
 def _users() -> UserStore:
-    return current_app.extensions["cregistry"].registry.users
+    return _domain().users
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

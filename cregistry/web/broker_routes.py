@@ -45,7 +45,7 @@ def changes() -> Response:
 
 
 def _feed() -> ChangeFeed:
-    return _authorizer().registry.audit.changes
+    return current_app.extensions["cregistry"].domain.changes
 
 
 def _authorizer() -> Authorizer:

@@ -55,7 +55,7 @@ def init_app(app: Flask, *, unexpected_status: int) -> None:
     503 on the broker listener, so that go-auth refuses instead of granting."""
 
     @app.errorhandler(errors.CregistryError)
-    def domain_error(error: errors.CregistryError):
+    def domain_error(error: errors.CregistryError) -> Response:
         status = STATUS_FOR.get(type(error), 400)
         if isinstance(error, errors.StorageUnavailable):
             metrics.count_redis_error(error)
@@ -65,13 +65,13 @@ def init_app(app: Flask, *, unexpected_status: int) -> None:
         return error_body(str(error), status, **extra)
 
     @app.errorhandler(redis.RedisError)
-    def storage_error(error: redis.RedisError):
+    def storage_error(error: redis.RedisError) -> Response:
         log.warning("Redis unavailable: %s", type(error).__name__)
         metrics.count_redis_error(error)
         return error_body("storage unavailable; try again", 503)
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
+    def http_error(error: HTTPException) -> Response:
         response = error_body(error.description or error.name, error.code or 500)
         if error.code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -80,6 +80,6 @@ def init_app(app: Flask, *, unexpected_status: int) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def unexpected_error(error: Exception):
+    def unexpected_error(error: Exception) -> Response:
         log.exception("unexpected error")
         return error_body("internal error", unexpected_status)

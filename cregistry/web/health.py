@@ -19,7 +19,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
-        within_deadline(current_app.extensions["cregistry"].registry.redis.ping)
+        within_deadline(current_app.extensions["cregistry"].domain.redis.ping)
     except (StorageUnavailable, redis.RedisError) as error:
         return jsonify({"ok": False, "error": f"Redis not ready ({type(error).__name__})"}), 503
     return jsonify({"ok": True, "error": ""}), 200

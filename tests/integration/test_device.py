@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cregistry.credentials import pairing_id
+from cregistry.passwords import pairing_id
 from tests.harness import (
     REPO,
     MosquittoProcess,

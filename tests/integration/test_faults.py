@@ -25,12 +25,11 @@ from typing import Any
 
 import pytest
 
-import cregistry.credentials
 import cregistry.registry
 from cregistry.config import Config
 from cregistry.connections import connect
-from cregistry.credentials import pairing_id
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id
 from cregistry.registry import Attempt, Registry
 from cregistry.server import redis_durability_warnings
 from tests.harness import LOOPBACK, HttpAnswer, RedisProcess, ServiceProcess, free_port, http, wait_for_port

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cregistry.config import Config
-from cregistry.credentials import pairing_id
+from cregistry.passwords import pairing_id
 from cregistry.web import create_app, openapi
 from tests.harness import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
-import cregistry.cli
+from cregistry import services
 from cregistry.broker import Authorizer
 from cregistry.config import Config
 from cregistry.registry import Registry
@@ -56,18 +57,24 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def registry(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock) -> Registry:
-    return Registry(connection, config, clock)
+def domain(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock) -> services.Services:
+    """The objects of one process, built as the apps and the CLI build them."""
+    return services.build(connection, config, clock=clock)
 
 
 @pytest.fixture
-def users(registry: Registry) -> UserStore:
-    return registry.users
+def registry(domain: services.Services) -> Registry:
+    return domain.registry
 
 
 @pytest.fixture
-def authorizer(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock) -> Authorizer:
-    return Authorizer(connection, config, clock)
+def users(domain: services.Services) -> UserStore:
+    return domain.users
+
+
+@pytest.fixture
+def authorizer(domain: services.Services) -> Authorizer:
+    return domain.authorizer
 
 
 @pytest.fixture
@@ -85,14 +92,24 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+class ConnectingRunner(CliRunner):
+    """A CliRunner that hands `cregistry` its way to Redis through the click
+    context (obj), as cregistry.cli.cli accepts it."""
+
+    def __init__(self, connect: Callable[..., Any]) -> None:
+        super().__init__()
+        self.connect = connect
+
+    def invoke(self, cli: Any, args: Any = None, **kwargs: Any) -> Result:  # type: ignore[override]
+        kwargs.setdefault("obj", self.connect)
+        return super().invoke(cli, args, **kwargs)
+
+
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, redis_server: fakeredis.FakeServer) -> CliRunner:
+def runner(monkeypatch: pytest.MonkeyPatch, redis_server: fakeredis.FakeServer) -> ConnectingRunner:
     """A CliRunner whose `cregistry` talks to the same fakeredis as the other fixtures."""
     monkeypatch.setenv("CREGISTRY_REDIS_URL", "redis://fake:6379/0")
     monkeypatch.setenv("CREGISTRY_BCRYPT_COST", "4")
-    monkeypatch.setattr(
-        cregistry.cli,
-        "connect",
-        lambda url, timeout, **_options: fakeredis.FakeRedis(server=redis_server, decode_responses=True),
+    return ConnectingRunner(
+        lambda url, timeout, **_options: fakeredis.FakeRedis(server=redis_server, decode_responses=True)
     )
-    return CliRunner()

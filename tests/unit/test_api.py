@@ -19,9 +19,9 @@ from werkzeug.test import TestResponse
 
 import cregistry.connections
 from cregistry.config import Config
-from cregistry.credentials import pairing_id
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.web import create_app

@@ -19,8 +19,8 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 from cregistry.config import Config
-from cregistry.credentials import pairing_id
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.web import create_app

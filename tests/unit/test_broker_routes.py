@@ -15,7 +15,7 @@ from werkzeug.test import TestResponse
 
 import cregistry.connections
 from cregistry.config import Config
-from cregistry.credentials import pairing_id
+from cregistry.passwords import pairing_id
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.web import create_app

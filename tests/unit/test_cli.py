@@ -10,13 +10,14 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 import cregistry.cli
 import cregistry.cli.prompts
 import cregistry.connections
-from cregistry.credentials import pairing_id, verify_password
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id, verify_password
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 
@@ -418,13 +419,11 @@ def test_role_grant_assign_show(runner: CliRunner, users: UserStore, sensor: str
         ["--json", "status"],
     ],
 )
-def test_redis_unreachable(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
-    monkeypatch.setattr(
-        cregistry.cli,
-        "connect",
-        lambda url, timeout, **_options: cregistry.connections.connect("redis://127.0.0.1:1/0", 0.2),
-    )
-    line = assert_one_line_error(run(runner, *args), 6)
+def test_redis_unreachable(runner: CliRunner, args: list[str]) -> None:
+    def unreachable(_url: str, _timeout: float, **_options: Any) -> redis.Redis:
+        return cregistry.connections.connect("redis://127.0.0.1:1/0", 0.2)
+
+    line = assert_one_line_error(run(runner, *args, obj=unreachable), 6)
     assert "Redis" in line
     assert "Traceback" not in line
 

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from cregistry import credentials
+from cregistry import passwords
 from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
@@ -103,7 +103,7 @@ def pending(registry: Registry, username: str = "sensor-1", password: str = "sec
     """A pending request (as if the device connected); its console id."""
     registry.redis.set(registry.keys.unlock(), "1", ex=300)
     registry.register(username, password, **kwargs)
-    return f"{username}:{credentials.pairing_id(username, password)}"
+    return f"{username}:{passwords.pairing_id(username, password)}"
 
 
 def audit_actions(registry: Registry) -> list[tuple[str, str]]:

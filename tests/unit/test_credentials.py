@@ -6,9 +6,10 @@ import hashlib
 
 import pytest
 
-from cregistry import credentials
-from cregistry.credentials import PasswordPolicy, pairing_id, validate_username
+from cregistry import names, passwords
 from cregistry.errors import InvalidInput
+from cregistry.names import validate_username
+from cregistry.passwords import PasswordPolicy, pairing_id
 
 
 # -- usernames ------------------------------------------------------------------
@@ -135,7 +136,7 @@ def test_more_than_72_utf8_bytes_is_refused_not_truncated() -> None:
     with pytest.raises(InvalidInput, match="72 bytes"):
         PasswordPolicy().validate(password)
     with pytest.raises(InvalidInput, match="72 bytes"):
-        credentials.validate_password_format(password)
+        passwords.validate_password_format(password)
     with pytest.raises(InvalidInput):
         PasswordPolicy().validate("a" * 73)
 
@@ -151,7 +152,7 @@ def test_nul_is_refused(password: str) -> None:
     with pytest.raises(InvalidInput, match="NUL"):
         PasswordPolicy().validate(password)
     with pytest.raises(InvalidInput, match="NUL"):
-        credentials.validate_password_format(password)
+        passwords.validate_password_format(password)
 
 
 @pytest.mark.parametrize("password", ["\ud800abcdef", "abcdef\udfff", "abc\udc00def"])
@@ -160,7 +161,7 @@ def test_lone_surrogate_is_invalid_input_not_a_unicode_error(password: str) -> N
     with pytest.raises(InvalidInput):
         PasswordPolicy().validate(password)
     with pytest.raises(InvalidInput):
-        credentials.validate_password_format(password)
+        passwords.validate_password_format(password)
 
 
 @pytest.mark.parametrize("password", [None, 12345, b"abcdef", ["abcdef"]])
@@ -172,16 +173,16 @@ def test_non_string_passwords_are_refused(password: object) -> None:
 def test_format_check_ignores_the_policy() -> None:
     # Existing passwords are checked only for format, so a tightened policy
     # does not lock out devices registered under the old one.
-    assert credentials.validate_password_format("a") == "a"
+    assert passwords.validate_password_format("a") == "a"
 
 
 # -- client ids -----------------------------------------------------------------
 def test_client_id_rules() -> None:
-    assert credentials.validate_client_id("") == ""
-    assert credentials.validate_client_id("a/#+ é") == "a/#+ é"
+    assert names.validate_client_id("") == ""
+    assert names.validate_client_id("a/#+ é") == "a/#+ é"
     for bad in ("a\x00b", "\ud800", None, 5):
         with pytest.raises(InvalidInput):
-            credentials.validate_client_id(bad)
+            names.validate_client_id(bad)
 
 
 # -- pairing IDs ----------------------------------------------------------------
@@ -214,23 +215,23 @@ def test_pairing_id_depends_on_both_parts() -> None:
 # -- hashing --------------------------------------------------------------------
 @pytest.mark.parametrize("password", ["secret1", "pässwörd€", "€" * 24, "a" * 72])
 def test_hash_verify_round_trip(password: str) -> None:
-    password_hash = credentials.hash_password(password, 4)
+    password_hash = passwords.hash_password(password, 4)
     assert password not in password_hash
     assert password_hash.startswith("$2")
-    assert credentials.verify_password(password, password_hash)
-    assert not credentials.verify_password(password + "x", password_hash)
-    assert not credentials.verify_password(password[:-1], password_hash)
+    assert passwords.verify_password(password, password_hash)
+    assert not passwords.verify_password(password + "x", password_hash)
+    assert not passwords.verify_password(password[:-1], password_hash)
 
 
 def test_hash_uses_the_configured_cost() -> None:
-    assert credentials.hash_password("secret1", 5).split("$")[2] == "05"
+    assert passwords.hash_password("secret1", 5).split("$")[2] == "05"
 
 
 def test_hash_is_salted() -> None:
-    assert credentials.hash_password("secret1", 4) != credentials.hash_password("secret1", 4)
+    assert passwords.hash_password("secret1", 4) != passwords.hash_password("secret1", 4)
 
 
 def test_corrupt_hash_never_verifies() -> None:
-    good = credentials.hash_password("secret1", 4)
+    good = passwords.hash_password("secret1", 4)
     for corrupt in ("", "garbage", "$2b$04$", good[:-10], good[:29], "secret1", "$2b$99$" + good[7:]):
-        assert credentials.verify_password("secret1", corrupt) is False
+        assert passwords.verify_password("secret1", corrupt) is False

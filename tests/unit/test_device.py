@@ -22,8 +22,6 @@ from click.testing import CliRunner
 from cregistry import device, errors
 from cregistry.cli import cli
 from cregistry.cli.device_commands import device as device_group
-from cregistry.clock import isoformat
-from cregistry.credentials import BCRYPT_MAX_BYTES, USERNAME_RE, PasswordPolicy, pairing_id
 from cregistry.device import (
     ACCEPTED,
     FAILED,
@@ -35,6 +33,9 @@ from cregistry.device import (
     DeviceAgent,
     DeviceSettings,
 )
+from cregistry.names import USERNAME_RE
+from cregistry.passwords import BCRYPT_MAX_BYTES, PasswordPolicy, pairing_id
+from cregistry.timestamps import isoformat
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 STRICT_POLICY = PasswordPolicy(min_length=24, require=("lower", "upper", "digit", "symbol"))

@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 from cregistry.broker import LAST_CONNECT_INTERVAL, Authorizer
-from cregistry.clock import isoformat
 from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.registry import Registry
+from cregistry.timestamps import isoformat
 from cregistry.users import UserStore
 
 from .conftest import FakeClock

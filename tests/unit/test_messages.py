@@ -127,8 +127,9 @@ def test_cli_reports_a_database_redis_does_not_have_as_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch, error: redis.RedisError, line: str
 ) -> None:
     monkeypatch.setenv("CREGISTRY_REDIS_URL", "redis://127.0.0.1:6379/99")
-    monkeypatch.setattr(cregistry.cli, "connect", lambda _url, _timeout, **_kwargs: RefusingRedis(error))
-    result = CliRunner().invoke(cregistry.cli.cli, ["status"])
+    result = CliRunner().invoke(
+        cregistry.cli.cli, ["status"], obj=lambda _url, _timeout, **_kwargs: RefusingRedis(error)
+    )
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", line + "\n")
 
 
@@ -149,8 +150,7 @@ def test_the_cli_gives_redis_the_services_bound(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setenv("CREGISTRY_REDIS_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("CREGISTRY_REDIS_TIMEOUT", "10")
-    monkeypatch.setattr(cregistry.cli, "connect", recording_connect)
-    assert CliRunner().invoke(cregistry.cli.cli, ["status"]).exit_code == 0
+    assert CliRunner().invoke(cregistry.cli.cli, ["status"], obj=recording_connect).exit_code == 0
     assert timeouts == [1.5]
 
 

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import cregistry.connections
-import cregistry.credentials
+import cregistry.passwords
 from cregistry.config import Config
 from cregistry.registry import Registry
 from cregistry.users import UserStore
@@ -133,14 +133,14 @@ def test_password_checks_waiting_for_bcrypt(
     users.add("sensor-1", "secret1")
     release = threading.Event()
     started = threading.Event()
-    verify = cregistry.credentials.verify_password
+    verify = cregistry.passwords.verify_password
 
     def slow_verify(password: str, password_hash: str) -> bool:
         started.set()
         release.wait(10)
         return verify(password, password_hash)
 
-    monkeypatch.setattr(cregistry.credentials, "verify_password", slow_verify)
+    monkeypatch.setattr(cregistry.passwords, "verify_password", slow_verify)
     baseline = value(broker, "cregistry_password_checks_waiting")
     threads = [threading.Thread(target=broker.post, args=("/mqtt/user",), kwargs={"json": USER}) for _ in range(2)]
     threads[0].start()

@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 import cregistry.cli.prompts
-from cregistry.credentials import verify_password
 from cregistry.keys import Keys
+from cregistry.passwords import verify_password
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 

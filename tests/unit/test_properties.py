@@ -11,13 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cregistry.credentials import (
-    PasswordPolicy,
-    pairing_id,
-    validate_password_format,
-    validate_username,
-)
 from cregistry.errors import InvalidInput
+from cregistry.names import validate_username
+from cregistry.passwords import PasswordPolicy, pairing_id, validate_password_format
 from cregistry.topics import expand_pattern, filter_is_covered, topic_matches, validate_filter, validate_topic_name
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None)

@@ -13,10 +13,9 @@ import fakeredis
 import pytest
 import redis
 
-import cregistry.credentials
+import cregistry.passwords
 from cregistry.broker import Authorizer
 from cregistry.config import Config
-from cregistry.credentials import pairing_id
 from cregistry.errors import (
     AmbiguousRequest,
     InvalidInput,
@@ -27,6 +26,7 @@ from cregistry.errors import (
     UsernameTaken,
 )
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id
 from cregistry.registry import Attempt, PendingRequest, Registration, Registry
 from cregistry.users import UserStore
 
@@ -108,7 +108,7 @@ def test_unknown_user_while_unlocked_records_a_request(
     assert request.source == "mqtt"
     assert request.attempts == 1
     assert request.first_seen == request.last_seen == clock.now
-    assert cregistry.credentials.verify_password("secret1", request.password_hash)
+    assert cregistry.passwords.verify_password("secret1", request.password_hash)
     assert connection.ttl(KEYS.request("sensor-1", request.pairing_id)) == 24 * 3600
 
 

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 import cregistry.cli
-import cregistry.credentials
+import cregistry.passwords
 from cregistry.config import Config
-from cregistry.credentials import hash_password, pairing_id
 from cregistry.errors import InvalidInput, TooManyFailures
 from cregistry.keys import Keys
+from cregistry.passwords import hash_password, pairing_id
 from cregistry.registry import Attempt, Registration, Registry
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
@@ -376,7 +376,7 @@ def test_a_verify_racing_a_delete_leaves_no_token_that_a_recreated_user_accepts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     verifier = verifier_for(connection, config)
-    original = cregistry.credentials.verify_password
+    original = cregistry.passwords.verify_password
     calls: list[str] = []
 
     def delete_during_bcrypt(password: str, password_hash: str) -> bool:
@@ -385,7 +385,7 @@ def test_a_verify_racing_a_delete_leaves_no_token_that_a_recreated_user_accepts(
             users.delete(DEVICE)
         return original(password, password_hash)
 
-    monkeypatch.setattr(cregistry.credentials, "verify_password", delete_during_bcrypt)
+    monkeypatch.setattr(cregistry.passwords, "verify_password", delete_during_bcrypt)
     verifier.verify(DEVICE, PASSWORD)  # decided on the hash it read before the delete
     users.add(DEVICE, PASSWORD)
     assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
@@ -443,7 +443,7 @@ def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
     keys_before = sorted(connection.keys("*"))
     assert limits.registration_slots.acquire(blocking=False)  # another registration is hashing
     try:
-        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.LIMITED
+        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.BUSY
         assert hash_calls == []
         assert sorted(connection.keys("*")) == keys_before
         # A request already recorded needs no hashing and is still counted.
@@ -488,13 +488,13 @@ def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
     (SPEC §2: approving one removes the others for that username)."""
     registry.unlock()
     registry.record_attempt("twin", "first-secret", "c", "mqtt")
-    original = cregistry.credentials.hash_password
+    original = cregistry.passwords.hash_password
 
     def approve_meanwhile(password: str, cost: int) -> str:
         registry.approve("twin", pairing_id("twin", "first-secret"))
         return original(password, cost)
 
-    monkeypatch.setattr(cregistry.credentials, "hash_password", approve_meanwhile)
+    monkeypatch.setattr(cregistry.passwords, "hash_password", approve_meanwhile)
     outcome, _pairing = registry.record_attempt("twin", "second-secret", "c", "mqtt")
     assert registry.users.exists("twin")
     assert outcome is not Attempt.RECORDED

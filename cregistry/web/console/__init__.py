@@ -1,4 +1,4 @@
-"""The operator web console (SPEC §10), on the API listener under /console/.
+"""The operator web console, on the API listener under /console/.
 
 Server-rendered pages; console.js only moves what must change without a
 reload (the countdown, the pending list, the Grant access dialog). Every
@@ -206,7 +206,7 @@ def sign_in_form() -> Any:
 
 @bp.post("/sign-in")
 def sign_in() -> Any:
-    limit = auth.SignInLimit(_registry().redis, _config())
+    limit = auth.SignInLimit(_registry().redis, _config(), keys=_registry().keys)
     try:
         auth.sign_in(current_app, _config(), limit, request.form.get("token"), _registry().clock())
     except auth.SignInRefused as refused:
@@ -506,4 +506,4 @@ def _registry() -> Registry:
 
 
 def _users() -> UserStore:
-    return _registry().users
+    return current_app.extensions["cregistry"].domain.users

@@ -97,10 +97,10 @@ class SignInLimit:
     worker and instance counts together. Over the limit, a sign-in is refused
     without looking at the token, so guessing stops there."""
 
-    def __init__(self, connection: redis.Redis, config: Config) -> None:
+    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
         self.redis = connection
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = keys if keys is not None else Keys(config.key_prefix)
 
     def seconds_blocked(self, address: str) -> int:
         key = self.keys.console_signin_failures(address)

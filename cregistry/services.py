@@ -1,0 +1,54 @@
+"""The composition root: builds the domain objects of one process once, each
+handed its collaborators. The web apps, the CLI and the test fixtures call
+build(); nothing else constructs a Registry out of its parts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import redis
+
+from cregistry.audit import AuditLog
+from cregistry.broker import Authorizer
+from cregistry.changes import ChangeFeed
+from cregistry.config import Config
+from cregistry.keys import Keys
+from cregistry.registry import Registry
+from cregistry.users import UserStore
+from cregistry.verification import PasswordVerifier, WorkLimits
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    config: Config
+    redis: redis.Redis
+    keys: Keys
+    changes: ChangeFeed
+    audit: AuditLog
+    users: UserStore
+    verifier: PasswordVerifier
+    registry: Registry
+    authorizer: Authorizer
+
+
+def build(
+    connection: redis.Redis,
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    limits: WorkLimits | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Services:
+    """Every object once; `limits` (the bcrypt slots) may be shared by several
+    builds of one process, as the two listeners of `serve` share them."""
+    keys = Keys(config.key_prefix)
+    changes = ChangeFeed(connection, config, keys=keys)
+    audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
+    users = UserStore(connection, config, clock, keys=keys, audit=audit)
+    limits = limits if limits is not None else WorkLimits(config)
+    verifier = PasswordVerifier(connection, config, clock, limits, keys=keys, audit=audit)
+    registry = Registry(connection, config, clock, limits, keys=keys, users=users, verifier=verifier, audit=audit)
+    authorizer = Authorizer(connection, config, clock, limits, monotonic, registry=registry)
+    return Services(config, connection, keys, changes, audit, users, verifier, registry, authorizer)
