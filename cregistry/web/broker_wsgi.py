@@ -4,7 +4,7 @@ thin WSGI callable in front of the broker listener's Flask app.
 Mosquitto waits for these answers on its only thread, so they skip Flask's
 routing, hooks and error handlers; everything else on the broker listener
 (health, /metrics, /mqtt/changes, other methods) goes on to Flask. The wire
-format is the same as broker_routes.py's: JSON, form or query string, POST,
+format is go-auth's HTTP backend's: JSON, form or query string, POST,
 PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
 in the same metrics (web/metrics.py).
 
