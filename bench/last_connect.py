@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cregistry.broker import Authorizer  # noqa: E402
+from cregistry.authorizer import Authorizer  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
 from tests.harness import RedisProcess  # noqa: E402

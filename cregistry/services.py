@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis
 
 from cregistry.audit import AuditLog
-from cregistry.broker import Authorizer
+from cregistry.authorizer import Authorizer
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.keys import Keys

@@ -11,7 +11,7 @@ under the deadline.
 from __future__ import annotations
 
 from cregistry import names, passwords
-from cregistry.broker import ALLOW, Authorizer, Decision
+from cregistry.authorizer import ALLOW, Authorizer, Decision
 from cregistry.errors import InvalidInput
 
 
@@ -27,6 +27,6 @@ def check_user_by_token(authorizer: Authorizer, username: str, password: str, cl
         return Decision(False, str(error))
     if not authorizer.registry.verifier.verify_by_token(username, password):
         return None
-    # Runs only if the check above took less than LAST_CONNECT_BUDGET (broker.py).
+    # Runs only if the check above took less than LAST_CONNECT_BUDGET (authorizer.py).
     authorizer.last_connects.record(username, client_id, started)
     return ALLOW

@@ -13,7 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import NotFound
 
 from cregistry import services
-from cregistry.broker import Authorizer
+from cregistry.authorizer import Authorizer
 from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name, parse_listen
 from cregistry.connections import connect
 from cregistry.errors import ConfigError

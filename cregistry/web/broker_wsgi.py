@@ -37,7 +37,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
 from cregistry import errors
-from cregistry.broker import Authorizer, Decision, parse_acc
+from cregistry.authorizer import Authorizer, Decision, parse_acc
 from cregistry.errors import InvalidInput
 from cregistry.token_connect import check_user_by_token
 from cregistry.web import metrics

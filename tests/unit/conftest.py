@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
 from cregistry import services
-from cregistry.broker import Authorizer
+from cregistry.authorizer import Authorizer
 from cregistry.config import Config
 from cregistry.registry import Registry
 from cregistry.users import UserStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from cregistry.broker import Authorizer
+from cregistry.authorizer import Authorizer
 from cregistry.config import Config, parse_listen
 from cregistry.errors import ConfigError
 from cregistry.registry import Registry

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 import cregistry.cli
-from cregistry.broker import LAST_CONNECT_INTERVAL, Authorizer
+from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer
 from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.registry import Registry

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 import cregistry.passwords
-from cregistry.broker import Authorizer
+from cregistry.authorizer import Authorizer
 from cregistry.config import Config
 from cregistry.errors import (
     AmbiguousRequest,
