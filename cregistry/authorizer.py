@@ -102,6 +102,17 @@ class LastConnectRecorder:
 _last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
 
 
+def refuse_malformed_connect(username: str, password: str, client_id: str) -> Decision | None:
+    """The refusal of a CONNECT whose fields break the format rules, or None."""
+    try:
+        names.validate_username(username)
+        passwords.validate_password_format(password)
+        names.validate_client_id(client_id)
+    except InvalidInput as error:
+        return Decision(False, str(error))
+    return None
+
+
 class Authorizer:
     def __init__(
         self,
@@ -124,12 +135,9 @@ class Authorizer:
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
         started = self.monotonic()
-        try:
-            names.validate_username(username)
-            passwords.validate_password_format(password)
-            names.validate_client_id(client_id)
-        except InvalidInput as error:
-            return Decision(False, str(error))
+        malformed = refuse_malformed_connect(username, password, client_id)
+        if malformed is not None:
+            return malformed
         verdict = self.registry.verifier.verify(username, password)
         if verdict is Verdict.ACCEPTED:
             self.last_connects.record(username, client_id, started)

@@ -10,21 +10,16 @@ under the deadline.
 
 from __future__ import annotations
 
-from cregistry import names, passwords
-from cregistry.authorizer import ALLOW, Authorizer, Decision
-from cregistry.errors import InvalidInput
+from cregistry.authorizer import ALLOW, Authorizer, Decision, refuse_malformed_connect
 
 
 def check_user_by_token(authorizer: Authorizer, username: str, password: str, client_id: str) -> Decision | None:
     """ALLOW when the verified token accepts the password, a refusal for
     malformed fields (as check_user's), None for "ask check_user"."""
     started = authorizer.monotonic()
-    try:
-        names.validate_username(username)
-        passwords.validate_password_format(password)
-        names.validate_client_id(client_id)
-    except InvalidInput as error:
-        return Decision(False, str(error))
+    malformed = refuse_malformed_connect(username, password, client_id)
+    if malformed is not None:
+        return malformed
     if not authorizer.registry.verifier.verify_by_token(username, password):
         return None
     # Runs only if the check above took less than LAST_CONNECT_BUDGET (authorizer.py).
