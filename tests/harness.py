@@ -4,6 +4,7 @@ free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,27 @@ class ServiceProcess:
         self.stop()
         self.log.close()
         os.unlink(self.log.name)
+
+
+@contextlib.contextmanager
+def running_service(redis_url: str, admin_token: str, env: dict[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """`cregistry serve` on `redis_url` as the tiers run it (bcrypt cost 4,
+    two workers; `env` adds or overrides settings), stopped and its log
+    removed afterwards."""
+    service = ServiceProcess(
+        {
+            "CREGISTRY_REDIS_URL": redis_url,
+            "CREGISTRY_ADMIN_TOKEN": admin_token,
+            "CREGISTRY_BCRYPT_COST": "4",
+            "CREGISTRY_WORKERS": "2",
+            **(env or {}),
+        }
+    )
+    try:
+        service.start()
+        yield service
+    finally:
+        service.cleanup()
 
 
 def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -304,42 +327,178 @@ class MosquittoProcess:
         found += [f"mosquitto's output has {report!r}" for report in SANITIZER_REPORTS if report in output]
         return found
 
+    def finish(self) -> tuple[list[str], str]:
+        """Stop the broker and remove its files: the problems() of its run and
+        its whole output (also printed, which pytest shows for a failed test).
+        Leaks are reported at exit, so only this sees them."""
+        self.stop()
+        problems = self.problems()
+        output = self.output()
+        print(f"--- mosquitto on {self.port} ---\n{output}")
+        self.cleanup()
+        return problems, output
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# More environment for mosquitto alone: every CREGISTRY_MOSQUITTO_ENV_<NAME>=<value>
+# becomes <NAME>=<value> (say, other sanitizer options than plugin_env's).
+# Read at import: the tests' autouse fixture clears CREGISTRY_* from each test's environment.
+MOSQUITTO_ENV_PREFIX = "CREGISTRY_MOSQUITTO_ENV_"
+MOSQUITTO_ENV = {
+    name.removeprefix(MOSQUITTO_ENV_PREFIX): value
+    for name, value in os.environ.items()
+    if name.startswith(MOSQUITTO_ENV_PREFIX)
+}
+# The plugin logs this once it has its first feed position (poll.c), and again after each failure.
+FEED_OK_NOTICE = "cregistry_auth: change feed ok"
+
+
+def plugin_env(plugin: Path) -> dict[str, str]:
+    """mosquitto's environment for `plugin`. The sanitizer build (`make plugin-asan`,
+    a name ending in -asan.so; see mosquitto/plugin/README.md) needs the ASan
+    runtime preloaded, mosquitto itself not being instrumented; any report then
+    ends the run with exit code 66, which problems() names."""
+    env = {}
+    if plugin.name.endswith("-asan.so"):
+        runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
+        env = {
+            "LD_PRELOAD": runtime.stdout.strip(),
+            "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:exitcode=66",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        }
+    return {**env, **MOSQUITTO_ENV}
+
+
+def mosquitto_missing() -> str | None:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        return "mosquitto is not installed (apt-get install mosquitto)"
+    return None
+
+
+def plugin_missing(plugin: Path = PLUGIN_SO) -> str | None:
+    """Why a broker with cregistry's plugin cannot run here, or None."""
+    if problem := mosquitto_missing():
+        return problem
+    if not plugin.exists():
+        return f"cregistry's plugin is not built ({plugin}): run `make plugin`"
+    return None
+
+
+class PluginMosquittoProcess(MosquittoProcess):
+    """A real mosquitto loading cregistry's own plugin, configured by
+    mosquitto/mosquitto.conf, that asks cregistry's broker listener on
+    `cregistry_broker_port` (or a stand-in for it); `plugin_options` adds
+    plugin_opt_<name> lines."""
+
+    def __init__(
+        self, cregistry_broker_port: int, plugin: Path = PLUGIN_SO, plugin_options: dict[str, str] | None = None
+    ) -> None:
+        port = free_port()
+        conf = render_mosquitto_conf(
+            port=port, plugin=plugin, cregistry_broker_port=cregistry_broker_port, plugin_options=plugin_options
+        )
+        super().__init__(conf, port, env=plugin_env(plugin))
+
+    def wait_for_feed(self, timeout: float = 10.0) -> None:
+        """Until the plugin has its first feed position. Its first poll is a
+        reset, which drops whatever it cached before the answer came: a test
+        that relies on cached answers starts after this."""
+        deadline = time.monotonic() + timeout
+        while FEED_OK_NOTICE not in self.output():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the plugin did not log {FEED_OK_NOTICE!r} within {timeout} s:\n{self.output()[-3000:]}"
+                )
+            time.sleep(0.02)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes `pid` started (gunicorn's workers, for its master)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (gunicorn's master and its workers)."""
     found = [pid]
     for each in found:
-        path = Path(f"/proc/{each}/task/{each}/children")
-        if path.exists():
-            found += [int(child) for child in path.read_text().split()]
+        found += children_of(each)
     return found
+
+
+class Freezer:
+    """freeze() stops `cregistry serve` and its workers (SIGSTOP): connections
+    hang, as on a dead host; thaw() lets them run again."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.service = service
+        self.frozen: list[int] = []
+
+    def freeze(self) -> None:
+        assert self.service.process is not None
+        for pid in process_tree(self.service.process.pid):
+            os.kill(pid, signal.SIGSTOP)
+            self.frozen.append(pid)
+
+    def thaw(self) -> None:
+        while self.frozen:
+            os.kill(self.frozen.pop(), signal.SIGCONT)
+
+
+def connect_packet(username: str, password: str, client_id: str, keepalive: int = 30) -> bytes:
+    """An MQTT 3.1.1 CONNECT with username, password and a clean session."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    # Protocol "MQTT" level 4, flags: username, password, clean session.
+    body = text("MQTT") + bytes([4, 0xC2]) + keepalive.to_bytes(2, "big") + text(client_id) + text(username)
+    body += text(password)
+    assert len(body) < 128, "one-byte remaining length only"
+    return bytes([0x10, len(body)]) + body
 
 
 def raw_connect(port: int, username: str, password: str, client_id: str, timeout: float = 10.0) -> tuple[bytes, float]:
     """One MQTT 3.1.1 CONNECT on a bare socket: the broker's first bytes (a
     CONNACK, or b"" when it closed the socket) and the seconds until they came.
     paho adds its own delay to noticing a closed socket; timing needs this."""
-
-    def text(value: str) -> bytes:
-        data = value.encode()
-        return len(data).to_bytes(2, "big") + data
-
-    # Protocol "MQTT" level 4, flags: username, password, clean session; keepalive 30 s.
-    body = text("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + text(client_id) + text(username)
-    body += text(password)
-    assert len(body) < 128, "one-byte remaining length only"
+    packet = connect_packet(username, password, client_id)
     started = time.monotonic()
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-        sock.sendall(bytes([0x10, len(body)]) + body)
+        sock.sendall(packet)
         try:
             answer = sock.recv(4)
         except ConnectionResetError:
             answer = b""
     return answer, time.monotonic() - started
+
+
+class RawSession:
+    """An MQTT 3.1.1 session on a plain socket, which never reconnects by
+    itself; `connack` is the CONNACK's return code, None without one."""
+
+    def __init__(self, port: int, username: str, password: str, client_id: str) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=10)
+        self.sock.sendall(connect_packet(username, password, client_id, keepalive=60))
+        answer = self.sock.recv(4)
+        self.connack = answer[3] if len(answer) == 4 else None
+
+    def closed_within(self, seconds: float) -> bool:
+        """True when the broker closes the connection within `seconds`."""
+        self.sock.settimeout(seconds)
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class MqttClient:
@@ -427,49 +586,22 @@ class MqttClient:
         self.client.loop_stop()
 
 
-CREGISTRY_PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
-SANITIZER_ERRORS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+@contextlib.contextmanager
+def mqtt_clients(port: int) -> Iterator[Callable[[str | None, str | None, str], MqttClient]]:
+    """A maker of MqttClients for the broker on `port`: make(username,
+    password, client_id); every client made is closed at the end."""
+    made: list[MqttClient] = []
 
+    def make(username: str | None, password: str | None, client_id: str) -> MqttClient:
+        client = MqttClient(port, username, password, client_id)
+        made.append(client)
+        return client
 
-def sanitizer_preload() -> str:
-    """The ASan runtime for a mosquitto loading `make plugin-asan`'s build
-    (mosquitto itself is not instrumented, so the runtime must come first)."""
-    compiler = os.environ.get("CC", "gcc")
-    return subprocess.run(
-        [compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-class PluginMosquittoProcess(MosquittoProcess):
-    """A real mosquitto loading cregistry's own plugin. With a sanitizer build
-    (a plugin file ending in -asan.so) mosquitto runs with the ASan runtime
-    preloaded and leak checks on; sanitizer_report() then returns what the
-    sanitizers printed (empty when clean) once the broker has stopped."""
-
-    def __init__(self, conf_text: str, port: int, plugin: Path) -> None:
-        super().__init__(conf_text, port)
-        self.env = dict(os.environ)
-        self.sanitized = plugin.name.endswith("-asan.so")
-        if self.sanitized:
-            self.env["LD_PRELOAD"] = sanitizer_preload()
-            self.env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=66"
-            self.env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        wait_for_port(self.port, process=self.process)
-
-    def sanitizer_report(self) -> str:
-        lines = self.output().splitlines()
-        for index, line in enumerate(lines):
-            if any(marker in line for marker in SANITIZER_ERRORS):
-                return "\n".join(lines[index : index + 40])
-        if self.process is not None and self.process.returncode == 66:
-            return "mosquitto exited with the sanitizers' exit code 66"
-        return ""
+    try:
+        yield make
+    finally:
+        for client in made:
+            client.close()
 
 
 # -- Redis Sentinel (the failover tier) --------------------------------------
@@ -609,12 +741,12 @@ class SentinelGroup:
 
 @dataclasses.dataclass
 class FailoverStack:
-    """Everything the failover tier runs; the integrator adds brokers (two
-    mosquittos with cregistry's plugin, one per service) to `brokers`."""
+    """Everything the failover tier runs; its `brokers` fixture adds the
+    brokers (mosquittos with cregistry's plugin, one per service)."""
 
     group: SentinelGroup
     services: list[ServiceProcess]
-    brokers: list[Any] = dataclasses.field(default_factory=list)
+    brokers: list[PluginMosquittoProcess] = dataclasses.field(default_factory=list)
 
     def cleanup(self) -> None:
         for broker in self.brokers:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, RedisProcess, ServiceProcess
+from tests.harness import REPO, RedisProcess, ServiceProcess, running_service
 
 CHROMIUM = Path(os.environ.get("CREGISTRY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -64,18 +64,8 @@ def redis_process() -> Iterator[RedisProcess]:
 def service(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
     # No CREGISTRY_SESSION_SECRET on purpose: `serve` makes one before the
     # fork, and two workers must both accept the sessions it signs.
-    service = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": redis_process.url,
-            "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CREGISTRY_ADMIN_TOKENS": f"ops={OPS_TOKEN}",
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_WORKERS": "2",
-        }
-    )
-    service.start()
-    yield service
-    service.cleanup()
+    with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_ADMIN_TOKENS": f"ops={OPS_TOKEN}"}) as service:
+        yield service
 
 
 @pytest.fixture(autouse=True)

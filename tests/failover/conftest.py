@@ -6,21 +6,11 @@ under CI (CI=true) or CREGISTRY_REQUIRE_REDIS=1."""
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness import (
-    CREGISTRY_PLUGIN_SO,
-    FailoverStack,
-    PluginMosquittoProcess,
-    free_port,
-    render_mosquitto_conf,
-    start_failover_stack,
-)
+from tests.harness import FailoverStack, PluginMosquittoProcess, plugin_missing, start_failover_stack
 
 ADMIN_TOKEN = "failover-admin-token"
 SERVICE_ENV = {
@@ -67,42 +57,27 @@ def _brokers_required() -> bool:
     return _required() or os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1"
 
 
-# The plugin logs this once it has its first feed position (poll.c).
-FEED_OK_NOTICE = "cregistry_auth: change feed ok"
-
-
 @pytest.fixture(scope="module")
 def brokers(stack: FailoverStack) -> Iterator[list[PluginMosquittoProcess]]:
     """Two mosquittos with cregistry's plugin, one per service instance
     (plugin_opt_url: that service's broker listener), added to stack.brokers.
     In CI a missing mosquitto or plugin fails, never skips."""
-    problem = None
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        problem = "mosquitto is not installed (apt-get install mosquitto)"
-    elif not CREGISTRY_PLUGIN_SO.exists():
-        problem = f"cregistry's plugin is not built ({CREGISTRY_PLUGIN_SO}): run `make plugin`"
+    problem = plugin_missing()
     if problem:
         if _brokers_required():
             pytest.fail(problem)
         pytest.skip(problem)
     for service in stack.services:
-        port = free_port()
-        conf = render_mosquitto_conf(port=port, plugin=CREGISTRY_PLUGIN_SO, cregistry_broker_port=service.broker_port)
-        broker = PluginMosquittoProcess(conf, port, CREGISTRY_PLUGIN_SO)
+        broker = PluginMosquittoProcess(service.broker_port)
         stack.brokers.append(broker)
         broker.start()
-    deadline = time.monotonic() + 15
     for broker in stack.brokers:
-        while FEED_OK_NOTICE not in broker.output():
-            if time.monotonic() > deadline:
-                pytest.fail(f"the plugin did not log {FEED_OK_NOTICE!r}:\n{broker.output()[-3000:]}")
-            time.sleep(0.02)
+        try:
+            broker.wait_for_feed(timeout=15.0)
+        except TimeoutError as error:
+            pytest.fail(str(error))
     yield stack.brokers
     problems = []
     for broker in stack.brokers:
-        broker.stop()
-        print(f"--- mosquitto on {broker.port} ---\n{broker.output()}")
-        problems += broker.problems()
-        if broker.sanitized:
-            problems += [report for report in [broker.sanitizer_report()] if report]
+        problems += broker.finish()[0]
     assert not problems, problems

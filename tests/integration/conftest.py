@@ -9,10 +9,7 @@ hide that nothing was proven.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,19 @@ from tests.harness import (
     GO_AUTH_SO,
     PLUGIN_SO,
     SHIPPED_GO_AUTH_CONF,
+    Freezer,
     MosquittoProcess,
+    MqttClient,
+    PluginMosquittoProcess,
     RedisProcess,
     ServiceProcess,
     free_port,
+    mosquitto_missing,
+    mqtt_clients,
+    plugin_missing,
     render_mosquitto_conf,
     run_cli,
+    running_service,
 )
 
 ADMIN_TOKEN = "integration-admin-token"
@@ -37,7 +41,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
             fixtures = getattr(item, "fixturenames", ())
-            # test_plugin_*.py: the plugin's own broker tests, with their own fixtures.
+            # test_plugin_*.py: the plugin's own broker tests (the feed's against a stand-in service).
             if "mosquitto" in fixtures or item.path.name.startswith("test_plugin_"):
                 item.add_marker(pytest.mark.broker)
             if "go_auth_mosquitto" in fixtures:
@@ -63,17 +67,8 @@ def redis_process() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="session")
 def service(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": redis_process.url,
-            "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_WORKERS": "2",
-        }
-    )
-    service.start()
-    yield service
-    service.cleanup()
+    with running_service(redis_process.url, ADMIN_TOKEN) as service:
+        yield service
 
 
 @pytest.fixture(autouse=True)
@@ -101,46 +96,18 @@ def cregistry(cli_env: dict[str, str]):  # type: ignore[no-untyped-def]
     return run
 
 
+@pytest.fixture
+def freezer(service: ServiceProcess) -> Iterator[Freezer]:
+    """Stops and resumes the session's `cregistry serve`; resumed after the test at the latest."""
+    freezer = Freezer(service)
+    yield freezer
+    freezer.thaw()
+
+
 # -- the real broker ---------------------------------------------------------
 def _broker_required() -> bool:
     """The plugin broker tier must run in CI: a skip there would hide that nothing was proven."""
     return os.environ.get("CI") == "true" or os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1"
-
-
-def _mosquitto_missing() -> str | None:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        return "mosquitto is not installed (apt-get install mosquitto)"
-    return None
-
-
-# More environment for mosquitto alone: every CREGISTRY_MOSQUITTO_ENV_<NAME>=<value>
-# becomes <NAME>=<value> (say, other sanitizer options than plugin_env's).
-# Read at import: the autouse fixture clears CREGISTRY_* from each test's environment.
-MOSQUITTO_ENV_PREFIX = "CREGISTRY_MOSQUITTO_ENV_"
-MOSQUITTO_ENV = {
-    name.removeprefix(MOSQUITTO_ENV_PREFIX): value
-    for name, value in os.environ.items()
-    if name.startswith(MOSQUITTO_ENV_PREFIX)
-}
-
-
-FEED_OK_NOTICE = "cregistry_auth: change feed ok"
-
-
-def plugin_env(plugin: Path) -> dict[str, str]:
-    """mosquitto's environment for `plugin`. The sanitizer build (`make plugin-asan`,
-    a name ending in -asan.so; see mosquitto/plugin/README.md) needs the ASan
-    runtime preloaded, mosquitto itself not being instrumented; any report then
-    ends the run with exit code 66, which finish_broker() turns into a failure."""
-    env = {}
-    if plugin.name.endswith("-asan.so"):
-        runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
-        env = {
-            "LD_PRELOAD": runtime.stdout.strip(),
-            "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:exitcode=66",
-            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-        }
-    return {**env, **MOSQUITTO_ENV}
 
 
 @pytest.fixture(scope="session")
@@ -148,9 +115,7 @@ def cregistry_plugin() -> Path:
     """cregistry_auth.so built by `make plugin` (CREGISTRY_PLUGIN_SO names another
     build). In CI, or under CREGISTRY_REQUIRE_BROKER=1, a missing plugin or
     mosquitto fails the broker tier instead of skipping it."""
-    problem = _mosquitto_missing()
-    if problem is None and not PLUGIN_SO.exists():
-        problem = f"cregistry's plugin is not built ({PLUGIN_SO}): run `make plugin`"
+    problem = plugin_missing(PLUGIN_SO)
     if problem:
         if _broker_required():
             pytest.fail(problem)
@@ -158,43 +123,42 @@ def cregistry_plugin() -> Path:
     return PLUGIN_SO
 
 
-def start_plugin_broker(service: ServiceProcess, plugin: Path) -> MosquittoProcess:
-    port = free_port()
-    conf = render_mosquitto_conf(port=port, plugin=plugin, cregistry_broker_port=service.broker_port)
-    broker = MosquittoProcess(conf, port, env=plugin_env(plugin))
+def start_plugin_broker(service: ServiceProcess, plugin: Path) -> PluginMosquittoProcess:
+    """A mosquitto with `plugin` in front of `service`, once the plugin has its feed position."""
+    broker = PluginMosquittoProcess(service.broker_port, plugin)
     broker.start()
-    # The plugin's first poll of the feed is a reset, which drops whatever it
-    # cached before the answer came: tests that rely on cached answers start
-    # once it has its position (the plugin logs this notice once per state change).
-    deadline = time.monotonic() + 10
-    while FEED_OK_NOTICE not in broker.output():
-        if time.monotonic() > deadline:
-            broker.cleanup()
-            pytest.fail(f"the plugin did not log {FEED_OK_NOTICE!r} within 10 s:\n{broker.output()[-3000:]}")
-        time.sleep(0.02)
+    try:
+        broker.wait_for_feed()
+    except TimeoutError as error:
+        broker.cleanup()
+        pytest.fail(str(error))
     return broker
 
 
-def finish_broker(broker: MosquittoProcess) -> None:
+def finish_broker(broker: MosquittoProcess) -> str:
     """Stop the broker and fail if it crashed, exited uncleanly or a sanitizer
-    reported anything (leaks are reported at exit, so only here)."""
-    broker.stop()
-    problems = broker.problems()
-    output = broker.output()
-    print(f"--- mosquitto output ---\n{output}")  # pytest shows it when the test failed
-    broker.cleanup()
+    reported anything; its whole output otherwise."""
+    problems, output = broker.finish()
     if problems:
         pytest.fail("; ".join(problems) + "\n--- mosquitto output (end) ---\n" + output[-6000:])
+    return output
 
 
 @pytest.fixture
-def mosquitto(service: ServiceProcess, cregistry_plugin: Path) -> Iterator[MosquittoProcess]:
+def mosquitto(service: ServiceProcess, cregistry_plugin: Path) -> Iterator[PluginMosquittoProcess]:
     """A mosquitto with cregistry's plugin, configured by mosquitto/mosquitto.conf.
     One per test (it starts in milliseconds): no test sees answers another
     test's broker cached, and a sanitizer report names the test that caused it."""
     broker = start_plugin_broker(service, cregistry_plugin)
     yield broker
     finish_broker(broker)
+
+
+@pytest.fixture
+def clients(mosquitto: MosquittoProcess) -> Iterator[Callable[..., MqttClient]]:
+    """make(username, password, client_id): paho clients of `mosquitto`, closed after the test."""
+    with mqtt_clients(mosquitto.port) as make:
+        yield make
 
 
 # go-auth's cache times for its tests: short, so that "refused again within
@@ -207,7 +171,7 @@ def go_auth_plugin() -> Path:
     """The go-auth plugin built by `make go-auth`. go-auth alone may skip, with
     the reason, even in CI (the Go module proxy refuses it, see NOTES-go-auth.md);
     CREGISTRY_REQUIRE_GO_AUTH=1 makes it mandatory where it can be built."""
-    problem = _mosquitto_missing()
+    problem = mosquitto_missing()
     if problem is None and not GO_AUTH_SO.exists():
         problem = (
             f"the go-auth plugin is not built ({GO_AUTH_SO}): run `make go-auth`, or, where the Go module"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,7 +16,7 @@ import pytest
 
 from cregistry.config import Config
 from cregistry.users import UserStore
-from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, process_tree, raw_connect
+from tests.harness import Freezer, MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, raw_connect
 from tests.integration.conftest import ADMIN_TOKEN
 
 # SPEC §11: every change reaches every broker within 2 s; a CONNECT is refused
@@ -27,20 +25,6 @@ CHANGE_BOUND = 2.0
 # How long a recovery (Redis or the service back) may take before the test gives up.
 RECOVERY_WAIT = 15.0
 NO_CONNACK = "no CONNACK"  # the plugin could not decide: mosquitto closes the socket
-
-
-@pytest.fixture
-def clients(mosquitto: MosquittoProcess) -> Iterator[Callable[..., MqttClient]]:
-    made: list[MqttClient] = []
-
-    def make(username: str | None, password: str | None, client_id: str) -> MqttClient:
-        client = MqttClient(mosquitto.port, username, password, client_id)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 @pytest.fixture
@@ -337,7 +321,7 @@ def test_redis_down_grants_nothing_new_and_everything_recovers(  # type: ignore[
 
 
 def test_a_stopped_service_refuses_connects_within_2_seconds_and_cached_clients_keep_publishing(  # type: ignore[no-untyped-def]
-    clients, store, service: ServiceProcess, mosquitto: MosquittoProcess
+    clients, store, service: ServiceProcess, mosquitto: MosquittoProcess, freezer: Freezer
 ) -> None:
     writer_password = add_user(store, "frozen-w", ("frozen/#", "write"))
     reader_password = add_user(store, "frozen-r", ("frozen/#", "read"))
@@ -349,10 +333,7 @@ def test_a_stopped_service_refuses_connects_within_2_seconds_and_cached_clients_
     writer.publish("frozen/1", b"warm-up")  # caches the writer's and the reader's answers
     assert reader.receive(5.0) == ("frozen/1", b"warm-up")
 
-    assert service.process is not None
-    pids = process_tree(service.process.pid)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    freezer.freeze()
     try:
         answer, elapsed = raw_connect(mosquitto.port, "frozen-new", newcomer_password, "frozen-new")
         assert answer == b"", f"answered {answer!r}"  # closed without CONNACK: the plugin could not decide
@@ -362,8 +343,7 @@ def test_a_stopped_service_refuses_connects_within_2_seconds_and_cached_clients_
             writer.publish("frozen/1", f"cached {n}".encode())
         assert [reader.receive(5.0) for _ in range(3)] == [("frozen/1", f"cached {n}".encode()) for n in range(3)]
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        freezer.thaw()
     wait_until_ready(service)
     assert clients("frozen-new", newcomer_password, "frozen-new").connect() == "Success"
     store.delete("frozen-w", actor="test")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http
+from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, mqtt_clients
 from tests.integration.conftest import ADMIN_TOKEN, BROKER_CACHE_SECONDS
 
 # go-auth caches grants and denials for BROKER_CACHE_SECONDS; a change made
@@ -22,16 +22,8 @@ CACHE_WAIT = BROKER_CACHE_SECONDS + 3
 
 @pytest.fixture
 def clients(go_auth_mosquitto: MosquittoProcess) -> Iterator[Callable[..., MqttClient]]:
-    made: list[MqttClient] = []
-
-    def make(username: str | None, password: str | None, client_id: str) -> MqttClient:
-        client = MqttClient(go_auth_mosquitto.port, username, password, client_id)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    with mqtt_clients(go_auth_mosquitto.port) as make:
+        yield make
 
 
 def connect_until(make: Callable[..., MqttClient], expected: str, *args: str, within: float = CACHE_WAIT) -> str:

@@ -32,7 +32,16 @@ from cregistry.keys import Keys
 from cregistry.passwords import pairing_id
 from cregistry.registry import Attempt, Registry
 from cregistry.server import redis_durability_warnings
-from tests.harness import LOOPBACK, HttpAnswer, RedisProcess, ServiceProcess, free_port, http, wait_for_port
+from tests.harness import (
+    LOOPBACK,
+    HttpAnswer,
+    RedisProcess,
+    ServiceProcess,
+    children_of,
+    free_port,
+    http,
+    wait_for_port,
+)
 from tests.integration.conftest import ADMIN_TOKEN
 
 KEYS = Keys("cregistry")
@@ -69,11 +78,6 @@ def used_memory(redis_process: RedisProcess) -> int:
         return int(client.info("memory")["used_memory"])
     finally:
         client.close()
-
-
-def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
 def is_gone(pid: int) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import RedisProcess, ServiceProcess, http
+from tests.harness import RedisProcess, ServiceProcess, children_of, http, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 DEVICE = {"username": "sensor-1", "password": "secret1", "clientid": "client-1"}
@@ -27,32 +27,13 @@ DEVICE = {"username": "sensor-1", "password": "secret1", "clientid": "client-1"}
 @pytest.fixture
 def two_workers(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
     """A service of its own, so that its counters start at zero."""
-    service = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": redis_process.url,
-            "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_WORKERS": "2",
-        }
-    )
-    service.start()
-    yield service
-    service.cleanup()
+    with running_service(redis_process.url, ADMIN_TOKEN) as service:
+        yield service
 
 
 def workers_of(service: ServiceProcess) -> list[int]:
     assert service.process is not None
-    master = service.process.pid
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == master:
-                children.append(int(entry.name))
-    return sorted(children)
+    return sorted(children_of(service.process.pid))
 
 
 def metrics_directory(service: ServiceProcess) -> Path:

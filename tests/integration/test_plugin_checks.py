@@ -5,134 +5,21 @@ checks, its cache, and what a device sees when cregistry cannot answer."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import struct
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness import (
-    CREGISTRY_PLUGIN_SO,
-    MosquittoProcess,
-    MqttClient,
-    PluginMosquittoProcess,
-    ServiceProcess,
-    free_port,
-)
+from tests import harness
+from tests.harness import MosquittoProcess
 
 pytestmark = pytest.mark.broker
 
 
-def plugin_conf(port: int, plugin: Path, service: ServiceProcess) -> str:
-    return "\n".join(
-        [
-            "per_listener_settings false",
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous false",
-            f"plugin {plugin}",
-            f"plugin_opt_url {service.broker}",
-            "log_dest stderr",  # unbuffered: the tests read the log while mosquitto runs
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "persistence false",
-            "",
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def plugin_broker(service: ServiceProcess) -> Iterator[MosquittoProcess]:
-    problem = None
-    if not CREGISTRY_PLUGIN_SO.exists():
-        problem = f"cregistry's plugin is not built ({CREGISTRY_PLUGIN_SO}): run `make plugin`"
-    if problem:
-        if os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1" or os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    port = free_port()
-    broker = PluginMosquittoProcess(plugin_conf(port, CREGISTRY_PLUGIN_SO, service), port, CREGISTRY_PLUGIN_SO)
-    try:
-        broker.start()
-    except (RuntimeError, TimeoutError) as error:
-        raise AssertionError(f"mosquitto did not start with the plugin:\n{broker.output()}") from error
-    yield broker
-    broker.stop()
-    report = broker.sanitizer_report()
-    broker.cleanup()
-    assert report == "", f"the sanitizers found errors in the plugin:\n{report}"
-
-
-@pytest.fixture
-def clients(plugin_broker: MosquittoProcess) -> Iterator[Callable[..., MqttClient]]:
-    made: list[MqttClient] = []
-
-    def make(username: str | None, password: str | None, client_id: str) -> MqttClient:
-        client = MqttClient(plugin_broker.port, username, password, client_id)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-def _service_pids(service: ServiceProcess) -> list[int]:
-    assert service.process is not None
-    pid = service.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [pid, *(int(child) for child in children.read_text().split())]
-
-
-class Freezer:
-    """freeze() stops `cregistry serve` and its workers (SIGSTOP): connections
-    hang, as on a dead host; thaw() lets them run again (also after the test)."""
-
-    def __init__(self, service: ServiceProcess) -> None:
-        self.service = service
-        self.frozen: list[int] = []
-
-    def freeze(self) -> None:
-        for pid in _service_pids(self.service):
-            os.kill(pid, signal.SIGSTOP)
-            self.frozen.append(pid)
-
-    def thaw(self) -> None:
-        while self.frozen:
-            os.kill(self.frozen.pop(), signal.SIGCONT)
-
-
-@pytest.fixture
-def freezer(service: ServiceProcess) -> Iterator[Freezer]:
-    freezer = Freezer(service)
-    yield freezer
-    freezer.thaw()
-
-
 def raw_connect(port: int, username: str, password: str, client_id: str) -> tuple[str, float]:
-    """One MQTT 3.1.1 CONNECT on a plain socket: ("closed", s) when the broker
-    closes it without a CONNACK, else ("connack <code>", s), with the seconds
-    from sending the packet to that answer."""
-
-    def field(text: str) -> bytes:
-        data = text.encode()
-        return struct.pack("!H", len(data)) + data
-
-    header = field("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 30)  # 3.1.1, clean, username + password
-    body = header + field(client_id) + field(username) + field(password)
-    packet = bytes([0x10, len(body)]) + body
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        started = time.monotonic()
-        sock.sendall(packet)
-        answer = sock.recv(4)
-        seconds = time.monotonic() - started
-    if not answer:
-        return "closed", seconds
-    return f"connack {answer[3]}", seconds
+    """harness.raw_connect's answer told as "closed" (the broker closed the
+    socket without a CONNACK) or "connack <code>", and its seconds."""
+    answer, seconds = harness.raw_connect(port, username, password, client_id)
+    return (f"connack {answer[3]}" if answer else "closed"), seconds
 
 
 def add_user(cregistry, name: str, password: str) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +87,7 @@ def test_acl_follows_grants(clients, cregistry) -> None:  # type: ignore[no-unty
 
 
 def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_working(  # type: ignore[no-untyped-def]
-    plugin_broker, clients, cregistry, freezer
+    mosquitto: MosquittoProcess, clients, cregistry, freezer
 ) -> None:
     add_user(cregistry, "valve-1", "valve-secret")
     add_user(cregistry, "valve-2", "valve-secret")
@@ -212,7 +99,7 @@ def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_
     assert valve.receive(5) == ("site/valve-1/open", b"1")  # publish and delivery answers now cached
 
     freezer.freeze()
-    answer, seconds = raw_connect(plugin_broker.port, "valve-2", "valve-secret", "valve-2-client")
+    answer, seconds = raw_connect(mosquitto.port, "valve-2", "valve-secret", "valve-2-client")
     assert answer == "closed"  # no CONNACK: the device treats it as an outage, not as refused
     assert seconds < 2.0
     # a wrong password is never accepted, however the service is doing
@@ -222,11 +109,11 @@ def test_service_stopped_refuses_new_connects_within_2s_and_cached_clients_keep_
     assert valve.receive(5) == ("site/valve-1/open", b"2")
     assert clients("valve-1", "valve-secret", "valve-client").connect() == "Success"  # cached CONNECT
     for attempt in range(3):  # more devices arriving: each refused as fast, none waits for the others
-        answer, seconds = raw_connect(plugin_broker.port, "valve-2", "valve-secret", f"valve-2-client-{attempt}")
+        answer, seconds = raw_connect(mosquitto.port, "valve-2", "valve-secret", f"valve-2-client-{attempt}")
         assert (answer, seconds < 2.0) == ("closed", True)
 
     freezer.thaw()
     deadline = time.monotonic() + 10
-    while (answer := raw_connect(plugin_broker.port, "valve-2", "valve-secret", "valve-2-client")[0]) != "connack 0":
+    while (answer := raw_connect(mosquitto.port, "valve-2", "valve-secret", "valve-2-client")[0]) != "connack 0":
         assert answer == "closed" and time.monotonic() < deadline
         time.sleep(0.2)

@@ -6,20 +6,19 @@ drop what, who is kicked, and that a slow feed never holds up the broker.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import CREGISTRY_PLUGIN_SO, MqttClient, PluginMosquittoProcess, free_port
+from tests.harness import MqttClient, PluginMosquittoProcess, RawSession
+from tests.integration.conftest import finish_broker
 
 pytestmark = pytest.mark.broker
 
@@ -94,7 +93,7 @@ class ScriptedService:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -128,68 +127,12 @@ def scripted() -> Iterator[ScriptedService]:
 
 
 @pytest.fixture
-def broker(scripted: ScriptedService) -> Iterator[PluginMosquittoProcess]:
-    if not CREGISTRY_PLUGIN_SO.exists():
-        problem = f"cregistry's plugin is not built ({CREGISTRY_PLUGIN_SO}): run `make plugin`"
-        if os.environ.get("CREGISTRY_REQUIRE_BROKER") == "1" or os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    port = free_port()
-    conf = "\n".join(
-        [
-            "per_listener_settings false",
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous false",
-            f"plugin {CREGISTRY_PLUGIN_SO}",
-            f"plugin_opt_url {scripted.url}",
-            "plugin_opt_stats_interval 1",
-            "log_dest stderr",  # unbuffered: the tests read the log while mosquitto runs
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "persistence false",
-            "",
-        ]
-    )
-    process = PluginMosquittoProcess(conf, port, CREGISTRY_PLUGIN_SO)
+def broker(scripted: ScriptedService, cregistry_plugin: Path) -> Iterator[PluginMosquittoProcess]:
+    process = PluginMosquittoProcess(scripted.port, cregistry_plugin, plugin_options={"stats_interval": "1"})
     process.start()
     scripted.wait_polls(2)  # the first answer (reset) is in
     yield process
-    process.stop()
-    report = process.sanitizer_report()
-    output = process.output()
-    process.cleanup()
-    assert report == "", f"the sanitizers found errors in the plugin:\n{report}"
-    assert "cregistry_auth" in output
-
-
-class RawSession:
-    """An MQTT 3.1.1 session on a plain socket, which never reconnects by itself."""
-
-    def __init__(self, port: int, username: str, password: str, client_id: str) -> None:
-        def field(text: str) -> bytes:
-            data = text.encode()
-            return struct.pack("!H", len(data)) + data
-
-        header = field("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
-        body = header + field(client_id) + field(username) + field(password)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(bytes([0x10, len(body)]) + body)
-        answer = self.sock.recv(4)
-        self.connack = answer[3] if len(answer) == 4 else None
-
-    def closed_within(self, seconds: float) -> bool:
-        """True when the broker closes the connection within `seconds`."""
-        self.sock.settimeout(seconds)
-        try:
-            return self.sock.recv(1) == b""
-        except TimeoutError:
-            return False
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
+    assert "cregistry_auth" in finish_broker(process)
 
 
 def connect_once(broker: PluginMosquittoProcess, user: str, client_id: str) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cregistry.keys import Keys
-from tests.harness import RedisNode, ServiceProcess, http, run_cli
+from tests.harness import RedisNode, ServiceProcess, http, run_cli, running_service
 
 TOKEN = "replicas-admin-token"
 UNCONFIRMED = "the change was made on the Redis primary, but only 0 replica(s) confirmed it within "
@@ -35,19 +35,9 @@ def primary() -> Iterator[RedisNode]:
 @pytest.fixture(scope="module")
 def waiting_service(primary: RedisNode) -> Iterator[ServiceProcess]:
     """A service that wants one replica, on a primary that has none."""
-    service = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": f"redis://127.0.0.1:{primary.port}/0",
-            "CREGISTRY_REDIS_MIN_REPLICAS": "1",
-            "CREGISTRY_ADMIN_TOKEN": TOKEN,
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_WORKERS": "1",
-            "CREGISTRY_THREADS": "16",
-        }
-    )
-    service.start()
-    yield service
-    service.cleanup()
+    settings = {"CREGISTRY_REDIS_MIN_REPLICAS": "1", "CREGISTRY_WORKERS": "1", "CREGISTRY_THREADS": "16"}
+    with running_service(f"redis://127.0.0.1:{primary.port}/0", TOKEN, settings) as service:
+        yield service
 
 
 @pytest.fixture
