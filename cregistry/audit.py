@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict, cast
 
 import redis
 from redis.client import Pipeline
@@ -25,6 +25,17 @@ from cregistry.timestamps import isoformat
 MAX_LISTED = 1000
 # Whoever changes something without saying who (tests, library use).
 UNNAMED_ACTOR = "system"
+
+
+class AuditEntry(TypedDict):
+    """One entry as the API and the CLI show it; `details` as the change recorded them."""
+
+    id: str
+    time: str | None
+    actor: str
+    action: str
+    target: str
+    details: dict[str, object]
 
 
 class AuditLog:
@@ -43,7 +54,7 @@ class AuditLog:
         self.clock = clock
         self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
 
-    def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: Any) -> None:
+    def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: object) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on
         `pipe`, the transaction that makes the change."""
         self.changes.record(pipe, action, target)
@@ -56,15 +67,16 @@ class AuditLog:
         }
         pipe.xadd(self.keys.audit(), fields, maxlen=self.config.audit_max, approximate=True)
 
-    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
+    def entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` entries, newest first."""
         if not is_int_within(limit, 1, MAX_LISTED):
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_LISTED}")
-        rows: Any = self.redis.xrevrange(self.keys.audit(), count=limit)
+        # The connection decodes its answers (connections.py): ids and fields are str.
+        rows = cast("list[tuple[str, dict[str, str]]]", self.redis.xrevrange(self.keys.audit(), count=limit))
         return [_entry(entry_id, fields) for entry_id, fields in rows or []]
 
 
-def _entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
+def _entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
     return {
         "id": entry_id,
         "time": isoformat(float(fields.get("time") or 0)),

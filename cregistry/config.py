@@ -193,7 +193,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **override: Any) -> Config:
         """Defaults, then CREGISTRY_* variables, then keyword overrides."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {}  # each value of its own field's type
         for field in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is None or raw == "":
@@ -211,7 +211,8 @@ def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
+def _parse(name: str, type_name: object, raw: str) -> bool | int | float | tuple[str, ...] | str:
+    """A setting's text as its field's type (`type_name`: the annotation, a string here)."""
     env_name = ENV_PREFIX + name.upper()
     type_text = str(type_name)
     if type_text == "bool":

@@ -4,7 +4,7 @@ names, client ids; and the bounded-integer check every setting shares."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TypeGuard
 
 from cregistry.errors import InvalidInput
 
@@ -17,7 +17,7 @@ ROLE_NAME_RE = USERNAME_RE
 MAX_CLIENT_ID_BYTES = 65535  # MQTT's own limit for a UTF-8 string
 
 
-def validate_username(username: Any) -> str:
+def validate_username(username: object) -> str:
     if username is None:
         raise InvalidInput("username is missing")
     if not isinstance(username, str):
@@ -30,7 +30,7 @@ def validate_username(username: Any) -> str:
     return username
 
 
-def validate_role_name(role: Any) -> str:
+def validate_role_name(role: object) -> str:
     if not isinstance(role, str) or not ROLE_NAME_RE.fullmatch(role):
         raise InvalidInput(
             "role name must be 3 to 64 characters of ASCII letters, digits, '_', '.', '-',"
@@ -39,11 +39,11 @@ def validate_role_name(role: Any) -> str:
     return role
 
 
-def validate_client_id(client_id: Any) -> str:
+def validate_client_id(client_id: object) -> str:
     return validate_text(client_id, "client id", MAX_CLIENT_ID_BYTES)
 
 
-def validate_text(value: Any, what: str, max_bytes: int, unit: str = "bytes") -> str:
+def validate_text(value: object, what: str, max_bytes: int, unit: str = "bytes") -> str:
     """A string without NUL of at most `max_bytes` in UTF-8; else InvalidInput naming `what`."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
@@ -63,6 +63,6 @@ def utf8(text: str, what: str) -> bytes:
         raise InvalidInput(f"{what} is not valid Unicode") from None
 
 
-def is_int_within(value: Any, low: int, high: int) -> bool:
+def is_int_within(value: object, low: int, high: int) -> TypeGuard[int]:
     """An integer (JSON's true is not 1 here) from low to high inclusive."""
     return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypedDict, cast
 
 import redis
 from redis.client import Pipeline
@@ -33,12 +33,38 @@ WRITE_ACCESS = ("write", "readWrite")
 MAX_PERMISSIONS = 1000  # per user or role; ACL checks read them all
 
 
+class PermissionDict(TypedDict):
+    topic: str
+    access: str
+
+
+class UserDict(TypedDict):
+    """A user as the API and the CLI show it."""
+
+    username: str
+    createdAt: str | None
+    superuser: bool
+    clientId: str | None
+    pairingId: str | None
+    source: str
+    roles: list[str]
+    permissions: list[PermissionDict]
+    lastConnect: str | None
+    lastClientId: str | None
+
+
+class RoleDict(TypedDict):
+    name: str
+    permissions: list[PermissionDict]
+    members: list[str]
+
+
 @dataclasses.dataclass(frozen=True)
 class Permission:
     topic: str
     access: str
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> PermissionDict:
         return {"topic": self.topic, "access": self.access}
 
 
@@ -57,7 +83,7 @@ class User:
     last_connect: float | None = None
     last_client_id: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> UserDict:
         """What the API and CLI show; never the password hash."""
         return {
             "username": self.username,
@@ -79,7 +105,7 @@ class Role:
     permissions: tuple[Permission, ...]
     members: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RoleDict:
         return {
             "name": self.name,
             "permissions": [p.to_dict() for p in self.permissions],
@@ -114,14 +140,14 @@ class AclData:
     permissions: tuple[Permission, ...]
 
 
-def parse_permission(topic: Any, access: Any) -> Permission:
-    validate_pattern(topic)
-    if access not in ACCESS_LEVELS:
+def parse_permission(topic: object, access: object) -> Permission:
+    pattern = validate_pattern(topic)
+    if not isinstance(access, str) or access not in ACCESS_LEVELS:
         raise InvalidInput(f"access must be one of {', '.join(ACCESS_LEVELS)}")
-    return Permission(topic, access)
+    return Permission(pattern, access)
 
 
-def parse_permission_list(items: Any) -> list[Permission]:
+def parse_permission_list(items: object) -> list[Permission]:
     """A JSON list of {"topic", "access"}; the whole list is checked before any write."""
     if not isinstance(items, list):
         raise InvalidInput('permissions must be a JSON list of {"topic": ..., "access": ...}')
@@ -144,7 +170,11 @@ def parse_permission_list(items: Any) -> list[Permission]:
 
 
 class UserStore:
-    """Users and roles in Redis. Takes its connection; knows nothing of HTTP."""
+    """Users and roles in Redis. Takes its connection; knows nothing of HTTP.
+
+    The connection decodes every answer (decode_responses=True wherever one
+    is built, connections.py): redis-py's types say bytes or str, the casts
+    below say str."""
 
     def __init__(
         self,
@@ -164,7 +194,7 @@ class UserStore:
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:
-        return _text(self.redis.hget(self.keys.user(username), "passwordHash"))
+        return cast("str | None", self.redis.hget(self.keys.user(username), "passwordHash"))
 
     def exists(self, username: str) -> bool:
         return bool(self.redis.exists(self.keys.user(username)))
@@ -190,7 +220,7 @@ class UserStore:
         return [u for u in users if u.last_connect is None or u.last_connect < not_connected_since]
 
     def _all_users(self) -> list[User]:
-        names = sorted(_text_set(self.redis.smembers(self.keys.users())))
+        names = sorted(cast("set[str]", self.redis.smembers(self.keys.users())))
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.user(name))
@@ -230,14 +260,14 @@ class UserStore:
         if password_hash is None:
             return AclData(False, False, ())
         permissions = _permissions_from(direct)
-        role_names = sorted(_text_set(roles))
+        role_names = sorted(roles)
         if role_names:
             pipe = self.redis.pipeline(transaction=False)
             for role in role_names:
                 pipe.hgetall(self.keys.role_permissions(role))
             for role_permissions in pipe.execute():
                 permissions += _permissions_from(role_permissions)
-        return AclData(True, _text(superuser) == "1", tuple(permissions))
+        return AclData(True, superuser == "1", tuple(permissions))
 
     def acl_snapshot(self, username: str, known_position: str) -> tuple[str, AclData | None]:
         """The change feed's newest position, and the user's AclData read in
@@ -253,7 +283,7 @@ class UserStore:
             reply: Any = self.redis.evalsha(_ACL_SNAPSHOT_SHA, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             reply = self.redis.eval(ACL_SNAPSHOT_SCRIPT, len(keys), *keys, *args)
-        position = str(_text(reply[0]))
+        position = str(reply[0])
         if len(reply) == 1:
             return position, None
         if not int(reply[1]):
@@ -261,7 +291,7 @@ class UserStore:
         permissions = _permissions_from(_pairs(reply[3]))
         for role_permissions in reply[5:]:
             permissions += _permissions_from(_pairs(role_permissions))
-        return position, AclData(True, _text(reply[2]) == "1", tuple(permissions))
+        return position, AclData(True, reply[2] == "1", tuple(permissions))
 
     # -- users -------------------------------------------------------------
     # Every change takes the `actor` for the audit trail and writes its audit
@@ -271,7 +301,7 @@ class UserStore:
         names.validate_username(username)
         self.policy.validate(password)
         password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
-        fields: dict[Any, Any] = {
+        fields: dict[FieldT, EncodableT] = {
             "passwordHash": password_hash,
             "createdAt": repr(self.clock()),
             "superuser": "1" if superuser else "0",
@@ -290,7 +320,7 @@ class UserStore:
         run_watched(self.redis, [self.keys.user(username)], create)
         return self.get(username)
 
-    def set_password(self, username: str, password: Any, *, actor: str = UNNAMED_ACTOR) -> User:
+    def set_password(self, username: str, password: object, *, actor: str = UNNAMED_ACTOR) -> User:
         """Give the user a new password; the old one stops working everywhere.
 
         The verified-password token goes (verification.py), and the change
@@ -298,10 +328,10 @@ class UserStore:
         described the old password, so it goes too.
         """
         names.validate_username(username)
-        self.policy.validate(password)
+        new_password = self.policy.validate(password)
         if not self.exists(username):  # before bcrypt: an unknown name costs no hashing
             raise UserNotFound(f"no user {username!r}")
-        password_hash = passwords.hash_password(password, self.config.bcrypt_cost)
+        password_hash = passwords.hash_password(new_password, self.config.bcrypt_cost)
 
         def replace(pipe: Pipeline) -> None:
             pipe.hset(self.keys.user(username), "passwordHash", password_hash)
@@ -322,7 +352,7 @@ class UserStore:
                 self.keys.user_last_connect(username),
             )
             pipe.srem(self.keys.users(), username)
-            for role in _text_set(self.redis.smembers(self.keys.user_roles(username))):
+            for role in cast("set[str]", self.redis.smembers(self.keys.user_roles(username))):
                 pipe.srem(self.keys.role_members(role), username)
 
         self._change_user(username, delete_all, actor, "user.delete", watch=[self.keys.user_roles(username)])
@@ -337,7 +367,7 @@ class UserStore:
         )
         return self.get(username)
 
-    def set_permissions(self, username: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> User:
+    def set_permissions(self, username: str, items: object, *, actor: str = UNNAMED_ACTOR) -> User:
         permissions = parse_permission_list(items)
         key = self.keys.user_permissions(username)
         self._change_user(
@@ -361,8 +391,8 @@ class UserStore:
         key = self.keys.user_permissions(username)
         previous: list[str | None] = [None]
 
-        def read_previous(pipe: Pipeline) -> dict[str, Any]:
-            previous[0] = _text(pipe.hget(key, permission.topic))
+        def read_previous(pipe: Pipeline) -> dict[str, object]:
+            previous[0] = cast("str | None", pipe.hget(key, permission.topic))
             return {"previous": previous[0]}
 
         self._change_user(
@@ -396,7 +426,7 @@ class UserStore:
         )
         return self.get(username)
 
-    def set_roles(self, username: str, roles: Any, *, actor: str = UNNAMED_ACTOR) -> User:
+    def set_roles(self, username: str, roles: object, *, actor: str = UNNAMED_ACTOR) -> User:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidInput("roles must be a JSON list of role names")
         for role in roles:
@@ -404,7 +434,7 @@ class UserStore:
         roles_key = self.keys.user_roles(username)
 
         def replace(pipe: Pipeline) -> None:
-            old = _text_set(self.redis.smembers(roles_key))
+            old = cast("set[str]", self.redis.smembers(roles_key))
             pipe.delete(roles_key)
             if roles:
                 pipe.sadd(roles_key, *roles)
@@ -450,12 +480,12 @@ class UserStore:
         pipe.hgetall(self.keys.role_permissions(role))
         pipe.smembers(self.keys.role_members(role))
         permissions, members = pipe.execute()
-        return Role(role, tuple(_permissions_from(permissions)), tuple(sorted(_text_set(members))))
+        return Role(role, tuple(_permissions_from(permissions)), tuple(sorted(members)))
 
     def list_roles(self) -> list[Role]:
-        return [self.get_role(name) for name in sorted(_text_set(self.redis.smembers(self.keys.roles())))]
+        return [self.get_role(name) for name in sorted(cast("set[str]", self.redis.smembers(self.keys.roles())))]
 
-    def set_role_permissions(self, role: str, items: Any, *, actor: str = UNNAMED_ACTOR) -> Role:
+    def set_role_permissions(self, role: str, items: object, *, actor: str = UNNAMED_ACTOR) -> Role:
         """Create the role if needed and replace its permissions."""
         names.validate_role_name(role)
         permissions = parse_permission_list(items)
@@ -481,7 +511,7 @@ class UserStore:
         key = self.keys.role_permissions(role)
 
         def replace(pipe: Pipeline) -> PermissionChange:
-            change = PermissionChange(permission, _text(pipe.hget(key, permission.topic)))
+            change = PermissionChange(permission, cast("str | None", pipe.hget(key, permission.topic)))
             pipe.multi()
             pipe.sadd(self.keys.roles(), role)
             pipe.hset(key, permission.topic, permission.access)
@@ -514,7 +544,7 @@ class UserStore:
         members_key = self.keys.role_members(role)
 
         def remove(pipe: Pipeline) -> None:
-            members = _text_set(pipe.smembers(members_key))
+            members = cast("set[str]", pipe.smembers(members_key))
             pipe.multi()
             pipe.srem(self.keys.roles(), role)
             pipe.delete(self.keys.role_permissions(role), members_key)
@@ -533,13 +563,13 @@ class UserStore:
     def _change_user(
         self,
         username: str,
-        change: Callable[[Any], Any],
+        change: Callable[[Pipeline], object],
         actor: str,
         action: str,
         *,
         watch: Iterable[str] = (),
-        precheck: Callable[[Any], dict[str, Any] | None] | None = None,
-        **details: Any,
+        precheck: Callable[[Pipeline], dict[str, object] | None] | None = None,
+        **details: object,
     ) -> None:
         """Apply a change and its audit entry only if the user exists,
         atomically with that check, so a concurrent delete cannot leave
@@ -567,10 +597,13 @@ def _replace_hash(pipe: Pipeline, key: str, permissions: Iterable[Permission]) -
 
 
 def _user_from(
-    username: str, fields: dict[Any, Any], permissions: dict[Any, Any], roles: Any, last_connect: dict[Any, Any]
+    username: str,
+    data: Mapping[str, str],
+    permissions: Mapping[str, str],
+    roles: Iterable[str],
+    connect: Mapping[str, str],
 ) -> User:
-    data = {_text(k): _text(v) for k, v in fields.items()}
-    connect = {_text(k): _text(v) for k, v in last_connect.items()}
+    """A user from its hashes and its set of roles, as HGETALL and SMEMBERS answer them."""
     return User(
         username=username,
         created_at=float(data.get("createdAt") or 0),
@@ -578,7 +611,7 @@ def _user_from(
         client_id=data.get("clientId"),
         pairing_id=data.get("pairingId"),
         source=data.get("source") or "operator",
-        roles=tuple(sorted(_text_set(roles))),
+        roles=tuple(sorted(roles)),
         permissions=tuple(_permissions_from(permissions)),
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
@@ -617,21 +650,10 @@ return 1
 _RECORD_CONNECT_SHA = hashlib.sha1(RECORD_CONNECT_SCRIPT.encode()).hexdigest()
 
 
-def _pairs(flat: list[Any]) -> dict[Any, Any]:
+def _pairs(flat: list[str]) -> dict[str, str]:
     """HGETALL's answer inside a script: [field, value, field, value, ...]."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _permissions_from(mapping: dict[Any, Any]) -> list[Permission]:
-    return sorted(
-        (Permission(str(_text(topic)), str(_text(access))) for topic, access in mapping.items()),
-        key=lambda p: p.topic,
-    )
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_set(values: Iterable[Any]) -> set[str]:
-    return {str(_text(v)) for v in values}
+def _permissions_from(mapping: Mapping[str, str]) -> list[Permission]:
+    return sorted((Permission(topic, access) for topic, access in mapping.items()), key=lambda p: p.topic)

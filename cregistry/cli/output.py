@@ -35,14 +35,14 @@ def json_requested(ctx: click.Context) -> bool:
     return bool(ctx.meta.get(JSON_REQUESTED) or getattr(ctx.find_root().obj, "json_output", False))
 
 
-def emit(data: Any, text: str, as_json: bool) -> None:
+def emit(data: object, text: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))  # ASCII: no terminal control can get through
     else:
         click.echo(text)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[display(str(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import request
 from werkzeug.exceptions import BadRequest
 
 from cregistry.errors import InvalidInput
 
 
-def json_body() -> Any:
+def json_body() -> object:
     """The body parsed as JSON whatever its Content-Type; InvalidInput if it is not JSON.
 
     A body of `null` is JSON and comes back as None: the caller says what it
@@ -23,7 +21,7 @@ def json_body() -> Any:
         raise InvalidInput("the body must be JSON") from None
 
 
-def json_object(*, required: bool) -> dict[str, Any]:
+def json_object(*, required: bool) -> dict[str, object]:
     if not required and not request.get_data(cache=True).strip():
         return {}
     data = json_body()

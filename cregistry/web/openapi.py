@@ -10,7 +10,6 @@ description no route. Console pages (another blueprint, HTML) are left out.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
@@ -26,7 +25,7 @@ UNDESCRIBED_ENDPOINTS = ("static", "console.", "console_")
 UNDESCRIBED_PREFIXES = ("/console",)
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 
-Json = dict[str, Any]
+Json = dict[str, object]
 
 
 @bp.get("/api/openapi.json")
@@ -99,14 +98,14 @@ def ref(name: str) -> Json:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def json_content(schema: Json, example: Any = None) -> Json:
+def json_content(schema: Json, example: object = None) -> Json:
     media: Json = {"schema": schema}
     if example is not None:
         media["example"] = example
     return {"application/json": media}
 
 
-def answer(description: str, schema: Json, example: Any = None) -> Json:
+def answer(description: str, schema: Json, example: object = None) -> Json:
     return {"description": description, "content": json_content(schema, example)}
 
 
@@ -154,16 +153,16 @@ def query_integer(name: str, description: str, minimum: int, maximum: int, defau
     }
 
 
-def body(schema: Json, example: Any, *, required: bool = True) -> Json:
+def body(schema: Json, example: object, *, required: bool = True) -> Json:
     return {"required": required, "content": json_content(schema, example)}
 
 
-def admin(summary: str, tag: str, responses: dict[str, Json], **extra: Any) -> Json:
+def admin(summary: str, tag: str, responses: dict[str, Json], **extra: object) -> Json:
     """An operation that needs the bearer token."""
     return {"summary": summary, "tags": [tag], "responses": {**responses, **common(401, 503)}, **extra}
 
 
-def public(summary: str, tag: str, responses: dict[str, Json], **extra: Any) -> Json:
+def public(summary: str, tag: str, responses: dict[str, Json], **extra: object) -> Json:
     return {"summary": summary, "tags": [tag], "security": [], "responses": responses, **extra}
 
 
