@@ -1,4 +1,4 @@
-"""The operator's whole day in the web console, by clicking (SPEC §10)."""
+"""The operator's whole day in the web console, by clicking."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ except ImportError:  # the conftest's `playwright` fixture says why (and fails u
 
 from .conftest import ADMIN_TOKEN, OPS_TOKEN
 
-# SPEC §10: a device's attempt appears within 5 s without a reload.
+# A device's attempt appears in the console within 5 s without a reload.
 APPEARS_WITHIN_MS = 5000
 
 

@@ -1,4 +1,4 @@
-"""A Sentinel failover under load (issue 15): the primary is killed with
+"""A Sentinel failover under load: the primary is killed with
 SIGKILL while two services answer connects, ACL checks and approvals.
 
 During the failover every answer is a grant that was right, a refusal or a
@@ -26,8 +26,8 @@ from tests.harness import FailoverStack, ServiceProcess, http, run_cli
 from .conftest import ADMIN_TOKEN
 
 PASSWORD = "alice-secret-1"
-RECOVERY_BOUND = 30.0  # seconds, from the issue
-BROKER_BOUND = 2.0  # SPEC §3: a 503 within 2 seconds
+RECOVERY_BOUND = 30.0  # seconds until both services work on the new primary, without a restart
+BROKER_BOUND = 2.0  # a broker check Redis cannot answer is a 503 within 2 seconds
 
 
 @dataclasses.dataclass

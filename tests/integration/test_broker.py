@@ -1,8 +1,8 @@
 """The whole mission through a real Mosquitto with cregistry's own plugin
 (mosquitto/mosquitto.conf, mosquitto/cregistry_auth.so): paho-mqtt clients
 connect, subscribe and publish; the operator uses the CLI, the admin API or
-the domain. Changes reach the broker through the change feed within 2 s
-(SPEC §11); nothing waits for a cache. The plugin's own answers to each
+the domain. Changes reach the broker through the change feed within 2 s;
+nothing waits for a cache. The plugin's own answers to each
 check are in test_plugin_checks.py; go-auth's variant is test_broker_go_auth.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cregistry.users import UserStore
 from tests.harness import Freezer, MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, raw_connect
 from tests.integration.conftest import ADMIN_TOKEN
 
-# SPEC §11: every change reaches every broker within 2 s; a CONNECT is refused
+# Every change reaches every broker within 2 s; a CONNECT is refused
 # within 2 s when cregistry cannot answer.
 CHANGE_BOUND = 2.0
 # How long a recovery (Redis or the service back) may take before the test gives up.

@@ -47,7 +47,7 @@ from tests.integration.conftest import ADMIN_TOKEN
 KEYS = Keys("cregistry")
 FLOOD_ATTEMPTS = 100_000
 MEGABYTE = 1024 * 1024
-DEADLINE = 2.0  # SPEC §3: a 503 within 2 seconds when Redis cannot answer
+DEADLINE = 2.0  # a 503 within 2 seconds when Redis cannot answer
 
 
 # -- helpers ----------------------------------------------------------------------

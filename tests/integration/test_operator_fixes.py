@@ -1,4 +1,4 @@
-"""Issue 10 on a real redis-server: the CLI's bound against a stalled Redis,
+"""Operators' fixes on a real redis-server: the CLI's bound against a stalled Redis,
 a URL naming a database Redis does not have, and the last connect through
 the real service."""
 
@@ -17,7 +17,7 @@ import cregistry.cli
 from tests.harness import RedisProcess, ServiceProcess, free_port, http, run_cli
 from tests.integration.conftest import ADMIN_TOKEN
 
-# The bound the service promises its broker (SPEC §3) and the CLI now shares.
+# The service answers its broker within 2 s when Redis cannot; the CLI keeps the same bound.
 CONTRACT_SECONDS = 2.0
 
 

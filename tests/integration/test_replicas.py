@@ -1,4 +1,4 @@
-"""CREGISTRY_REDIS_MIN_REPLICAS on a real redis-server (issue 15): every
+"""CREGISTRY_REDIS_MIN_REPLICAS on a real redis-server: every
 operator change waits for replicas (WAIT after EXEC) and answers 503 / exit 6
 when they do not confirm in time; what devices cause does not wait."""
 

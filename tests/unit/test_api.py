@@ -1,4 +1,4 @@
-"""The public listener: device registration and the admin API (SPEC §5, §6)."""
+"""The public listener: device registration and the admin API."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 REQUEST_KEYS = {"id", "username", "pairingId", "clientId", "source", "firstSeen", "lastSeen", "attempts", "context"}
 PENDING_ID = f"sensor-1:{pairing_id('sensor-1', 'secret1')}"
 
-# SPEC §6, plus the routes cregistry adds in the same style.
+# Admin routes: the lock, requests, users and their permissions, roles and the audit trail.
 ADMIN_ROUTES = [
     ("GET", "/api/client-registry"),
     ("POST", "/api/client-registry/unlock"),
@@ -140,7 +140,7 @@ def test_admin_routes_need_the_bearer_token(
 
 
 def test_every_admin_route_of_the_app_needs_the_token(api: FlaskClient, users: UserStore, pending: str) -> None:
-    """Routes added beyond SPEC §6 are covered too: all but registration, the
+    """Routes ADMIN_ROUTES does not list are covered too: all but registration, the
     health probes and the web console (session sign-in, test_console.py) are
     admin routes."""
     users.add("sensor-2", "secret2")

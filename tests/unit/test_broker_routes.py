@@ -1,4 +1,4 @@
-"""The routes go-auth's HTTP backend calls (SPEC §3, §4)."""
+"""The routes go-auth's HTTP backend calls: CONNECT, superuser and ACL checks."""
 
 from __future__ import annotations
 
@@ -536,7 +536,7 @@ def slow_redis() -> Iterator[SlowRedis]:
 
 
 def test_slow_redis_still_answers_within_2_seconds(config: Config, slow_redis: SlowRedis) -> None:
-    """SPEC §3: when Redis is slow the answer comes within 2 seconds (go-auth's
+    """When Redis is slow the answer comes within 2 seconds (go-auth's
     http_timeout); a per-command socket timeout alone does not bound a check
     that makes many round trips."""
     registry = Registry(slow_redis.fast, config)

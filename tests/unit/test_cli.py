@@ -1,4 +1,4 @@
-"""The `cregistry` CLI through CliRunner: exact output and exit codes (SPEC §7)."""
+"""The `cregistry` CLI through CliRunner: exact output and exit codes."""
 
 from __future__ import annotations
 

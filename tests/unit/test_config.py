@@ -1,4 +1,4 @@
-"""CREGISTRY_* settings: defaults, parsing, refusals (SPEC §9), and the key prefix."""
+"""CREGISTRY_* settings: defaults, parsing, refusals, and the key prefix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The web console (SPEC §10) through Flask's test client: every page and
+"""The web console through Flask's test client: every page and
 every POST, sign-in and its limit, sessions, CSRF, CSP and escaping."""
 
 from __future__ import annotations

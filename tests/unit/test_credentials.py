@@ -1,4 +1,4 @@
-"""Usernames, passwords, pairing IDs and bcrypt hashing (SPEC §2)."""
+"""Usernames, passwords, pairing IDs and bcrypt hashing."""
 
 from __future__ import annotations
 

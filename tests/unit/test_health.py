@@ -1,5 +1,5 @@
 """/healthz and /readyz on both listeners, and how every route behaves when
-Redis is down, stalled or still loading its data (SPEC §3: 503 within 2 s)."""
+Redis is down, stalled or still loading its data (a 503 within 2 s)."""
 
 from __future__ import annotations
 

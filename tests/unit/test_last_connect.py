@@ -1,4 +1,4 @@
-"""A user's last successful CONNECT (issue 10, item 12): recorded at most once
+"""A user's last successful CONNECT: recorded at most once
 a minute per user, shown by `user show`, `users` and the API, and never able
 to turn a successful check into a failure."""
 

@@ -1,4 +1,4 @@
-"""Error messages that say what is wrong (issue 10): one rule, one message;
+"""Error messages that say what is wrong: one rule, one message;
 nothing changes on bad input."""
 
 from __future__ import annotations

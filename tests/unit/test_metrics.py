@@ -1,4 +1,4 @@
-"""GET /metrics on the broker listener (SPEC §12), in one process.
+"""GET /metrics on the broker listener, in one process.
 
 The metrics live in the process (tests/integration/test_metrics.py proves
 them across gunicorn's workers), so each test compares before and after.

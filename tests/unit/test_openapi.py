@@ -1,4 +1,4 @@
-"""GET /api/openapi.json (SPEC §12): one description per route of the API listener."""
+"""GET /api/openapi.json: one description per route of the API listener."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Password rotation (SPEC §6): `PUT /api/users/<name>/password` and
-`cregistry user passwd`: the rules of §2, the old password refused at once,
+"""Password rotation: `PUT /api/users/<name>/password` and
+`cregistry user passwd`: the password rules of registration, the old password refused at once,
 audited without secrets, and a feed entry that kicks the user's clients."""
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ USERNAME_REST = USERNAME_FIRST | frozenset("_.-")
 
 
 def is_valid_username(value: object) -> bool:
-    """SPEC §2, written without a regular expression."""
+    """The username rule (3 to 64 ASCII letters, digits, '_', '.', '-', starting
+    with a letter or digit), written without a regular expression."""
     return (
         isinstance(value, str)
         and 3 <= len(value) <= 64

@@ -1,4 +1,4 @@
-"""The registration flow: lock state, pending requests, approve and deny (SPEC §2, §5)."""
+"""The registration flow: lock state, pending requests, approve and deny."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CREGISTRY_REDIS_URL in its Sentinel form and CREGISTRY_REDIS_MIN_REPLICAS (SPEC §9)."""
+"""CREGISTRY_REDIS_URL in its Sentinel form and CREGISTRY_REDIS_MIN_REPLICAS."""
 
 from __future__ import annotations
 

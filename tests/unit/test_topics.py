@@ -1,4 +1,4 @@
-"""Topic matching, filter coverage and pattern validation (SPEC §4, MQTT 3.1.1 §4.7)."""
+"""Topic matching, filter coverage and pattern validation (MQTT 3.1.1 §4.7)."""
 
 from __future__ import annotations
 

@@ -485,7 +485,7 @@ def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
     """An attempt that found the username unknown hashes for a while; if the
     operator approves another candidate of that username meanwhile, the user
     exists when the attempt writes, and it must not leave a request behind
-    (SPEC §2: approving one removes the others for that username)."""
+    (approving one request removes the others for that username)."""
     registry.unlock()
     registry.record_attempt("twin", "first-secret", "c", "mqtt")
     original = cregistry.passwords.hash_password
