@@ -1,4 +1,4 @@
-"""The registration flow: the unlock key, pending requests, approve and deny.
+"""The unlock key and the pending requests (their storage, approve and deny).
 
 A pending request is identified by (username, pairing ID). Each lives in its
 own Redis hash with a TTL (the pending TTL, renewed by every attempt); a
@@ -9,7 +9,6 @@ by expiry, which is what the global cap counts.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import logging
 import math
@@ -26,48 +25,19 @@ from cregistry.config import MAX_UNLOCK_SECONDS, Config
 from cregistry.errors import (
     AmbiguousRequest,
     InvalidInput,
-    PendingLimitReached,
-    RegistryLocked,
-    RequestDenied,
     RequestNotFound,
-    TooManyFailures,
     UsernameTaken,
 )
 from cregistry.keys import Keys
-from cregistry.log_throttle import ThrottledWarning
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
 from cregistry.users import User, UserStore
-from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 
 log = logging.getLogger(__name__)
 
-MAX_CONTEXT_BYTES = 4096
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 MAX_OFFSET = 10**9
 PAIRING_ID_CHARS = frozenset("0123456789abcdef")
-
-
-_cap_warning = ThrottledWarning(log, "pending request cap (%d) reached; attempts are not recorded")
-
-
-class Attempt(enum.Enum):
-    """What became of a registration attempt by an unknown user."""
-
-    RECORDED = "recorded"  # a new pending request
-    REPEATED = "repeated"  # an existing request, seen again
-    LOCKED = "locked"  # registry locked: nothing recorded
-    DENIED = "denied"  # an operator denied these credentials
-    LIMITED = "limited"  # a pending cap is reached: nothing recorded
-    BUSY = "busy"  # every registration bcrypt slot is taken: nothing recorded
-    APPROVED_MEANWHILE = "approved meanwhile"  # the user was created while we hashed
-
-
-class Registration(enum.Enum):
-    """Answer to a device registering over REST."""
-
-    PENDING = "pending"
-    GRANTED = "granted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,20 +105,6 @@ def validate_page(offset: Any, limit: Any) -> None:
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
 
-def validate_context(context: Any) -> dict[str, Any] | None:
-    if context is None:
-        return None
-    if not isinstance(context, dict):
-        raise InvalidInput("context must be a JSON object")
-    try:
-        size = len(json.dumps(context, ensure_ascii=False, allow_nan=False).encode())
-    except (UnicodeEncodeError, ValueError):
-        raise InvalidInput("context is not valid JSON text") from None
-    if size > MAX_CONTEXT_BYTES:
-        raise InvalidInput(f"context must be at most {MAX_CONTEXT_BYTES} bytes of JSON")
-    return context
-
-
 class Registry:
     """Unlock state and pending requests. Takes its Redis connection explicitly."""
 
@@ -157,28 +113,17 @@ class Registry:
         connection: redis.Redis,
         config: Config,
         clock: Callable[[], float] = time.time,
-        limits: WorkLimits | None = None,
         *,
-        keys: Keys | None = None,
-        users: UserStore | None = None,
-        verifier: PasswordVerifier | None = None,
-        audit: AuditLog | None = None,
+        keys: Keys,
+        users: UserStore,
+        audit: AuditLog,
     ):
-        # Built on their own (tests, library use), the collaborators share one
-        # Keys and one AuditLog; cregistry.services.build hands them in.
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
-        if audit is None:
-            audit = users.audit if users is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.users = users
         self.audit = audit
-        self.users = users if users is not None else UserStore(connection, config, clock, keys=self.keys, audit=audit)
-        self.verifier = (
-            verifier
-            if verifier is not None
-            else PasswordVerifier(connection, config, clock, limits, keys=self.keys, audit=audit)
-        )
 
     # -- lock state --------------------------------------------------------
     def status(self) -> LockState:
@@ -214,75 +159,10 @@ class Registry:
         log.info("registry locked by %s", actor)
         return self.status()
 
-    # -- attempts by unknown users ----------------------------------------
-    def record_attempt(
+    # -- storage of requests (the writes of cregistry.registration) -------
+    def add(
         self,
-        username: str,
-        password: str,
-        client_id: str,
-        source: str,
-        context: dict[str, Any] | None = None,
-        pairing: str | None = None,
-    ) -> tuple[Attempt, str]:
-        """Record or refresh a pending request; returns the outcome and the pairing ID.
-
-        The caller has validated the input and knows the user does not exist;
-        it may pass the pairing ID it computed already.
-        """
-        if pairing is None:
-            pairing = passwords.pairing_id(username, password)
-        request_key = self.keys.request(username, pairing)
-        now = self.clock()
-        # Everything the decision needs, in one round trip.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(request_key)
-        pipe.hexists(self.keys.user_denials(username), pairing)
-        pipe.exists(self.keys.unlock())
-        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
-        pipe.zcard(self.keys.pending_index())
-        pipe.smembers(self.keys.user_requests(username))
-        pending, denied, unlocked, _, pending_total, candidates = pipe.execute()
-        if denied:
-            return Attempt.DENIED, pairing
-        if pending and self._touch(username, pairing, now):
-            return Attempt.REPEATED, pairing
-        # A request that vanished while counted is gone for good (approved,
-        # denied or expired): the next checks treat the attempt as new.
-        if not unlocked:
-            return Attempt.LOCKED, pairing
-        # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
-        if pending_total >= self.config.pending_max:
-            _cap_warning.emit(self.config.pending_max)
-            return Attempt.LIMITED, pairing
-        if candidates and len(self._existing(username, candidates)) >= self.config.pending_per_username:
-            return Attempt.LIMITED, pairing
-        password_hash = self.verifier.hash_for_registration(password)
-        if password_hash is None:
-            return Attempt.BUSY, pairing
-        return self._insert(username, pairing, password_hash, client_id, source, context, now), pairing
-
-    def _touch(self, username: str, pairing: str, now: float) -> bool:
-        """Count one more attempt on an existing request; False if it vanished meanwhile."""
-        request_key = self.keys.request(username, pairing)
-
-        def count_attempt(pipe: Pipeline) -> bool:
-            if not pipe.exists(request_key):
-                return False  # approved, denied or expired while we looked
-            pipe.multi()
-            self._count_attempt(pipe, username, pairing, now)
-            return True
-
-        return run_watched(self.redis, [request_key], count_attempt, durable=False)
-
-    def _count_attempt(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
-        """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
-        request_key = self.keys.request(username, pairing)
-        pipe.hincrby(request_key, "attempts", 1)
-        pipe.hset(request_key, "lastSeen", repr(now))
-        self._keep_alive(pipe, username, pairing, now)
-
-    def _insert(
-        self,
+        pipe: Pipeline,
         username: str,
         pairing: str,
         password_hash: str,
@@ -290,48 +170,29 @@ class Registry:
         source: str,
         context: dict[str, Any] | None,
         now: float,
-    ) -> Attempt:
-        request_key = self.keys.request(username, pairing)
-        candidates_key = self.keys.user_requests(username)
-
-        def insert(pipe: Pipeline) -> Attempt:
-            if pipe.exists(self.keys.user(username)):
-                # Approved while we hashed: no request for an existing user.
-                return Attempt.APPROVED_MEANWHILE
-            if pipe.exists(request_key):
-                # Recorded by a concurrent attempt: count this one in the same
-                # transaction (request_key is watched) instead of a second one.
-                pipe.multi()
-                self._count_attempt(pipe, username, pairing, now)
-                return Attempt.REPEATED
-            if len(self._live_pairing_ids(username)) >= self.config.pending_per_username:
-                return Attempt.LIMITED
-            pipe.multi()
-            pipe.hset(
-                request_key,
-                mapping={
-                    "passwordHash": password_hash,
-                    "clientId": client_id,
-                    "source": source,
-                    "firstSeen": repr(now),
-                    "lastSeen": repr(now),
-                    "attempts": 1,
-                    "context": json.dumps(context) if context is not None else "",
-                },
-            )
-            pipe.sadd(candidates_key, pairing)
-            self._keep_alive(pipe, username, pairing, now)
-            return Attempt.RECORDED
-
-        # Watching the candidate set makes the per-username cap exact; watching
-        # the user key keeps an approval racing this attempt from leaving a
-        # request behind for the user it just created.
-        attempt = run_watched(
-            self.redis, [request_key, candidates_key, self.keys.user(username)], insert, durable=False
+    ) -> None:
+        """Queue the writes of a new request on `pipe` (after MULTI)."""
+        pipe.hset(
+            self.keys.request(username, pairing),
+            mapping={
+                "passwordHash": password_hash,
+                "clientId": client_id,
+                "source": source,
+                "firstSeen": repr(now),
+                "lastSeen": repr(now),
+                "attempts": 1,
+                "context": json.dumps(context) if context is not None else "",
+            },
         )
-        if attempt is Attempt.RECORDED:
-            log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
-        return attempt
+        pipe.sadd(self.keys.user_requests(username), pairing)
+        self._keep_alive(pipe, username, pairing, now)
+
+    def count_attempt(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
+        """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
+        request_key = self.keys.request(username, pairing)
+        pipe.hincrby(request_key, "attempts", 1)
+        pipe.hset(request_key, "lastSeen", repr(now))
+        self._keep_alive(pipe, username, pairing, now)
 
     def _keep_alive(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
         """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
@@ -340,57 +201,21 @@ class Registry:
         pipe.expire(self.keys.user_requests(username), ttl)
         pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, pairing): now + ttl})
 
-    def _live_pairing_ids(self, username: str) -> list[str]:
+    def live_pairing_ids(self, username: str) -> list[str]:
         """Pairing IDs of the user's requests whose keys still exist (TTL).
 
         Reads go through a separate pipeline even inside a WATCH: WATCH
         notices changes by anyone, so the reads need not share its connection.
         """
-        return self._existing(username, self.redis.smembers(self.keys.user_requests(username)))
+        return self.existing(username, self.redis.smembers(self.keys.user_requests(username)))
 
-    def _existing(self, username: str, pairings: Any) -> list[str]:
+    def existing(self, username: str, pairings: Any) -> list[str]:
+        """Those of `pairings` whose request keys still exist, sorted."""
         ordered = sorted(pairings)
         pipe = self.redis.pipeline(transaction=False)
         for pairing in ordered:
             pipe.exists(self.keys.request(username, pairing))
         return [p for p, exists in zip(ordered, pipe.execute(), strict=True) if exists]
-
-    # -- REST registration -------------------------------------------------
-    def register(
-        self,
-        username: Any,
-        password: Any,
-        client_id: Any = None,
-        context: Any = None,
-    ) -> tuple[Registration, str]:
-        """A device asks to be registered; returns (PENDING|GRANTED, pairing ID) or raises."""
-        names.validate_username(username)
-        passwords.validate_password_format(password)
-        client_id = names.validate_client_id("" if client_id is None else client_id)
-        context = validate_context(context)
-        pairing = passwords.pairing_id(username, password)
-        verdict = self.verifier.verify(username, password)
-        if verdict is Verdict.ACCEPTED:
-            return Registration.GRANTED, pairing
-        if verdict is Verdict.REFUSED:
-            raise UsernameTaken(f"username {username!r} is registered with other credentials")
-        if verdict is Verdict.LIMITED:
-            # 201/409 make this route a password oracle: it shares the guessing limit.
-            raise TooManyFailures(f"too many failed attempts for {username!r}; try again later")
-        # Existing users keep working under a stricter policy; new ones meet it.
-        self.users.policy.validate_strength(password)
-        attempt, pairing = self.record_attempt(username, password, client_id, "rest", context, pairing)
-        if attempt in (Attempt.RECORDED, Attempt.REPEATED, Attempt.APPROVED_MEANWHILE):
-            # Approved meanwhile: the device's next poll gets 201 (or 409).
-            return Registration.PENDING, pairing
-        if attempt is Attempt.DENIED:
-            raise RequestDenied("the registration request with these credentials was denied")
-        if attempt is Attempt.LIMITED:
-            raise PendingLimitReached("too many pending registration requests; try again later")
-        if attempt is Attempt.BUSY:
-            # 429 as for the caps: the device backs off and tries again.
-            raise PendingLimitReached("registration is busy; try again later")
-        raise RegistryLocked("the registry is locked; ask the operator to unlock it")
 
     # -- operators ---------------------------------------------------------
     def list_requests(self, offset: int = 0, limit: int = MAX_PAGE) -> list[PendingRequest]:
@@ -425,7 +250,7 @@ class Registry:
     def requests_for(self, username: str) -> list[PendingRequest]:
         names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
-        pairings = self._live_pairing_ids(username)
+        pairings = self.live_pairing_ids(username)
         for pairing in pairings:
             pipe.hgetall(self.keys.request(username, pairing))
         return [
@@ -507,7 +332,7 @@ class Registry:
         return _request_from(username, pairing, fields)
 
     def _choose(self, username: str, pairing_id: str | None) -> str:
-        live = self._live_pairing_ids(username)
+        live = self.live_pairing_ids(username)
         if pairing_id is not None:
             _validate_pairing_id(pairing_id)
             if pairing_id not in live:

@@ -15,6 +15,7 @@ from cregistry.authorizer import Authorizer
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.registration import Registration
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, WorkLimits
@@ -24,12 +25,14 @@ from cregistry.verification import PasswordVerifier, WorkLimits
 class Services:
     config: Config
     redis: redis.Redis
+    clock: Callable[[], float]
     keys: Keys
     changes: ChangeFeed
     audit: AuditLog
     users: UserStore
     verifier: PasswordVerifier
     registry: Registry
+    registration: Registration
     authorizer: Authorizer
 
 
@@ -49,6 +52,11 @@ def build(
     users = UserStore(connection, config, clock, keys=keys, audit=audit)
     limits = limits if limits is not None else WorkLimits(config)
     verifier = PasswordVerifier(connection, config, clock, limits, keys=keys, audit=audit)
-    registry = Registry(connection, config, clock, limits, keys=keys, users=users, verifier=verifier, audit=audit)
-    authorizer = Authorizer(connection, config, clock, limits, monotonic, registry=registry)
-    return Services(config, connection, keys, changes, audit, users, verifier, registry, authorizer)
+    registry = Registry(connection, config, clock, keys=keys, users=users, audit=audit)
+    registration = Registration(
+        connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=registry
+    )
+    authorizer = Authorizer(users, verifier, registration, clock, monotonic)
+    return Services(
+        config, connection, clock, keys, changes, audit, users, verifier, registry, registration, authorizer
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,6 +46,7 @@ def create_app(
     listener: str,
     connection: redis.Redis | None = None,
     limits: WorkLimits | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Flask:
     """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
     config = config if config is not None else Config.from_env()
@@ -57,7 +59,7 @@ def create_app(
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    domain = services.build(connection, config, limits=limits)
+    domain = services.build(connection, config, clock=clock, limits=limits)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
     app.extensions["cregistry"] = Services(config, domain, domain.registry, domain.authorizer, checks)
     app.register_blueprint(health.bp)

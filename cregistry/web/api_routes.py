@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
-from cregistry import services
+from cregistry import errors, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
-from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registration, Registry, parse_request_id
+from cregistry.registration import Outcome
+from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registry, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.tokens import admin_token_name
@@ -18,15 +19,39 @@ admin = Blueprint("admin", __name__)
 
 
 # -- devices ----------------------------------------------------------------
+# The answer to each outcome: 201 or 202 with a body, or the domain error
+# that web/errors.py renders (403 denied, 409 conflict, 423 locked, 429 limited).
+REGISTRATION_ANSWERS: dict[Outcome, int | tuple[type[errors.CregistryError], str]] = {
+    Outcome.ACCEPTED: 201,
+    Outcome.RECORDED: 202,
+    Outcome.REPEATED: 202,
+    Outcome.APPROVED_MEANWHILE: 202,  # the device's next poll gets 201 (or 409)
+    Outcome.WRONG_PASSWORD: (errors.UsernameTaken, "username {username!r} is registered with other credentials"),
+    # 201/409 make this route a password oracle: it shares the guessing limit.
+    Outcome.TOO_MANY_FAILURES: (errors.TooManyFailures, "too many failed attempts for {username!r}; try again later"),
+    Outcome.WEAK_PASSWORD: (errors.InvalidInput, "{detail}"),
+    Outcome.DENIED: (errors.RequestDenied, "the registration request with these credentials was denied"),
+    Outcome.LOCKED: (errors.RegistryLocked, "the registry is locked; ask the operator to unlock it"),
+    Outcome.PENDING_CAP: (errors.PendingLimitReached, "too many pending registration requests; try again later"),
+    # 429 as for the caps: the device backs off and tries again.
+    Outcome.BUSY: (errors.PendingLimitReached, "registration is busy; try again later"),
+}
+
+
 @registration.post("/api/client-registry/register")
 def register() -> tuple[Response, int]:
     body = json_object(required=True)
-    outcome, pairing = _registry().register(
-        body.get("username"), body.get("password"), body.get("clientId"), body.get("context")
+    username = body.get("username")
+    attempt = _domain().registration.attempt(
+        username, body.get("password"), body.get("clientId"), "rest", body.get("context")
     )
-    if outcome is Registration.GRANTED:
-        return jsonify({"status": "granted", "username": body["username"], "pairingId": pairing}), 201
-    return jsonify({"status": "pending", "pairingId": pairing}), 202
+    answer = REGISTRATION_ANSWERS[attempt.outcome]
+    if isinstance(answer, tuple):
+        error, message = answer
+        raise error(message.format(username=username, detail=attempt.detail))
+    if answer == 201:
+        return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
+    return jsonify({"status": "pending", "pairingId": attempt.pairing_id}), 202
 
 
 # -- operators --------------------------------------------------------------

@@ -151,13 +151,13 @@ def test_a_connected_replica_that_lags_does_not_confirm(primary: RedisNode, setu
     from cregistry.config import Config
     from cregistry.connections import connect
     from cregistry.errors import ReplicasUnconfirmed
-    from cregistry.registry import Registry
+    from cregistry.services import build
 
     replica = RedisNode(replica_of=primary.port)
     replica.start()
     config = Config(redis_url=setup_env["CREGISTRY_REDIS_URL"], redis_min_replicas=1)
     connection = connect(setup_env["CREGISTRY_REDIS_URL"], 0.5, min_replicas=1)
-    registry = Registry(connection, config)
+    registry = build(connection, config).registry
     try:
         deadline = time.monotonic() + 15
         while True:

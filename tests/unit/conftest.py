@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from cregistry import services
 from cregistry.authorizer import Authorizer
 from cregistry.config import Config
+from cregistry.registration import Registration
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.web import create_app
@@ -65,6 +66,11 @@ def domain(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock) ->
 @pytest.fixture
 def registry(domain: services.Services) -> Registry:
     return domain.registry
+
+
+@pytest.fixture
+def registration(domain: services.Services) -> Registration:
+    return domain.registration
 
 
 @pytest.fixture

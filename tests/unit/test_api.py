@@ -18,10 +18,12 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import cregistry.connections
+from cregistry import services
 from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
 from cregistry.passwords import pairing_id
+from cregistry.registration import Registration
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 from cregistry.web import create_app
@@ -108,10 +110,10 @@ def register(api: FlaskClient, **body: Any) -> TestResponse:
 
 
 @pytest.fixture
-def pending(registry: Registry) -> str:
+def pending(registry: Registry, registration: Registration) -> str:
     """A pending request for sensor-1 (password secret1); returns its id."""
     registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
     registry.lock()
     return PENDING_ID
 
@@ -121,7 +123,6 @@ def pending(registry: Registry) -> str:
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
 def test_admin_routes_need_the_bearer_token(
     api: FlaskClient,
-    registry: Registry,
     users: UserStore,
     connection: fakeredis.FakeRedis,
     pending: str,
@@ -227,10 +228,10 @@ def test_unlock_with_invalid_json_body(api: FlaskClient, auth: dict[str, str]) -
 
 
 # -- requests -------------------------------------------------------------------
-def test_requests_list(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
+def test_requests_list(api: FlaskClient, auth: dict[str, str], registry: Registry, registration: Registration) -> None:
     assert api.get("/api/client-registry/requests", headers=auth).get_json()["requests"] == []
     registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
     register(api, username="sensor-2", password="secret2", clientId="c2", context={"model": "x1"})
     response = api.get("/api/client-registry/requests", headers=auth)
     assert response.status_code == 200
@@ -281,10 +282,12 @@ def test_approve(
     assert_error(api.post(f"/api/client-registry/requests/{pending}/approve", headers=auth), 409)
 
 
-def test_approve_removes_the_other_candidates(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
+def test_approve_removes_the_other_candidates(
+    api: FlaskClient, auth: dict[str, str], registry: Registry, registration: Registration
+) -> None:
     registry.unlock()
     for password in ("secret1", "secret2"):
-        registry.record_attempt("sensor-1", password, "c", "mqtt")
+        registration.record_attempt("sensor-1", password, "c", "mqtt")
     other = f"sensor-1:{pairing_id('sensor-1', 'secret2')}"
     assert api.post(f"/api/client-registry/requests/{PENDING_ID}/approve", headers=auth).status_code == 201
     assert api.get("/api/client-registry/requests", headers=auth).get_json()["requests"] == []
@@ -322,7 +325,7 @@ def test_approve_or_deny_of_a_missing_request(
     assert [r.id for r in registry.list_requests()] == [pending]
 
 
-def test_deny(api: FlaskClient, auth: dict[str, str], registry: Registry, pending: str) -> None:
+def test_deny(api: FlaskClient, auth: dict[str, str], pending: str) -> None:
     response = api.post(f"/api/client-registry/requests/{pending}/deny", headers=auth)
     assert response.status_code == 200
     body = response.get_json()
@@ -522,11 +525,12 @@ def test_register_denied(api: FlaskClient, auth: dict[str, str], registry: Regis
 def test_register_at_the_cap(connection: fakeredis.FakeRedis) -> None:
     config = Config(bcrypt_cost=4, admin_token=ADMIN_TOKEN, pending_max=1)
     client = create_app(config, listener="api", connection=connection).test_client()
-    Registry(connection, config).unlock()
+    domain = services.build(connection, config)
+    domain.registry.unlock()
     assert register(client, username="sensor-1", password="secret1").status_code == 202
     body = assert_error(register(client, username="sensor-2", password="secret1"), 429)
     assert body["status"] == "limited"
-    assert [r.username for r in Registry(connection, config).list_requests()] == ["sensor-1"]
+    assert [r.username for r in domain.registry.list_requests()] == ["sensor-1"]
 
 
 # -- junk -----------------------------------------------------------------------

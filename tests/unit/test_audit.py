@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
 import cregistry.cli
+from cregistry import services
 from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.passwords import pairing_id
@@ -65,18 +66,23 @@ def newest(registry: Registry) -> dict[str, Any]:
     return registry.audit.entries(1)[0]
 
 
-def make_pending(registry: Registry, username: str, password: str, client_id: str = "client-1") -> str:
-    registry.unlock(actor="setup")
-    registry.record_attempt(username, password, client_id, "mqtt")
+def make_pending(domain: services.Services, username: str, password: str, client_id: str = "client-1") -> str:
+    domain.registry.unlock(actor="setup")
+    domain.registration.record_attempt(username, password, client_id, "mqtt")
     return f"{username}:{pairing_id(username, password)}"
 
 
 # -- one entry per change, through the API ------------------------------------------
 def test_every_api_change_writes_one_entry_with_its_actor(
-    api: FlaskClient, auth: dict[str, str], registry: Registry, users: UserStore, connection: fakeredis.FakeRedis
+    api: FlaskClient,
+    auth: dict[str, str],
+    registry: Registry,
+    users: UserStore,
+    connection: fakeredis.FakeRedis,
+    domain: services.Services,
 ) -> None:
-    first = make_pending(registry, "sensor-1", "secret-one")
-    second = make_pending(registry, "sensor-2", "secret-two")
+    first = make_pending(domain, "sensor-1", "secret-one")
+    second = make_pending(domain, "sensor-2", "secret-two")
     users.grant_role("role-1", "a/#", "read", actor="setup")
     steps: list[tuple[str, str, dict[str, Any], str, str, dict[str, Any]]] = [
         ("POST", "/api/client-registry/unlock", {"seconds": 60}, "registry.unlock", "registry", {"seconds": 60}),
@@ -151,10 +157,10 @@ def test_named_tokens_from_the_environment(connection: fakeredis.FakeRedis, regi
 
 # -- one entry per change, through the CLI ------------------------------------------
 def test_every_cli_change_writes_one_entry_with_its_actor(
-    runner: CliRunner, registry: Registry, connection: fakeredis.FakeRedis
+    runner: CliRunner, registry: Registry, connection: fakeredis.FakeRedis, domain: services.Services
 ) -> None:
-    first = make_pending(registry, "sensor-1", "secret-one").split(":")[1]
-    second = make_pending(registry, "sensor-2", "secret-two").split(":")[1]
+    first = make_pending(domain, "sensor-1", "secret-one").split(":")[1]
+    second = make_pending(domain, "sensor-2", "secret-two").split(":")[1]
     steps: list[tuple[list[str], str, str, dict[str, Any]]] = [
         (["unlock", "--seconds", "90"], "registry.unlock", "registry", {"seconds": 90}),
         (["lock"], "registry.lock", "registry", {}),
@@ -225,11 +231,11 @@ def test_failed_api_changes_write_no_entry(
 
 
 def test_failed_cli_changes_write_no_entry(
-    runner: CliRunner, registry: Registry, users: UserStore, connection: fakeredis.FakeRedis
+    runner: CliRunner, registry: Registry, users: UserStore, connection: fakeredis.FakeRedis, domain: services.Services
 ) -> None:
     users.add("backend", "backend-secret", actor="setup")
-    make_pending(registry, "twin", "secret-one")
-    make_pending(registry, "twin", "secret-two")
+    make_pending(domain, "twin", "secret-one")
+    make_pending(domain, "twin", "secret-two")
     length = audit_length(connection)
     failures = [
         (["approve", "sensor-1"], 3),
@@ -280,7 +286,7 @@ def test_cli_and_api_show_the_newest_first(
 
 def test_the_trail_is_capped(connection: fakeredis.FakeRedis) -> None:
     config = Config(bcrypt_cost=4, audit_max=100)
-    registry = Registry(connection, config)
+    registry = services.build(connection, config).registry
     for _ in range(5 * config.audit_max):
         registry.unlock(60, actor="ops")
     length = audit_length(connection)
@@ -350,9 +356,7 @@ def test_cli_json_output_escapes_every_terminal_control(
         json.loads(result.stdout)  # still valid JSON
 
 
-def test_api_output_has_no_raw_markup(
-    api: FlaskClient, broker: FlaskClient, auth: dict[str, str], registry: Registry
-) -> None:
+def test_api_output_has_no_raw_markup(api: FlaskClient, broker: FlaskClient, auth: dict[str, str]) -> None:
     _nasty_pending(api, broker, auth)
     request_id = f"sensor-1:{pairing_id('sensor-1', 'secret-one')}"
     answers = [

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import cregistry.connections
+from cregistry import services
 from cregistry.config import Config
 from cregistry.passwords import pairing_id
 from cregistry.registry import Registry
@@ -67,14 +68,14 @@ def acl(client: FlaskClient, topic: str, acc: int, username: str = USERNAME, cli
     return response.status_code
 
 
-def make_device(registry: Registry, username: str = USERNAME, password: str = PASSWORD) -> str:
+def make_device(domain: services.Services, username: str = USERNAME, password: str = PASSWORD) -> str:
     """A device that registered itself and was approved (no permissions)."""
-    was_locked = registry.status().locked
-    registry.unlock()
-    registry.record_attempt(username, password, CLIENT_ID, "mqtt")
-    registry.approve(username)
+    was_locked = domain.registry.status().locked
+    domain.registry.unlock()
+    domain.registration.record_attempt(username, password, CLIENT_ID, "mqtt")
+    domain.registry.approve(username)
     if was_locked:
-        registry.lock()
+        domain.registry.lock()
     return username
 
 
@@ -86,8 +87,8 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def device(registry: Registry) -> str:
-    return make_device(registry)
+def device(domain: services.Services) -> str:
+    return make_device(domain)
 
 
 @pytest.fixture
@@ -270,9 +271,9 @@ def test_client_id_placeholder(broker: FlaskClient, device: str, users: UserStor
     assert acl(broker, "clients//x", 2, client_id="") == 403
 
 
-def test_permissions_through_a_role(broker: FlaskClient, registry: Registry, users: UserStore) -> None:
-    first = make_device(registry, "sensor-1", "secret1")
-    second = make_device(registry, "sensor-2", "secret2")
+def test_permissions_through_a_role(broker: FlaskClient, users: UserStore, domain: services.Services) -> None:
+    first = make_device(domain, "sensor-1", "secret1")
+    second = make_device(domain, "sensor-2", "secret2")
     users.grant_role("devices", "devices/%u/#", "readWrite")
     users.assign_role(first, "devices")
     assert acl(broker, "devices/sensor-1/t", 2, username=first) == 200
@@ -539,7 +540,7 @@ def test_slow_redis_still_answers_within_2_seconds(config: Config, slow_redis: S
     """SPEC §3: when Redis is slow the answer comes within 2 seconds (go-auth's
     http_timeout); a per-command socket timeout alone does not bound a check
     that makes many round trips."""
-    registry = Registry(slow_redis.fast, config)
+    registry = services.build(slow_redis.fast, config).registry
     registry.unlock()  # so the unknown user's attempt is recorded: the longest path
     client = broker_on(slow_redis.url, config)
     # Open the pooled connection at full speed: its handshake is not part of a check.

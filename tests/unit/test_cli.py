@@ -18,6 +18,7 @@ import cregistry.cli.prompts
 import cregistry.connections
 from cregistry.keys import Keys
 from cregistry.passwords import pairing_id, verify_password
+from cregistry.registration import Registration
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 
@@ -54,11 +55,11 @@ def assert_usage_error(result: Result) -> None:
 
 
 @pytest.fixture
-def pending(registry: Registry) -> None:
+def pending(registry: Registry, registration: Registration) -> None:
     """Two pending requests, recorded at the fake clock's time."""
     registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
-    registry.record_attempt("sensor-2", "secret2", "c2", "rest", {"model": "x1"})
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    registration.record_attempt("sensor-2", "secret2", "c2", "rest", {"model": "x1"})
     registry.lock()
 
 
@@ -160,9 +161,11 @@ def test_requests_json(runner: CliRunner, pending: None) -> None:
     }
 
 
-def test_requests_escape_control_characters_of_client_ids(runner: CliRunner, registry: Registry) -> None:
+def test_requests_escape_control_characters_of_client_ids(
+    runner: CliRunner, registry: Registry, registration: Registration
+) -> None:
     registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "evil\x1b[2J\r", "mqtt")
+    registration.record_attempt("sensor-1", "secret1", "evil\x1b[2J\r", "mqtt")
     result = run(runner, "requests")
     assert result.exit_code == 0
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
@@ -193,11 +196,11 @@ def test_approve_json(runner: CliRunner, pending: None) -> None:
 
 
 def test_approve_with_several_candidates_needs_the_pairing_id(
-    runner: CliRunner, registry: Registry, users: UserStore
+    runner: CliRunner, registry: Registry, users: UserStore, registration: Registration
 ) -> None:
     registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "c", "mqtt")
-    registry.record_attempt("sensor-1", "secret2", "c", "mqtt")
+    registration.record_attempt("sensor-1", "secret1", "c", "mqtt")
+    registration.record_attempt("sensor-1", "secret2", "c", "mqtt")
     assert_one_line_error(run(runner, "approve", "sensor-1"), 4)
     assert not users.exists("sensor-1")
     chosen = pairing_id("sensor-1", "secret2")

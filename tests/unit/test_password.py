@@ -19,6 +19,7 @@ import cregistry.cli
 import cregistry.cli.prompts
 from cregistry.keys import Keys
 from cregistry.passwords import verify_password
+from cregistry.registration import Registration
 from cregistry.registry import Registry
 from cregistry.users import UserStore
 
@@ -33,10 +34,10 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def sensor(registry: Registry, broker: FlaskClient) -> str:
+def sensor(registry: Registry, broker: FlaskClient, registration: Registration) -> str:
     """An approved device that connected once, so its verified token is in Redis."""
     registry.unlock()
-    registry.record_attempt("sensor-1", OLD, "client-1", "mqtt")
+    registration.record_attempt("sensor-1", OLD, "client-1", "mqtt")
     registry.approve("sensor-1")
     assert connect(broker, OLD) == 200
     return "sensor-1"
