@@ -27,7 +27,7 @@ from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
 from cregistry.log_throttle import ThrottledWarning
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.transactions import run_watched
 from cregistry.verification import PasswordVerifier, Verdict
 
@@ -101,7 +101,7 @@ class Registration:
         keys: Keys,
         verifier: PasswordVerifier,
         policy: passwords.PasswordPolicy,
-        requests: Registry,
+        requests: PendingRequests,
     ) -> None:
         self.redis = connection
         self.config = config

@@ -22,7 +22,7 @@ from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.prompts import read_new_password
 from cregistry.config import MAX_UNLOCK_SECONDS, REDIS_URL, Config, env_name
 from cregistry.connections import connect
-from cregistry.registry import MAX_PAGE, PendingRequest, Registry
+from cregistry.requests import MAX_PAGE, PendingRequest
 from cregistry.users import ACCESS_LEVELS, PermissionChange, Role, User, UserStore
 
 # Per Redis operation: the bound of the broker routes' deadline, so a command
@@ -53,10 +53,6 @@ class CliContext:
             connection = self.connector(url, CLI_REDIS_TIMEOUT, min_replicas=self.config.redis_min_replicas)
             self._services = services.build(connection, self.config)
         return self._services
-
-    @property
-    def registry(self) -> Registry:
-        return self.domain.registry
 
     @functools.cached_property
     def actor(self) -> str:
@@ -126,7 +122,7 @@ def status(obj: CliContext) -> None:
     Example:
         cregistry status --json
     """
-    state = obj.registry.status()
+    state = obj.domain.lock.status()
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
@@ -146,7 +142,7 @@ def unlock(obj: CliContext, seconds: int | None) -> None:
     Example:
         cregistry unlock --seconds 600
     """
-    state = obj.registry.unlock(seconds, actor=obj.actor)
+    state = obj.domain.lock.unlock(seconds, actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
@@ -160,7 +156,7 @@ def lock(obj: CliContext) -> None:
     Example:
         cregistry lock
     """
-    state = obj.registry.lock(actor=obj.actor)
+    state = obj.domain.lock.lock(actor=obj.actor)
     emit(state.to_dict(), _lock_text(state.locked, state.seconds_left), obj.json_output)
 
 
@@ -181,8 +177,8 @@ def requests(obj: CliContext, offset: int, limit: int) -> None:
     Example:
         cregistry requests --offset 100 --limit 50
     """
-    pending = obj.registry.list_requests(offset, limit)
-    total = obj.registry.count_requests()
+    pending = obj.domain.requests.list_requests(offset, limit)
+    total = obj.domain.requests.count_requests()
     if pending:
         text = table(
             ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
@@ -221,7 +217,7 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
     Example:
         cregistry approve sensor-17 --pairing-id 3fa2c1
     """
-    user = obj.registry.approve(username, pairing_id, actor=obj.actor)
+    user = obj.domain.requests.approve(username, pairing_id, actor=obj.actor)
     emit(
         user.to_dict(),
         f"approved {user.username} (pairing ID {user.pairing_id}); it has no permissions yet:"
@@ -242,7 +238,7 @@ def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:
     Example:
         cregistry deny sensor-17 --pairing-id 3fa2c1
     """
-    request = obj.registry.deny(username, pairing_id, actor=obj.actor)
+    request = obj.domain.requests.deny(username, pairing_id, actor=obj.actor)
     emit({"denied": request.to_dict()}, f"denied {request.username} (pairing ID {request.pairing_id})", obj.json_output)
 
 
@@ -263,7 +259,7 @@ def users(obj: CliContext, idle_days: int | None) -> None:
     Example:
         cregistry users --not-connected-for 7
     """
-    since = None if idle_days is None else obj.registry.clock() - idle_days * 86400
+    since = None if idle_days is None else obj.domain.clock() - idle_days * 86400
     found = obj.users.list_users(not_connected_since=since)
     rows = []
     for u in found:

@@ -18,7 +18,6 @@ from cregistry.authorizer import Authorizer
 from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name, parse_listen
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
-from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 from cregistry.web.broker_wsgi import BrokerChecks
@@ -34,7 +33,6 @@ class Services:
 
     config: Config
     domain: services.Services
-    registry: Registry
     authorizer: Authorizer
     # Broker checks run here, so a route can give up on one at its deadline.
     checks: concurrent.futures.ThreadPoolExecutor
@@ -61,7 +59,7 @@ def create_app(
 
     domain = services.build(connection, config, clock=clock, limits=limits)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
-    app.extensions["cregistry"] = Services(config, domain, domain.registry, domain.authorizer, checks)
+    app.extensions["cregistry"] = Services(config, domain, domain.authorizer, checks)
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)

@@ -9,7 +9,7 @@ from cregistry import errors, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
 from cregistry.registration import Outcome
-from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registry, parse_request_id
+from cregistry.requests import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.tokens import admin_token_name
@@ -67,39 +67,39 @@ def require_token() -> None:
 
 @admin.get("/api/client-registry")
 def registry_status() -> Response:
-    return jsonify(_registry().status().to_dict())
+    return jsonify(_domain().lock.status().to_dict())
 
 
 @admin.post("/api/client-registry/unlock")
 def unlock() -> Response:
     body = json_object(required=False)
-    return jsonify(_registry().unlock(body.get("seconds"), actor=g.actor).to_dict())
+    return jsonify(_domain().lock.unlock(body.get("seconds"), actor=g.actor).to_dict())
 
 
 @admin.post("/api/client-registry/lock")
 def lock() -> Response:
-    return jsonify(_registry().lock(actor=g.actor).to_dict())
+    return jsonify(_domain().lock.lock(actor=g.actor).to_dict())
 
 
 @admin.get("/api/client-registry/requests")
 def list_requests() -> Response:
     offset, limit = _page()
-    registry = _registry()
-    page = registry.list_requests(offset, limit)
+    pending = _domain().requests
+    page = pending.list_requests(offset, limit)
     return jsonify(
-        {"requests": [r.to_dict() for r in page], "total": registry.count_requests(), "offset": offset, "limit": limit}
+        {"requests": [r.to_dict() for r in page], "total": pending.count_requests(), "offset": offset, "limit": limit}
     )
 
 
 @admin.post("/api/client-registry/requests/<request_id>/approve")
 def approve(request_id: str) -> tuple[Response, int]:
-    user = _registry().approve(*parse_request_id(request_id), actor=g.actor)
+    user = _domain().requests.approve(*parse_request_id(request_id), actor=g.actor)
     return jsonify(user.to_dict()), 201
 
 
 @admin.post("/api/client-registry/requests/<request_id>/deny")
 def deny(request_id: str) -> Response:
-    denied = _registry().deny(*parse_request_id(request_id), actor=g.actor)
+    denied = _domain().requests.deny(*parse_request_id(request_id), actor=g.actor)
     return jsonify({"denied": denied.to_dict()})
 
 
@@ -192,10 +192,6 @@ def audit() -> Response:
 # -- helpers ----------------------------------------------------------------
 def _domain() -> services.Services:
     return current_app.extensions["cregistry"].domain
-
-
-def _registry() -> Registry:
-    return _domain().registry
 
 
 def _users() -> UserStore:

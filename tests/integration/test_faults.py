@@ -101,7 +101,7 @@ def test_flood_of_distinct_unknown_usernames_records_exactly_pending_max(
     domain = domain_on(redis_process)
     pending_max = domain.config.pending_max
     assert pending_max == 1000  # the default
-    domain.registry.unlock(3600)
+    domain.lock.unlock(3600)
     memory_before = used_memory(redis_process)
     outcomes: collections.Counter[Outcome] = collections.Counter()
     started = time.monotonic()
@@ -120,19 +120,19 @@ def test_flood_of_distinct_unknown_usernames_records_exactly_pending_max(
         f" used_memory +{growth / MEGABYTE:.2f} MB"
     )
     assert outcomes == {Outcome.RECORDED: pending_max, Outcome.PENDING_CAP: FLOOD_ATTEMPTS - pending_max}
-    assert domain.registry.count_requests() == pending_max
+    assert domain.requests.count_requests() == pending_max
     assert len(hash_calls) == pending_max
     assert growth < 20 * MEGABYTE
     assert keys <= 3 * pending_max + 10
     # The first pending_max were recorded, nothing after them.
-    assert {r.username for r in domain.registry.list_requests(0, 1000)} == {
+    assert {r.username for r in domain.requests.list_requests(0, 1000)} == {
         f"flood-{n:06d}" for n in range(pending_max)
     }
 
 
 def test_flood_on_one_username_records_exactly_three(redis_process: RedisProcess, hash_calls: list[str]) -> None:
     domain = domain_on(redis_process)
-    domain.registry.unlock(3600)
+    domain.lock.unlock(3600)
     memory_before = used_memory(redis_process)
     outcomes: collections.Counter[Outcome] = collections.Counter()
     started = time.monotonic()
@@ -145,10 +145,10 @@ def test_flood_on_one_username_records_exactly_three(redis_process: RedisProcess
         f" recorded {outcomes[Outcome.RECORDED]}, bcrypt {len(hash_calls)}, used_memory +{growth / 1024:.0f} KiB"
     )
     assert outcomes == {Outcome.RECORDED: 3, Outcome.PENDING_CAP: FLOOD_ATTEMPTS - 3}
-    assert sorted(r.pairing_id for r in domain.registry.requests_for("one-device")) == sorted(
+    assert sorted(r.pairing_id for r in domain.requests.requests_for("one-device")) == sorted(
         pairing_id("one-device", f"password-{n:06d}") for n in range(3)
     )
-    assert domain.registry.count_requests() == 3
+    assert domain.requests.count_requests() == 3
     assert len(hash_calls) == 3
     assert growth < 20 * MEGABYTE
 
@@ -162,7 +162,7 @@ def test_caps_hold_under_concurrent_floods(
     per other flooder, which raced the last free place."""
     flooders, attempts = 4, 5_000
     domains = [domain_on(redis_process) for _ in range(flooders)]
-    domains[0].registry.unlock(3600)
+    domains[0].lock.unlock(3600)
     outcomes: collections.Counter[Outcome] = collections.Counter()
     lock = threading.Lock()
 
@@ -185,7 +185,7 @@ def test_caps_hold_under_concurrent_floods(
         return time.monotonic() - started
 
     seconds = run(lambda n: "shared-device", lambda n: f"password-{n:06d}")
-    assert outcomes[Outcome.RECORDED] == 3 and len(domains[0].registry.requests_for("shared-device")) == 3
+    assert outcomes[Outcome.RECORDED] == 3 and len(domains[0].requests.requests_for("shared-device")) == 3
     # Hashing stops with the cap: only the attempts that raced the last places hashed in vain.
     assert 3 <= len(hash_calls) <= 3 + flooders
     one_name = dict(outcomes)
@@ -201,7 +201,7 @@ def test_caps_hold_under_concurrent_floods(
     )
     # 3 of the pending_max places are taken by "shared-device".
     assert pending_max - 3 <= recorded <= pending_max - 3 + flooders - 1
-    assert domains[0].registry.count_requests() == recorded + 3
+    assert domains[0].requests.count_requests() == recorded + 3
     assert len(hash_calls) == recorded
 
 
@@ -227,7 +227,7 @@ def test_a_flood_over_the_cap_does_not_flood_the_log(redis_process: RedisProcess
     logger.propagate = False  # counted here, not repeated in the test report
     try:
         domain = domain_on(redis_process, pending_max=10)
-        domain.registry.unlock(3600)
+        domain.lock.unlock(3600)
         attempts = 10_000
         for n in range(attempts):
             domain.registration.record_attempt(f"noisy-{n:05d}", "noisy-password", "c", "mqtt")
@@ -237,7 +237,7 @@ def test_a_flood_over_the_cap_does_not_flood_the_log(redis_process: RedisProcess
         logger.propagate = saved[1]
     warnings = [r for r in handler.records if r.levelno >= logging.WARNING]
     print(f"\n[log flood] {attempts} attempts over a cap of 10 logged {len(warnings)} warnings")
-    assert domain.registry.count_requests() == 10
+    assert domain.requests.count_requests() == 10
     assert 1 <= len(warnings) <= 20, f"{len(warnings)} warnings, e.g. {warnings[0].getMessage()!r}"
 
 
@@ -245,7 +245,7 @@ def test_requests_pagination_over_the_api_and_the_cli(
     service: ServiceProcess, redis_process: RedisProcess, cregistry: Callable[..., Any]
 ) -> None:
     domain = domain_on(redis_process)
-    domain.registry.unlock(600)
+    domain.lock.unlock(600)
     for n in range(160):
         assert (
             domain.registration.record_attempt(f"page-{n:03d}", "page-secret", f"c{n}", "mqtt").outcome
@@ -295,9 +295,9 @@ def prepare_fleet(service: ServiceProcess, redis_process: RedisProcess) -> str:
     """A verified device, an operator-made user never verified since, and a
     pending request; returns the pending request's id."""
     domain = domain_on(redis_process)
-    domain.registry.unlock(3600)
+    domain.lock.unlock(3600)
     domain.registration.record_attempt("steady", STEADY_PASSWORD, "steady-client", "mqtt")
-    domain.registry.approve("steady")
+    domain.requests.approve("steady")
     domain.users.grant("steady", "devices/%u/#", "readWrite")
     domain.users.add("fresh", FRESH_PASSWORD)
     domain.registration.record_attempt("waiting", WAITING_PASSWORD, "waiting-client", "mqtt")
@@ -711,7 +711,7 @@ def _killed_under_load(own: ServiceProcess, redis_process: RedisProcess, sig: si
     known = {f"known-{n}": f"known-secret-{n}" for n in range(4)}
     for username, password in known.items():
         domain.users.add(username, password)
-    domain.registry.unlock(3600)
+    domain.lock.unlock(3600)
     candidates = {f"cand-{n:03d}": [f"cand-{n:03d}-secret-{k}" for k in range(3)] for n in range(200)}
     stored: dict[str, dict[str, str]] = {}
     for username, passwords in candidates.items():
@@ -727,7 +727,7 @@ def _killed_under_load(own: ServiceProcess, redis_process: RedisProcess, sig: si
     # Locked, as an operator approving a batch has it: an attempt racing an
     # approval can otherwise record a fresh request for the new user (see
     # test_verification.py::test_an_attempt_racing_an_approval_records_no_request_for_the_new_user).
-    domain.registry.lock()
+    domain.lock.lock()
     request_ids = [f"{u}:{pairing_id(u, p)}" for u, ps in candidates.items() for p in ps]
     strangers = {f"stranger-{n}": f"stranger-secret-{n}" for n in range(5)}
 
@@ -922,7 +922,7 @@ def test_durability_warnings_on_a_real_redis(redis_process: RedisProcess) -> Non
 def test_audit_trail_stays_capped_on_a_real_redis(redis_process: RedisProcess) -> None:
     domain = domain_on(redis_process, audit_max=100)
     for _ in range(500):
-        domain.registry.unlock(60, actor="ops")
+        domain.lock.unlock(60, actor="ops")
     client = redis_process.client()
     length = client.xlen(KEYS.audit())
     client.close()
@@ -1016,9 +1016,9 @@ def test_a_verified_device_stays_connected_over_the_limit_across_a_restart(redis
         client.flushall()
         client.close()
         domain = domain_on(redis_process)
-        domain.registry.unlock(60)
+        domain.lock.unlock(60)
         domain.registration.record_attempt("restart-dev", "restart-secret", "c", "mqtt")
-        domain.registry.approve("restart-dev")
+        domain.requests.approve("restart-dev")
         own = ServiceProcess(
             {
                 "CREGISTRY_REDIS_URL": redis_process.url,

@@ -24,8 +24,9 @@ from cregistry.changes import CHANGE_FOR_ACTION, MAX_PAGE, NO_CHANGE_ACTIONS, Ch
 from cregistry.config import Config
 from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.registration import Registration
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -41,8 +42,8 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def feed(registry: Registry) -> ChangeFeed:
-    return registry.audit.changes
+def feed(domain: services.Services) -> ChangeFeed:
+    return domain.audit.changes
 
 
 def poll(broker: FlaskClient, after: str | None = None) -> dict[str, Any]:
@@ -64,9 +65,9 @@ def changes_after(feed: ChangeFeed, position: str) -> list[dict[str, Any]]:
 
 
 def make_device(domain: services.Services, username: str) -> None:
-    domain.registry.unlock(actor="setup")
+    domain.lock.unlock(actor="setup")
     domain.registration.record_attempt(username, f"{username}-secret", "client-1", "mqtt")
-    domain.registry.approve(username)
+    domain.requests.approve(username)
 
 
 # -- every action, and what brokers learn of it -------------------------------------
@@ -81,10 +82,10 @@ def test_every_audited_action_is_in_exactly_one_table() -> None:
     assert set(CHANGE_FOR_ACTION) | NO_CHANGE_ACTIONS <= audited
 
 
-def test_an_action_in_neither_table_writes_nothing(connection: fakeredis.FakeRedis, registry: Registry) -> None:
+def test_an_action_in_neither_table_writes_nothing(connection: fakeredis.FakeRedis, domain: services.Services) -> None:
     pipe = connection.pipeline()
     with pytest.raises(ValueError, match="user.rename"):
-        registry.audit.add(pipe, "tester", "user.rename", "sensor-1")
+        domain.audit.add(pipe, "tester", "user.rename", "sensor-1")
     pipe.reset()
     assert connection.xlen(KEYS.changes()) == 0 and connection.xlen(KEYS.audit()) == 0
 
@@ -115,8 +116,8 @@ STEPS: list[tuple[str, Callable[[services.Services, UserStore], Any], list[dict[
     ("role.grant", lambda d, u: u.grant_role("role-1", "y/#", "read"), [ALL]),
     ("role.revoke", lambda d, u: u.revoke_role("role-1", "r/#"), [ALL]),
     ("role.delete", lambda d, u: u.delete_role("role-1"), [ALL]),
-    ("registry.unlock", lambda d, u: d.registry.unlock(), []),
-    ("registry.lock", lambda d, u: d.registry.lock(), []),
+    ("registry.unlock", lambda d, u: d.lock.unlock(), []),
+    ("registry.lock", lambda d, u: d.lock.lock(), []),
     ("user.failures.clear", lambda d, u: d.verifier.clear_failures("sensor-1"), []),
 ]
 
@@ -141,11 +142,13 @@ def test_each_action_writes_what_brokers_must_forget(
     assert changes_after(feed, position) == expected
 
 
-def test_deny_writes_no_change(registry: Registry, feed: ChangeFeed, registration: Registration) -> None:
-    registry.unlock()
+def test_deny_writes_no_change(
+    feed: ChangeFeed, registration: Registration, lock: RegistryLock, requests: PendingRequests
+) -> None:
+    lock.unlock()
     registration.record_attempt("rogue-1", "rogue-secret", "c", "mqtt")
     position = feed.read(None).position
-    registry.deny("rogue-1")
+    requests.deny("rogue-1")
     assert changes_after(feed, position) == []
 
 

@@ -169,14 +169,14 @@ def test_parse_listen() -> None:
 def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeRedis, clock: FakeClock) -> None:
     config = Config(bcrypt_cost=4, key_prefix="other")
     domain = services.build(connection, config, clock=clock)
-    registry, registration, users = domain.registry, domain.registration, domain.users
-    registry.unlock()
+    lock, requests, registration, users = domain.lock, domain.requests, domain.registration, domain.users
+    lock.unlock()
     for password in ("secret1", "secret2"):
         registration.record_attempt("sensor-1", password, "c", "mqtt")
     registration.record_attempt("sensor-2", "secret1", "c", "mqtt")
     registration.record_attempt("sensor-3", "secret1", "c", "rest", {"a": 1})
-    registry.deny("sensor-3")
-    registry.approve("sensor-1", registry.requests_for("sensor-1")[0].pairing_id)
+    requests.deny("sensor-3")
+    requests.approve("sensor-1", requests.requests_for("sensor-1")[0].pairing_id)
     users.add("backend", "backend-password", superuser=True)
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant_role("devices", "a/#", "read")
@@ -186,7 +186,7 @@ def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeR
     assert len(keys) >= 10
     assert all(key.startswith("other:") for key in keys), keys
     # The default prefix sees none of it.
-    default = services.build(connection, Config(bcrypt_cost=4), clock=clock).registry
-    assert default.status().locked is True
-    assert default.list_requests() == []
+    default = services.build(connection, Config(bcrypt_cost=4), clock=clock)
+    assert default.lock.status().locked is True
+    assert default.requests.list_requests() == []
     assert default.users.list_users() == []

@@ -22,7 +22,8 @@ from cregistry import passwords, services
 from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 from cregistry.web.console import CONTENT_SECURITY_POLICY
@@ -130,7 +131,7 @@ def test_the_refresh_endpoint_answers_401_without_a_session(client: FlaskClient)
 
 
 def test_every_post_without_a_session_changes_nothing(
-    app: Flask, client: FlaskClient, registry: Registry, domain: services.Services
+    app: Flask, client: FlaskClient, domain: services.Services, requests: PendingRequests
 ) -> None:
     request_id = pending(domain)
     domain.users.add("gateway-1", "secret1")
@@ -150,7 +151,7 @@ def test_every_post_without_a_session_changes_nothing(
     assert checked >= 12
     assert audit_actions(domain) == before
     assert domain.users.exists("gateway-1")
-    assert registry.count_requests() == 1
+    assert requests.count_requests() == 1
 
 
 def test_the_sign_in_page(client: FlaskClient) -> None:
@@ -365,23 +366,23 @@ def test_the_maximum_age_ends_a_busy_session(operator: FlaskClient, config: Conf
 # -- CSRF ---------------------------------------------------------------------------
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
 def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(
-    operator: FlaskClient, registry: Registry, token: str | None, domain: services.Services
+    operator: FlaskClient, token: str | None, domain: services.Services, lock: RegistryLock
 ) -> None:
     data = {} if token is None else {"csrf_token": token}
     response = operator.post("/console/unlock", data=data)
     assert response.status_code == 400
     assert "CSRF check failed" in alerts(response)[0]
     assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-    assert registry.status().seconds_left == 0
+    assert lock.status().seconds_left == 0
     assert audit_actions(domain) == []
 
 
-def test_another_sessions_csrf_token_is_refused(app: Flask, operator: FlaskClient, registry: Registry) -> None:
+def test_another_sessions_csrf_token_is_refused(app: Flask, operator: FlaskClient, lock: RegistryLock) -> None:
     other = app.test_client()
     sign_in(other, OPS_TOKEN)
     stolen = csrf_of(other.get("/console/"))
     assert operator.post("/console/unlock", data={"csrf_token": stolen}).status_code == 400
-    assert registry.status().seconds_left == 0
+    assert lock.status().seconds_left == 0
 
 
 def test_the_sign_in_form_needs_its_csrf_token(client: FlaskClient) -> None:
@@ -406,17 +407,17 @@ def test_the_registry_view_when_locked(operator: FlaskClient) -> None:
         assert f">{button}</button>" in page.text
 
 
-def test_unlock_and_lock(operator: FlaskClient, registry: Registry, config: Config, domain: services.Services) -> None:
+def test_unlock_and_lock(operator: FlaskClient, config: Config, domain: services.Services, lock: RegistryLock) -> None:
     response = post(operator, "/console/unlock")
     assert (response.status_code, response.headers["Location"]) == (303, "/console/")
-    assert registry.status().seconds_left == config.unlock_seconds  # the default duration
+    assert lock.status().seconds_left == config.unlock_seconds  # the default duration
     page = operator.get("/console/")
     assert flashes(page) == ["Unlocked for 5 minutes: devices that try to connect now appear below."]
     assert '<span class="lock-word" id="lock-word">Unlocked</span>' in page.text
     assert '<span class="lock-left" id="lock-left">5:00 left</span>' in page.text
     response = post(operator, "/console/lock")
     assert response.status_code == 303
-    assert registry.status().seconds_left == 0
+    assert lock.status().seconds_left == 0
     assert audit_actions(domain) == [("console:admin", "registry.lock"), ("console:admin", "registry.unlock")]
 
 
@@ -473,7 +474,7 @@ def test_an_unknown_request_page_is_one_sentence(operator: FlaskClient, request_
 
 
 def test_allow_creates_the_user_exactly_as_the_api_does(
-    operator: FlaskClient, registry: Registry, users: UserStore, domain: services.Services
+    operator: FlaskClient, users: UserStore, domain: services.Services, requests: PendingRequests
 ) -> None:
     request_id = pending(domain, client_id="esp32-17")
     stored_hash = domain.redis.hget(domain.keys.request("sensor-1", request_id[-6:]), "passwordHash")
@@ -481,18 +482,18 @@ def test_allow_creates_the_user_exactly_as_the_api_does(
     assert (response.status_code, response.headers["Location"]) == (303, "/console/users/sensor-1")
     assert users.password_hash("sensor-1") == stored_hash
     assert users.get("sensor-1").permissions == ()
-    assert registry.count_requests() == 0
+    assert requests.count_requests() == 0
     assert audit_actions(domain)[0] == ("console:admin", "request.approve")
     page = operator.get("/console/users/sensor-1")
     assert flashes(page) == ["Allowed sensor-1: the device can connect now. It has no permissions yet."]
 
 
 def test_allow_after_another_operator_did_is_one_sentence(
-    operator: FlaskClient, registry: Registry, domain: services.Services
+    operator: FlaskClient, domain: services.Services, requests: PendingRequests
 ) -> None:
     request_id = pending(domain)
     page = operator.get("/console/")  # the page the operator is looking at
-    registry.approve("sensor-1", actor="api:ops")  # a second ago, elsewhere
+    requests.approve("sensor-1", actor="api:ops")  # a second ago, elsewhere
     response = operator.post(f"/console/requests/{request_id}/approve", data={"csrf_token": csrf_of(page)})
     assert response.status_code == 409
     assert alerts(response) == ["User 'sensor-1' exists already; another operator may have allowed it already."]
@@ -500,10 +501,10 @@ def test_allow_after_another_operator_did_is_one_sentence(
 
 
 def test_deny_after_another_operator_did_is_one_sentence(
-    operator: FlaskClient, registry: Registry, domain: services.Services
+    operator: FlaskClient, domain: services.Services, requests: PendingRequests
 ) -> None:
     request_id = pending(domain)
-    registry.deny("sensor-1", actor="api:ops")
+    requests.deny("sensor-1", actor="api:ops")
     response = post(operator, f"/console/requests/{request_id}/deny")
     assert response.status_code == 404
     assert alerts(response) == [
@@ -512,11 +513,11 @@ def test_deny_after_another_operator_did_is_one_sentence(
     ]
 
 
-def test_deny(operator: FlaskClient, registry: Registry, domain: services.Services) -> None:
+def test_deny(operator: FlaskClient, domain: services.Services, requests: PendingRequests) -> None:
     request_id = pending(domain)
     response = post(operator, f"/console/requests/{request_id}/deny")
     assert (response.status_code, response.headers["Location"]) == (303, "/console/")
-    assert registry.count_requests() == 0
+    assert requests.count_requests() == 0
     assert audit_actions(domain)[0] == ("console:admin", "request.deny")
     assert flashes(operator.get("/console/")) == [
         f"Denied sensor-1 (pairing ID {request_id[-6:]}): its attempts are refused."
@@ -679,10 +680,10 @@ def test_a_change_to_a_user_deleted_meanwhile_is_one_sentence(operator: FlaskCli
 
 
 # -- Audit ---------------------------------------------------------------------------
-def test_the_audit_view_newest_first(operator: FlaskClient, registry: Registry, clock: FakeClock) -> None:
-    registry.unlock(actor="cli:root")
+def test_the_audit_view_newest_first(operator: FlaskClient, clock: FakeClock, lock: RegistryLock) -> None:
+    lock.unlock(actor="cli:root")
     clock.advance(1)
-    registry.lock(actor="api:ops")
+    lock.lock(actor="api:ops")
     page = operator.get("/console/audit")
     assert page.status_code == 200
     actions = re.findall(r'<td data-label="Action" class="mono">([^<]+)</td>', page.text)
@@ -798,12 +799,12 @@ def test_redis_down_is_a_503_page(operator: FlaskClient, redis_server: fakeredis
 
 
 def test_a_bug_is_a_500_page_not_a_traceback(
-    operator: FlaskClient, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    operator: FlaskClient, monkeypatch: pytest.MonkeyPatch, domain: services.Services
 ) -> None:
     def broken() -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(registry, "status", broken)
+    monkeypatch.setattr(domain.lock, "status", broken)
     page = operator.get("/console/")
     assert (page.status_code, page.mimetype) == (500, "text/html")
     assert "a bug" not in page.text and "Traceback" not in page.text

@@ -17,8 +17,9 @@ from cregistry import services
 from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.registration import Registration
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.timestamps import isoformat
 from cregistry.users import UserStore
 
@@ -158,12 +159,16 @@ def test_deleting_and_recreating_a_user_starts_without_a_last_connect(
 
 
 def test_an_approval_starts_without_a_predecessors_last_connect(
-    registry: Registry, users: UserStore, connection: fakeredis.FakeRedis, registration: Registration
+    users: UserStore,
+    connection: fakeredis.FakeRedis,
+    registration: Registration,
+    lock: RegistryLock,
+    requests: PendingRequests,
 ) -> None:
     users.record_connect("sensor-9", "stray", 1.0, LAST_CONNECT_INTERVAL)
-    registry.unlock()
+    lock.unlock()
     registration.record_attempt("sensor-9", PASSWORD, "client-9", "mqtt")
-    assert registry.approve("sensor-9").last_connect is None
+    assert requests.approve("sensor-9").last_connect is None
     assert not connection.exists(KEYS.user_last_connect("sensor-9"))
 
 

@@ -21,9 +21,10 @@ from cregistry import services
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import hash_password, pairing_id
 from cregistry.registration import Outcome, Registration
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 from cregistry.web import create_app
@@ -51,12 +52,12 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def device(registry: Registry, registration: Registration) -> str:
+def device(registration: Registration, lock: RegistryLock, requests: PendingRequests) -> str:
     """A device that registered itself and was approved; never verified since."""
-    registry.unlock()
+    lock.unlock()
     registration.record_attempt(DEVICE, PASSWORD, "client-1", "mqtt")
-    registry.approve(DEVICE)
-    registry.lock()
+    requests.approve(DEVICE)
+    lock.lock()
     return DEVICE
 
 
@@ -437,8 +438,8 @@ def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
 ) -> None:
     limits = WorkLimits(config)
     domain = services.build(connection, config, limits=limits)
-    registry, registration = domain.registry, domain.registration
-    registry.unlock()
+    lock, registration = domain.lock, domain.registration
+    lock.unlock()
     assert registration.record_attempt("waiting-1", "waiting-secret", "c", "mqtt").outcome is Outcome.RECORDED
     hash_calls.clear()
     keys_before = sorted(connection.keys("*"))
@@ -461,15 +462,16 @@ def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
 def test_busy_registration_slots_through_the_routes(
     connection: fakeredis.FakeRedis,
     config: Config,
-    registry: Registry,
     registration: Registration,
     device: str,
     hash_calls: list[str],
+    lock: RegistryLock,
+    requests: PendingRequests,
 ) -> None:
     limits = WorkLimits(config)
     broker = create_app(config, listener="broker", connection=connection, limits=limits).test_client()
     api = create_app(config, listener="api", connection=connection, limits=limits).test_client()
-    registry.unlock()
+    lock.unlock()
     hash_calls.clear()
     assert limits.registration_slots.acquire(blocking=False)
     try:
@@ -481,31 +483,35 @@ def test_busy_registration_slots_through_the_routes(
     finally:
         limits.registration_slots.release()
     assert hash_calls == []
-    assert registry.list_requests() == []
+    assert requests.list_requests() == []
     assert registration.attempt("newcomer", "newcomer-secret", None, "rest").outcome is Outcome.RECORDED
 
 
 def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
-    registry: Registry, monkeypatch: pytest.MonkeyPatch, registration: Registration
+    monkeypatch: pytest.MonkeyPatch,
+    registration: Registration,
+    lock: RegistryLock,
+    requests: PendingRequests,
+    domain: services.Services,
 ) -> None:
     """An attempt that found the username unknown hashes for a while; if the
     operator approves another candidate of that username meanwhile, the user
     exists when the attempt writes, and it must not leave a request behind
     (SPEC §2: approving one removes the others for that username)."""
-    registry.unlock()
+    lock.unlock()
     registration.record_attempt("twin", "first-secret", "c", "mqtt")
     original = cregistry.passwords.hash_password
 
     def approve_meanwhile(password: str, cost: int) -> str:
-        registry.approve("twin", pairing_id("twin", "first-secret"))
+        requests.approve("twin", pairing_id("twin", "first-secret"))
         return original(password, cost)
 
     monkeypatch.setattr(cregistry.passwords, "hash_password", approve_meanwhile)
     outcome = registration.record_attempt("twin", "second-secret", "c", "mqtt").outcome
-    assert registry.users.exists("twin")
+    assert domain.users.exists("twin")
     assert outcome is not Outcome.RECORDED
-    assert registry.requests_for("twin") == []
-    assert registry.list_requests() == []
+    assert requests.requests_for("twin") == []
+    assert requests.list_requests() == []
 
 
 @pytest.fixture

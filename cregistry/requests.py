@@ -1,9 +1,11 @@
-"""The unlock key and the pending requests (their storage, approve and deny).
+"""Pending registration requests: how they are stored, listed, approved
+and denied. registration.py records them; operators handle them here.
 
-A pending request is identified by (username, pairing ID). Each lives in its
-own Redis hash with a TTL (the pending TTL, renewed by every attempt); a
-per-username set lists the candidates and a sorted set indexes all requests
-by expiry, which is what the global cap counts.
+A pending request is identified by (username, pairing ID); its id in the
+admin API is the pending-index member "username:pairingId" (keys.py). Each
+lives in its own Redis hash with a TTL (the pending TTL, renewed by every
+attempt); a per-username set lists the candidates and a sorted set indexes
+all requests by expiry, which is what the global cap counts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,13 +22,8 @@ from redis.client import Pipeline
 
 from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
-from cregistry.config import MAX_UNLOCK_SECONDS, Config
-from cregistry.errors import (
-    AmbiguousRequest,
-    InvalidInput,
-    RequestNotFound,
-    UsernameTaken,
-)
+from cregistry.config import Config
+from cregistry.errors import AmbiguousRequest, InvalidInput, RequestNotFound, UsernameTaken
 from cregistry.keys import Keys
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
@@ -37,19 +33,6 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 MAX_OFFSET = 10**9
-PAIRING_ID_CHARS = frozenset("0123456789abcdef")
-
-
-@dataclasses.dataclass(frozen=True)
-class LockState:
-    """`locked` while new requests are refused (no unlock key, 0 s
-    left); otherwise the seconds until the registry locks again."""
-
-    locked: bool
-    seconds_left: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"locked": self.locked, "secondsLeft": self.seconds_left}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +76,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
     username, pairing_id = Keys.split_pending_member(value)
     try:
         names.validate_username(username)
-        _validate_pairing_id(pairing_id)
+        passwords.validate_pairing_id(pairing_id)
     except InvalidInput:
         raise RequestNotFound(f"no pending request {value!r}") from None
     return username, pairing_id
@@ -105,8 +88,8 @@ def validate_page(offset: Any, limit: Any) -> None:
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
 
-class Registry:
-    """Unlock state and pending requests. Takes its Redis connection explicitly."""
+class PendingRequests:
+    """Pending requests. Takes its connection and collaborators explicitly."""
 
     def __init__(
         self,
@@ -117,7 +100,7 @@ class Registry:
         keys: Keys,
         users: UserStore,
         audit: AuditLog,
-    ):
+    ) -> None:
         self.redis = connection
         self.config = config
         self.keys = keys
@@ -125,41 +108,7 @@ class Registry:
         self.users = users
         self.audit = audit
 
-    # -- lock state --------------------------------------------------------
-    def status(self) -> LockState:
-        milliseconds = self.redis.pttl(self.keys.unlock())
-        if milliseconds is None or milliseconds < 0:
-            return LockState(locked=True, seconds_left=0)
-        return LockState(locked=False, seconds_left=math.ceil(milliseconds / 1000))
-
-    def unlock(self, seconds: Any = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
-        """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
-        if seconds is None:
-            seconds = self.config.unlock_seconds
-        if not names.is_int_within(seconds, 1, MAX_UNLOCK_SECONDS):
-            raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
-
-        def open_registry(pipe: Pipeline) -> None:
-            pipe.multi()
-            pipe.set(self.keys.unlock(), repr(self.clock()), ex=seconds)
-            self.audit.add(pipe, actor, "registry.unlock", "registry", seconds=seconds)
-
-        run_watched(self.redis, [], open_registry)
-        log.info("registry unlocked for %d s by %s", seconds, actor)
-        return self.status()
-
-    def lock(self, *, actor: str = UNNAMED_ACTOR) -> LockState:
-
-        def close_registry(pipe: Pipeline) -> None:
-            pipe.multi()
-            pipe.delete(self.keys.unlock())
-            self.audit.add(pipe, actor, "registry.lock", "registry")
-
-        run_watched(self.redis, [], close_registry)
-        log.info("registry locked by %s", actor)
-        return self.status()
-
-    # -- storage of requests (the writes of cregistry.registration) -------
+    # -- storage (the writes of registration.py) --------------------------
     def add(
         self,
         pipe: Pipeline,
@@ -334,7 +283,7 @@ class Registry:
     def _choose(self, username: str, pairing_id: str | None) -> str:
         live = self.live_pairing_ids(username)
         if pairing_id is not None:
-            _validate_pairing_id(pairing_id)
+            passwords.validate_pairing_id(pairing_id)
             if pairing_id not in live:
                 raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing_id}")
             return pairing_id
@@ -352,16 +301,6 @@ class Registry:
             pipe.delete(self.keys.request(username, pairing))
             pipe.srem(self.keys.user_requests(username), pairing)
             pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, pairing))
-
-
-def _validate_pairing_id(pairing_id: Any) -> str:
-    if (
-        not isinstance(pairing_id, str)
-        or len(pairing_id) != passwords.PAIRING_ID_LENGTH
-        or not set(pairing_id) <= PAIRING_ID_CHARS
-    ):
-        raise InvalidInput(f"a pairing ID is {passwords.PAIRING_ID_LENGTH} lower-case hex digits")
-    return pairing_id
 
 
 def _request_from(username: str, pairing: str, fields: dict[Any, Any]) -> PendingRequest:
