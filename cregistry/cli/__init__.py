@@ -16,9 +16,10 @@ import click
 import redis
 
 from cregistry import embedded, services
+from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.cli.device_commands import device
 from cregistry.cli.errors import CommandError, ErrorMappingGroup
-from cregistry.cli.output import display, emit, json_option, table
+from cregistry.cli.output import display, emit, help_from, json_option, table
 from cregistry.cli.prompts import read_new_password
 from cregistry.config import MAX_UNLOCK_SECONDS, REDIS_URL, Config, env_name
 from cregistry.connections import connect
@@ -434,8 +435,9 @@ ACCESS_CHOICE = click.Choice(ACCESS_LEVELS)
 @click.argument("access", type=ACCESS_CHOICE)
 @json_option
 @pass_cli
+@help_from(access=", ".join(ACCESS_LEVELS))
 def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
-    """Give USERNAME ACCESS (read, write, readWrite) on topic PATTERN.
+    """Give USERNAME ACCESS ({access}) on topic PATTERN.
 
     PATTERN may use + and #, and %u / %c for the username and client id.
     A pattern that has an access already gets the new one instead (read,
@@ -476,7 +478,7 @@ def revoke(obj: CliContext, username: str, pattern: str) -> None:
 
 # -- audit ------------------------------------------------------------------
 @cli.command()
-@click.option("--limit", type=int, default=50, help="How many entries, newest first (at most 1000).")
+@click.option("--limit", type=int, default=50, help=f"How many entries, newest first (at most {MAX_AUDIT_LISTED}).")
 @json_option
 @pass_cli
 def audit(obj: CliContext, limit: int) -> None:

@@ -54,7 +54,11 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @device.command()
 @click.option("--host", required=True, help="The MQTT broker's host name or address.")
-@click.option("--port", type=click.IntRange(1, 65535), help="The broker's port (default 1883, 8883 with TLS).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help=f"The broker's port (default {agent.DEFAULT_MQTT_PORT}, {agent.DEFAULT_MQTTS_PORT} with TLS).",
+)
 @click.option(
     "--credentials",
     "credentials_path",
