@@ -282,6 +282,7 @@ def validate_publish_topic(topic: str) -> str:
     try:
         validate_topic_name(topic)
     except errors.InvalidInput:
+        # In the option's own words: the usual mistake is a filter given for a topic.
         raise errors.InvalidInput("the publish topic must be a non-empty topic name without + or #") from None
     return topic
 

@@ -83,6 +83,8 @@ class Credentials:
         client_id = data.get("clientId", username)
         created = data.get("created", "")
         last_accepted = data.get("lastAccepted")
+        # Not names.validate_client_id: MQTT lets a client send an empty id, but
+        # this one is what the device connects with, so it must say something.
         if not isinstance(client_id, str) or not client_id:
             raise errors.InvalidInput("clientId must be a non-empty string")
         if not isinstance(created, str) or not (last_accepted is None or isinstance(last_accepted, str)):
