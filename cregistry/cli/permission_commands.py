@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import display, emit, json_option
-from cregistry.users import ACCESS_LEVELS, PermissionChange
+from cregistry.users import ACCESS_LEVELS, Permission, PermissionChange
 
 ACCESS_CHOICE = click.Choice(ACCESS_LEVELS)
 
@@ -34,6 +36,13 @@ def grant(obj: CliContext, username: str, pattern: str, access: str) -> None:
         f"granted {username} {access} on {display(pattern)}{change_note(change)}",
         obj.json_output,
     )
+
+
+def permission_lines(permissions: Sequence[Permission]) -> list[str]:
+    """The permissions block of `user show` and `role show`."""
+    lines = ["permissions:" + ("" if permissions else " none")]
+    lines += [f"  {p.access:<9}  {display(p.topic)}" for p in permissions]
+    return lines
 
 
 def change_note(change: PermissionChange) -> str:

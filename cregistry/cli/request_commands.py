@@ -10,6 +10,9 @@ from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import emit, json_option, table
 from cregistry.registry import MAX_PAGE, PendingRequest
 
+# approve and deny: which of USERNAME's requests.
+pairing_id_option = click.option("--pairing-id", help="Which request, when USERNAME has several.")
+
 
 @click.command()
 @click.option("--offset", type=int, default=0, help="Skip this many requests.")
@@ -52,7 +55,7 @@ def _request_row(request: PendingRequest) -> list[Any]:
 
 @click.command()
 @click.argument("username")
-@click.option("--pairing-id", help="Which request, when USERNAME has several.")
+@pairing_id_option
 @json_option
 @pass_cli
 def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
@@ -74,7 +77,7 @@ def approve(obj: CliContext, username: str, pairing_id: str | None) -> None:
 
 @click.command()
 @click.argument("username")
-@click.option("--pairing-id", help="Which request, when USERNAME has several.")
+@pairing_id_option
 @json_option
 @pass_cli
 def deny(obj: CliContext, username: str, pairing_id: str | None) -> None:

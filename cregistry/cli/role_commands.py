@@ -6,7 +6,7 @@ import click
 
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import display, emit, json_option, table
-from cregistry.cli.permission_commands import ACCESS_CHOICE, change_note
+from cregistry.cli.permission_commands import ACCESS_CHOICE, change_note, permission_lines
 from cregistry.users import Role
 
 
@@ -142,6 +142,5 @@ def role_unassign(obj: CliContext, username: str, name: str) -> None:
 
 def _role_text(found: Role) -> str:
     lines = [f"role:    {found.name}", f"members: {', '.join(found.members) or '-'}"]
-    lines.append("permissions:" + ("" if found.permissions else " none"))
-    lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
+    lines += permission_lines(found.permissions)
     return "\n".join(lines)

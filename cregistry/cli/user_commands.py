@@ -8,6 +8,7 @@ import click
 
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import display, emit, json_option, table
+from cregistry.cli.permission_commands import permission_lines
 from cregistry.cli.prompts import read_new_password
 from cregistry.users import User
 
@@ -188,6 +189,5 @@ def _user_text(found: User) -> str:
         ("roles", ", ".join(found.roles) or "-"),
     ]
     lines = [f"{label + ':':<14}{value}" for label, value in fields]
-    lines.append("permissions:" + ("" if found.permissions else " none"))
-    lines += [f"  {p.access:<9}  {display(p.topic)}" for p in found.permissions]
+    lines += permission_lines(found.permissions)
     return "\n".join(lines)
