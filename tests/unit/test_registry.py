@@ -637,3 +637,12 @@ def test_pending_request_dict_values(
         "attempts": 2,
         "context": {"a": [1, 2]},
     }
+
+
+def test_each_listener_answers_every_outcome() -> None:
+    """One table per listener, and neither leaves an outcome without an answer."""
+    from cregistry.authorizer import REFUSALS
+    from cregistry.web.api_routes import REGISTRATION_ANSWERS
+
+    assert set(REFUSALS) == set(Outcome) - {Outcome.ACCEPTED}
+    assert set(REGISTRATION_ANSWERS) == set(Outcome)
