@@ -1,6 +1,6 @@
 """The composition root: builds the domain objects of one process once, each
 handed its collaborators. The web apps, the CLI and the test fixtures call
-build(); nothing else constructs a Registry out of its parts."""
+build(); nothing else constructs the domain objects."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from cregistry.authorizer import Authorizer
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, WorkLimits
 
@@ -24,12 +26,15 @@ from cregistry.verification import PasswordVerifier, WorkLimits
 class Services:
     config: Config
     redis: redis.Redis
+    clock: Callable[[], float]
     keys: Keys
     changes: ChangeFeed
     audit: AuditLog
     users: UserStore
     verifier: PasswordVerifier
-    registry: Registry
+    lock: RegistryLock
+    requests: PendingRequests
+    registration: Registration
     authorizer: Authorizer
 
 
@@ -49,6 +54,12 @@ def build(
     users = UserStore(connection, config, clock, keys=keys, audit=audit)
     limits = limits if limits is not None else WorkLimits(config)
     verifier = PasswordVerifier(connection, config, clock, limits, keys=keys, audit=audit)
-    registry = Registry(connection, config, clock, limits, keys=keys, users=users, verifier=verifier, audit=audit)
-    authorizer = Authorizer(connection, config, clock, limits, monotonic, registry=registry)
-    return Services(config, connection, keys, changes, audit, users, verifier, registry, authorizer)
+    lock = RegistryLock(connection, config, clock, keys=keys, audit=audit)
+    requests = PendingRequests(connection, config, clock, keys=keys, users=users, audit=audit)
+    registration = Registration(
+        connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=requests
+    )
+    authorizer = Authorizer(users, verifier, registration, clock, monotonic)
+    return Services(
+        config, connection, clock, keys, changes, audit, users, verifier, lock, requests, registration, authorizer
+    )

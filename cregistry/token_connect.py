@@ -20,7 +20,7 @@ def check_user_by_token(authorizer: Authorizer, username: str, password: str, cl
     malformed = refuse_malformed_connect(username, password, client_id)
     if malformed is not None:
         return malformed
-    if not authorizer.registry.verifier.verify_by_token(username, password):
+    if not authorizer.verifier.verify_by_token(username, password):
         return None
     # Runs only if the check above took less than LAST_CONNECT_BUDGET (authorizer.py).
     authorizer.last_connects.record(username, client_id, started)
