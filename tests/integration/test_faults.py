@@ -41,6 +41,7 @@ from tests.harness import (
     children_of,
     free_port,
     http,
+    running_service,
     wait_for_port,
 )
 from tests.integration.conftest import ADMIN_TOKEN
@@ -695,19 +696,8 @@ class Check:
 def test_service_killed_under_load_never_grants_a_wrong_password_nor_half_approves(
     sig: signal.Signals, redis_process: RedisProcess
 ) -> None:
-    own = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": redis_process.url,
-            "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_WORKERS": "2",
-        }
-    )
-    own.start()
-    try:
+    with running_service(redis_process.url, ADMIN_TOKEN) as own:
         _killed_under_load(own, redis_process, sig)
-    finally:
-        own.cleanup()
 
 
 def _killed_under_load(own: ServiceProcess, redis_process: RedisProcess, sig: signal.Signals) -> None:
@@ -896,22 +886,12 @@ def test_durability_warnings_on_a_real_redis(redis_process: RedisProcess) -> Non
         client.config_set("appendonly", "yes")
         _rewrite_aof(client)
         client.config_set("maxmemory-policy", "allkeys-lru")
-        own = ServiceProcess(
-            {
-                "CREGISTRY_REDIS_URL": redis_process.url,
-                "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-                "CREGISTRY_BCRYPT_COST": "4",
-            }
-        )
-        own.start()
-        try:
+        with running_service(redis_process.url, ADMIN_TOKEN) as own:
             deadline = time.monotonic() + 10
             while "maxmemory-policy is allkeys-lru" not in own.output() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "WARNING" in own.output() and "maxmemory-policy is allkeys-lru" in own.output()
             assert http("GET", f"{own.broker}/readyz").status == 200
-        finally:
-            own.cleanup()
     finally:
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("save", "")
@@ -994,20 +974,9 @@ def test_service_log_shows_no_password_hash_or_token(service: ServiceProcess, re
 
 
 def test_debug_log_shows_no_password_hash_or_token(redis_process: RedisProcess) -> None:
-    own = ServiceProcess(
-        {
-            "CREGISTRY_REDIS_URL": redis_process.url,
-            "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CREGISTRY_BCRYPT_COST": "4",
-            "CREGISTRY_LOG_LEVEL": "DEBUG",
-        }
-    )
-    own.start()
-    try:
+    with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_LOG_LEVEL": "DEBUG"}) as own:
         secrets = _drive_a_logged_flow(own, redis_process, "debugcheck")
         _assert_log_has_no_secrets(own, secrets, "debugcheck")
-    finally:
-        own.cleanup()
 
 
 # -- 1. the verified token across a restart ------------------------------------------------
@@ -1023,17 +992,7 @@ def test_a_verified_device_stays_connected_over_the_limit_across_a_restart(redis
         domain.lock.unlock(60)
         domain.registration.record_attempt("restart-dev", "restart-secret", "c", "mqtt")
         domain.requests.approve("restart-dev")
-        own = ServiceProcess(
-            {
-                "CREGISTRY_REDIS_URL": redis_process.url,
-                "CREGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
-                "CREGISTRY_BCRYPT_COST": "4",
-                "CREGISTRY_FAILURE_LIMIT": "3",
-                **extra,
-            }
-        )
-        own.start()
-        try:
+        with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_FAILURE_LIMIT": "3", **extra}) as own:
             assert connect_check(own, "restart-dev", "restart-secret").status == 200
             for n in range(4):
                 assert connect_check(own, "restart-dev", f"guess-{n}").status == 403
@@ -1042,7 +1001,5 @@ def test_a_verified_device_stays_connected_over_the_limit_across_a_restart(redis
             own.start()
             outcomes[label] = connect_check(own, "restart-dev", "restart-secret").status
             assert connect_check(own, "restart-dev", "guess-9").status == 403
-        finally:
-            own.cleanup()
     print(f"\n[restart] verified device over the limit after a service restart: {outcomes}")
     assert outcomes["fixed secret"] == 200
