@@ -47,6 +47,7 @@ class CregistryServer(BaseApplication):
     def __init__(self, config: Config, broker_socket: socket.socket) -> None:
         self.config = config
         self.broker_socket = broker_socket
+        self.broker_listener: Any = None  # this worker's ListenerThread, once load() ran
         super().__init__()
 
     def load_config(self) -> None:
@@ -68,6 +69,7 @@ class CregistryServer(BaseApplication):
             # cregistry does not use it, and two instances would share the path.
             settings["control_socket_disable"] = True
         settings["child_exit"] = _worker_exited
+        settings["worker_exit"] = _worker_exiting
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -83,8 +85,16 @@ class CregistryServer(BaseApplication):
         apps = create_worker_apps(self.config)
         apps.follower.start()
         listener = BrokerListener(apps.broker_checks, fallback_workers=2, pool_workers=self.config.threads)
-        ListenerThread(listener, self.broker_socket, self.config.log_level).start()
+        self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level)
+        self.broker_listener.start()
         return apps.api
+
+
+def _worker_exiting(_server: Any, worker: Any) -> None:
+    """In the worker: let the broker listener finish the checks it has begun."""
+    listener = getattr(worker.app, "broker_listener", None)
+    if listener is not None:
+        listener.stop()
 
 
 def _worker_exited(_server: Any, worker: Any) -> None:
