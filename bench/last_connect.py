@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cregistry.authorizer import Authorizer  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
+from cregistry.services import build  # noqa: E402
 from tests.harness import RedisProcess  # noqa: E402
 
 PASSWORD = "bench-device-secret"
@@ -47,20 +47,20 @@ def main() -> None:
         connection = connect(server.url, 0.5)
         config = Config(bcrypt_cost=4, verify_secret="ab" * 16, redis_url=server.url)
         names = [f"bench-{n:04d}" for n in range(args.users)]
-        setup = Authorizer(connection, config)
+        setup = build(connection, config).authorizer
         for name in names:
             setup.users.add(name, PASSWORD)
             assert setup.check_user(name, PASSWORD, name).allowed  # leaves the verified token
 
         calls: dict[str, list[float]] = {"before": [], "steady": [], "writing": []}
         rounds: dict[str, list[float]] = {key: [] for key in calls}
-        steady = Authorizer(connection, config)
+        steady = build(connection, config).authorizer
         for name in names:
             steady.check_user(name, PASSWORD, name)  # each user written once: now within the minute
         for _ in range(args.rounds):
-            before = Authorizer(connection, config)
+            before = build(connection, config).authorizer
             before.last_connects.record = lambda *_args: None  # type: ignore[method-assign]
-            writing = Authorizer(connection, config)
+            writing = build(connection, config).authorizer
             for variant, authorizer in (("before", before), ("steady", steady), ("writing", writing)):
                 if variant == "writing":
                     connection.delete(*[authorizer.users.keys.user_last_connect(n) for n in names])

@@ -1,5 +1,7 @@
-"""The decisions go-auth asks for: is this password right, is this a
-superuser, may this client read, write or subscribe to this topic."""
+"""The decisions the broker asks for (go-auth's HTTP backend and cregistry's
+plugin): may this CONNECT pass (a known user's password, or an unknown
+user's registration attempt, registration.py), is this a superuser, may
+this client read, write or subscribe to this topic."""
 
 from __future__ import annotations
 
@@ -13,15 +15,14 @@ from typing import Any
 
 import redis
 
-from cregistry import names, passwords, topics
-from cregistry.config import Config
+from cregistry import names, topics
 from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
 from cregistry.log_throttle import ThrottledWarning
 from cregistry.permission_cache import PermissionCache
-from cregistry.registry import Attempt, Registry
+from cregistry.registration import Outcome, Registration, validate_fields
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, AclData, UserStore
-from cregistry.verification import Verdict, WorkLimits
+from cregistry.verification import PasswordVerifier
 
 log = logging.getLogger(__name__)
 
@@ -134,61 +135,56 @@ _last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s)
 def refuse_malformed_connect(username: str, password: str, client_id: str) -> Decision | None:
     """The refusal of a CONNECT whose fields break the format rules, or None."""
     try:
-        names.validate_username(username)
-        passwords.validate_password_format(password)
-        names.validate_client_id(client_id)
+        validate_fields(username, password, client_id)
     except InvalidInput as error:
         return Decision(False, str(error))
     return None
 
 
+# The broker's reason for refusing each outcome of a CONNECT (ACCEPTED is ALLOW).
+REFUSALS = {
+    Outcome.WRONG_PASSWORD: "wrong password",
+    Outcome.TOO_MANY_FAILURES: "too many failed attempts",
+    Outcome.WEAK_PASSWORD: "unknown user; not recorded: {detail}",
+    Outcome.DENIED: "the registration request with these credentials was denied",
+    Outcome.LOCKED: "unknown user; the registry is locked",
+    Outcome.PENDING_CAP: "unknown user; too many pending requests, not recorded",
+    Outcome.BUSY: "unknown user; registration is busy, not recorded; connect again later",
+    Outcome.RECORDED: "unknown user; registration request recorded (pairing ID {pairing})",
+    Outcome.REPEATED: "registration request pending (pairing ID {pairing})",
+    Outcome.APPROVED_MEANWHILE: "registration approved just now; connect again",
+}
+
+
 class Authorizer:
     def __init__(
         self,
-        connection: redis.Redis,
-        config: Config,
+        users: UserStore,
+        verifier: PasswordVerifier,
+        registration: Registration,
         clock: Callable[[], float] = time.time,
-        limits: WorkLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         *,
-        registry: Registry | None = None,
         follower: FeedFollower | None = None,
     ):
-        # cregistry.services.build hands in the registry it built; alone
-        # (tests, benchmarks) the authorizer builds its own.
-        self.registry = registry if registry is not None else Registry(connection, config, clock, limits)
-        self.users: UserStore = self.registry.users
+        self.users = users
+        self.verifier = verifier
+        self.registration = registration
         self.monotonic = monotonic
-        self.last_connects = LastConnectRecorder(self.users, clock, monotonic)
-        self.permissions = PermissionCache(self.users, follower=follower)
+        self.last_connects = LastConnectRecorder(users, clock, monotonic)
+        self.permissions = PermissionCache(users, follower=follower)
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
         started = self.monotonic()
-        malformed = refuse_malformed_connect(username, password, client_id)
-        if malformed is not None:
-            return malformed
-        verdict = self.registry.verifier.verify(username, password)
-        if verdict is Verdict.ACCEPTED:
+        try:
+            attempt = self.registration.attempt(username, password, client_id, "mqtt")
+        except InvalidInput as error:
+            return Decision(False, str(error))
+        if attempt.outcome is Outcome.ACCEPTED:
             self.last_connects.record(username, client_id, started)
             return ALLOW
-        if verdict is not Verdict.UNKNOWN_USER:
-            return Decision(False, verdict.value)
-        try:
-            self.users.policy.validate_strength(password)
-        except InvalidInput as error:
-            return Decision(False, f"unknown user; not recorded: {error}")
-        attempt, pairing = self.registry.record_attempt(username, password, client_id, "mqtt")
-        reasons = {
-            Attempt.RECORDED: f"unknown user; registration request recorded (pairing ID {pairing})",
-            Attempt.REPEATED: f"registration request pending (pairing ID {pairing})",
-            Attempt.LOCKED: "unknown user; the registry is locked",
-            Attempt.DENIED: "the registration request with these credentials was denied",
-            Attempt.LIMITED: "unknown user; too many pending requests, not recorded",
-            Attempt.BUSY: "unknown user; registration is busy, not recorded; connect again later",
-            Attempt.APPROVED_MEANWHILE: "registration approved just now; connect again",
-        }
-        return Decision(False, reasons[attempt])
+        return Decision(False, REFUSALS[attempt.outcome].format(pairing=attempt.pairing_id, detail=attempt.detail))
 
     def check_superuser(self, username: str, seen: str | None = None) -> Decision:
         try:

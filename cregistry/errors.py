@@ -62,7 +62,7 @@ class TooManyFailures(CregistryError):
     """Too many failed password checks for this username; refused without checking."""
 
 
-# -- the device agent (device.py) ------------------------------------------
+# -- the device agent (device/) --------------------------------------------
 class CredentialsFileMissing(CregistryError):
     """The device's credentials file does not exist."""
 

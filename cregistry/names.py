@@ -10,7 +10,8 @@ from cregistry.errors import InvalidInput
 
 # Usernames end up in Redis keys and in ACL topic patterns (%u), so anything
 # that is special in either (/ + # : * { } % spaces) is refused.
-USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,63}", re.ASCII)
+USERNAME_MAX_LENGTH = 64
+USERNAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{2,{USERNAME_MAX_LENGTH - 1}}}", re.ASCII)
 # Role names follow the same rules: they are part of keys too.
 ROLE_NAME_RE = USERNAME_RE
 

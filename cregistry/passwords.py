@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 BCRYPT_MAX_BYTES = 72
 PAIRING_ID_LENGTH = 6
+PAIRING_ID_CHARS = frozenset("0123456789abcdef")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,13 @@ def pairing_id(username: str, password: str) -> str:
     """What device and operator both show: 6 hex digits of sha256("user:password")."""
     digest = hashlib.sha256(f"{username}:{password}".encode()).hexdigest()
     return digest[:PAIRING_ID_LENGTH]
+
+
+def validate_pairing_id(value: Any) -> str:
+    """A pairing ID in the form pairing_id makes, or InvalidInput."""
+    if not isinstance(value, str) or len(value) != PAIRING_ID_LENGTH or not set(value) <= PAIRING_ID_CHARS:
+        raise InvalidInput(f"a pairing ID is {PAIRING_ID_LENGTH} lower-case hex digits")
+    return value
 
 
 def hash_password(password: str, cost: int) -> str:

@@ -1,6 +1,6 @@
 """The composition root: builds the domain objects of one process once, each
 handed its collaborators. The web apps, the CLI and the test fixtures call
-build(); nothing else constructs a Registry out of its parts."""
+build(); nothing else constructs the domain objects."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, WorkLimits
 
@@ -25,12 +27,15 @@ from cregistry.verification import PasswordVerifier, WorkLimits
 class Services:
     config: Config
     redis: redis.Redis
+    clock: Callable[[], float]
     keys: Keys
     changes: ChangeFeed
     audit: AuditLog
     users: UserStore
     verifier: PasswordVerifier
-    registry: Registry
+    lock: RegistryLock
+    requests: PendingRequests
+    registration: Registration
     authorizer: Authorizer
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
@@ -58,6 +63,24 @@ def build(
     verifier = PasswordVerifier(
         connection, config, clock, limits, keys=keys, audit=audit, follower=follower, monotonic=monotonic
     )
-    registry = Registry(connection, config, clock, limits, keys=keys, users=users, verifier=verifier, audit=audit)
-    authorizer = Authorizer(connection, config, clock, limits, monotonic, registry=registry, follower=follower)
-    return Services(config, connection, keys, changes, audit, users, verifier, registry, authorizer, follower)
+    lock = RegistryLock(connection, config, clock, keys=keys, audit=audit)
+    requests = PendingRequests(connection, config, clock, keys=keys, users=users, audit=audit)
+    registration = Registration(
+        connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=requests
+    )
+    authorizer = Authorizer(users, verifier, registration, clock, monotonic, follower=follower)
+    return Services(
+        config,
+        connection,
+        clock,
+        keys,
+        changes,
+        audit,
+        users,
+        verifier,
+        lock,
+        requests,
+        registration,
+        authorizer,
+        follower,
+    )

@@ -61,8 +61,12 @@ def expand_pattern(pattern: str, username: str, client_id: str) -> Levels | None
     if "%c" in pattern and (client_id == "" or client_id.startswith("$") or any(c in client_id for c in "/+#\x00")):
         # A client id of "$SYS" must not turn "%c/#" into "$SYS/#" either.
         return None
-    text = pattern.replace("%u", username).replace("%c", client_id)
-    return text.split("/")
+    return substitute_placeholders(pattern, username, client_id).split("/")
+
+
+def substitute_placeholders(text: str, username: str, client_id: str) -> str:
+    """`text` with %u replaced by the username and %c by the client id."""
+    return text.replace("%u", username).replace("%c", client_id)
 
 
 def topic_matches(pattern: Sequence[str], topic: Sequence[str]) -> bool:

@@ -1,4 +1,4 @@
-"""`cregistry device`: the device agent (cregistry/device.py) as a command."""
+"""`cregistry device`: the device agent (cregistry/device/) as a command."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ from pathlib import Path
 
 import click
 
-from cregistry import device as agent
 from cregistry import errors
 from cregistry.cli.errors import EXIT_INVALID, ErrorMappingGroup, command_error
 from cregistry.cli.output import emit, json_option, json_requested
+from cregistry.device import logs
+from cregistry.device.agent import DeviceAgent, DeviceSettings, validate_publish_topic
+from cregistry.device.credential_file import CredentialStore
+from cregistry.device.mqtt import DEFAULT_MQTT_PORT, DEFAULT_MQTTS_PORT
+from cregistry.device.rest import register_endpoint
+from cregistry.device.tls import TlsSettings
 from cregistry.names import validate_username
 
 
@@ -36,14 +41,14 @@ def _username(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 def _topic(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     try:
-        return None if value is None else agent.validate_publish_topic(value)
+        return None if value is None else validate_publish_topic(value)
     except errors.InvalidInput as error:
         raise click.BadParameter(str(error)) from None
 
 
 def _register_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     try:
-        return None if value is None else agent.register_endpoint(value)
+        return None if value is None else register_endpoint(value)
     except errors.InvalidInput as error:
         raise click.BadParameter(str(error)) from None
 
@@ -54,7 +59,11 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @device.command()
 @click.option("--host", required=True, help="The MQTT broker's host name or address.")
-@click.option("--port", type=click.IntRange(1, 65535), help="The broker's port (default 1883, 8883 with TLS).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help=f"The broker's port (default {DEFAULT_MQTT_PORT}, {DEFAULT_MQTTS_PORT} with TLS).",
+)
 @click.option(
     "--credentials",
     "credentials_path",
@@ -127,7 +136,7 @@ def run(
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
     use_tls = tls or insecure or any(f is not None for f in (ca_file, cert_file, key_file))
-    settings = agent.DeviceSettings(
+    settings = DeviceSettings(
         host=host,
         port=port,
         credentials_path=credentials_path,
@@ -136,13 +145,13 @@ def run(
         register_url=register_url,
         publish_topic=publish_topic,
         publish_interval=publish_interval,
-        tls=agent.TlsSettings(ca_file, cert_file, key_file, insecure) if use_tls else None,
+        tls=TlsSettings(ca_file, cert_file, key_file, insecure) if use_tls else None,
         max_backoff=max_backoff,
         exit_on_refusal=exit_on_refusal,
     )
     _configure_logging(log_format)
     try:
-        device_agent = agent.DeviceAgent(settings, announce=click.echo)
+        device_agent = DeviceAgent(settings, announce=click.echo)
     except OSError as error:  # unreadable certificates or keys
         raise command_error(f"cannot set up TLS: {error}", EXIT_INVALID) from None
     stop = lambda _signum, _frame: device_agent.stop()  # noqa: E731
@@ -166,7 +175,7 @@ def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
     Example:
         cregistry approve "$NAME" --pairing-id "$(cregistry device pairing-id --credentials device.json)"
     """
-    store = agent.CredentialStore(credentials_path)
+    store = CredentialStore(credentials_path)
     credentials = store.load()
     if not store.is_private():
         # stderr: stdout stays just the pairing ID, for --pairing-id "$(...)".
@@ -177,11 +186,11 @@ def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
 
 def _configure_logging(log_format: str) -> None:
     """Handlers live at entry points: the agent's log goes to stderr."""
-    logger = logging.getLogger(agent.__name__)
+    logger = logs.log
     for handler in [h for h in logger.handlers if getattr(h, "cregistry_device", False)]:
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(agent.JsonLogFormatter() if log_format == "json" else agent.TextLogFormatter())
+    handler.setFormatter(logs.JsonLogFormatter() if log_format == "json" else logs.TextLogFormatter())
     handler.cregistry_device = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

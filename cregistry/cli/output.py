@@ -1,4 +1,5 @@
-"""How the CLI shows results: --json, tables, text from devices made safe."""
+"""How the CLI shows results: --json, tables, text from devices made safe;
+help texts filled in from the constants they name."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def json_option(command: F) -> F:
     return click.option(
         "--json", "json_flag", is_flag=True, expose_value=False, callback=merge, help="Output JSON for scripts."
     )(command)
+
+
+def help_from(**values: object) -> Callable[[F], F]:
+    """Fill the {names} of a command's docstring (its --help) from the
+    constants that define them; place it right above the `def`."""
+
+    def fill(command: F) -> F:
+        command.__doc__ = (command.__doc__ or "").format(**values)
+        return command
+
+    return fill
 
 
 def json_requested(ctx: click.Context) -> bool:

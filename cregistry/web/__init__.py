@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,7 +18,6 @@ from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
 from cregistry.feed_follower import FeedFollower
-from cregistry.registry import Registry
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 from cregistry.web.broker_wsgi import BrokerChecks
@@ -32,7 +33,6 @@ class Services:
 
     config: Config
     domain: services.Services
-    registry: Registry
     authorizer: Authorizer
     # Broker checks run here, so a route can give up on one at its deadline.
     checks: concurrent.futures.ThreadPoolExecutor
@@ -44,6 +44,7 @@ def create_app(
     listener: str,
     connection: redis.Redis | None = None,
     limits: WorkLimits | None = None,
+    clock: Callable[[], float] = time.time,
     follow_changes: bool = False,
 ) -> Flask:
     """The app for one listener: "api" (registration + admin) or "broker" (go-auth).
@@ -59,9 +60,9 @@ def create_app(
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    domain = services.build(connection, config, limits=limits, follow_changes=follow_changes)
+    domain = services.build(connection, config, clock=clock, limits=limits, follow_changes=follow_changes)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
-    app.extensions["cregistry"] = Services(config, domain, domain.registry, domain.authorizer, checks)
+    app.extensions["cregistry"] = Services(config, domain, domain.authorizer, checks)
     app.register_blueprint(health.bp)
     if listener == BROKER:
         app.register_blueprint(broker_routes.bp)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
-from cregistry import services
+from cregistry import errors, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
-from cregistry.registry import MAX_OFFSET, MAX_PAGE, Registration, Registry, parse_request_id
+from cregistry.registration import Outcome
+from cregistry.requests import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.tokens import admin_token_name
@@ -18,15 +19,39 @@ admin = Blueprint("admin", __name__)
 
 
 # -- devices ----------------------------------------------------------------
+# The answer to each outcome: 201 or 202 with a body, or the domain error
+# that web/errors.py renders (403 denied, 409 conflict, 423 locked, 429 limited).
+REGISTRATION_ANSWERS: dict[Outcome, int | tuple[type[errors.CregistryError], str]] = {
+    Outcome.ACCEPTED: 201,
+    Outcome.RECORDED: 202,
+    Outcome.REPEATED: 202,
+    Outcome.APPROVED_MEANWHILE: 202,  # the device's next poll gets 201 (or 409)
+    Outcome.WRONG_PASSWORD: (errors.UsernameTaken, "username {username!r} is registered with other credentials"),
+    # 201/409 make this route a password oracle: it shares the guessing limit.
+    Outcome.TOO_MANY_FAILURES: (errors.TooManyFailures, "too many failed attempts for {username!r}; try again later"),
+    Outcome.WEAK_PASSWORD: (errors.InvalidInput, "{detail}"),
+    Outcome.DENIED: (errors.RequestDenied, "the registration request with these credentials was denied"),
+    Outcome.LOCKED: (errors.RegistryLocked, "the registry is locked; ask the operator to unlock it"),
+    Outcome.PENDING_CAP: (errors.PendingLimitReached, "too many pending registration requests; try again later"),
+    # 429 as for the caps: the device backs off and tries again.
+    Outcome.BUSY: (errors.PendingLimitReached, "registration is busy; try again later"),
+}
+
+
 @registration.post("/api/client-registry/register")
 def register() -> tuple[Response, int]:
     body = json_object(required=True)
-    outcome, pairing = _registry().register(
-        body.get("username"), body.get("password"), body.get("clientId"), body.get("context")
+    username = body.get("username")
+    attempt = _domain().registration.attempt(
+        username, body.get("password"), body.get("clientId"), "rest", body.get("context")
     )
-    if outcome is Registration.GRANTED:
-        return jsonify({"status": "granted", "username": body["username"], "pairingId": pairing}), 201
-    return jsonify({"status": "pending", "pairingId": pairing}), 202
+    answer = REGISTRATION_ANSWERS[attempt.outcome]
+    if isinstance(answer, tuple):
+        error, message = answer
+        raise error(message.format(username=username, detail=attempt.detail))
+    if answer == 201:
+        return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
+    return jsonify({"status": "pending", "pairingId": attempt.pairing_id}), 202
 
 
 # -- operators --------------------------------------------------------------
@@ -42,39 +67,39 @@ def require_token() -> None:
 
 @admin.get("/api/client-registry")
 def registry_status() -> Response:
-    return jsonify(_registry().status().to_dict())
+    return jsonify(_domain().lock.status().to_dict())
 
 
 @admin.post("/api/client-registry/unlock")
 def unlock() -> Response:
     body = json_object(required=False)
-    return jsonify(_registry().unlock(body.get("seconds"), actor=g.actor).to_dict())
+    return jsonify(_domain().lock.unlock(body.get("seconds"), actor=g.actor).to_dict())
 
 
 @admin.post("/api/client-registry/lock")
 def lock() -> Response:
-    return jsonify(_registry().lock(actor=g.actor).to_dict())
+    return jsonify(_domain().lock.lock(actor=g.actor).to_dict())
 
 
 @admin.get("/api/client-registry/requests")
 def list_requests() -> Response:
     offset, limit = _page()
-    registry = _registry()
-    page = registry.list_requests(offset, limit)
+    pending = _domain().requests
+    page = pending.list_requests(offset, limit)
     return jsonify(
-        {"requests": [r.to_dict() for r in page], "total": registry.count_requests(), "offset": offset, "limit": limit}
+        {"requests": [r.to_dict() for r in page], "total": pending.count_requests(), "offset": offset, "limit": limit}
     )
 
 
 @admin.post("/api/client-registry/requests/<request_id>/approve")
 def approve(request_id: str) -> tuple[Response, int]:
-    user = _registry().approve(*parse_request_id(request_id), actor=g.actor)
+    user = _domain().requests.approve(*parse_request_id(request_id), actor=g.actor)
     return jsonify(user.to_dict()), 201
 
 
 @admin.post("/api/client-registry/requests/<request_id>/deny")
 def deny(request_id: str) -> Response:
-    denied = _registry().deny(*parse_request_id(request_id), actor=g.actor)
+    denied = _domain().requests.deny(*parse_request_id(request_id), actor=g.actor)
     return jsonify({"denied": denied.to_dict()})
 
 
@@ -167,10 +192,6 @@ def audit() -> Response:
 # -- helpers ----------------------------------------------------------------
 def _domain() -> services.Services:
     return current_app.extensions["cregistry"].domain
-
-
-def _registry() -> Registry:
-    return _domain().registry
 
 
 def _users() -> UserStore:

@@ -25,7 +25,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from cregistry import instruments
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.requests import PendingRequests
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -99,7 +100,8 @@ def metrics_text() -> Response:
         MultiProcessCollector(scrape)
     else:
         scrape.register(_Forward(LOCAL))
-    scrape.register(RegistryCollector(current_app.extensions["cregistry"].registry))
+    domain = current_app.extensions["cregistry"].domain
+    scrape.register(RegistryCollector(domain.lock, domain.requests))
     return Response(generate_latest(scrape), mimetype=CONTENT_TYPE_LATEST)
 
 
@@ -174,13 +176,14 @@ class _Forward:
 class RegistryCollector:
     """Pending requests and the unlock state, read from Redis at scrape time."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, lock: RegistryLock, requests: PendingRequests) -> None:
+        self.lock = lock
+        self.requests = requests
 
     def collect(self) -> Iterator[Metric]:
         try:
-            state = self.registry.status()
-            pending = self.registry.count_requests()
+            state = self.lock.status()
+            pending = self.requests.count_requests()
         except redis.RedisError as error:
             count_redis_error(error)
             yield GaugeMetricFamily("cregistry_redis_up", "1 if Redis answered this scrape, else 0.", value=0)

@@ -25,12 +25,13 @@ from typing import Any
 
 import pytest
 
-import cregistry.registry
+import cregistry.registration
+from cregistry import services
 from cregistry.config import Config
 from cregistry.connections import connect
 from cregistry.keys import Keys
 from cregistry.passwords import pairing_id
-from cregistry.registry import Attempt, Registry
+from cregistry.registration import Outcome
 from cregistry.server import redis_durability_warnings
 from tests.harness import LOOPBACK, HttpAnswer, RedisProcess, ServiceProcess, free_port, http, wait_for_port
 from tests.integration.conftest import ADMIN_TOKEN
@@ -42,9 +43,9 @@ DEADLINE = 2.0  # SPEC §3: a 503 within 2 seconds when Redis cannot answer
 
 
 # -- helpers ----------------------------------------------------------------------
-def registry_on(redis_process: RedisProcess, **settings: Any) -> Registry:
+def domain_on(redis_process: RedisProcess, **settings: Any) -> services.Services:
     """The domain on the real Redis, as the CLI uses it."""
-    return Registry(connect(redis_process.url, 5), Config(bcrypt_cost=4, **settings))
+    return services.build(connect(redis_process.url, 5), Config(bcrypt_cost=4, **settings))
 
 
 def answer(method: str, url: str, **kwargs: Any) -> HttpAnswer | None:
@@ -90,22 +91,24 @@ def quiet_registry_log(caplog: pytest.LogCaptureFixture) -> None:
     # Over the cap every refused attempt logs a warning (see
     # test_a_flood_over_the_cap_does_not_flood_the_log); 100,000 of them would
     # only slow the flood tests down.
-    caplog.set_level(logging.ERROR, logger="cregistry.registry")
+    caplog.set_level(logging.ERROR, logger="cregistry.registration")
 
 
 # -- 2. floods while unlocked ---------------------------------------------------------
 def test_flood_of_distinct_unknown_usernames_records_exactly_pending_max(
     redis_process: RedisProcess, hash_calls: list[str], quiet_registry_log: None
 ) -> None:
-    registry = registry_on(redis_process)
-    pending_max = registry.config.pending_max
+    domain = domain_on(redis_process)
+    pending_max = domain.config.pending_max
     assert pending_max == 1000  # the default
-    registry.unlock(3600)
+    domain.lock.unlock(3600)
     memory_before = used_memory(redis_process)
-    outcomes: collections.Counter[Attempt] = collections.Counter()
+    outcomes: collections.Counter[Outcome] = collections.Counter()
     started = time.monotonic()
     for n in range(FLOOD_ATTEMPTS):
-        outcomes[registry.record_attempt(f"flood-{n:06d}", "flood-password", f"client-{n}", "mqtt")[0]] += 1
+        outcomes[
+            domain.registration.record_attempt(f"flood-{n:06d}", "flood-password", f"client-{n}", "mqtt").outcome
+        ] += 1
     seconds = time.monotonic() - started
     growth = used_memory(redis_process) - memory_before
     client = redis_process.client()
@@ -113,37 +116,39 @@ def test_flood_of_distinct_unknown_usernames_records_exactly_pending_max(
     client.close()
     print(
         f"\n[flood distinct] {FLOOD_ATTEMPTS} attempts in {seconds:.1f} s = {FLOOD_ATTEMPTS / seconds:.0f}/s;"
-        f" recorded {outcomes[Attempt.RECORDED]}, bcrypt {len(hash_calls)}, keys {keys},"
+        f" recorded {outcomes[Outcome.RECORDED]}, bcrypt {len(hash_calls)}, keys {keys},"
         f" used_memory +{growth / MEGABYTE:.2f} MB"
     )
-    assert outcomes == {Attempt.RECORDED: pending_max, Attempt.LIMITED: FLOOD_ATTEMPTS - pending_max}
-    assert registry.count_requests() == pending_max
+    assert outcomes == {Outcome.RECORDED: pending_max, Outcome.PENDING_CAP: FLOOD_ATTEMPTS - pending_max}
+    assert domain.requests.count_requests() == pending_max
     assert len(hash_calls) == pending_max
     assert growth < 20 * MEGABYTE
     assert keys <= 3 * pending_max + 10
     # The first pending_max were recorded, nothing after them.
-    assert {r.username for r in registry.list_requests(0, 1000)} == {f"flood-{n:06d}" for n in range(pending_max)}
+    assert {r.username for r in domain.requests.list_requests(0, 1000)} == {
+        f"flood-{n:06d}" for n in range(pending_max)
+    }
 
 
 def test_flood_on_one_username_records_exactly_three(redis_process: RedisProcess, hash_calls: list[str]) -> None:
-    registry = registry_on(redis_process)
-    registry.unlock(3600)
+    domain = domain_on(redis_process)
+    domain.lock.unlock(3600)
     memory_before = used_memory(redis_process)
-    outcomes: collections.Counter[Attempt] = collections.Counter()
+    outcomes: collections.Counter[Outcome] = collections.Counter()
     started = time.monotonic()
     for n in range(FLOOD_ATTEMPTS):
-        outcomes[registry.record_attempt("one-device", f"password-{n:06d}", "client-1", "mqtt")[0]] += 1
+        outcomes[domain.registration.record_attempt("one-device", f"password-{n:06d}", "client-1", "mqtt").outcome] += 1
     seconds = time.monotonic() - started
     growth = used_memory(redis_process) - memory_before
     print(
         f"\n[flood one username] {FLOOD_ATTEMPTS} attempts in {seconds:.1f} s = {FLOOD_ATTEMPTS / seconds:.0f}/s;"
-        f" recorded {outcomes[Attempt.RECORDED]}, bcrypt {len(hash_calls)}, used_memory +{growth / 1024:.0f} KiB"
+        f" recorded {outcomes[Outcome.RECORDED]}, bcrypt {len(hash_calls)}, used_memory +{growth / 1024:.0f} KiB"
     )
-    assert outcomes == {Attempt.RECORDED: 3, Attempt.LIMITED: FLOOD_ATTEMPTS - 3}
-    assert sorted(r.pairing_id for r in registry.requests_for("one-device")) == sorted(
+    assert outcomes == {Outcome.RECORDED: 3, Outcome.PENDING_CAP: FLOOD_ATTEMPTS - 3}
+    assert sorted(r.pairing_id for r in domain.requests.requests_for("one-device")) == sorted(
         pairing_id("one-device", f"password-{n:06d}") for n in range(3)
     )
-    assert registry.count_requests() == 3
+    assert domain.requests.count_requests() == 3
     assert len(hash_calls) == 3
     assert growth < 20 * MEGABYTE
 
@@ -156,19 +161,19 @@ def test_caps_hold_under_concurrent_floods(
     insert is watched); the global cap may be passed by at most one attempt
     per other flooder, which raced the last free place."""
     flooders, attempts = 4, 5_000
-    registries = [registry_on(redis_process) for _ in range(flooders)]
-    registries[0].unlock(3600)
-    outcomes: collections.Counter[Attempt] = collections.Counter()
+    domains = [domain_on(redis_process) for _ in range(flooders)]
+    domains[0].lock.unlock(3600)
+    outcomes: collections.Counter[Outcome] = collections.Counter()
     lock = threading.Lock()
 
     def flood(index: int, username: Callable[[int], str], password: Callable[[int], str]) -> None:
-        registry = registries[index]
+        domain = domains[index]
         for n in range(attempts):
-            outcome = registry.record_attempt(
+            outcome = domain.registration.record_attempt(
                 username(index * attempts + n), password(index * attempts + n), "c", "mqtt"
             )
             with lock:
-                outcomes[outcome[0]] += 1
+                outcomes[outcome.outcome] += 1
 
     def run(username: Callable[[int], str], password: Callable[[int], str]) -> float:
         started = time.monotonic()
@@ -180,15 +185,15 @@ def test_caps_hold_under_concurrent_floods(
         return time.monotonic() - started
 
     seconds = run(lambda n: "shared-device", lambda n: f"password-{n:06d}")
-    assert outcomes[Attempt.RECORDED] == 3 and len(registries[0].requests_for("shared-device")) == 3
+    assert outcomes[Outcome.RECORDED] == 3 and len(domains[0].requests.requests_for("shared-device")) == 3
     # Hashing stops with the cap: only the attempts that raced the last places hashed in vain.
     assert 3 <= len(hash_calls) <= 3 + flooders
     one_name = dict(outcomes)
     outcomes.clear()
     hash_calls.clear()
     seconds += run(lambda n: f"crowd-{n:06d}", lambda n: "crowd-password")
-    recorded = outcomes[Attempt.RECORDED]
-    pending_max = registries[0].config.pending_max
+    recorded = outcomes[Outcome.RECORDED]
+    pending_max = domains[0].config.pending_max
     print(
         f"\n[concurrent floods] {flooders}x{attempts} on one username: {one_name};"
         f" {flooders}x{attempts} distinct: recorded {recorded} (cap {pending_max}), bcrypt {len(hash_calls)};"
@@ -196,7 +201,7 @@ def test_caps_hold_under_concurrent_floods(
     )
     # 3 of the pending_max places are taken by "shared-device".
     assert pending_max - 3 <= recorded <= pending_max - 3 + flooders - 1
-    assert registries[0].count_requests() == recorded + 3
+    assert domains[0].requests.count_requests() == recorded + 3
     assert len(hash_calls) == recorded
 
 
@@ -216,33 +221,36 @@ def test_a_flood_over_the_cap_does_not_flood_the_log(redis_process: RedisProcess
     handler = CountingHandler()
     saved = (logger.level, logger.propagate)
     # The throttle is per process: an earlier test may have just used it up.
-    cregistry.registry._cap_warning.last = None
+    cregistry.registration._cap_warning.last = None
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # counted here, not repeated in the test report
     try:
-        registry = registry_on(redis_process, pending_max=10)
-        registry.unlock(3600)
+        domain = domain_on(redis_process, pending_max=10)
+        domain.lock.unlock(3600)
         attempts = 10_000
         for n in range(attempts):
-            registry.record_attempt(f"noisy-{n:05d}", "noisy-password", "c", "mqtt")
+            domain.registration.record_attempt(f"noisy-{n:05d}", "noisy-password", "c", "mqtt")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
     warnings = [r for r in handler.records if r.levelno >= logging.WARNING]
     print(f"\n[log flood] {attempts} attempts over a cap of 10 logged {len(warnings)} warnings")
-    assert registry.count_requests() == 10
+    assert domain.requests.count_requests() == 10
     assert 1 <= len(warnings) <= 20, f"{len(warnings)} warnings, e.g. {warnings[0].getMessage()!r}"
 
 
 def test_requests_pagination_over_the_api_and_the_cli(
     service: ServiceProcess, redis_process: RedisProcess, cregistry: Callable[..., Any]
 ) -> None:
-    registry = registry_on(redis_process)
-    registry.unlock(600)
+    domain = domain_on(redis_process)
+    domain.lock.unlock(600)
     for n in range(160):
-        assert registry.record_attempt(f"page-{n:03d}", "page-secret", f"c{n}", "mqtt")[0] is Attempt.RECORDED
+        assert (
+            domain.registration.record_attempt(f"page-{n:03d}", "page-secret", f"c{n}", "mqtt").outcome
+            is Outcome.RECORDED
+        )
     url = f"{service.api}/api/client-registry/requests"
     everything = http("GET", f"{url}?limit=1000", token=ADMIN_TOKEN).json()
     assert (everything["total"], len(everything["requests"])) == (160, 160)
@@ -286,16 +294,16 @@ class Probe:
 def prepare_fleet(service: ServiceProcess, redis_process: RedisProcess) -> str:
     """A verified device, an operator-made user never verified since, and a
     pending request; returns the pending request's id."""
-    registry = registry_on(redis_process)
-    registry.unlock(3600)
-    registry.record_attempt("steady", STEADY_PASSWORD, "steady-client", "mqtt")
-    registry.approve("steady")
-    registry.users.grant("steady", "devices/%u/#", "readWrite")
-    registry.users.add("fresh", FRESH_PASSWORD)
-    registry.record_attempt("waiting", WAITING_PASSWORD, "waiting-client", "mqtt")
+    domain = domain_on(redis_process)
+    domain.lock.unlock(3600)
+    domain.registration.record_attempt("steady", STEADY_PASSWORD, "steady-client", "mqtt")
+    domain.requests.approve("steady")
+    domain.users.grant("steady", "devices/%u/#", "readWrite")
+    domain.users.add("fresh", FRESH_PASSWORD)
+    domain.registration.record_attempt("waiting", WAITING_PASSWORD, "waiting-client", "mqtt")
     assert connect_check(service, "steady", STEADY_PASSWORD).status == 200  # leaves the verified token
-    assert registry.redis.exists(KEYS.user_verified("steady")) == 1
-    assert registry.redis.exists(KEYS.user_verified("fresh")) == 0
+    assert domain.redis.exists(KEYS.user_verified("steady")) == 1
+    assert domain.redis.exists(KEYS.user_verified("fresh")) == 0
     return f"waiting:{pairing_id('waiting', WAITING_PASSWORD)}"
 
 
@@ -524,9 +532,9 @@ def test_a_cached_permission_is_not_granted_while_redis_is_paused(
     """ACL checks run without the deadline's thread hop and their worker
     caches permission sets (permission_cache.py): a paused Redis must still
     answer 503 within 2 s, and the cached set must not answer instead."""
-    registry = registry_on(redis_process)
-    registry.users.add("cached-dev", "cached-secret")
-    registry.users.grant("cached-dev", "cached/#", "readWrite")
+    domain = domain_on(redis_process)
+    domain.users.add("cached-dev", "cached-secret")
+    domain.users.grant("cached-dev", "cached/#", "readWrite")
     # Every worker may answer; a few checks warm the caches of those that do.
     for _ in range(6):
         warm = acl_check(service, "cached-dev", "cached/t")
@@ -548,17 +556,17 @@ def test_a_cached_permission_is_not_granted_while_redis_is_paused(
 def test_a_revocation_takes_effect_at_the_next_acl_check(service: ServiceProcess, redis_process: RedisProcess) -> None:
     """The per-worker cache is validated by the change feed on every check,
     so a revocation (the user's own or a role's) is never answered from it."""
-    registry = registry_on(redis_process)
-    registry.users.add("revoked-dev", "revoked-secret")
-    registry.users.grant("revoked-dev", "own/#", "readWrite")
-    registry.users.set_role_permissions("revoked-role", [{"topic": "role/#", "access": "readWrite"}])
-    registry.users.assign_role("revoked-dev", "revoked-role")
+    domain = domain_on(redis_process)
+    domain.users.add("revoked-dev", "revoked-secret")
+    domain.users.grant("revoked-dev", "own/#", "readWrite")
+    domain.users.set_role_permissions("revoked-role", [{"topic": "role/#", "access": "readWrite"}])
+    domain.users.assign_role("revoked-dev", "revoked-role")
     for _ in range(6):
         for topic in ("own/t", "role/t"):
             allowed = acl_check(service, "revoked-dev", topic)
             assert allowed is not None and allowed.status == 200, topic
-    registry.users.revoke("revoked-dev", "own/#")
-    registry.users.revoke_role("revoked-role", "role/#")
+    domain.users.revoke("revoked-dev", "own/#")
+    domain.users.revoke_role("revoked-role", "role/#")
     for _ in range(6):
         for topic in ("own/t", "role/t"):
             refused = acl_check(service, "revoked-dev", topic)
@@ -699,26 +707,27 @@ def test_service_killed_under_load_never_grants_a_wrong_password_nor_half_approv
 
 
 def _killed_under_load(own: ServiceProcess, redis_process: RedisProcess, sig: signal.Signals) -> None:
-    registry = registry_on(redis_process)
+    domain = domain_on(redis_process)
     known = {f"known-{n}": f"known-secret-{n}" for n in range(4)}
     for username, password in known.items():
-        registry.users.add(username, password)
-    registry.unlock(3600)
+        domain.users.add(username, password)
+    domain.lock.unlock(3600)
     candidates = {f"cand-{n:03d}": [f"cand-{n:03d}-secret-{k}" for k in range(3)] for n in range(200)}
     stored: dict[str, dict[str, str]] = {}
     for username, passwords in candidates.items():
         for password in passwords:
-            assert registry.record_attempt(username, password, f"client-{username}", "mqtt")[0] is Attempt.RECORDED
-        stored[username] = {
-            pairing_id(username, p): registry.redis.hget(
-                KEYS.request(username, pairing_id(username, p)), "passwordHash"
+            assert (
+                domain.registration.record_attempt(username, password, f"client-{username}", "mqtt").outcome
+                is Outcome.RECORDED
             )
+        stored[username] = {
+            pairing_id(username, p): domain.redis.hget(KEYS.request(username, pairing_id(username, p)), "passwordHash")
             for p in passwords
         }
     # Locked, as an operator approving a batch has it: an attempt racing an
     # approval can otherwise record a fresh request for the new user (see
     # test_verification.py::test_an_attempt_racing_an_approval_records_no_request_for_the_new_user).
-    registry.lock()
+    domain.lock.lock()
     request_ids = [f"{u}:{pairing_id(u, p)}" for u, ps in candidates.items() for p in ps]
     strangers = {f"stranger-{n}": f"stranger-secret-{n}" for n in range(5)}
 
@@ -813,7 +822,7 @@ def _killed_under_load(own: ServiceProcess, redis_process: RedisProcess, sig: si
         if not whole:
             half_done.append(username)
     approve_entries = [
-        e for e in registry.audit.entries(1000) if e["action"] == "request.approve" and e["target"].startswith("cand-")
+        e for e in domain.audit.entries(1000) if e["action"] == "request.approve" and e["target"].startswith("cand-")
     ]
     client.close()
 
@@ -911,9 +920,9 @@ def test_durability_warnings_on_a_real_redis(redis_process: RedisProcess) -> Non
 
 # -- 4. the audit trail on a real Redis ---------------------------------------------------
 def test_audit_trail_stays_capped_on_a_real_redis(redis_process: RedisProcess) -> None:
-    registry = registry_on(redis_process, audit_max=100)
+    domain = domain_on(redis_process, audit_max=100)
     for _ in range(500):
-        registry.unlock(60, actor="ops")
+        domain.lock.unlock(60, actor="ops")
     client = redis_process.client()
     length = client.xlen(KEYS.audit())
     client.close()
@@ -1006,10 +1015,10 @@ def test_a_verified_device_stays_connected_over_the_limit_across_a_restart(redis
         client = redis_process.client()
         client.flushall()
         client.close()
-        registry = registry_on(redis_process)
-        registry.unlock(60)
-        registry.record_attempt("restart-dev", "restart-secret", "c", "mqtt")
-        registry.approve("restart-dev")
+        domain = domain_on(redis_process)
+        domain.lock.unlock(60)
+        domain.registration.record_attempt("restart-dev", "restart-secret", "c", "mqtt")
+        domain.requests.approve("restart-dev")
         own = ServiceProcess(
             {
                 "CREGISTRY_REDIS_URL": redis_process.url,

@@ -151,18 +151,18 @@ def test_a_connected_replica_that_lags_does_not_confirm(primary: RedisNode, setu
     from cregistry.config import Config
     from cregistry.connections import connect
     from cregistry.errors import ReplicasUnconfirmed
-    from cregistry.registry import Registry
+    from cregistry.services import build
 
     replica = RedisNode(replica_of=primary.port)
     replica.start()
     config = Config(redis_url=setup_env["CREGISTRY_REDIS_URL"], redis_min_replicas=1)
     connection = connect(setup_env["CREGISTRY_REDIS_URL"], 0.5, min_replicas=1)
-    registry = Registry(connection, config)
+    lock = build(connection, config).lock
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
-                registry.unlock(60)
+                lock.unlock(60)
                 break
             except ReplicasUnconfirmed:  # the replica is still syncing
                 assert time.monotonic() < deadline, "the replica did not come online"
@@ -170,12 +170,12 @@ def test_a_connected_replica_that_lags_does_not_confirm(primary: RedisNode, setu
         replica.process.send_signal(signal.SIGSTOP)
         try:
             with pytest.raises(ReplicasUnconfirmed, match="only 0 replica"):
-                registry.lock()
+                lock.lock()
             with primary.client() as client:
                 assert [r["state"] for k, r in client.info("replication").items() if k == "slave0"] == ["online"]
         finally:
             replica.process.send_signal(signal.SIGCONT)
-        assert registry.status().seconds_left == 0  # the lock is on the primary all the same
+        assert lock.status().seconds_left == 0  # the lock is on the primary all the same
     finally:
         connection.close()
         replica.cleanup()

@@ -13,7 +13,9 @@ from flask.testing import FlaskClient
 from cregistry import services
 from cregistry.authorizer import Authorizer
 from cregistry.config import Config
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -63,8 +65,18 @@ def domain(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock) ->
 
 
 @pytest.fixture
-def registry(domain: services.Services) -> Registry:
-    return domain.registry
+def lock(domain: services.Services) -> RegistryLock:
+    return domain.lock
+
+
+@pytest.fixture
+def requests(domain: services.Services) -> PendingRequests:
+    return domain.requests
+
+
+@pytest.fixture
+def registration(domain: services.Services) -> Registration:
+    return domain.registration
 
 
 @pytest.fixture

@@ -18,11 +18,14 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import cregistry.connections
+from cregistry import services
 from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.registry import Registry
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -108,11 +111,11 @@ def register(api: FlaskClient, **body: Any) -> TestResponse:
 
 
 @pytest.fixture
-def pending(registry: Registry) -> str:
+def pending(registration: Registration, lock: RegistryLock) -> str:
     """A pending request for sensor-1 (password secret1); returns its id."""
-    registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
-    registry.lock()
+    lock.unlock()
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    lock.lock()
     return PENDING_ID
 
 
@@ -121,7 +124,6 @@ def pending(registry: Registry) -> str:
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
 def test_admin_routes_need_the_bearer_token(
     api: FlaskClient,
-    registry: Registry,
     users: UserStore,
     connection: fakeredis.FakeRedis,
     pending: str,
@@ -227,10 +229,12 @@ def test_unlock_with_invalid_json_body(api: FlaskClient, auth: dict[str, str]) -
 
 
 # -- requests -------------------------------------------------------------------
-def test_requests_list(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
+def test_requests_list(
+    api: FlaskClient, auth: dict[str, str], registration: Registration, lock: RegistryLock, requests: PendingRequests
+) -> None:
     assert api.get("/api/client-registry/requests", headers=auth).get_json()["requests"] == []
-    registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    lock.unlock()
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
     register(api, username="sensor-2", password="secret2", clientId="c2", context={"model": "x1"})
     response = api.get("/api/client-registry/requests", headers=auth)
     assert response.status_code == 200
@@ -249,15 +253,15 @@ def test_requests_list(api: FlaskClient, auth: dict[str, str], registry: Registr
     assert (items["sensor-2"]["clientId"], items["sensor-2"]["source"]) == ("c2", "rest")
     assert items["sensor-2"]["context"] == {"model": "x1"}
     text = response.get_data(as_text=True)
-    for request in registry.list_requests():
+    for request in requests.list_requests():
         assert request.password_hash not in text
     assert "secret1" not in text and "secret2" not in text
 
 
 def test_approve(
-    api: FlaskClient, auth: dict[str, str], registry: Registry, connection: fakeredis.FakeRedis, pending: str
+    api: FlaskClient, auth: dict[str, str], connection: fakeredis.FakeRedis, pending: str, requests: PendingRequests
 ) -> None:
-    request_hash = registry.list_requests()[0].password_hash
+    request_hash = requests.list_requests()[0].password_hash
     response = api.post(f"/api/client-registry/requests/{pending}/approve", headers=auth)
     assert response.status_code == 201
     user = response.get_json()
@@ -281,10 +285,12 @@ def test_approve(
     assert_error(api.post(f"/api/client-registry/requests/{pending}/approve", headers=auth), 409)
 
 
-def test_approve_removes_the_other_candidates(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
-    registry.unlock()
+def test_approve_removes_the_other_candidates(
+    api: FlaskClient, auth: dict[str, str], registration: Registration, lock: RegistryLock
+) -> None:
+    lock.unlock()
     for password in ("secret1", "secret2"):
-        registry.record_attempt("sensor-1", password, "c", "mqtt")
+        registration.record_attempt("sensor-1", password, "c", "mqtt")
     other = f"sensor-1:{pairing_id('sensor-1', 'secret2')}"
     assert api.post(f"/api/client-registry/requests/{PENDING_ID}/approve", headers=auth).status_code == 201
     assert api.get("/api/client-registry/requests", headers=auth).get_json()["requests"] == []
@@ -316,13 +322,13 @@ def test_approve_when_the_username_was_taken_meanwhile(
 )
 @pytest.mark.parametrize("action", ["approve", "deny"])
 def test_approve_or_deny_of_a_missing_request(
-    api: FlaskClient, auth: dict[str, str], registry: Registry, pending: str, request_id: str, action: str
+    api: FlaskClient, auth: dict[str, str], pending: str, request_id: str, action: str, requests: PendingRequests
 ) -> None:
     assert_error(api.post(f"/api/client-registry/requests/{request_id}/{action}", headers=auth), 404)
-    assert [r.id for r in registry.list_requests()] == [pending]
+    assert [r.id for r in requests.list_requests()] == [pending]
 
 
-def test_deny(api: FlaskClient, auth: dict[str, str], registry: Registry, pending: str) -> None:
+def test_deny(api: FlaskClient, auth: dict[str, str], pending: str) -> None:
     response = api.post(f"/api/client-registry/requests/{pending}/deny", headers=auth)
     assert response.status_code == 200
     body = response.get_json()
@@ -336,10 +342,10 @@ def test_deny(api: FlaskClient, auth: dict[str, str], registry: Registry, pendin
 
 # -- users ----------------------------------------------------------------------
 def test_users_list_show_delete(
-    api: FlaskClient, auth: dict[str, str], registry: Registry, users: UserStore, pending: str
+    api: FlaskClient, auth: dict[str, str], users: UserStore, pending: str, requests: PendingRequests
 ) -> None:
     assert api.get("/api/users", headers=auth).get_json()["users"] == []
-    registry.approve("sensor-1")
+    requests.approve("sensor-1")
     users.add("backend", "backend-password", superuser=True)
     listing = api.get("/api/users", headers=auth)
     assert listing.status_code == 200
@@ -449,30 +455,32 @@ def test_put_permissions_for_an_unknown_user(api: FlaskClient, auth: dict[str, s
     ],
 )
 def test_register_invalid_input_is_400_and_records_nothing(
-    api: FlaskClient, registry: Registry, connection: fakeredis.FakeRedis, body: Any
+    api: FlaskClient, connection: fakeredis.FakeRedis, body: Any, lock: RegistryLock
 ) -> None:
-    registry.unlock()
+    lock.unlock()
     before = snapshot(connection)
     response = api.post(REGISTER, data=json.dumps(body), content_type="application/json")
     assert_error(response, 400)
     assert snapshot(connection) == before
 
 
-def test_register_with_lone_surrogate_is_400(api: FlaskClient, registry: Registry) -> None:
-    registry.unlock()
+def test_register_with_lone_surrogate_is_400(api: FlaskClient, lock: RegistryLock, requests: PendingRequests) -> None:
+    lock.unlock()
     raw = '{"username": "sensor-1", "password": "\\ud800secret"}'
     assert_error(api.post(REGISTER, data=raw, content_type="application/json"), 400)
-    assert registry.list_requests() == []
+    assert requests.list_requests() == []
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
-def test_register_context_that_is_not_json_is_400(api: FlaskClient, registry: Registry, constant: str) -> None:
+def test_register_context_that_is_not_json_is_400(
+    api: FlaskClient, constant: str, lock: RegistryLock, requests: PendingRequests
+) -> None:
     """NaN and Infinity are not JSON (RFC 8259); stored, they would make the
     requests listing itself invalid JSON for the operator's tools."""
-    registry.unlock()
+    lock.unlock()
     raw = '{"username": "sensor-1", "password": "secret1", "context": {"x": ' + constant + "}}"
     assert_error(api.post(REGISTER, data=raw, content_type="application/json"), 400)
-    assert registry.list_requests() == []
+    assert requests.list_requests() == []
 
 
 def test_register_locked(api: FlaskClient, connection: fakeredis.FakeRedis) -> None:
@@ -482,16 +490,18 @@ def test_register_locked(api: FlaskClient, connection: fakeredis.FakeRedis) -> N
     assert connection.keys("*") == []
 
 
-def test_register_pending_then_granted(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
-    registry.unlock()
+def test_register_pending_then_granted(
+    api: FlaskClient, auth: dict[str, str], lock: RegistryLock, requests: PendingRequests, domain: services.Services
+) -> None:
+    lock.unlock()
     expected_pairing = pairing_id("sensor-1", "secret1")
     response = register(api, username="sensor-1", password="secret1", clientId="c1", context={"fw": "1.2"})
     assert (response.status_code, response.get_json()) == (202, {"status": "pending", "pairingId": expected_pairing})
-    registry.lock()
+    lock.lock()
     # The device polls by repeating the request; locking does not hide it.
     response = register(api, username="sensor-1", password="secret1")
     assert (response.status_code, response.get_json()) == (202, {"status": "pending", "pairingId": expected_pairing})
-    assert registry.list_requests()[0].attempts == 2
+    assert requests.list_requests()[0].attempts == 2
     api.post(f"/api/client-registry/requests/sensor-1:{expected_pairing}/approve", headers=auth)
     response = register(api, username="sensor-1", password="secret1")
     assert response.status_code == 201
@@ -499,34 +509,35 @@ def test_register_pending_then_granted(api: FlaskClient, auth: dict[str, str], r
     assert body["status"] == "granted"
     assert body["pairingId"] == expected_pairing
     text = response.get_data(as_text=True)
-    assert "secret1" not in text and registry.users.password_hash("sensor-1") not in text
+    assert "secret1" not in text and domain.users.password_hash("sensor-1") not in text
 
 
-def test_register_conflict(api: FlaskClient, users: UserStore, registry: Registry) -> None:
+def test_register_conflict(api: FlaskClient, users: UserStore, lock: RegistryLock, requests: PendingRequests) -> None:
     users.add("sensor-1", "secret1")
-    registry.unlock()
+    lock.unlock()
     body = assert_error(register(api, username="sensor-1", password="secret2"), 409)
     assert body["status"] == "conflict"
-    assert registry.list_requests() == []
+    assert requests.list_requests() == []
 
 
-def test_register_denied(api: FlaskClient, auth: dict[str, str], registry: Registry) -> None:
-    registry.unlock()
+def test_register_denied(api: FlaskClient, auth: dict[str, str], lock: RegistryLock, requests: PendingRequests) -> None:
+    lock.unlock()
     register(api, username="sensor-1", password="secret1")
     assert api.post(f"/api/client-registry/requests/{PENDING_ID}/deny", headers=auth).status_code == 200
     body = assert_error(register(api, username="sensor-1", password="secret1"), 403)
     assert body["status"] == "denied"
-    assert registry.list_requests() == []
+    assert requests.list_requests() == []
 
 
 def test_register_at_the_cap(connection: fakeredis.FakeRedis) -> None:
     config = Config(bcrypt_cost=4, admin_token=ADMIN_TOKEN, pending_max=1)
     client = create_app(config, listener="api", connection=connection).test_client()
-    Registry(connection, config).unlock()
+    domain = services.build(connection, config)
+    domain.lock.unlock()
     assert register(client, username="sensor-1", password="secret1").status_code == 202
     body = assert_error(register(client, username="sensor-2", password="secret1"), 429)
     assert body["status"] == "limited"
-    assert [r.username for r in Registry(connection, config).list_requests()] == ["sensor-1"]
+    assert [r.username for r in domain.requests.list_requests()] == ["sensor-1"]
 
 
 # -- junk -----------------------------------------------------------------------
@@ -562,15 +573,15 @@ JUNK_TARGETS = [
 def test_junk_bodies_are_never_5xx(
     api: FlaskClient,
     auth: dict[str, str],
-    registry: Registry,
     user: str,
     method: str,
     path: str,
     name: str,
     body: bytes,
     content_type: str | None,
+    lock: RegistryLock,
 ) -> None:
-    registry.unlock()
+    lock.unlock()
     response = api.open(path, method=method, data=body, content_type=content_type, headers=auth)
     assert_error(response, 400)
 
@@ -597,15 +608,15 @@ def test_logs_never_show_a_password_or_hash(
     api: FlaskClient,
     broker: FlaskClient,
     auth: dict[str, str],
-    registry: Registry,
     connection: fakeredis.FakeRedis,
     caplog: pytest.LogCaptureFixture,
+    requests: PendingRequests,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     api.post("/api/client-registry/unlock", headers=auth)
     register(api, username="sensor-1", password="device-secret-1")
     broker.post("/mqtt/user", json={"username": "sensor-2", "password": "device-secret-2", "clientid": "c"})
-    hashes = [r.password_hash for r in registry.list_requests()]
+    hashes = [r.password_hash for r in requests.list_requests()]
     api.post(
         f"/api/client-registry/requests/sensor-1:{pairing_id('sensor-1', 'device-secret-1')}/approve", headers=auth
     )

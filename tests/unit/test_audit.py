@@ -18,10 +18,12 @@ from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
 import cregistry.cli
+from cregistry import services
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -61,22 +63,26 @@ def audit_length(connection: fakeredis.FakeRedis) -> int:
     return int(connection.xlen(KEYS.audit()))
 
 
-def newest(registry: Registry) -> dict[str, Any]:
-    return registry.audit.entries(1)[0]
+def newest(domain: services.Services) -> dict[str, Any]:
+    return domain.audit.entries(1)[0]
 
 
-def make_pending(registry: Registry, username: str, password: str, client_id: str = "client-1") -> str:
-    registry.unlock(actor="setup")
-    registry.record_attempt(username, password, client_id, "mqtt")
+def make_pending(domain: services.Services, username: str, password: str, client_id: str = "client-1") -> str:
+    domain.lock.unlock(actor="setup")
+    domain.registration.record_attempt(username, password, client_id, "mqtt")
     return f"{username}:{pairing_id(username, password)}"
 
 
 # -- one entry per change, through the API ------------------------------------------
 def test_every_api_change_writes_one_entry_with_its_actor(
-    api: FlaskClient, auth: dict[str, str], registry: Registry, users: UserStore, connection: fakeredis.FakeRedis
+    api: FlaskClient,
+    auth: dict[str, str],
+    users: UserStore,
+    connection: fakeredis.FakeRedis,
+    domain: services.Services,
 ) -> None:
-    first = make_pending(registry, "sensor-1", "secret-one")
-    second = make_pending(registry, "sensor-2", "secret-two")
+    first = make_pending(domain, "sensor-1", "secret-one")
+    second = make_pending(domain, "sensor-2", "secret-two")
     users.grant_role("role-1", "a/#", "read", actor="setup")
     steps: list[tuple[str, str, dict[str, Any], str, str, dict[str, Any]]] = [
         ("POST", "/api/client-registry/unlock", {"seconds": 60}, "registry.unlock", "registry", {"seconds": 60}),
@@ -126,35 +132,35 @@ def test_every_api_change_writes_one_entry_with_its_actor(
         response = api.open(path, method=method, headers=auth, **kwargs)
         assert response.status_code in (200, 201), (path, response.get_data(as_text=True))
         assert audit_length(connection) == length + 1, path
-        entry = newest(registry)
+        entry = newest(domain)
         assert (entry["actor"], entry["action"], entry["target"]) == ("api:admin", action, target)
         assert details.items() <= entry["details"].items(), (action, entry["details"])
         assert ISO_UTC.fullmatch(entry["time"])
 
 
 @pytest.mark.parametrize(("token", "actor"), [(ADMIN_TOKEN, "api:admin"), (OPS_TOKEN, "api:ops"), (CI_TOKEN, "api:ci")])
-def test_named_admin_tokens_are_the_actor(api: FlaskClient, registry: Registry, token: str, actor: str) -> None:
+def test_named_admin_tokens_are_the_actor(api: FlaskClient, token: str, actor: str, domain: services.Services) -> None:
     response = api.post("/api/client-registry/unlock", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
-    entry = newest(registry)
+    entry = newest(domain)
     assert (entry["actor"], entry["action"]) == (actor, "registry.unlock")
 
 
-def test_named_tokens_from_the_environment(connection: fakeredis.FakeRedis, registry: Registry) -> None:
+def test_named_tokens_from_the_environment(connection: fakeredis.FakeRedis, domain: services.Services) -> None:
     config = Config.from_env({"CREGISTRY_ADMIN_TOKENS": f"ops={OPS_TOKEN}", "CREGISTRY_BCRYPT_COST": "4"})
     client = create_app(config, listener="api", connection=connection).test_client()
     assert client.post("/api/client-registry/lock", headers={"Authorization": f"Bearer {OPS_TOKEN}"}).status_code == 200
-    assert newest(registry)["actor"] == "api:ops"
+    assert newest(domain)["actor"] == "api:ops"
     # A name is no token.
     assert client.post("/api/client-registry/lock", headers={"Authorization": "Bearer ops"}).status_code == 401
 
 
 # -- one entry per change, through the CLI ------------------------------------------
 def test_every_cli_change_writes_one_entry_with_its_actor(
-    runner: CliRunner, registry: Registry, connection: fakeredis.FakeRedis
+    runner: CliRunner, connection: fakeredis.FakeRedis, domain: services.Services
 ) -> None:
-    first = make_pending(registry, "sensor-1", "secret-one").split(":")[1]
-    second = make_pending(registry, "sensor-2", "secret-two").split(":")[1]
+    first = make_pending(domain, "sensor-1", "secret-one").split(":")[1]
+    second = make_pending(domain, "sensor-2", "secret-two").split(":")[1]
     steps: list[tuple[list[str], str, str, dict[str, Any]]] = [
         (["unlock", "--seconds", "90"], "registry.unlock", "registry", {"seconds": 90}),
         (["lock"], "registry.lock", "registry", {}),
@@ -177,20 +183,20 @@ def test_every_cli_change_writes_one_entry_with_its_actor(
         result = runner.invoke(cregistry.cli.cli, args, input="backend-secret\n")
         assert result.exit_code == 0, (args, result.output)
         assert audit_length(connection) == length + 1, args
-        entry = newest(registry)
+        entry = newest(domain)
         assert (entry["actor"], entry["action"], entry["target"]) == (cli_actor(), action, target)
         assert details.items() <= entry["details"].items(), (action, entry["details"])
 
 
 def test_cli_actor_without_a_passwd_entry(
-    runner: CliRunner, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, domain: services.Services
 ) -> None:
     def no_user() -> str:
         raise KeyError("getpwuid(): uid not found")
 
     monkeypatch.setattr(getpass, "getuser", no_user)
     assert cli(runner, "unlock").exit_code == 0
-    assert re.fullmatch(r"cli:uid-\d+", newest(registry)["actor"])
+    assert re.fullmatch(r"cli:uid-\d+", newest(domain)["actor"])
 
 
 # -- failed changes write nothing ---------------------------------------------------
@@ -225,11 +231,15 @@ def test_failed_api_changes_write_no_entry(
 
 
 def test_failed_cli_changes_write_no_entry(
-    runner: CliRunner, registry: Registry, users: UserStore, connection: fakeredis.FakeRedis
+    runner: CliRunner,
+    users: UserStore,
+    connection: fakeredis.FakeRedis,
+    domain: services.Services,
+    requests: PendingRequests,
 ) -> None:
     users.add("backend", "backend-secret", actor="setup")
-    make_pending(registry, "twin", "secret-one")
-    make_pending(registry, "twin", "secret-two")
+    make_pending(domain, "twin", "secret-one")
+    make_pending(domain, "twin", "secret-two")
     length = audit_length(connection)
     failures = [
         (["approve", "sensor-1"], 3),
@@ -251,15 +261,15 @@ def test_failed_cli_changes_write_no_entry(
         result = cli(runner, *args)
         assert result.exit_code == exit_code, (args, result.output)
         assert audit_length(connection) == length, args
-    assert len(registry.requests_for("twin")) == 2
+    assert len(requests.requests_for("twin")) == 2
 
 
 # -- reading the trail ------------------------------------------------------------
 def test_cli_and_api_show_the_newest_first(
-    runner: CliRunner, api: FlaskClient, auth: dict[str, str], registry: Registry
+    runner: CliRunner, api: FlaskClient, auth: dict[str, str], lock: RegistryLock
 ) -> None:
     for seconds in (10, 20, 30, 40):
-        registry.unlock(seconds, actor="ops")
+        lock.unlock(seconds, actor="ops")
     result = cli(runner, "audit", "--json", "--limit", "3")
     assert result.exit_code == 0, result.output
     entries = json.loads(result.stdout)["entries"]
@@ -278,15 +288,15 @@ def test_cli_and_api_show_the_newest_first(
     assert cli(runner, "audit", "--limit", "0").exit_code == 2
 
 
-def test_the_trail_is_capped(connection: fakeredis.FakeRedis) -> None:
+def test_the_trail_is_capped(connection: fakeredis.FakeRedis, domain: services.Services) -> None:
     config = Config(bcrypt_cost=4, audit_max=100)
-    registry = Registry(connection, config)
+    lock = services.build(connection, config).lock
     for _ in range(5 * config.audit_max):
-        registry.unlock(60, actor="ops")
+        lock.unlock(60, actor="ops")
     length = audit_length(connection)
     # Approximate trimming (whole stream nodes) may keep somewhat more than the cap.
     assert config.audit_max <= length < 2 * config.audit_max, length
-    assert len(registry.audit.entries(1000)) == length
+    assert len(domain.audit.entries(1000)) == length
 
 
 def test_audit_max_has_a_floor() -> None:
@@ -350,9 +360,7 @@ def test_cli_json_output_escapes_every_terminal_control(
         json.loads(result.stdout)  # still valid JSON
 
 
-def test_api_output_has_no_raw_markup(
-    api: FlaskClient, broker: FlaskClient, auth: dict[str, str], registry: Registry
-) -> None:
+def test_api_output_has_no_raw_markup(api: FlaskClient, broker: FlaskClient, auth: dict[str, str]) -> None:
     _nasty_pending(api, broker, auth)
     request_id = f"sensor-1:{pairing_id('sensor-1', 'secret-one')}"
     answers = [
@@ -382,20 +390,21 @@ def test_logs_show_no_password_hash_or_token(
     api: FlaskClient,
     broker: FlaskClient,
     auth: dict[str, str],
-    registry: Registry,
     connection: fakeredis.FakeRedis,
     caplog: pytest.LogCaptureFixture,
+    requests: PendingRequests,
+    domain: services.Services,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secrets = ["device-secret-1", "device-secret-2", "operator-secret-3", "wrong-secret-4"]
     _nasty_pending(api, broker, auth)
     assert api.post("/api/client-registry/register", json={"username": "dev-1", "password": secrets[0]}).status_code
     broker.post("/mqtt/user", json={"username": "dev-2", "password": secrets[1], "clientid": "c"})
-    hashes = [r.password_hash for r in registry.list_requests()]
+    hashes = [r.password_hash for r in requests.list_requests()]
     for username, password in (("dev-1", secrets[0]), ("dev-2", secrets[1])):
         api.post(f"/api/client-registry/requests/{username}:{pairing_id(username, password)}/approve", headers=auth)
     api.post("/api/users", json={"username": "backend", "password": secrets[2]}, headers=auth)
-    hashes += [str(registry.users.password_hash(name)) for name in ("dev-1", "dev-2", "backend")]
+    hashes += [str(domain.users.password_hash(name)) for name in ("dev-1", "dev-2", "backend")]
     assert broker.post("/mqtt/user", json={"username": "dev-1", "password": secrets[0], "clientid": "c"}).status_code
     for _ in range(Config().failure_limit + 1):  # up to the warning about the limit
         broker.post("/mqtt/user", json={"username": "dev-2", "password": secrets[3], "clientid": "c"})

@@ -14,9 +14,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import cregistry.connections
+from cregistry import services
 from cregistry.config import Config
+from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.registry import Registry
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -67,14 +69,14 @@ def acl(client: FlaskClient, topic: str, acc: int, username: str = USERNAME, cli
     return response.status_code
 
 
-def make_device(registry: Registry, username: str = USERNAME, password: str = PASSWORD) -> str:
+def make_device(domain: services.Services, username: str = USERNAME, password: str = PASSWORD) -> str:
     """A device that registered itself and was approved (no permissions)."""
-    was_locked = registry.status().locked
-    registry.unlock()
-    registry.record_attempt(username, password, CLIENT_ID, "mqtt")
-    registry.approve(username)
+    was_locked = domain.lock.status().locked
+    domain.lock.unlock()
+    domain.registration.record_attempt(username, password, CLIENT_ID, "mqtt")
+    domain.requests.approve(username)
     if was_locked:
-        registry.lock()
+        domain.lock.lock()
     return username
 
 
@@ -86,8 +88,8 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def device(registry: Registry) -> str:
-    return make_device(registry)
+def device(domain: services.Services) -> str:
+    return make_device(domain)
 
 
 @pytest.fixture
@@ -113,16 +115,18 @@ def test_user_with_another_client_id_is_still_allowed(broker: FlaskClient, devic
     assert_answer(send(broker, "/mqtt/user", params), 200)
 
 
-def test_unknown_user_while_unlocked_is_refused_and_recorded(broker: FlaskClient, registry: Registry) -> None:
-    registry.unlock()
+def test_unknown_user_while_unlocked_is_refused_and_recorded(
+    broker: FlaskClient, lock: RegistryLock, requests: PendingRequests
+) -> None:
+    lock.unlock()
     params = {"username": "sensor-9", "password": "device-made", "clientid": "c-9"}
     body = assert_answer(send(broker, "/mqtt/user", params), 403)
     assert pairing_id("sensor-9", "device-made") in body["error"]
-    [request] = registry.list_requests()
+    [request] = requests.list_requests()
     assert (request.username, request.client_id, request.source) == ("sensor-9", "c-9", "mqtt")
     assert request.pairing_id == pairing_id("sensor-9", "device-made")
     assert_answer(send(broker, "/mqtt/user", params), 403)
-    assert registry.list_requests()[0].attempts == 2
+    assert requests.list_requests()[0].attempts == 2
 
 
 def test_unknown_user_while_locked_is_refused_and_not_recorded(
@@ -133,12 +137,14 @@ def test_unknown_user_while_locked_is_refused_and_not_recorded(
     assert connection.keys("*") == []
 
 
-def test_pending_user_becomes_allowed_after_approval(broker: FlaskClient, registry: Registry) -> None:
-    registry.unlock()
+def test_pending_user_becomes_allowed_after_approval(
+    broker: FlaskClient, lock: RegistryLock, requests: PendingRequests
+) -> None:
+    lock.unlock()
     params = {"username": "sensor-9", "password": "device-made", "clientid": "c-9"}
     assert_answer(send(broker, "/mqtt/user", params), 403)
-    registry.approve("sensor-9")
-    registry.lock()
+    requests.approve("sensor-9")
+    lock.lock()
     assert_answer(send(broker, "/mqtt/user", params), 200)
 
 
@@ -270,9 +276,9 @@ def test_client_id_placeholder(broker: FlaskClient, device: str, users: UserStor
     assert acl(broker, "clients//x", 2, client_id="") == 403
 
 
-def test_permissions_through_a_role(broker: FlaskClient, registry: Registry, users: UserStore) -> None:
-    first = make_device(registry, "sensor-1", "secret1")
-    second = make_device(registry, "sensor-2", "secret2")
+def test_permissions_through_a_role(broker: FlaskClient, users: UserStore, domain: services.Services) -> None:
+    first = make_device(domain, "sensor-1", "secret1")
+    second = make_device(domain, "sensor-2", "secret2")
     users.grant_role("devices", "devices/%u/#", "readWrite")
     users.assign_role(first, "devices")
     assert acl(broker, "devices/sensor-1/t", 2, username=first) == 200
@@ -401,11 +407,11 @@ def test_other_methods_and_routes_answer_json(broker: FlaskClient) -> None:
     ],
 )
 def test_api_routes_do_not_exist_on_the_broker_listener(
-    broker: FlaskClient, auth: dict[str, str], registry: Registry, method: str, path: str
+    broker: FlaskClient, auth: dict[str, str], method: str, path: str, lock: RegistryLock
 ) -> None:
     response = broker.open(path, method=method, headers=auth, json={"username": "sensor-1", "password": "secret1"})
     assert response.status_code == 404
-    assert registry.status().locked is True
+    assert lock.status().locked is True
 
 
 @pytest.mark.parametrize("path", ["/mqtt/user", "/mqtt/superuser", "/mqtt/acl"])
@@ -539,8 +545,8 @@ def test_slow_redis_still_answers_within_2_seconds(config: Config, slow_redis: S
     """SPEC §3: when Redis is slow the answer comes within 2 seconds (go-auth's
     http_timeout); a per-command socket timeout alone does not bound a check
     that makes many round trips."""
-    registry = Registry(slow_redis.fast, config)
-    registry.unlock()  # so the unknown user's attempt is recorded: the longest path
+    lock = services.build(slow_redis.fast, config).lock
+    lock.unlock()  # so the unknown user's attempt is recorded: the longest path
     client = broker_on(slow_redis.url, config)
     # Open the pooled connection at full speed: its handshake is not part of a check.
     assert_answer(send(client, "/mqtt/superuser", {"username": "nobody"}), 403)

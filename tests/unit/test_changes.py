@@ -19,11 +19,14 @@ from flask.testing import FlaskClient
 import cregistry.changes
 import cregistry.cli
 import cregistry.connections
+from cregistry import services
 from cregistry.changes import CHANGE_FOR_ACTION, MAX_PAGE, NO_CHANGE_ACTIONS, ChangeFeed
 from cregistry.config import Config
 from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -39,8 +42,8 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def feed(registry: Registry) -> ChangeFeed:
-    return registry.audit.changes
+def feed(domain: services.Services) -> ChangeFeed:
+    return domain.audit.changes
 
 
 def poll(broker: FlaskClient, after: str | None = None) -> dict[str, Any]:
@@ -61,10 +64,10 @@ def changes_after(feed: ChangeFeed, position: str) -> list[dict[str, Any]]:
     return list(page.changes)
 
 
-def make_device(registry: Registry, username: str) -> None:
-    registry.unlock(actor="setup")
-    registry.record_attempt(username, f"{username}-secret", "client-1", "mqtt")
-    registry.approve(username)
+def make_device(domain: services.Services, username: str) -> None:
+    domain.lock.unlock(actor="setup")
+    domain.registration.record_attempt(username, f"{username}-secret", "client-1", "mqtt")
+    domain.requests.approve(username)
 
 
 # -- every action, and what brokers learn of it -------------------------------------
@@ -79,10 +82,10 @@ def test_every_audited_action_is_in_exactly_one_table() -> None:
     assert set(CHANGE_FOR_ACTION) | NO_CHANGE_ACTIONS <= audited
 
 
-def test_an_action_in_neither_table_writes_nothing(connection: fakeredis.FakeRedis, registry: Registry) -> None:
+def test_an_action_in_neither_table_writes_nothing(connection: fakeredis.FakeRedis, domain: services.Services) -> None:
     pipe = connection.pipeline()
     with pytest.raises(ValueError, match="user.rename"):
-        registry.audit.add(pipe, "tester", "user.rename", "sensor-1")
+        domain.audit.add(pipe, "tester", "user.rename", "sensor-1")
     pipe.reset()
     assert connection.xlen(KEYS.changes()) == 0 and connection.xlen(KEYS.audit()) == 0
 
@@ -93,52 +96,59 @@ ALL = {"all": True}
 
 # (what the operator does, what the feed then says); "sensor-1" exists, has
 # role-1 and a permission on a/#, "role-1" and "role-2" exist.
-STEPS: list[tuple[str, Callable[[Registry, UserStore], Any], list[dict[str, Any]]]] = [
-    ("request.approve", lambda r, u: make_device(r, "sensor-2"), [{"user": "sensor-2", **FORGET}]),
-    ("user.add", lambda r, u: u.add("backend", "backend-secret"), [{"user": "backend", **FORGET}]),
-    ("user.superuser", lambda r, u: u.set_superuser("sensor-1", True), [{"user": "sensor-1", **FORGET}]),
+STEPS: list[tuple[str, Callable[[services.Services, UserStore], Any], list[dict[str, Any]]]] = [
+    ("request.approve", lambda d, u: make_device(d, "sensor-2"), [{"user": "sensor-2", **FORGET}]),
+    ("user.add", lambda d, u: u.add("backend", "backend-secret"), [{"user": "backend", **FORGET}]),
+    ("user.superuser", lambda d, u: u.set_superuser("sensor-1", True), [{"user": "sensor-1", **FORGET}]),
     (
         "user.permissions",
-        lambda r, u: u.set_permissions("sensor-1", [{"topic": "b/#", "access": "read"}]),
+        lambda d, u: u.set_permissions("sensor-1", [{"topic": "b/#", "access": "read"}]),
         [{"user": "sensor-1", **FORGET}],
     ),
-    ("user.grant", lambda r, u: u.grant("sensor-1", "c/+", "write"), [{"user": "sensor-1", **FORGET}]),
-    ("user.revoke", lambda r, u: u.revoke("sensor-1", "a/#"), [{"user": "sensor-1", **FORGET}]),
-    ("user.roles", lambda r, u: u.set_roles("sensor-1", ["role-2"]), [{"user": "sensor-1", **FORGET}]),
-    ("user.role.assign", lambda r, u: u.assign_role("sensor-1", "role-2"), [{"user": "sensor-1", **FORGET}]),
-    ("user.role.unassign", lambda r, u: u.unassign_role("sensor-1", "role-1"), [{"user": "sensor-1", **FORGET}]),
-    ("user.delete", lambda r, u: u.delete("sensor-1"), [{"user": "sensor-1", **KICK}]),
-    ("user.password", lambda r, u: u.set_password("sensor-1", "new-secret"), [{"user": "sensor-1", **KICK}]),
-    ("role.permissions", lambda r, u: u.set_role_permissions("role-2", [{"topic": "x", "access": "read"}]), [ALL]),
-    ("role.grant", lambda r, u: u.grant_role("role-1", "y/#", "read"), [ALL]),
-    ("role.revoke", lambda r, u: u.revoke_role("role-1", "r/#"), [ALL]),
-    ("role.delete", lambda r, u: u.delete_role("role-1"), [ALL]),
-    ("registry.unlock", lambda r, u: r.unlock(), []),
-    ("registry.lock", lambda r, u: r.lock(), []),
-    ("user.failures.clear", lambda r, u: r.verifier.clear_failures("sensor-1"), []),
+    ("user.grant", lambda d, u: u.grant("sensor-1", "c/+", "write"), [{"user": "sensor-1", **FORGET}]),
+    ("user.revoke", lambda d, u: u.revoke("sensor-1", "a/#"), [{"user": "sensor-1", **FORGET}]),
+    ("user.roles", lambda d, u: u.set_roles("sensor-1", ["role-2"]), [{"user": "sensor-1", **FORGET}]),
+    ("user.role.assign", lambda d, u: u.assign_role("sensor-1", "role-2"), [{"user": "sensor-1", **FORGET}]),
+    ("user.role.unassign", lambda d, u: u.unassign_role("sensor-1", "role-1"), [{"user": "sensor-1", **FORGET}]),
+    ("user.delete", lambda d, u: u.delete("sensor-1"), [{"user": "sensor-1", **KICK}]),
+    ("user.password", lambda d, u: u.set_password("sensor-1", "new-secret"), [{"user": "sensor-1", **KICK}]),
+    ("role.permissions", lambda d, u: u.set_role_permissions("role-2", [{"topic": "x", "access": "read"}]), [ALL]),
+    ("role.grant", lambda d, u: u.grant_role("role-1", "y/#", "read"), [ALL]),
+    ("role.revoke", lambda d, u: u.revoke_role("role-1", "r/#"), [ALL]),
+    ("role.delete", lambda d, u: u.delete_role("role-1"), [ALL]),
+    ("registry.unlock", lambda d, u: d.lock.unlock(), []),
+    ("registry.lock", lambda d, u: d.lock.lock(), []),
+    ("user.failures.clear", lambda d, u: d.verifier.clear_failures("sensor-1"), []),
 ]
 
 
 @pytest.mark.parametrize(("action", "change", "expected"), STEPS, ids=[step[0] for step in STEPS])
 def test_each_action_writes_what_brokers_must_forget(
-    registry: Registry, users: UserStore, feed: ChangeFeed, action: str, change: Callable[..., Any], expected: list[Any]
+    domain: services.Services,
+    users: UserStore,
+    feed: ChangeFeed,
+    action: str,
+    change: Callable[..., Any],
+    expected: list[Any],
 ) -> None:
-    make_device(registry, "sensor-1")
+    make_device(domain, "sensor-1")
     users.grant_role("role-1", "r/#", "read")
     users.grant_role("role-2", "s/#", "read")
     users.assign_role("sensor-1", "role-1")
     users.grant("sensor-1", "a/#", "read")
     position = feed.read(None).position
-    change(registry, users)
-    assert registry.audit.entries(1)[0]["action"] == action
+    change(domain, users)
+    assert domain.audit.entries(1)[0]["action"] == action
     assert changes_after(feed, position) == expected
 
 
-def test_deny_writes_no_change(registry: Registry, feed: ChangeFeed) -> None:
-    registry.unlock()
-    registry.record_attempt("rogue-1", "rogue-secret", "c", "mqtt")
+def test_deny_writes_no_change(
+    feed: ChangeFeed, registration: Registration, lock: RegistryLock, requests: PendingRequests
+) -> None:
+    lock.unlock()
+    registration.record_attempt("rogue-1", "rogue-secret", "c", "mqtt")
     position = feed.read(None).position
-    registry.deny("rogue-1")
+    requests.deny("rogue-1")
     assert changes_after(feed, position) == []
 
 

@@ -16,9 +16,12 @@ from click.testing import CliRunner, Result
 import cregistry.cli
 import cregistry.cli.prompts
 import cregistry.connections
+from cregistry import services
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id, verify_password
-from cregistry.registry import Registry
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 
 KEYS = Keys("cregistry")
@@ -54,12 +57,12 @@ def assert_usage_error(result: Result) -> None:
 
 
 @pytest.fixture
-def pending(registry: Registry) -> None:
+def pending(registration: Registration, lock: RegistryLock) -> None:
     """Two pending requests, recorded at the fake clock's time."""
-    registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
-    registry.record_attempt("sensor-2", "secret2", "c2", "rest", {"model": "x1"})
-    registry.lock()
+    lock.unlock()
+    registration.record_attempt("sensor-1", "secret1", "client-1", "mqtt")
+    registration.record_attempt("sensor-2", "secret2", "c2", "rest", {"model": "x1"})
+    lock.lock()
 
 
 # -- lock state -----------------------------------------------------------------
@@ -96,15 +99,15 @@ def test_json_for_unlock_and_lock(runner: CliRunner) -> None:
 
 
 @pytest.mark.parametrize("seconds", ["0", "3601", "-1"])
-def test_unlock_out_of_range(runner: CliRunner, registry: Registry, seconds: str) -> None:
+def test_unlock_out_of_range(runner: CliRunner, seconds: str, lock: RegistryLock) -> None:
     line = assert_one_line_error(run(runner, "unlock", "--seconds", seconds), 2)
     assert line == "Error: seconds must be an integer from 1 to 3600"
-    assert registry.status().locked is True
+    assert lock.status().locked is True
 
 
-def test_unlock_not_a_number(runner: CliRunner, registry: Registry) -> None:
+def test_unlock_not_a_number(runner: CliRunner, lock: RegistryLock) -> None:
     assert_usage_error(run(runner, "unlock", "--seconds", "ten"))
-    assert registry.status().locked is True
+    assert lock.status().locked is True
 
 
 # -- requests -------------------------------------------------------------------
@@ -160,9 +163,11 @@ def test_requests_json(runner: CliRunner, pending: None) -> None:
     }
 
 
-def test_requests_escape_control_characters_of_client_ids(runner: CliRunner, registry: Registry) -> None:
-    registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "evil\x1b[2J\r", "mqtt")
+def test_requests_escape_control_characters_of_client_ids(
+    runner: CliRunner, registration: Registration, lock: RegistryLock
+) -> None:
+    lock.unlock()
+    registration.record_attempt("sensor-1", "secret1", "evil\x1b[2J\r", "mqtt")
     result = run(runner, "requests")
     assert result.exit_code == 0
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
@@ -170,8 +175,8 @@ def test_requests_escape_control_characters_of_client_ids(runner: CliRunner, reg
 
 
 # -- approve / deny -------------------------------------------------------------
-def test_approve(runner: CliRunner, registry: Registry, connection: fakeredis.FakeRedis, pending: None) -> None:
-    request_hash = registry.requests_for("sensor-1")[0].password_hash
+def test_approve(runner: CliRunner, connection: fakeredis.FakeRedis, pending: None, requests: PendingRequests) -> None:
+    request_hash = requests.requests_for("sensor-1")[0].password_hash
     result = run(runner, "approve", "sensor-1")
     assert_ok(
         result,
@@ -180,7 +185,7 @@ def test_approve(runner: CliRunner, registry: Registry, connection: fakeredis.Fa
     )
     assert connection.hget(KEYS.user("sensor-1"), "passwordHash") == request_hash
     assert request_hash not in result.output
-    assert [r.username for r in registry.list_requests()] == ["sensor-2"]
+    assert [r.username for r in requests.list_requests()] == ["sensor-2"]
     assert_one_line_error(run(runner, "approve", "sensor-1"), 4)
 
 
@@ -193,11 +198,11 @@ def test_approve_json(runner: CliRunner, pending: None) -> None:
 
 
 def test_approve_with_several_candidates_needs_the_pairing_id(
-    runner: CliRunner, registry: Registry, users: UserStore
+    runner: CliRunner, users: UserStore, registration: Registration, lock: RegistryLock, requests: PendingRequests
 ) -> None:
-    registry.unlock()
-    registry.record_attempt("sensor-1", "secret1", "c", "mqtt")
-    registry.record_attempt("sensor-1", "secret2", "c", "mqtt")
+    lock.unlock()
+    registration.record_attempt("sensor-1", "secret1", "c", "mqtt")
+    registration.record_attempt("sensor-1", "secret2", "c", "mqtt")
     assert_one_line_error(run(runner, "approve", "sensor-1"), 4)
     assert not users.exists("sensor-1")
     chosen = pairing_id("sensor-1", "secret2")
@@ -205,7 +210,7 @@ def test_approve_with_several_candidates_needs_the_pairing_id(
     assert result.exit_code == 0
     assert result.stdout.startswith(f"approved sensor-1 (pairing ID {chosen});")
     assert verify_password("secret2", users.password_hash("sensor-1"))
-    assert registry.requests_for("sensor-1") == []
+    assert requests.requests_for("sensor-1") == []
 
 
 def test_approve_unknown(runner: CliRunner, pending: None) -> None:
@@ -218,9 +223,9 @@ def test_approve_invalid_input(runner: CliRunner, pending: None) -> None:
     assert_one_line_error(run(runner, "approve", "sensor-1", "--pairing-id", "XYZ"), 2)
 
 
-def test_deny(runner: CliRunner, registry: Registry, pending: None) -> None:
+def test_deny(runner: CliRunner, pending: None, requests: PendingRequests) -> None:
     assert_ok(run(runner, "deny", "sensor-1"), "denied sensor-1 (pairing ID e2d3f8)\n")
-    assert [r.username for r in registry.list_requests()] == ["sensor-2"]
+    assert [r.username for r in requests.list_requests()] == ["sensor-2"]
     assert_one_line_error(run(runner, "deny", "sensor-1"), 3)
     result = run(runner, "deny", "sensor-2", "--json")
     assert result.exit_code == 0
@@ -228,9 +233,9 @@ def test_deny(runner: CliRunner, registry: Registry, pending: None) -> None:
 
 
 # -- users ----------------------------------------------------------------------
-def test_users(runner: CliRunner, registry: Registry, users: UserStore, pending: None) -> None:
+def test_users(runner: CliRunner, users: UserStore, pending: None, requests: PendingRequests) -> None:
     assert_ok(run(runner, "users"), "no users\n")
-    registry.approve("sensor-1")
+    requests.approve("sensor-1")
     users.add("backend", "backend-password", superuser=True)
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant_role("devices", "a/#", "read")
@@ -245,8 +250,8 @@ def test_users(runner: CliRunner, registry: Registry, users: UserStore, pending:
     assert [u["username"] for u in listed] == ["backend", "sensor-1"]
 
 
-def test_user_show(runner: CliRunner, registry: Registry, users: UserStore, pending: None) -> None:
-    registry.approve("sensor-1")
+def test_user_show(runner: CliRunner, users: UserStore, pending: None, requests: PendingRequests) -> None:
+    requests.approve("sensor-1")
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant("sensor-1", "cmd/+", "read")
     expected = (
@@ -350,12 +355,12 @@ def test_grant_and_revoke(runner: CliRunner, users: UserStore, sensor: str) -> N
 
 
 def test_a_second_grant_on_a_pattern_replaces_and_says_what_changed(
-    runner: CliRunner, users: UserStore, registry: Registry, sensor: str
+    runner: CliRunner, users: UserStore, sensor: str, domain: services.Services
 ) -> None:
     assert_ok(run(runner, "grant", sensor, "a/+/c", "read"), "granted sensor-1 read on a/+/c\n")
     assert_ok(run(runner, "grant", sensor, "a/+/c", "write"), "granted sensor-1 write on a/+/c (read → write)\n")
     assert [p.to_dict() for p in users.get(sensor).permissions] == [{"topic": "a/+/c", "access": "write"}]
-    entry = registry.audit.entries(1)[0]
+    entry = domain.audit.entries(1)[0]
     assert (entry["action"], entry["details"]) == (
         "user.grant",
         {"topic": "a/+/c", "access": "write", "previous": "read"},
@@ -364,7 +369,7 @@ def test_a_second_grant_on_a_pattern_replaces_and_says_what_changed(
 
 
 def test_a_second_role_grant_replaces_and_says_what_changed(
-    runner: CliRunner, users: UserStore, registry: Registry
+    runner: CliRunner, users: UserStore, domain: services.Services
 ) -> None:
     assert_ok(run(runner, "role", "grant", "devices", "a/#", "readWrite"), "role devices: granted readWrite on a/#\n")
     assert_ok(
@@ -372,7 +377,7 @@ def test_a_second_role_grant_replaces_and_says_what_changed(
         "role devices: granted read on a/# (readWrite → read)\n",
     )
     assert [p.to_dict() for p in users.get_role("devices").permissions] == [{"topic": "a/#", "access": "read"}]
-    assert registry.audit.entries(1)[0]["details"]["previous"] == "readWrite"
+    assert domain.audit.entries(1)[0]["details"]["previous"] == "readWrite"
 
 
 def test_grant_invalid_access_is_a_usage_error(runner: CliRunner, users: UserStore, sensor: str) -> None:
@@ -441,12 +446,12 @@ def test_bad_setting_is_one_line_naming_the_variable(
 
 
 def test_output_never_shows_a_password_or_hash(
-    runner: CliRunner, registry: Registry, users: UserStore, pending: None
+    runner: CliRunner, users: UserStore, pending: None, requests: PendingRequests
 ) -> None:
     outputs = []
     for json_flag in ([], ["--json"]):
         outputs.append(run(runner, "requests", *json_flag).output)
-    hashes = [r.password_hash for r in registry.list_requests()]
+    hashes = [r.password_hash for r in requests.list_requests()]
     outputs.append(run(runner, "approve", "sensor-1").output)
     outputs.append(run(runner, "deny", "sensor-2", "--json").output)
     outputs.append(run(runner, "user", "add", "backend", "--password-stdin", input="backend-password\n").output)

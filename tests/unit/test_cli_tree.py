@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import cregistry.cli
-from cregistry.device import Credentials, CredentialStore
+from cregistry.device.credential_file import CredentialStore
+from cregistry.device.credentials import Credentials
 from cregistry.users import UserStore
 
 # Commands that print no result to render as JSON: the service and the agent.

@@ -5,10 +5,9 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from cregistry.authorizer import Authorizer
+from cregistry import services
 from cregistry.config import Config, parse_listen
 from cregistry.errors import ConfigError
-from cregistry.registry import Registry
 
 from .conftest import FakeClock
 
@@ -169,25 +168,25 @@ def test_parse_listen() -> None:
 # -- key prefix -----------------------------------------------------------------
 def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeRedis, clock: FakeClock) -> None:
     config = Config(bcrypt_cost=4, key_prefix="other")
-    registry = Registry(connection, config, clock)
-    users = registry.users
-    registry.unlock()
+    domain = services.build(connection, config, clock=clock)
+    lock, requests, registration, users = domain.lock, domain.requests, domain.registration, domain.users
+    lock.unlock()
     for password in ("secret1", "secret2"):
-        registry.record_attempt("sensor-1", password, "c", "mqtt")
-    registry.record_attempt("sensor-2", "secret1", "c", "mqtt")
-    registry.record_attempt("sensor-3", "secret1", "c", "rest", {"a": 1})
-    registry.deny("sensor-3")
-    registry.approve("sensor-1", registry.requests_for("sensor-1")[0].pairing_id)
+        registration.record_attempt("sensor-1", password, "c", "mqtt")
+    registration.record_attempt("sensor-2", "secret1", "c", "mqtt")
+    registration.record_attempt("sensor-3", "secret1", "c", "rest", {"a": 1})
+    requests.deny("sensor-3")
+    requests.approve("sensor-1", requests.requests_for("sensor-1")[0].pairing_id)
     users.add("backend", "backend-password", superuser=True)
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.grant_role("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
-    assert Authorizer(connection, config, clock).check_acl("sensor-1", "c", "devices/sensor-1/x", 2).allowed
+    assert domain.authorizer.check_acl("sensor-1", "c", "devices/sensor-1/x", 2).allowed
     keys = connection.keys("*")
     assert len(keys) >= 10
     assert all(key.startswith("other:") for key in keys), keys
     # The default prefix sees none of it.
-    default = Registry(connection, Config(bcrypt_cost=4), clock)
-    assert default.status().locked is True
-    assert default.list_requests() == []
+    default = services.build(connection, Config(bcrypt_cost=4), clock=clock)
+    assert default.lock.status().locked is True
+    assert default.requests.list_requests() == []
     assert default.users.list_users() == []

@@ -19,11 +19,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from cregistry import passwords
+from cregistry import passwords, services
 from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 from cregistry.web.console import CONTENT_SECURITY_POLICY
@@ -42,21 +43,14 @@ def config() -> Config:
 
 @pytest.fixture
 def app(config: Config, connection: fakeredis.FakeRedis, clock: FakeClock) -> Flask:
-    app = create_app(config, listener="api", connection=connection)
     # Session times (idle timeout, maximum age) follow the test's clock.
-    app.extensions["cregistry"].registry.clock = clock
-    return app
+    return create_app(config, listener="api", connection=connection, clock=clock)
 
 
 @pytest.fixture
-def registry(app: Flask) -> Registry:
-    """The app's own registry, so the domain and the console share one clock."""
-    return app.extensions["cregistry"].registry  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def users(registry: Registry) -> UserStore:
-    return registry.users
+def domain(app: Flask) -> services.Services:
+    """The app's own objects, so the domain and the console share one clock."""
+    return app.extensions["cregistry"].domain  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -100,15 +94,21 @@ def flashes(response: TestResponse) -> list[str]:
     ]
 
 
-def pending(registry: Registry, username: str = "sensor-1", password: str = "secret1", **kwargs: Any) -> str:
+def pending(
+    domain: services.Services,
+    username: str = "sensor-1",
+    password: str = "secret1",
+    client_id: str = "",
+    context: Any = None,
+) -> str:
     """A pending request (as if the device connected); its console id."""
-    registry.redis.set(registry.keys.unlock(), "1", ex=300)
-    registry.register(username, password, **kwargs)
+    domain.redis.set(domain.keys.unlock(), "1", ex=300)
+    domain.registration.attempt(username, password, client_id, "rest", context)
     return f"{username}:{passwords.pairing_id(username, password)}"
 
 
-def audit_actions(registry: Registry) -> list[tuple[str, str]]:
-    return [(e["actor"], e["action"]) for e in registry.audit.entries()]
+def audit_actions(domain: services.Services) -> list[tuple[str, str]]:
+    return [(e["actor"], e["action"]) for e in domain.audit.entries()]
 
 
 # -- the way in -----------------------------------------------------------------
@@ -131,10 +131,12 @@ def test_the_refresh_endpoint_answers_401_without_a_session(client: FlaskClient)
     assert response.get_json() == {"ok": False, "error": "not signed in", "signIn": "/console/sign-in"}
 
 
-def test_every_post_without_a_session_changes_nothing(app: Flask, client: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry)
-    registry.users.add("gateway-1", "secret1")
-    before = audit_actions(registry)
+def test_every_post_without_a_session_changes_nothing(
+    app: Flask, client: FlaskClient, domain: services.Services, requests: PendingRequests
+) -> None:
+    request_id = pending(domain)
+    domain.users.add("gateway-1", "secret1")
+    before = audit_actions(domain)
     token = csrf_of(client.get("/console/sign-in"))
     values = {"request_id": request_id, "username": "gateway-1", "anything": "x"}
     checked = 0
@@ -148,9 +150,9 @@ def test_every_post_without_a_session_changes_nothing(app: Flask, client: FlaskC
         assert (response.status_code, response.headers.get("Location")) == (303, "/console/sign-in"), path
         checked += 1
     assert checked >= 12
-    assert audit_actions(registry) == before
-    assert registry.users.exists("gateway-1")
-    assert registry.count_requests() == 1
+    assert audit_actions(domain) == before
+    assert domain.users.exists("gateway-1")
+    assert requests.count_requests() == 1
 
 
 def test_the_sign_in_page(client: FlaskClient) -> None:
@@ -165,7 +167,7 @@ def test_the_sign_in_page(client: FlaskClient) -> None:
 
 @pytest.mark.parametrize(("token", "actor"), [(ADMIN_TOKEN, "console:admin"), (OPS_TOKEN, "console:ops")])
 def test_any_admin_token_signs_in_and_names_the_actor(
-    client: FlaskClient, registry: Registry, token: str, actor: str
+    client: FlaskClient, token: str, actor: str, domain: services.Services
 ) -> None:
     response = sign_in(client, token)
     assert (response.status_code, response.headers["Location"]) == (303, "/console/")
@@ -173,7 +175,7 @@ def test_any_admin_token_signs_in_and_names_the_actor(
     assert page.status_code == 200
     assert "Client Registry" in page.text and "Sign out" in page.text
     post(client, "/console/unlock")
-    assert audit_actions(registry)[0] == (actor, "registry.unlock")
+    assert audit_actions(domain)[0] == (actor, "registry.unlock")
 
 
 @pytest.mark.parametrize("token", ["wrong-token", "", " ", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1]])
@@ -365,23 +367,23 @@ def test_the_maximum_age_ends_a_busy_session(operator: FlaskClient, config: Conf
 # -- CSRF ---------------------------------------------------------------------------
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
 def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(
-    operator: FlaskClient, registry: Registry, token: str | None
+    operator: FlaskClient, token: str | None, domain: services.Services, lock: RegistryLock
 ) -> None:
     data = {} if token is None else {"csrf_token": token}
     response = operator.post("/console/unlock", data=data)
     assert response.status_code == 400
     assert "CSRF check failed" in alerts(response)[0]
     assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-    assert registry.status().seconds_left == 0
-    assert audit_actions(registry) == []
+    assert lock.status().seconds_left == 0
+    assert audit_actions(domain) == []
 
 
-def test_another_sessions_csrf_token_is_refused(app: Flask, operator: FlaskClient, registry: Registry) -> None:
+def test_another_sessions_csrf_token_is_refused(app: Flask, operator: FlaskClient, lock: RegistryLock) -> None:
     other = app.test_client()
     sign_in(other, OPS_TOKEN)
     stolen = csrf_of(other.get("/console/"))
     assert operator.post("/console/unlock", data={"csrf_token": stolen}).status_code == 400
-    assert registry.status().seconds_left == 0
+    assert lock.status().seconds_left == 0
 
 
 def test_the_sign_in_form_needs_its_csrf_token(client: FlaskClient) -> None:
@@ -406,23 +408,23 @@ def test_the_registry_view_when_locked(operator: FlaskClient) -> None:
         assert f">{button}</button>" in page.text
 
 
-def test_unlock_and_lock(operator: FlaskClient, registry: Registry, config: Config) -> None:
+def test_unlock_and_lock(operator: FlaskClient, config: Config, domain: services.Services, lock: RegistryLock) -> None:
     response = post(operator, "/console/unlock")
     assert (response.status_code, response.headers["Location"]) == (303, "/console/")
-    assert registry.status().seconds_left == config.unlock_seconds  # the default duration
+    assert lock.status().seconds_left == config.unlock_seconds  # the default duration
     page = operator.get("/console/")
     assert flashes(page) == ["Unlocked for 5 minutes: devices that try to connect now appear below."]
     assert '<span class="lock-word" id="lock-word">Unlocked</span>' in page.text
     assert '<span class="lock-left" id="lock-left">5:00 left</span>' in page.text
     response = post(operator, "/console/lock")
     assert response.status_code == 303
-    assert registry.status().seconds_left == 0
-    assert audit_actions(registry) == [("console:admin", "registry.lock"), ("console:admin", "registry.unlock")]
+    assert lock.status().seconds_left == 0
+    assert audit_actions(domain) == [("console:admin", "registry.lock"), ("console:admin", "registry.unlock")]
 
 
-def test_the_pending_requests_table(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry, client_id="esp32-17")
-    registry.register("sensor-1", "secret1", "esp32-17")  # a second attempt
+def test_the_pending_requests_table(operator: FlaskClient, domain: services.Services) -> None:
+    request_id = pending(domain, client_id="esp32-17")
+    domain.registration.attempt("sensor-1", "secret1", "esp32-17", "rest")  # a second attempt
     page = operator.get("/console/")
     row = re.search(r'<tr data-request-id="sensor-1:[0-9a-f]{6}">(.*?)</tr>', page.text, re.S)
     assert row is not None
@@ -434,8 +436,8 @@ def test_the_pending_requests_table(operator: FlaskClient, registry: Registry) -
     assert f'href="/console/requests/{request_id}"' in row.group(1)
 
 
-def test_the_refresh_endpoint(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry, client_id="esp32-17", context={"site": "dock 4"})
+def test_the_refresh_endpoint(operator: FlaskClient, domain: services.Services) -> None:
+    request_id = pending(domain, client_id="esp32-17", context={"site": "dock 4"})
     data = operator.get("/console/registry.json").get_json()
     assert data["secondsLeft"] == 300 and data["total"] == 1
     [item] = data["requests"]
@@ -448,8 +450,8 @@ def test_the_refresh_endpoint(operator: FlaskClient, registry: Registry) -> None
     assert "passwordHash" not in json.dumps(data)
 
 
-def test_the_request_page_shows_the_grant_access_details(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry, client_id="esp32-17", context={"site": "dock 4"})
+def test_the_request_page_shows_the_grant_access_details(operator: FlaskClient, domain: services.Services) -> None:
+    request_id = pending(domain, client_id="esp32-17", context={"site": "dock 4"})
     page = operator.get(f"/console/requests/{request_id}")
     assert page.status_code == 200
     assert "<h1>Grant access</h1>" in page.text
@@ -473,33 +475,37 @@ def test_an_unknown_request_page_is_one_sentence(operator: FlaskClient, request_
 
 
 def test_allow_creates_the_user_exactly_as_the_api_does(
-    operator: FlaskClient, registry: Registry, users: UserStore
+    operator: FlaskClient, users: UserStore, domain: services.Services, requests: PendingRequests
 ) -> None:
-    request_id = pending(registry, client_id="esp32-17")
-    stored_hash = registry.redis.hget(registry.keys.request("sensor-1", request_id[-6:]), "passwordHash")
+    request_id = pending(domain, client_id="esp32-17")
+    stored_hash = domain.redis.hget(domain.keys.request("sensor-1", request_id[-6:]), "passwordHash")
     response = post(operator, f"/console/requests/{request_id}/approve")
     assert (response.status_code, response.headers["Location"]) == (303, "/console/users/sensor-1")
     assert users.password_hash("sensor-1") == stored_hash
     assert users.get("sensor-1").permissions == ()
-    assert registry.count_requests() == 0
-    assert audit_actions(registry)[0] == ("console:admin", "request.approve")
+    assert requests.count_requests() == 0
+    assert audit_actions(domain)[0] == ("console:admin", "request.approve")
     page = operator.get("/console/users/sensor-1")
     assert flashes(page) == ["Allowed sensor-1: the device can connect now. It has no permissions yet."]
 
 
-def test_allow_after_another_operator_did_is_one_sentence(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry)
+def test_allow_after_another_operator_did_is_one_sentence(
+    operator: FlaskClient, domain: services.Services, requests: PendingRequests
+) -> None:
+    request_id = pending(domain)
     page = operator.get("/console/")  # the page the operator is looking at
-    registry.approve("sensor-1", actor="api:ops")  # a second ago, elsewhere
+    requests.approve("sensor-1", actor="api:ops")  # a second ago, elsewhere
     response = operator.post(f"/console/requests/{request_id}/approve", data={"csrf_token": csrf_of(page)})
     assert response.status_code == 409
     assert alerts(response) == ["User 'sensor-1' exists already; another operator may have allowed it already."]
     assert "Client Registry" in response.text
 
 
-def test_deny_after_another_operator_did_is_one_sentence(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry)
-    registry.deny("sensor-1", actor="api:ops")
+def test_deny_after_another_operator_did_is_one_sentence(
+    operator: FlaskClient, domain: services.Services, requests: PendingRequests
+) -> None:
+    request_id = pending(domain)
+    requests.deny("sensor-1", actor="api:ops")
     response = post(operator, f"/console/requests/{request_id}/deny")
     assert response.status_code == 404
     assert alerts(response) == [
@@ -508,12 +514,12 @@ def test_deny_after_another_operator_did_is_one_sentence(operator: FlaskClient, 
     ]
 
 
-def test_deny(operator: FlaskClient, registry: Registry) -> None:
-    request_id = pending(registry)
+def test_deny(operator: FlaskClient, domain: services.Services, requests: PendingRequests) -> None:
+    request_id = pending(domain)
     response = post(operator, f"/console/requests/{request_id}/deny")
     assert (response.status_code, response.headers["Location"]) == (303, "/console/")
-    assert registry.count_requests() == 0
-    assert audit_actions(registry)[0] == ("console:admin", "request.deny")
+    assert requests.count_requests() == 0
+    assert audit_actions(domain)[0] == ("console:admin", "request.deny")
     assert flashes(operator.get("/console/")) == [
         f"Denied sensor-1 (pairing ID {request_id[-6:]}): its attempts are refused."
     ]
@@ -580,7 +586,7 @@ def test_an_unknown_user_page_is_one_sentence(operator: FlaskClient) -> None:
     assert alerts(page) == ["No user 'nobody'."]
 
 
-def test_add_and_remove_a_permission(operator: FlaskClient, users: UserStore, registry: Registry) -> None:
+def test_add_and_remove_a_permission(operator: FlaskClient, users: UserStore, domain: services.Services) -> None:
     users.add("gateway-1", "secret1")
     page = "/console/users/gateway-1"
     response = post(operator, page + "/permissions", {"topic": "devices/%u/#", "access": "readWrite"}, page)
@@ -592,7 +598,7 @@ def test_add_and_remove_a_permission(operator: FlaskClient, users: UserStore, re
     response = post(operator, page + "/permissions/remove", {"topic": "devices/%u/#"}, page)
     assert response.status_code == 303
     assert users.get("gateway-1").permissions == ()
-    assert audit_actions(registry)[:2] == [("console:admin", "user.revoke"), ("console:admin", "user.grant")]
+    assert audit_actions(domain)[:2] == [("console:admin", "user.revoke"), ("console:admin", "user.grant")]
 
 
 @pytest.mark.parametrize(
@@ -649,7 +655,7 @@ def test_superuser_flag(operator: FlaskClient, users: UserStore) -> None:
     assert users.get("gateway-1").superuser is False
 
 
-def test_delete_user_after_a_confirmation(operator: FlaskClient, users: UserStore, registry: Registry) -> None:
+def test_delete_user_after_a_confirmation(operator: FlaskClient, users: UserStore, domain: services.Services) -> None:
     users.add("gateway-1", "secret1")
     confirm = operator.get("/console/users/gateway-1/delete")
     assert confirm.status_code == 200
@@ -658,7 +664,7 @@ def test_delete_user_after_a_confirmation(operator: FlaskClient, users: UserStor
     response = operator.post("/console/users/gateway-1/delete", data={"csrf_token": csrf_of(confirm)})
     assert (response.status_code, response.headers["Location"]) == (303, "/console/users")
     assert not users.exists("gateway-1")
-    assert audit_actions(registry)[0] == ("console:admin", "user.delete")
+    assert audit_actions(domain)[0] == ("console:admin", "user.delete")
 
 
 def test_a_change_to_a_user_deleted_meanwhile_is_one_sentence(operator: FlaskClient, users: UserStore) -> None:
@@ -675,10 +681,10 @@ def test_a_change_to_a_user_deleted_meanwhile_is_one_sentence(operator: FlaskCli
 
 
 # -- Audit ---------------------------------------------------------------------------
-def test_the_audit_view_newest_first(operator: FlaskClient, registry: Registry, clock: FakeClock) -> None:
-    registry.unlock(actor="cli:root")
+def test_the_audit_view_newest_first(operator: FlaskClient, clock: FakeClock, lock: RegistryLock) -> None:
+    lock.unlock(actor="cli:root")
     clock.advance(1)
-    registry.lock(actor="api:ops")
+    lock.lock(actor="api:ops")
     page = operator.get("/console/audit")
     assert page.status_code == 200
     actions = re.findall(r'<td data-label="Action" class="mono">([^<]+)</td>', page.text)
@@ -694,9 +700,9 @@ def test_a_bad_audit_limit_is_one_sentence(operator: FlaskClient, limit: str) ->
 
 
 # -- what devices sent is text, never markup -----------------------------------------------
-def test_a_hostile_client_id_and_context_are_shown_as_text(operator: FlaskClient, registry: Registry) -> None:
+def test_a_hostile_client_id_and_context_are_shown_as_text(operator: FlaskClient, domain: services.Services) -> None:
     context = {"note": "<script>alert(2)</script>", HOSTILE: "\u202eexe.txt"}
-    request_id = pending(registry, client_id=HOSTILE, context=context)
+    request_id = pending(domain, client_id=HOSTILE, context=context)
     for path in ("/console/", f"/console/requests/{request_id}"):
         page = operator.get(path)
         assert HOSTILE not in page.text and "<script>alert" not in page.text
@@ -735,10 +741,10 @@ PAGES = ["/console/", "/console/users", "/console/users/gateway-1", "/console/us
 
 
 def test_every_page_has_the_csp_and_no_inline_script_or_style(
-    operator: FlaskClient, client: FlaskClient, users: UserStore, registry: Registry
+    operator: FlaskClient, client: FlaskClient, users: UserStore, domain: services.Services
 ) -> None:
     users.add("gateway-1", "secret1")
-    request_id = pending(registry)
+    request_id = pending(domain)
     responses = [operator.get(path) for path in [*PAGES, f"/console/requests/{request_id}", "/console/nope"]]
     responses.append(post(operator, "/console/users/gateway-1/permissions", {"topic": "#/a"}, "/console/users"))
     responses.append(operator.post("/console/lock", data={}))  # CSRF refusal
@@ -794,12 +800,12 @@ def test_redis_down_is_a_503_page(operator: FlaskClient, redis_server: fakeredis
 
 
 def test_a_bug_is_a_500_page_not_a_traceback(
-    operator: FlaskClient, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    operator: FlaskClient, monkeypatch: pytest.MonkeyPatch, domain: services.Services
 ) -> None:
     def broken() -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(registry, "status", broken)
+    monkeypatch.setattr(domain.lock, "status", broken)
     page = operator.get("/console/")
     assert (page.status_code, page.mimetype) == (500, "text/html")
     assert "a bug" not in page.text and "Traceback" not in page.text

@@ -1,4 +1,4 @@
-"""The device agent (cregistry/device.py) with fake time, randomness, HTTP
+"""The device agent (cregistry/device/) with fake time, randomness, HTTP
 and MQTT; `cregistry device pairing-id` through CliRunner."""
 
 from __future__ import annotations
@@ -19,20 +19,21 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cregistry import device, errors
+from cregistry import errors
 from cregistry.cli import cli
 from cregistry.cli.device_commands import device as device_group
-from cregistry.device import (
-    ACCEPTED,
-    FAILED,
-    REFUSED,
-    Backoff,
-    ConnectResult,
+from cregistry.device import agent, credential_file, logs, rest, tls
+from cregistry.device.agent import DeviceAgent, DeviceSettings
+from cregistry.device.backoff import Backoff
+from cregistry.device.credential_file import CredentialStore
+from cregistry.device.credentials import (
+    PASSWORD_ENTROPY_BYTES,
     Credentials,
-    CredentialStore,
-    DeviceAgent,
-    DeviceSettings,
+    new_credentials,
+    new_password,
+    username_for_host,
 )
+from cregistry.device.mqtt import ACCEPTED, FAILED, REFUSED, ConnectResult
 from cregistry.names import USERNAME_RE
 from cregistry.passwords import BCRYPT_MAX_BYTES, PasswordPolicy, pairing_id
 from cregistry.timestamps import isoformat
@@ -71,39 +72,39 @@ def device_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     ],
 )
 def test_username_from_odd_host_names_is_valid(hostname: str, expected_base: str) -> None:
-    username = device.username_for_host(hostname, "0a1b2c3d4e")
+    username = username_for_host(hostname, "0a1b2c3d4e")
     assert username == f"{expected_base}-0a1b2c3d4e"
     assert USERNAME_RE.fullmatch(username)
 
 
 def test_username_from_a_very_long_host_name_is_cut_to_64_characters() -> None:
-    username = device.username_for_host("x" * 300 + ".example.com", "0a1b2c3d4e")
+    username = username_for_host("x" * 300 + ".example.com", "0a1b2c3d4e")
     assert len(username) == 64
     assert username == "x" * 53 + "-0a1b2c3d4e"
     assert USERNAME_RE.fullmatch(username)
     # A cut that ends on a separator does not leave "--" before the suffix.
-    assert device.username_for_host("y" * 52 + "-zzz", "0a1b2c3d4e") == "y" * 52 + "-0a1b2c3d4e"
+    assert username_for_host("y" * 52 + "-zzz", "0a1b2c3d4e") == "y" * 52 + "-0a1b2c3d4e"
 
 
 def test_new_credentials_differ_on_one_host_and_use_a_given_name() -> None:
-    first = device.new_credentials(None, None, NOW, hostname=lambda: "gateway")
-    second = device.new_credentials(None, None, NOW, hostname=lambda: "gateway")
+    first = new_credentials(None, None, NOW, hostname=lambda: "gateway")
+    second = new_credentials(None, None, NOW, hostname=lambda: "gateway")
     assert first.username != second.username
     assert re.fullmatch(r"gateway-[0-9a-f]{10}", first.username)
     assert first.client_id == first.username
     assert first.created == "2027-01-15T08:00:00Z"
     assert first.last_accepted is None
 
-    named = device.new_credentials("boiler-3", "boiler-client", NOW)
+    named = new_credentials("boiler-3", "boiler-client", NOW)
     assert (named.username, named.client_id) == ("boiler-3", "boiler-client")
     with pytest.raises(errors.InvalidInput):
-        device.new_credentials("bad/name", None, NOW)
+        new_credentials("bad/name", None, NOW)
 
 
 # -- passwords --------------------------------------------------------------------
 def test_passwords_are_long_random_and_within_bcrypts_limit() -> None:
-    assert device.PASSWORD_ENTROPY_BYTES >= 24
-    passwords = [device.new_password() for _ in range(200)]
+    assert PASSWORD_ENTROPY_BYTES >= 24
+    passwords = [new_password() for _ in range(200)]
     assert len(set(passwords)) == 200
     for password in passwords:
         assert len(password) == 43  # 32 bytes in URL-safe base64
@@ -119,7 +120,7 @@ def test_password_is_drawn_again_until_every_class_is_present() -> None:
         asked.append(size)
         return next(draws)
 
-    assert device.new_password(token) == "aB3-" + "c" * 39
+    assert new_password(token) == "aB3-" + "c" * 39
     assert asked == [32, 32, 32]
 
 
@@ -228,19 +229,19 @@ def test_acceptance_is_recorded_atomically_and_the_file_stays_private(tmp_path: 
 def test_invalid_credentials_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "device.json"
     path.write_text(content)
-    with pytest.raises(device.CredentialsFileInvalid, match=message):
+    with pytest.raises(errors.CredentialsFileInvalid, match=message):
         CredentialStore(path).load()
     # ...and never overwritten by a new identity.
-    with pytest.raises(device.CredentialsFileInvalid):
+    with pytest.raises(errors.CredentialsFileInvalid):
         CredentialStore(path).load_or_create(_credentials)
     assert path.read_text() == content
 
 
 def test_missing_and_unreadable_credentials_files(tmp_path: Path) -> None:
-    with pytest.raises(device.CredentialsFileMissing, match="no credentials file at"):
+    with pytest.raises(errors.CredentialsFileMissing, match="no credentials file at"):
         CredentialStore(tmp_path / "absent.json").load()
     (tmp_path / "a-directory.json").mkdir()
-    with pytest.raises(device.CredentialsFileInvalid, match="cannot read the credentials file"):
+    with pytest.raises(errors.CredentialsFileInvalid, match="cannot read the credentials file"):
         CredentialStore(tmp_path / "a-directory.json").load()
 
 
@@ -248,8 +249,8 @@ def test_an_unwritable_directory_is_one_clear_error(tmp_path: Path, monkeypatch:
     def refuse(*_args: Any, **_kwargs: Any) -> int:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(device.os, "open", refuse)
-    with pytest.raises(device.CredentialsFileInvalid, match=r"cannot write the credentials file .*: Permission denied"):
+    monkeypatch.setattr(credential_file.os, "open", refuse)
+    with pytest.raises(errors.CredentialsFileInvalid, match=r"cannot write the credentials file .*: Permission denied"):
         CredentialStore(tmp_path / "device.json").load_or_create(_credentials)
 
 
@@ -259,7 +260,7 @@ def test_without_hard_links_the_file_is_still_created_exclusively(
     def no_links(*_args: Any) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(device.os, "link", no_links)
+    monkeypatch.setattr(credential_file.os, "link", no_links)
     store = CredentialStore(tmp_path / "device.json")
     credentials, created = store.load_or_create(_credentials)
     assert created and store.load() == credentials
@@ -301,29 +302,29 @@ def test_backoff_cap_below_the_initial_delay_and_after_many_attempts() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "action", "error", "words"),
     [
-        (201, {"status": "granted"}, device.CONNECT, None, "registration granted"),
-        (202, {"status": "pending", "pairingId": "3fa2c1"}, device.POLL, None, "approve sensor-1 (pairing ID 3fa2c1)"),
-        (423, {"status": "locked"}, device.POLL, None, "cregistry unlock"),
-        (429, {"status": "limited", "error": "too many"}, device.POLL, None, "HTTP 429: too many"),
-        (503, {"ok": False, "error": "storage unavailable"}, device.POLL, None, "HTTP 503: storage unavailable"),
-        (500, None, device.POLL, None, "HTTP 500"),
-        (403, {"status": "denied"}, device.STOP, errors.RequestDenied, "denied the registration of sensor-1"),
-        (409, {"status": "conflict"}, device.STOP, errors.UsernameTaken, "cregistry user delete sensor-1"),
-        (400, {"ok": False, "error": "password must be at least 50 characters"}, device.STOP, errors.InvalidInput,
+        (201, {"status": "granted"}, rest.CONNECT, None, "registration granted"),
+        (202, {"status": "pending", "pairingId": "3fa2c1"}, rest.POLL, None, "approve sensor-1 (pairing ID 3fa2c1)"),
+        (423, {"status": "locked"}, rest.POLL, None, "cregistry unlock"),
+        (429, {"status": "limited", "error": "too many"}, rest.POLL, None, "HTTP 429: too many"),
+        (503, {"ok": False, "error": "storage unavailable"}, rest.POLL, None, "HTTP 503: storage unavailable"),
+        (500, None, rest.POLL, None, "HTTP 500"),
+        (403, {"status": "denied"}, rest.STOP, errors.RequestDenied, "denied the registration of sensor-1"),
+        (409, {"status": "conflict"}, rest.STOP, errors.UsernameTaken, "cregistry user delete sensor-1"),
+        (400, {"ok": False, "error": "password must be at least 50 characters"}, rest.STOP, errors.InvalidInput,
          "refused the registration: password must be at least 50 characters"),
-        (404, {"error": "Not Found"}, device.STOP, device.RegistrationFailed, "check --register-url"),
+        (404, {"error": "Not Found"}, rest.STOP, errors.RegistrationFailed, "check --register-url"),
     ],
 )  # fmt: skip
 def test_rest_answers_decide_what_the_device_does(
     status: int, body: Any, action: str, error: type[Exception] | None, words: str
 ) -> None:
-    decision = device.decide_registration(status, body, "sensor-1", "3fa2c1")
+    decision = rest.decide_registration(status, body, "sensor-1", "3fa2c1")
     assert (decision.action, decision.error) == (action, error)
     assert words in decision.message
 
 
 def test_the_409_message_says_what_the_operator_can_do() -> None:
-    message = device.decide_registration(409, {}, "sensor-1", "3fa2c1").message
+    message = rest.decide_registration(409, {}, "sensor-1", "3fa2c1").message
     assert message == (
         "the username sensor-1 is taken: it is registered with other credentials. The operator can delete that user"
         " (`cregistry user delete sensor-1`), or start this device with another --username or another credentials"
@@ -340,13 +341,13 @@ def test_the_409_message_says_what_the_operator_can_do() -> None:
     ],
 )
 def test_register_url_is_the_base_or_the_full_route(given: str, endpoint: str) -> None:
-    assert device.register_endpoint(given) == endpoint
+    assert rest.register_endpoint(given) == endpoint
 
 
 @pytest.mark.parametrize("url", ["ftp://h/x", "cregistry:8080", "http://"])
 def test_register_url_must_be_http(url: str) -> None:
     with pytest.raises(errors.InvalidInput):
-        device.register_endpoint(url)
+        rest.register_endpoint(url)
 
 
 # -- the agent, with fakes -----------------------------------------------------------
@@ -518,7 +519,7 @@ def test_refused_after_being_accepted_can_exit_instead(tmp_path: Path) -> None:
     store = CredentialStore(tmp_path / "device.json")
     store.mark_accepted(store.load_or_create(_credentials)[0], "2027-01-10T12:00:00Z")
     harness = Harness(tmp_path, ConnectResult(REFUSED, "Bad user name or password"), exit_on_refusal=True)
-    with pytest.raises(device.CredentialsRefused, match="accepted before"):
+    with pytest.raises(errors.CredentialsRefused, match="accepted before"):
         harness.agent.run()
     assert harness.waits == []
 
@@ -591,7 +592,7 @@ def test_publishes_small_json_at_the_interval_and_reconnects(tmp_path: Path, cap
 def test_username_given_for_a_file_of_another_device_is_refused(tmp_path: Path) -> None:
     CredentialStore(tmp_path / "device.json").load_or_create(_credentials)
     harness = Harness(tmp_path, username="sensor-2")
-    with pytest.raises(device.CredentialsFileInvalid, match="holds the credentials of sensor-1, not sensor-2"):
+    with pytest.raises(errors.CredentialsFileInvalid, match="holds the credentials of sensor-1, not sensor-2"):
         harness.agent.run()
 
 
@@ -604,12 +605,12 @@ def _record(message: str, **fields: Any) -> logging.LogRecord:
 
 
 def test_text_log_lines_read_like_a_sentence() -> None:
-    line = device.TextLogFormatter().format(_record("connected as sensor-1 to broker:1883", event="connected"))
+    line = logs.TextLogFormatter().format(_record("connected as sensor-1 to broker:1883", event="connected"))
     assert line == "2027-01-15T08:00:00Z INFO connected as sensor-1 to broker:1883"
 
 
 def test_json_log_lines_carry_the_fields() -> None:
-    line = device.JsonLogFormatter().format(_record("connected as sensor-1", event="connected", username="sensor-1"))
+    line = logs.JsonLogFormatter().format(_record("connected as sensor-1", event="connected", username="sensor-1"))
     assert json.loads(line) == {
         "time": "2027-01-15T08:00:00Z",
         "level": "INFO",
@@ -687,7 +688,7 @@ def test_run_refuses_bad_options(tmp_path: Path, args: list[str], words: str) ->
 
 
 def test_run_exits_with_the_code_of_a_final_rest_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device, "http_post_json", lambda _context: lambda _url, _body: (409, {"status": "conflict"}))
+    monkeypatch.setattr(agent, "http_post_json", lambda _context: lambda _url, _body: (409, {"status": "conflict"}))
     result = CliRunner().invoke(
         device_group,
         ["run", "--host", "broker", "--credentials", str(tmp_path / "d.json"), "--register-url", "http://c:8080",
@@ -698,9 +699,9 @@ def test_run_exits_with_the_code_of_a_final_rest_answer(tmp_path: Path, monkeypa
 
 
 def test_tls_context_verifies_unless_told_not_to() -> None:
-    assert device.TlsSettings().context().verify_mode == ssl.CERT_REQUIRED
-    assert device.TlsSettings().context().check_hostname
-    insecure = device.TlsSettings(insecure=True).context()
+    assert tls.TlsSettings().context().verify_mode == ssl.CERT_REQUIRED
+    assert tls.TlsSettings().context().check_hostname
+    insecure = tls.TlsSettings(insecure=True).context()
     assert (insecure.verify_mode, insecure.check_hostname) == (ssl.CERT_NONE, False)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cregistry import device
-from cregistry.device import ACCEPTED, FAILED, REFUSED, ConnectResult, Credentials, PahoSession
+from cregistry.device.credential_file import CredentialStore
+from cregistry.device.credentials import Credentials
+from cregistry.device.mqtt import ACCEPTED, FAILED, REFUSED, ConnectResult, PahoSession
 
 CREDENTIALS = Credentials(
     username="sensor-1", password="password-of-sensor-1", client_id="sensor-1", created="2027-01-10T12:00:00Z"
@@ -88,7 +89,7 @@ def test_an_outage_after_acceptance_is_retried_not_reported_as_a_refusal(
 ) -> None:
     from tests.unit.test_device import Harness, _credentials, events
 
-    store = device.CredentialStore(tmp_path / "device.json")
+    store = CredentialStore(tmp_path / "device.json")
     store.mark_accepted(store.load_or_create(_credentials)[0], "2027-01-10T12:00:00Z")
     closed = ConnectResult(FAILED, "the broker closed the connection (no CONNACK)")
     harness = Harness(tmp_path, closed, closed, closed, max_waits=3, exit_on_refusal=True)

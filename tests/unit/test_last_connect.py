@@ -13,10 +13,13 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 import cregistry.cli
+from cregistry import services
 from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer
 from cregistry.config import Config
 from cregistry.keys import Keys
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.timestamps import isoformat
 from cregistry.users import UserStore
 
@@ -38,7 +41,7 @@ def monotonic() -> FakeMonotonic:
 
 @pytest.fixture
 def checker(connection: fakeredis.FakeRedis, config: Config, clock: FakeClock, monotonic: FakeMonotonic) -> Authorizer:
-    return Authorizer(connection, config, clock, monotonic=monotonic)
+    return services.build(connection, config, clock=clock, monotonic=monotonic).authorizer
 
 
 @pytest.fixture
@@ -106,7 +109,9 @@ def test_another_process_that_wrote_recently_is_not_repeated(
     connection: fakeredis.FakeRedis, config: Config, clock: FakeClock, device: str, users: UserStore
 ) -> None:
     """Two workers: the second one reads that the first one wrote and skips the write."""
-    first, second = (Authorizer(connection, config, clock, monotonic=FakeMonotonic()) for _ in range(2))
+    first, second = (
+        services.build(connection, config, clock=clock, monotonic=FakeMonotonic()).authorizer for _ in range(2)
+    )
     assert first.check_user(device, PASSWORD, "client-a").allowed
     written = connection.hgetall(KEYS.user_last_connect(device))
     clock.advance(30)
@@ -130,13 +135,13 @@ def test_no_bookkeeping_when_the_check_was_slow(
     checker: Authorizer, users: UserStore, monotonic: FakeMonotonic, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A check that already took long (bcrypt queue, slow Redis) answers without the extra round trips."""
-    original = checker.registry.verifier.verify
+    original = checker.verifier.verify
 
     def slow_verify(username: str, password: str) -> object:
         monotonic.advance(1.0)
         return original(username, password)
 
-    monkeypatch.setattr(checker.registry.verifier, "verify", slow_verify)
+    monkeypatch.setattr(checker.verifier, "verify", slow_verify)
     assert checker.check_user(device, PASSWORD, "client-a").allowed
     assert users.get(device).last_connect is None
 
@@ -154,12 +159,16 @@ def test_deleting_and_recreating_a_user_starts_without_a_last_connect(
 
 
 def test_an_approval_starts_without_a_predecessors_last_connect(
-    registry: Registry, users: UserStore, connection: fakeredis.FakeRedis
+    users: UserStore,
+    connection: fakeredis.FakeRedis,
+    registration: Registration,
+    lock: RegistryLock,
+    requests: PendingRequests,
 ) -> None:
     users.record_connect("sensor-9", "stray", 1.0, LAST_CONNECT_INTERVAL)
-    registry.unlock()
-    registry.record_attempt("sensor-9", PASSWORD, "client-9", "mqtt")
-    assert registry.approve("sensor-9").last_connect is None
+    lock.unlock()
+    registration.record_attempt("sensor-9", PASSWORD, "client-9", "mqtt")
+    assert requests.approve("sensor-9").last_connect is None
     assert not connection.exists(KEYS.user_last_connect("sensor-9"))
 
 

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import cregistry.connections
 import cregistry.passwords
 from cregistry.config import Config
-from cregistry.registry import Registry
+from cregistry.lock import RegistryLock
+from cregistry.registration import Registration
 from cregistry.users import UserStore
 from cregistry.web import create_app, metrics
 
@@ -156,15 +157,17 @@ def test_password_checks_waiting_for_bcrypt(
     assert value(broker, "cregistry_password_checks_waiting") == baseline
 
 
-def test_pending_requests_and_the_unlock_state_come_from_redis(broker: FlaskClient, registry: Registry) -> None:
+def test_pending_requests_and_the_unlock_state_come_from_redis(
+    broker: FlaskClient, registration: Registration, lock: RegistryLock
+) -> None:
     samples = scrape(broker)
     assert samples[("cregistry_redis_up", ())] == 1
     assert samples[("cregistry_registry_unlocked", ())] == 0
     assert samples[("cregistry_registry_unlock_seconds_left", ())] == 0
     assert samples[("cregistry_pending_requests", ())] == 0
-    registry.unlock(120)
-    registry.record_attempt("sensor-1", "secret1", "c1", "mqtt")
-    registry.record_attempt("sensor-2", "secret2", "c2", "mqtt")
+    lock.unlock(120)
+    registration.record_attempt("sensor-1", "secret1", "c1", "mqtt")
+    registration.record_attempt("sensor-2", "secret2", "c2", "mqtt")
     samples = scrape(broker)
     assert samples[("cregistry_registry_unlocked", ())] == 1
     assert 119 <= samples[("cregistry_registry_unlock_seconds_left", ())] <= 120

@@ -17,9 +17,12 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 import cregistry.cli.prompts
+from cregistry import services
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import verify_password
-from cregistry.registry import Registry
+from cregistry.registration import Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 
 KEYS = Keys("cregistry")
@@ -33,11 +36,11 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def sensor(registry: Registry, broker: FlaskClient) -> str:
+def sensor(broker: FlaskClient, registration: Registration, lock: RegistryLock, requests: PendingRequests) -> str:
     """An approved device that connected once, so its verified token is in Redis."""
-    registry.unlock()
-    registry.record_attempt("sensor-1", OLD, "client-1", "mqtt")
-    registry.approve("sensor-1")
+    lock.unlock()
+    registration.record_attempt("sensor-1", OLD, "client-1", "mqtt")
+    requests.approve("sensor-1")
     assert connect(broker, OLD) == 200
     return "sensor-1"
 
@@ -63,10 +66,14 @@ def secrets_of(connection: fakeredis.FakeRedis) -> dict[str, Any]:
 
 # -- the admin API ------------------------------------------------------------------
 def test_api_changes_the_password_everywhere(
-    api: FlaskClient, auth: dict[str, str], broker: FlaskClient, registry: Registry, sensor: str,
+    api: FlaskClient,
+    auth: dict[str, str],
+    broker: FlaskClient,
+    sensor: str,
     connection: fakeredis.FakeRedis,
-) -> None:  # fmt: skip
-    position = registry.audit.changes.read(None).position
+    domain: services.Services,
+) -> None:
+    position = domain.audit.changes.read(None).position
     response = put_password(api, auth, {"password": NEW})
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
@@ -75,7 +82,7 @@ def test_api_changes_the_password_everywhere(
     assert connection.get(KEYS.user_verified("sensor-1")) is None
     assert connect(broker, OLD) == 403
     assert connect(broker, NEW) == 200
-    [entry] = registry.audit.entries(1)
+    [entry] = domain.audit.entries(1)
     assert (entry["actor"], entry["action"], entry["target"], entry["details"]) == (
         "api:admin", "user.password", "sensor-1", {},
     )  # fmt: skip
@@ -83,7 +90,7 @@ def test_api_changes_the_password_everywhere(
     assert stored_hash.startswith("$2b$04$")  # the configured cost
     trail = json.dumps(connection.xrange(KEYS.audit()))
     assert NEW not in trail and stored_hash not in trail
-    assert list(registry.audit.changes.read(position).changes) == [{"user": "sensor-1", "kick": True}]
+    assert list(domain.audit.changes.read(position).changes) == [{"user": "sensor-1", "kick": True}]
 
 
 def test_api_unknown_user_is_404_and_costs_no_bcrypt(

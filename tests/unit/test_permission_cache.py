@@ -7,18 +7,18 @@ import fakeredis
 import pytest
 import redis
 
+from cregistry import services
 from cregistry.permission_cache import PermissionCache
-from cregistry.registry import Registry
 from cregistry.users import AclData, Permission, UserStore
 
 USERNAME = "sensor-1"
 
 
 @pytest.fixture
-def users(registry: Registry) -> UserStore:
-    registry.users.add(USERNAME, "secret12")
-    registry.users.grant(USERNAME, "a/#", "readWrite")
-    return registry.users
+def users(domain: services.Services) -> UserStore:
+    domain.users.add(USERNAME, "secret12")
+    domain.users.grant(USERNAME, "a/#", "readWrite")
+    return domain.users
 
 
 def test_the_snapshot_is_the_same_data_as_acl_data(users: UserStore) -> None:

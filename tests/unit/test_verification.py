@@ -17,11 +17,14 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 import cregistry.passwords
+from cregistry import services
 from cregistry.config import Config
-from cregistry.errors import InvalidInput, TooManyFailures
+from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
+from cregistry.lock import RegistryLock
 from cregistry.passwords import hash_password, pairing_id
-from cregistry.registry import Attempt, Registration, Registry
+from cregistry.registration import Outcome, Registration
+from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 from cregistry.web import create_app
@@ -49,12 +52,12 @@ def clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-def device(registry: Registry) -> str:
+def device(registration: Registration, lock: RegistryLock, requests: PendingRequests) -> str:
     """A device that registered itself and was approved; never verified since."""
-    registry.unlock()
-    registry.record_attempt(DEVICE, PASSWORD, "client-1", "mqtt")
-    registry.approve(DEVICE)
-    registry.lock()
+    lock.unlock()
+    registration.record_attempt(DEVICE, PASSWORD, "client-1", "mqtt")
+    requests.approve(DEVICE)
+    lock.lock()
     return DEVICE
 
 
@@ -274,10 +277,9 @@ def test_rest_register_still_grants_a_verified_device_over_the_limit(
     assert api.post(REGISTER, json={"username": DEVICE, "password": WRONG}).status_code == 429
 
 
-def test_register_raises_too_many_failures_in_the_domain(registry: Registry, device: str) -> None:
-    push_over_the_limit(registry.verifier)
-    with pytest.raises(TooManyFailures):
-        registry.register(DEVICE, PASSWORD)
+def test_register_meets_the_guessing_limit_in_the_domain(registration: Registration, device: str) -> None:
+    push_over_the_limit(registration.verifier)
+    assert registration.attempt(DEVICE, PASSWORD, None, "rest").outcome is Outcome.TOO_MANY_FAILURES
 
 
 # -- the verified token ----------------------------------------------------------
@@ -398,7 +400,6 @@ def test_nothing_in_redis_holds_a_plaintext_password(
     broker: FlaskClient,
     auth: dict[str, str],
     connection: fakeredis.FakeRedis,
-    registry: Registry,
 ) -> None:
     passwords = {"sensor-7": "plain-device-7", "sensor-8": "plain-device-8", "sensor-9": "plain-device-9"}
     assert api.post("/api/client-registry/unlock", headers=auth).status_code == 200
@@ -436,34 +437,41 @@ def test_busy_registration_slots_refuse_new_attempts_without_bcrypt(
     verify_calls: list[str],
 ) -> None:
     limits = WorkLimits(config)
-    registry = Registry(connection, config, time.time, limits)
-    registry.unlock()
-    assert registry.record_attempt("waiting-1", "waiting-secret", "c", "mqtt")[0] is Attempt.RECORDED
+    domain = services.build(connection, config, limits=limits)
+    lock, registration = domain.lock, domain.registration
+    lock.unlock()
+    assert registration.record_attempt("waiting-1", "waiting-secret", "c", "mqtt").outcome is Outcome.RECORDED
     hash_calls.clear()
     keys_before = sorted(connection.keys("*"))
     assert limits.registration_slots.acquire(blocking=False)  # another registration is hashing
     try:
-        assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.BUSY
+        assert registration.record_attempt("newcomer", "newcomer-secret", "c", "mqtt").outcome is Outcome.BUSY
         assert hash_calls == []
         assert sorted(connection.keys("*")) == keys_before
         # A request already recorded needs no hashing and is still counted.
-        assert registry.record_attempt("waiting-1", "waiting-secret", "c", "mqtt")[0] is Attempt.REPEATED
+        assert registration.record_attempt("waiting-1", "waiting-secret", "c", "mqtt").outcome is Outcome.REPEATED
         # Known devices use their own slots.
-        assert registry.verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+        assert domain.verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
         assert verify_calls == [PASSWORD]
     finally:
         limits.registration_slots.release()
-    assert registry.record_attempt("newcomer", "newcomer-secret", "c", "mqtt")[0] is Attempt.RECORDED
+    assert registration.record_attempt("newcomer", "newcomer-secret", "c", "mqtt").outcome is Outcome.RECORDED
     assert hash_calls == ["newcomer-secret"]
 
 
 def test_busy_registration_slots_through_the_routes(
-    connection: fakeredis.FakeRedis, config: Config, registry: Registry, device: str, hash_calls: list[str]
+    connection: fakeredis.FakeRedis,
+    config: Config,
+    registration: Registration,
+    device: str,
+    hash_calls: list[str],
+    lock: RegistryLock,
+    requests: PendingRequests,
 ) -> None:
     limits = WorkLimits(config)
     broker = create_app(config, listener="broker", connection=connection, limits=limits).test_client()
     api = create_app(config, listener="api", connection=connection, limits=limits).test_client()
-    registry.unlock()
+    lock.unlock()
     hash_calls.clear()
     assert limits.registration_slots.acquire(blocking=False)
     try:
@@ -475,31 +483,35 @@ def test_busy_registration_slots_through_the_routes(
     finally:
         limits.registration_slots.release()
     assert hash_calls == []
-    assert registry.list_requests() == []
-    assert registry.register("newcomer", "newcomer-secret")[0] is Registration.PENDING
+    assert requests.list_requests() == []
+    assert registration.attempt("newcomer", "newcomer-secret", None, "rest").outcome is Outcome.RECORDED
 
 
 def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
-    registry: Registry, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
+    registration: Registration,
+    lock: RegistryLock,
+    requests: PendingRequests,
+    domain: services.Services,
 ) -> None:
     """An attempt that found the username unknown hashes for a while; if the
     operator approves another candidate of that username meanwhile, the user
     exists when the attempt writes, and it must not leave a request behind
     (SPEC §2: approving one removes the others for that username)."""
-    registry.unlock()
-    registry.record_attempt("twin", "first-secret", "c", "mqtt")
+    lock.unlock()
+    registration.record_attempt("twin", "first-secret", "c", "mqtt")
     original = cregistry.passwords.hash_password
 
     def approve_meanwhile(password: str, cost: int) -> str:
-        registry.approve("twin", pairing_id("twin", "first-secret"))
+        requests.approve("twin", pairing_id("twin", "first-secret"))
         return original(password, cost)
 
     monkeypatch.setattr(cregistry.passwords, "hash_password", approve_meanwhile)
-    outcome, _pairing = registry.record_attempt("twin", "second-secret", "c", "mqtt")
-    assert registry.users.exists("twin")
-    assert outcome is not Attempt.RECORDED
-    assert registry.requests_for("twin") == []
-    assert registry.list_requests() == []
+    outcome = registration.record_attempt("twin", "second-secret", "c", "mqtt").outcome
+    assert domain.users.exists("twin")
+    assert outcome is not Outcome.RECORDED
+    assert requests.requests_for("twin") == []
+    assert requests.list_requests() == []
 
 
 @pytest.fixture

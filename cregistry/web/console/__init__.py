@@ -32,9 +32,9 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from cregistry import errors
+from cregistry import errors, services
 from cregistry.config import Config
-from cregistry.registry import PendingRequest, Registry, parse_request_id
+from cregistry.requests import PendingRequest, parse_request_id
 from cregistry.users import ACCESS_LEVELS, UserStore
 from cregistry.web.console import auth
 from cregistry.web.errors import STATUS_FOR
@@ -77,7 +77,7 @@ def require_session() -> BaseResponse | tuple[Response, int] | None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     operator, reason = auth.current_operator(
-        current_app, _config(), _registry().clock(), activity=request.endpoint != REFRESH_ENDPOINT
+        current_app, _config(), _domain().clock(), activity=request.endpoint != REFRESH_ENDPOINT
     )
     if operator is None:
         if reason:
@@ -198,7 +198,7 @@ def _status(error: errors.CregistryError) -> int:
 # -- signing in and out -----------------------------------------------------
 @bp.get("/sign-in")
 def sign_in_form() -> Any:
-    operator, _ = auth.current_operator(current_app, _config(), _registry().clock(), activity=False)
+    operator, _ = auth.current_operator(current_app, _config(), _domain().clock(), activity=False)
     if operator is not None:
         return redirect(url_for(".registry_view"), 303)
     return render_template("console/sign_in.html")
@@ -206,9 +206,9 @@ def sign_in_form() -> Any:
 
 @bp.post("/sign-in")
 def sign_in() -> Any:
-    limit = auth.SignInLimit(_registry().redis, _config(), keys=_registry().keys)
+    limit = auth.SignInLimit(_domain().redis, _config(), keys=_domain().keys)
     try:
-        auth.sign_in(current_app, _config(), limit, request.form.get("token"), _registry().clock())
+        auth.sign_in(current_app, _config(), limit, request.form.get("token"), _domain().clock())
     except auth.SignInRefused as refused:
         return render_template("console/sign_in.html", error=str(refused)), refused.status
     return redirect(url_for(".registry_view"), 303)
@@ -229,12 +229,11 @@ def registry_view() -> Any:
 
 
 def _registry_page(error: str | None = None, status: int = 200) -> tuple[str, int]:
-    registry = _registry()
-    requests, total = _pending(registry)
+    requests, total = _pending()
     return (
         render_template(
             "console/registry.html",
-            state=registry.status(),
+            state=_domain().lock.status(),
             requests=requests,
             total=total,
             unlock_seconds=_config().unlock_seconds,
@@ -248,22 +247,22 @@ def _registry_page(error: str | None = None, status: int = 200) -> tuple[str, in
 @bp.get("/registry.json")
 def registry_json() -> Response:
     """What the Client Registry page refreshes itself with."""
-    registry = _registry()
-    requests, total = _pending(registry)
-    return jsonify({**registry.status().to_dict(), "total": total, "requests": [r.to_dict() for r in requests]})
+    requests, total = _pending()
+    return jsonify({**_domain().lock.status().to_dict(), "total": total, "requests": [r.to_dict() for r in requests]})
 
 
-def _pending(registry: Registry) -> tuple[list[PendingRequest], int]:
+def _pending() -> tuple[list[PendingRequest], int]:
     """The most recently seen requests first."""
-    total = registry.count_requests()
-    page = registry.list_requests(max(0, total - PAGE_SIZE), PAGE_SIZE)
+    pending = _domain().requests
+    total = pending.count_requests()
+    page = pending.list_requests(max(0, total - PAGE_SIZE), PAGE_SIZE)
     return sorted(page, key=lambda r: r.last_seen, reverse=True), max(total, len(page))
 
 
 @bp.post("/unlock")
 def unlock() -> Any:
     return _change(
-        lambda: _registry().unlock(actor=g.operator.actor),
+        lambda: _domain().lock.unlock(actor=g.operator.actor),
         f"Unlocked for {duration(_config().unlock_seconds)}: devices that try to connect now appear below.",
         _registry_page,
         lambda _: url_for(".registry_view"),
@@ -273,7 +272,7 @@ def unlock() -> Any:
 @bp.post("/lock")
 def lock() -> Any:
     return _change(
-        lambda: _registry().lock(actor=g.operator.actor),
+        lambda: _domain().lock.lock(actor=g.operator.actor),
         "Locked: attempts by unknown devices are no longer recorded.",
         _registry_page,
         lambda _: url_for(".registry_view"),
@@ -284,7 +283,7 @@ def lock() -> Any:
 def request_view(request_id: str) -> Any:
     """The Grant access page: what the dialog shows, for a browser without script."""
     username, pairing = parse_request_id(request_id)
-    found = [r for r in _registry().requests_for(username) if r.pairing_id == pairing]
+    found = [r for r in _domain().requests.requests_for(username) if r.pairing_id == pairing]
     if not found:
         raise errors.RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
     return render_template("console/request.html", req=found[0], context_text=_context_text(found[0]))
@@ -293,7 +292,7 @@ def request_view(request_id: str) -> Any:
 @bp.post("/requests/<request_id>/approve")
 def approve(request_id: str) -> Any:
     def allow() -> Any:
-        return _registry().approve(*parse_request_id(request_id), actor=g.operator.actor)
+        return _domain().requests.approve(*parse_request_id(request_id), actor=g.operator.actor)
 
     return _change(
         allow,
@@ -307,7 +306,7 @@ def approve(request_id: str) -> Any:
 @bp.post("/requests/<request_id>/deny")
 def deny(request_id: str) -> Any:
     def refuse() -> Any:
-        return _registry().deny(*parse_request_id(request_id), actor=g.operator.actor)
+        return _domain().requests.deny(*parse_request_id(request_id), actor=g.operator.actor)
 
     return _change(
         refuse,
@@ -457,7 +456,7 @@ def delete_user(username: str) -> Any:
 def audit_view() -> Any:
     raw = request.args.get("limit", str(AUDIT_DEFAULT))
     limit = int(raw) if raw.isdigit() else -1
-    return render_template("console/audit.html", entries=_registry().audit.entries(limit), limit=limit, active="audit")
+    return render_template("console/audit.html", entries=_domain().audit.entries(limit), limit=limit, active="audit")
 
 
 @bp.app_template_filter("details")
@@ -501,9 +500,9 @@ def _config() -> Config:
     return current_app.extensions["cregistry"].config
 
 
-def _registry() -> Registry:
-    return current_app.extensions["cregistry"].registry
+def _domain() -> services.Services:
+    return current_app.extensions["cregistry"].domain
 
 
 def _users() -> UserStore:
-    return current_app.extensions["cregistry"].domain.users
+    return _domain().users

@@ -1,0 +1,234 @@
+"""The one registration flow, shared by both ways a device asks: a CONNECT
+with credentials the registry does not know (authorizer.py) and POST
+/api/client-registry/register (web/api_routes.py).
+
+An attempt checks the fields, then the password of a known user (with the
+guessing limit); for an unknown user it records or refreshes a pending
+request, unless an operator denied these credentials, the registry is
+locked, a pending cap is reached or bcrypt is busy. It ends in one Outcome;
+each listener turns an Outcome into its answer with one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from cregistry import names, passwords
+from cregistry.config import Config
+from cregistry.errors import InvalidInput
+from cregistry.keys import Keys
+from cregistry.log_throttle import ThrottledWarning
+from cregistry.requests import PendingRequests
+from cregistry.transactions import run_watched
+from cregistry.verification import PasswordVerifier, Verdict
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_BYTES = 4096
+
+_cap_warning = ThrottledWarning(log, "pending request cap (%d) reached; attempts are not recorded")
+
+
+class Outcome(enum.Enum):
+    """How a registration attempt ended. Only RECORDED and REPEATED write a request."""
+
+    ACCEPTED = "accepted"  # a known user with the right password
+    WRONG_PASSWORD = "wrong password"  # a known user, other credentials
+    TOO_MANY_FAILURES = "too many failures"  # the guessing limit refused without checking
+    WEAK_PASSWORD = "weak password"  # an unknown user whose password breaks the policy
+    DENIED = "denied"  # an operator denied these credentials
+    LOCKED = "locked"  # the registry is locked and no request has these credentials
+    PENDING_CAP = "pending cap"  # the global or the per-username cap is reached
+    BUSY = "busy"  # every registration bcrypt slot is taken
+    RECORDED = "recorded"  # a new pending request
+    REPEATED = "repeated"  # an existing request, seen again
+    APPROVED_MEANWHILE = "approved meanwhile"  # the user was created while we hashed
+
+
+_KNOWN_USER = {
+    Verdict.ACCEPTED: Outcome.ACCEPTED,
+    Verdict.REFUSED: Outcome.WRONG_PASSWORD,
+    Verdict.LIMITED: Outcome.TOO_MANY_FAILURES,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    outcome: Outcome
+    pairing_id: str
+    detail: str = ""  # WEAK_PASSWORD: the rule the password breaks
+
+
+def validate_fields(username: Any, password: Any, client_id: Any) -> str:
+    """The format rules of the credentials a device sends; returns the client id."""
+    names.validate_username(username)
+    passwords.validate_password_format(password)
+    return names.validate_client_id(client_id)
+
+
+def validate_context(context: Any) -> dict[str, Any] | None:
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise InvalidInput("context must be a JSON object")
+    try:
+        size = len(json.dumps(context, ensure_ascii=False, allow_nan=False).encode())
+    except (UnicodeEncodeError, ValueError):
+        raise InvalidInput("context is not valid JSON text") from None
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidInput(f"context must be at most {MAX_CONTEXT_BYTES} bytes of JSON")
+    return context
+
+
+class Registration:
+    """Attempts by devices. Takes its connection and collaborators explicitly."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        *,
+        keys: Keys,
+        verifier: PasswordVerifier,
+        policy: passwords.PasswordPolicy,
+        requests: PendingRequests,
+    ) -> None:
+        self.redis = connection
+        self.config = config
+        self.clock = clock
+        self.keys = keys
+        self.verifier = verifier
+        self.policy = policy
+        self.requests = requests
+
+    def attempt(
+        self,
+        username: Any,
+        password: Any,
+        client_id: Any,
+        source: str,
+        context: Any = None,
+    ) -> Attempt:
+        """A device asks with these credentials (`source`: "mqtt" or "rest");
+        malformed fields raise InvalidInput and change nothing."""
+        client_id = validate_fields(username, password, "" if client_id is None else client_id)
+        context = validate_context(context)
+        pairing = passwords.pairing_id(username, password)
+        verdict = self.verifier.verify(username, password)
+        if verdict is not Verdict.UNKNOWN_USER:
+            return Attempt(_KNOWN_USER[verdict], pairing)
+        try:
+            # Existing users keep working under a stricter policy; new ones meet it.
+            self.policy.validate_strength(password)
+        except InvalidInput as error:
+            return Attempt(Outcome.WEAK_PASSWORD, pairing, str(error))
+        return self.record_attempt(username, password, client_id, source, context, pairing)
+
+    def record_attempt(
+        self,
+        username: str,
+        password: str,
+        client_id: str,
+        source: str,
+        context: dict[str, Any] | None = None,
+        pairing: str | None = None,
+    ) -> Attempt:
+        """Record or refresh a pending request.
+
+        The caller has validated the input and knows the user does not exist;
+        it may pass the pairing ID it computed already.
+        """
+        if pairing is None:
+            pairing = passwords.pairing_id(username, password)
+        request_key = self.keys.request(username, pairing)
+        now = self.clock()
+        # Everything the decision needs, in one round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(request_key)
+        pipe.hexists(self.keys.user_denials(username), pairing)
+        pipe.exists(self.keys.unlock())
+        pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
+        pipe.zcard(self.keys.pending_index())
+        pipe.smembers(self.keys.user_requests(username))
+        pending, denied, unlocked, _, pending_total, candidates = pipe.execute()
+        if denied:
+            return Attempt(Outcome.DENIED, pairing)
+        if pending and self._touch(username, pairing, now):
+            return Attempt(Outcome.REPEATED, pairing)
+        # A request that vanished while counted is gone for good (approved,
+        # denied or expired): the next checks treat the attempt as new.
+        if not unlocked:
+            return Attempt(Outcome.LOCKED, pairing)
+        # Caps are checked before bcrypt, so a flood over the cap costs no hashing.
+        if pending_total >= self.config.pending_max:
+            _cap_warning.emit(self.config.pending_max)
+            return Attempt(Outcome.PENDING_CAP, pairing)
+        if candidates and len(self.requests.existing(username, candidates)) >= self.config.pending_per_username:
+            return Attempt(Outcome.PENDING_CAP, pairing)
+        password_hash = self.verifier.hash_for_registration(password)
+        if password_hash is None:
+            return Attempt(Outcome.BUSY, pairing)
+        outcome = self._insert(username, pairing, password_hash, client_id, source, context, now)
+        return Attempt(outcome, pairing)
+
+    def _touch(self, username: str, pairing: str, now: float) -> bool:
+        """Count one more attempt on an existing request; False if it vanished meanwhile."""
+        request_key = self.keys.request(username, pairing)
+
+        def count_attempt(pipe: Pipeline) -> bool:
+            if not pipe.exists(request_key):
+                return False  # approved, denied or expired while we looked
+            pipe.multi()
+            self.requests.count_attempt(pipe, username, pairing, now)
+            return True
+
+        return run_watched(self.redis, [request_key], count_attempt, durable=False)
+
+    def _insert(
+        self,
+        username: str,
+        pairing: str,
+        password_hash: str,
+        client_id: str,
+        source: str,
+        context: dict[str, Any] | None,
+        now: float,
+    ) -> Outcome:
+        request_key = self.keys.request(username, pairing)
+        candidates_key = self.keys.user_requests(username)
+
+        def insert(pipe: Pipeline) -> Outcome:
+            if pipe.exists(self.keys.user(username)):
+                # Approved while we hashed: no request for an existing user.
+                return Outcome.APPROVED_MEANWHILE
+            if pipe.exists(request_key):
+                # Recorded by a concurrent attempt: count this one in the same
+                # transaction (request_key is watched) instead of a second one.
+                pipe.multi()
+                self.requests.count_attempt(pipe, username, pairing, now)
+                return Outcome.REPEATED
+            if len(self.requests.live_pairing_ids(username)) >= self.config.pending_per_username:
+                return Outcome.PENDING_CAP
+            pipe.multi()
+            self.requests.add(pipe, username, pairing, password_hash, client_id, source, context, now)
+            return Outcome.RECORDED
+
+        # Watching the candidate set makes the per-username cap exact; watching
+        # the user key keeps an approval racing this attempt from leaving a
+        # request behind for the user it just created.
+        outcome = run_watched(
+            self.redis, [request_key, candidates_key, self.keys.user(username)], insert, durable=False
+        )
+        if outcome is Outcome.RECORDED:
+            log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)
+        return outcome
