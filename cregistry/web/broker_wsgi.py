@@ -108,7 +108,10 @@ class BrokerChecks:
         elif route == "acl":
             fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
             decision = authorizer.check_acl_cached(*fields, parse_acc(params.get("acc")), seen)
-        return _answer(decision) if decision is not None else None
+        if decision is None:
+            return None
+        metrics.CHECKS_WITHOUT_REDIS.labels(route).inc()
+        return _answer(decision)
 
     def answer(self, route: str, params: dict[str, Any], seen: str | None) -> Answer:
         """The answer, asking Redis (and bcrypt on the check pool) as needed."""
