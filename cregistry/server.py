@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -44,9 +45,10 @@ class CregistryServer(BaseApplication):
     listener (web/broker_asgi.py) on `broker_socket`, opened here before the
     fork so that every worker accepts on it."""
 
-    def __init__(self, config: Config, broker_socket: socket.socket) -> None:
+    def __init__(self, config: Config, broker_socket: socket.socket, state_directory: str) -> None:
         self.config = config
         self.broker_socket = broker_socket
+        self.state_directory = Path(state_directory)
         self.broker_listener: Any = None  # this worker's ListenerThread, once load() ran
         super().__init__()
 
@@ -85,7 +87,8 @@ class CregistryServer(BaseApplication):
         apps = create_worker_apps(self.config)
         apps.follower.start()
         listener = BrokerListener(apps.broker_checks, fallback_workers=2, pool_workers=self.config.threads)
-        self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level)
+        slots = [self.state_directory / f"broker-listener-{i}.lock" for i in range(self.config.broker_processes)]
+        self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level, slots)
         self.broker_listener.start()
         return apps.api
 
@@ -107,7 +110,8 @@ def _worker_exited(_server: Any, worker: Any) -> None:
 @contextlib.contextmanager
 def metrics_directory() -> Iterator[str]:
     """Prometheus multiprocess mode: each worker writes its metrics to files
-    here and the one answering /metrics adds them up. Fresh for every start
+    here and the one answering /metrics adds them up. The broker listener's
+    lock files (web/broker_asgi.py) live here too. Fresh for every start
     (old files would add a previous run's counts), removed on exit."""
     if "prometheus_client" in sys.modules:
         # Only when serve() runs inside a process that loaded the web apps (tests).
@@ -179,8 +183,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         f" broker routes on http://{config.broker_listen}"
     )
     try:
-        with metrics_directory(), open_listener(config.broker_listen) as broker_socket:
-            CregistryServer(config, broker_socket).run()
+        with metrics_directory() as state_directory, open_listener(config.broker_listen) as broker_socket:
+            CregistryServer(config, broker_socket, state_directory).run()
     finally:
         if embedded is not None:
             embedded.stop()

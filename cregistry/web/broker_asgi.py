@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -120,10 +122,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-class ListenerThread:
-    """uvicorn serving `app` on `sock` from a daemon thread of this process."""
+ELECTION_INTERVAL = 0.25  # seconds between two tries of a standing-by worker
 
-    def __init__(self, app: BrokerListener, sock: socket.socket, log_level: str) -> None:
+
+class ListenerThread:
+    """uvicorn serving `app` on `sock` from a daemon thread of this process,
+    once it holds one of the `slots` lock files: only that many workers
+    serve the broker listener at a time (each with its own caches; see
+    CREGISTRY_BROKER_PROCESSES). The kernel drops a dead worker's lock, and a
+    worker standing by takes its slot; until then new connections wait in
+    the listening socket's queue."""
+
+    def __init__(self, app: BrokerListener, sock: socket.socket, log_level: str, slots: list[Path]) -> None:
         config = uvicorn.Config(
             app,
             loop="uvloop",
@@ -140,6 +150,8 @@ class ListenerThread:
         )
         self.server = uvicorn.Server(config)
         self.sock = sock
+        self.slots = slots
+        self.held: int | None = None  # the file descriptor of the slot held, kept open while serving
         self.thread = threading.Thread(target=self._run, name="broker-listener", daemon=True)
 
     def start(self) -> None:
@@ -149,8 +161,26 @@ class ListenerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
 
+    def _take_slot(self) -> bool:
+        """Wait for a free slot; False when told to stop first."""
+        while not self.server.should_exit:
+            for path in self.slots:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self.held = fd
+                return True
+            time.sleep(ELECTION_INTERVAL)
+        return False
+
     def _run(self) -> None:
         try:
+            if not self._take_slot():
+                return
+            log.info("worker %d serves the broker listener", os.getpid())
             self.server.run(sockets=[self.sock])
         except BaseException:  # noqa: BLE001 - SystemExit from a failed start included
             log.exception("the broker listener failed")

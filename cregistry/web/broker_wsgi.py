@@ -1,25 +1,31 @@
-"""The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser) as a
-thin WSGI callable in front of the broker listener's Flask app.
+"""The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser): their
+answers, whatever server carries them, and a thin WSGI callable in front of
+the broker listener's Flask app.
 
-Mosquitto waits for these answers on its only thread, so they skip Flask's
-routing, hooks and error handlers; everything else on the broker listener
-(health, /metrics, /mqtt/changes, other methods) goes on to Flask. The wire
-format is go-auth's HTTP backend's: JSON, form or query string, POST,
-PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
-in the same metrics (web/metrics.py).
+`serve` carries them with uvicorn (broker_asgi.py); the WSGI callable serves
+them wherever the broker app runs as WSGI (Flask's test client, an embedding
+WSGI server). Mosquitto waits for these answers on its only thread, so they
+skip Flask's routing, hooks and error handlers; everything else on the broker
+listener (health, /metrics, /mqtt/changes, other methods) goes on to Flask.
+The wire format is go-auth's HTTP backend's: JSON, form or query string,
+POST, PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are
+counted in the same metrics (web/metrics.py).
 
-The 1.5 s deadline (deadline.py): an ACL or superuser check makes one Redis
-round trip (a second only when Redis lost the script, and a connection may
-have to be opened first), each bounded by CREGISTRY_REDIS_TIMEOUT; when
-those bounds fit the deadline the check runs on the request's own thread,
-without a hop to the check pool. So does a CONNECT that its verified token
-accepts (token_connect.py: one round trip, then the last-connect write only
-when that took under 0.25 s). Every other CONNECT may hash with bcrypt and
-record a registration request (several round trips): it runs on the pool,
-under the deadline counted from the request's start. With the default 0.5 s
-timeout the worst cases are 1.5 s (an ACL check opening a connection, then
-NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose last-connect write
-opens a connection), within go-auth's and the plugin's 2 s.
+`quick` answers from the worker's caches alone, for a caller that sends its
+change feed position (X-Cregistry-Position) when the worker's follower covers
+it (feed_follower.py), and refuses malformed fields; it never does I/O.
+`answer` does the rest. The 1.5 s deadline (deadline.py): an ACL or superuser
+check makes one Redis round trip (a second only when Redis lost the script,
+and a connection may have to be opened first), each bounded by
+CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
+the calling thread without a hop to the check pool. So does a CONNECT that
+its verified token accepts (token_connect.py: one round trip, then the
+last-connect write only when that took under 0.25 s). Every other CONNECT may
+hash with bcrypt and record a registration request (several round trips): it
+runs on the pool, under the deadline counted from the request's start. With
+the default 0.5 s timeout the worst cases are 1.5 s (an ACL check opening a
+connection, then NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose
+last-connect write opens a connection), within go-auth's and the plugin's 2 s.
 """
 
 from __future__ import annotations

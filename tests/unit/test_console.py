@@ -873,7 +873,7 @@ def test_serve_makes_one_session_secret_before_the_workers_fork(
     started: list[Config] = []
 
     class Server:
-        def __init__(self, config: Config, broker_socket: object) -> None:
+        def __init__(self, config: Config, broker_socket: object, state_directory: str) -> None:
             started.append(config)
 
         def run(self) -> None:
