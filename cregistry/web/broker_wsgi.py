@@ -83,6 +83,7 @@ class BrokerChecks:
         self.pool = pool
         self.max_body_bytes = max_body_bytes
         self.inline = INLINE_ROUND_TRIPS * redis_timeout <= DEADLINE_SECONDS
+        self._counters: dict[tuple[str, str], Any] = {}  # CHECKS' children, looked up once
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         route = route_of(environ.get("REQUEST_METHOD") or "", environ.get("PATH_INFO") or "")
@@ -139,7 +140,11 @@ class BrokerChecks:
     def finish(self, route: str, status: int, body: dict[str, Any], started: float) -> bytes:
         """Count the answer (web/metrics.py) and encode it."""
         metrics.CHECK_SECONDS.labels(route).observe(time.perf_counter() - started)
-        metrics.CHECKS.labels(route, metrics.check_result(status)).inc()
+        result = metrics.check_result(status)
+        counter = self._counters.get((route, result))
+        if counter is None:
+            counter = self._counters[(route, result)] = metrics.CHECKS.labels(route, result)
+        counter.inc()
         return _json_bytes(body)
 
     def _run(self, check: Callable[..., Decision], *args: Any) -> Decision:
@@ -160,7 +165,8 @@ def parse_params(content_type: str, body: bytes, query: bytes) -> dict[str, Any]
     mimetype = content_type.partition(";")[0].strip().lower()
     if mimetype == "application/json" or mimetype.endswith("+json") or body.lstrip()[:1] in (b"{", b"["):
         try:
-            data = json.loads(body)
+            # Text first: json.loads of bytes guesses their encoding on every call.
+            data = json.loads(body.decode() if body.isascii() else body)
         except (ValueError, RecursionError):
             # json refuses deep nesting with RecursionError, not ValueError.
             raise InvalidInput("the body must be JSON") from None
