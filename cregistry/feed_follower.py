@@ -13,9 +13,11 @@ FRESH_SECONDS ago. So
   plugin, having dropped a user's answers for a change, asks again with the
   new position, and a worker that has not applied that change yet asks
   Redis instead of answering from its cache;
-- when Redis stops answering, the follower stops confirming, and after
-  FRESH_SECONDS every check asks Redis again (and fails, 503) like one
-  without a cache: nothing cached is granted for long without Redis.
+- when Redis stops answering, the follower stops confirming: at once when
+  a read fails (a dead Redis refuses the connection within the next
+  FOLLOW_INTERVAL), after FRESH_SECONDS when a read hangs (a paused Redis);
+  then every check asks Redis again (and fails, 503) like one without a
+  cache: nothing cached is granted for long without Redis.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cregistry.log_throttle import ThrottledWarning
 log = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL = 0.1  # seconds between two reads of the feed
-FRESH_SECONDS = 1.0  # a cache answers only while the feed was read this recently
+FRESH_SECONDS = 0.5  # a cache answers only while the feed was read this recently
 
 _ENTRY = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 
@@ -97,6 +99,11 @@ class FeedFollower:
             self.position = page.position
             self.confirmed_at = asked
 
+    def lapse(self) -> None:
+        """Stop the caches answering until the next successful read."""
+        with self.lock:
+            self.confirmed_at = float("-inf")
+
     def covers(self, seen: str) -> bool:
         """True when every change up to position `seen` has been applied here,
         and the feed was read less than fresh_seconds ago."""
@@ -112,14 +119,20 @@ class FeedFollower:
         read, applied = entry_order(entry), entry_order(self.position)
         return read is not None and applied is not None and read[1] >= applied[1]
 
+    def step(self) -> None:
+        """One read of the thread's loop: a failed one stops the caches answering."""
+        try:
+            self.follow_once()
+        except redis.RedisError as error:
+            self.lapse()
+            _follow_warning.emit(type(error).__name__)
+        except Exception:  # noqa: BLE001 - the thread must go on
+            self.lapse()
+            log.exception("change feed follower failed; retrying")
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.follow_once()
-            except redis.RedisError as error:
-                _follow_warning.emit(type(error).__name__)
-            except Exception:  # noqa: BLE001 - the thread must go on; the caches go stale and stop answering
-                log.exception("change feed follower failed; retrying")
+            self.step()
             self._stop.wait(self.interval)
 
 

@@ -8,6 +8,7 @@ import time
 
 import fakeredis
 import pytest
+import redis
 
 from cregistry import services
 from cregistry.config import Config
@@ -111,6 +112,23 @@ def test_a_follower_that_stopped_reading_answers_nothing(followed: services.Serv
     assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
     followed.follower.follow_once()  # type: ignore[union-attr]
     assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is not None
+
+
+def test_a_failed_read_stops_the_caches_at_once(followed: services.Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    follower = followed.follower
+    assert follower is not None
+    seen = _position(followed)
+    assert followed.authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen).allowed
+
+    def refused(_after: object) -> None:
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(follower.feed, "read", refused)
+    follower.step()
+    assert followed.authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
+    monkeypatch.undo()
+    follower.step()
+    assert followed.authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is not None
 
 
 def test_data_read_before_an_applied_change_is_not_admitted(followed: services.Services) -> None:
