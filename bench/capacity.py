@@ -8,8 +8,9 @@
 2. Broker checks per second per service core: one `cregistry serve` worker,
    a loop of POST /mqtt/acl (and of POST /mqtt/user for a device whose
    password was verified before) over one keep-alive connection per client
-   thread; the worker's CPU seconds are read from /proc, so the figure is
-   checks per CPU-second of the worker, whatever else the machine runs.
+   thread, without and with the feed position the plugin sends; the
+   worker's CPU seconds are read from /proc, so the figure is checks per
+   CPU-second of the worker, whatever else the machine runs.
 3. bcrypt at the default cost (10): seconds per check on one core.
 """
 
@@ -107,8 +108,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def hammer(port: int, path: str, body: dict[str, Any], seconds: float, threads: int) -> tuple[int, dict[int, int]]:
+def hammer(
+    port: int, path: str, body: dict[str, Any], seconds: float, threads: int, position: str | None = None
+) -> tuple[int, dict[int, int]]:
+    """`threads` clients looping POST `path`; with `position` sent as the plugin sends its feed position."""
     counts: list[int] = []
+    headers = {"Content-Type": "application/json"}
+    if position is not None:
+        headers["X-Cregistry-Position"] = position
     statuses: dict[int, int] = {}
     lock = threading.Lock()
     payload = json.dumps(body).encode()
@@ -119,7 +126,7 @@ def hammer(port: int, path: str, body: dict[str, Any], seconds: float, threads: 
         done = 0
         seen: dict[int, int] = {}
         while time.monotonic() < stop_at:
-            connection.request("POST", path, payload, {"Content-Type": "application/json"})
+            connection.request("POST", path, payload, headers)
             response = connection.getresponse()
             response.read()
             seen[response.status] = seen.get(response.status, 0) + 1
@@ -168,13 +175,22 @@ def measure_checks(seconds: float, threads: int) -> dict[str, Any]:
         results: dict[str, Any] = {"client_threads": threads, "seconds": seconds}
         user_body = {"username": "sensor-1", "password": "sensor-secret", "clientid": "c1"}
         hammer(service.broker_port, "/mqtt/user", user_body, 1.0, 1)  # pays bcrypt once; then the token path
-        for name, path, body in (
-            ("acl", "/mqtt/acl", {"username": "sensor-1", "clientid": "c1", "topic": "devices/sensor-1/t", "acc": 2}),
-            ("user_verified", "/mqtt/user", user_body),
+        changes = http.client.HTTPConnection("127.0.0.1", service.broker_port, timeout=10)
+        changes.request("GET", "/mqtt/changes")
+        position = json.loads(changes.getresponse().read())["position"]
+        changes.close()
+        time.sleep(0.5)  # the worker's feed follower reads the feed every 100 ms
+        acl_body = {"username": "sensor-1", "clientid": "c1", "topic": "devices/sensor-1/t", "acc": 2}
+        # Without a position (go-auth) every check reads Redis; with the plugin's, the worker's caches answer.
+        for name, path, body, seen in (
+            ("acl", "/mqtt/acl", acl_body, None),
+            ("user_verified", "/mqtt/user", user_body, None),
+            ("acl_with_position", "/mqtt/acl", acl_body, position),
+            ("user_verified_with_position", "/mqtt/user", user_body, position),
         ):
             cpu_before = cpu_seconds(worker)
             started = time.monotonic()
-            done, statuses = hammer(service.broker_port, path, body, seconds, threads)
+            done, statuses = hammer(service.broker_port, path, body, seconds, threads, seen)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(worker) - cpu_before
             results[name] = {

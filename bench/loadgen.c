@@ -8,7 +8,7 @@
  *   loadgen connect --port P --user-prefix PREFIX --count N [--first I] --password W
  *                   [--concurrency C] [--probe-user U --probe-password W]
  *   loadgen http    --url URL --user-prefix PREFIX [--users K] [--concurrency C]
- *                   [--samples N]
+ *                   [--samples N] [--position P]   (sent as X-Cregistry-Position, as the plugin does)
  *
  * Each mode prints one JSON object on stdout and exits 0, or prints
  * {"error": "..."} and exits 1. Every MQTT client is a libmosquitto client
@@ -47,7 +47,7 @@ struct options {
 	int port;
 	const char *user, *password, *sub_user, *sub_password;
 	const char *user_prefix, *probe_user, *probe_password;
-	const char *url, *prefix;
+	const char *url, *prefix, *position;
 	int subscribers, topics, messages, qos, inflight, window, payload;
 	int first, count, concurrency, samples, users, probe_interval_ms, broker_pid;
 	double stall_seconds;
@@ -660,6 +660,11 @@ static void *http_run(void *arg)
 	}
 	struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
 	headers = curl_slist_append(headers, "Expect:");
+	if(o->position != NULL){
+		char line[256];
+		snprintf(line, sizeof(line), "X-Cregistry-Position: %s", o->position);
+		headers = curl_slist_append(headers, line);
+	}
 	curl_easy_setopt(curl, CURLOPT_URL, o->url);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard);
@@ -766,7 +771,7 @@ int main(int argc, char *argv[])
 			{"probe-password", required_argument, NULL, 'R'}, {"probe-interval-ms", required_argument, NULL, 'I'},
 			{"url", required_argument, NULL, 'H'}, {"users", required_argument, NULL, 'K'},
 			{"samples", required_argument, NULL, 'S'}, {"stall-seconds", required_argument, NULL, 'T'},
-			{"broker-pid", required_argument, NULL, 'B'},
+			{"broker-pid", required_argument, NULL, 'B'}, {"position", required_argument, NULL, 'O'},
 			{NULL, 0, NULL, 0}};
 	if(argc < 2){
 		fail("usage: loadgen publish|connect|http [options] (see the comment at the top of loadgen.c)");
@@ -797,6 +802,7 @@ int main(int argc, char *argv[])
 			case 'R': o.probe_password = optarg; break;
 			case 'I': o.probe_interval_ms = positive("probe-interval-ms", optarg); break;
 			case 'H': o.url = optarg; break;
+			case 'O': o.position = optarg; break;
 			case 'K': o.users = positive("users", optarg); break;
 			case 'S': o.samples = positive("samples", optarg); break;
 			case 'T': o.stall_seconds = positive("stall-seconds", optarg); break;

@@ -277,13 +277,21 @@ class Bench:
 
     # -- one uncached ACL check at the service -------------------------------------
     def acl_miss(self) -> None:
+        """Uncached at the plugin: a new topic every time. The plugin sends its
+        feed position, so the service may answer from its worker's permission
+        cache (the goal's figure); without it (go-auth, anyone else) every
+        check asks Redis: the `_exact` figures."""
         names = [f"acl-{i:05d}" for i in range(ACL_USERS)]
         # Several permissions each, the one that matches last, so the service does the matching work.
         others = [(f"site/{j}/%u/#", "readWrite") for j in range(self.size["permissions"] - 1)]
         self.create_users(names, [*others, ("bench/%u/#", "write")])
-        answers: dict[int, list[dict[str, Any]]] = {c: [] for c in ACL_CONCURRENCY}
+        position = http("GET", f"{self.service.broker}/mqtt/changes").json()["position"]
+        variants = {"": position, "_exact": None}
+        answers: dict[tuple[str, int], list[dict[str, Any]]] = {
+            (variant, c): [] for variant in variants for c in ACL_CONCURRENCY
+        }
         for turn in range(self.size["rounds"]):
-            for concurrency in ACL_CONCURRENCY:
+            for (variant, concurrency), runs in answers.items():
                 answer = self.loadgen(
                     "http",
                     url=f"{self.service.broker}/mqtt/acl",
@@ -291,13 +299,15 @@ class Bench:
                     users=ACL_USERS,
                     concurrency=concurrency,
                     samples=max(1, self.size["acl_samples"] // concurrency),  # per thread
+                    position=variants[variant],
                 )
                 if answer["not_200"]:
                     raise RuntimeError(f"{answer['not_200']} ACL checks not allowed (last {answer['last_bad_status']})")
-                self.runs.append({"scenario": "acl_miss", "setup": "service", "round": turn, **answer})
-                answers[concurrency].append(answer)
-        for concurrency, runs in answers.items():
-            suffix = "" if concurrency == 1 else f"_c{concurrency}"
+                setup = "service" + (variant or "_with_position")
+                self.runs.append({"scenario": "acl_miss", "setup": setup, "round": turn, **answer})
+                runs.append(answer)
+        for (variant, concurrency), runs in answers.items():
+            suffix = variant + ("" if concurrency == 1 else f"_c{concurrency}")
             for field in ("p50", "p99"):
                 self.figures[f"acl_miss_{field}_ms{suffix}"] = round(
                     median([r[f"latency_{field}_ms"] for r in runs]), 3

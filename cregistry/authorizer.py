@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +17,11 @@ import redis
 
 from cregistry import names, topics
 from cregistry.errors import InvalidInput
+from cregistry.feed_follower import FeedFollower
 from cregistry.log_throttle import ThrottledWarning
 from cregistry.permission_cache import PermissionCache
 from cregistry.registration import Outcome, Registration, validate_fields
-from cregistry.users import READ_ACCESS, WRITE_ACCESS, UserStore
+from cregistry.users import READ_ACCESS, WRITE_ACCESS, AclData, UserStore
 from cregistry.verification import PasswordVerifier
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ LAST_CONNECT_INTERVAL = 60.0
 # the broker routes' 1.5 s deadline even when Redis stalls right now.
 LAST_CONNECT_BUDGET = 0.25
 LAST_CONNECT_REMEMBERED = 100_000  # users per process whose last write is remembered
+LAST_CONNECT_QUEUE = 10_000  # writes waiting for the background writer; more are dropped
 
 
 class LastConnectRecorder:
@@ -80,24 +83,50 @@ class LastConnectRecorder:
         self.monotonic = monotonic
         self.lock = threading.Lock()
         self.skip_until: dict[str, tuple[float, str]] = {}  # username -> (monotonic time, client id)
+        self.pending: queue.Queue[tuple[str, str, float]] = queue.Queue(LAST_CONNECT_QUEUE)
+        self.writer: threading.Thread | None = None
 
     def record(self, username: str, client_id: str, started: float) -> None:
         now = self.monotonic()
-        if now - started > LAST_CONNECT_BUDGET:
+        if now - started > LAST_CONNECT_BUDGET or not self._due(username, client_id, now):
             return
+        self._write(username, client_id, self.clock())
+
+    def record_later(self, username: str, client_id: str) -> None:
+        """As record(), with the write left to a background thread: for
+        answers given without any Redis round trip (followed_cache.py)."""
+        if not self._due(username, client_id, self.monotonic()):
+            return
+        with self.lock:
+            if self.writer is None:
+                self.writer = threading.Thread(target=self._write_pending, name="last-connect", daemon=True)
+                self.writer.start()
+        try:
+            self.pending.put_nowait((username, client_id, self.clock()))
+        except queue.Full:
+            _last_connect_warning.emit("too many waiting")
+
+    def _due(self, username: str, client_id: str, now: float) -> bool:
         with self.lock:
             until, written_client_id = self.skip_until.get(username, (0.0, ""))
             if now < until and written_client_id == client_id:
-                return
+                return False
             if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
                 self.skip_until = {u: v for u, v in self.skip_until.items() if v[0] > now}
                 if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
                     self.skip_until.clear()
             self.skip_until[username] = (now + LAST_CONNECT_INTERVAL, client_id)
+            return True
+
+    def _write(self, username: str, client_id: str, when: float) -> None:
         try:
-            self.users.record_connect(username, client_id, self.clock(), LAST_CONNECT_INTERVAL)
+            self.users.record_connect(username, client_id, when, LAST_CONNECT_INTERVAL)
         except redis.RedisError as error:
             _last_connect_warning.emit(type(error).__name__)
+
+    def _write_pending(self) -> None:
+        while True:
+            self._write(*self.pending.get())
 
 
 _last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
@@ -135,13 +164,15 @@ class Authorizer:
         registration: Registration,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        follower: FeedFollower | None = None,
     ):
         self.users = users
         self.verifier = verifier
         self.registration = registration
         self.monotonic = monotonic
         self.last_connects = LastConnectRecorder(users, clock, monotonic)
-        self.permissions = PermissionCache(users)
+        self.permissions = PermissionCache(users, follower=follower)
 
     def check_user(self, username: str, password: str, client_id: str) -> Decision:
         """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
@@ -155,17 +186,31 @@ class Authorizer:
             return ALLOW
         return Decision(False, REFUSALS[attempt.outcome].format(pairing=attempt.pairing_id, detail=attempt.detail))
 
-    def check_superuser(self, username: str) -> Decision:
+    def check_superuser(self, username: str, seen: str | None = None) -> Decision:
         try:
             names.validate_username(username)
         except InvalidInput as error:
             return Decision(False, str(error))
-        if self.permissions.acl_data(username).superuser:
+        if self.permissions.acl_data(username, seen).superuser:
             return ALLOW
         return Decision(False, "not a superuser")
 
-    def check_acl(self, username: str, client_id: str, topic: str, acc: int) -> Decision:
-        """Superusers pass here too, so go-auth's superuser URI is optional."""
+    def check_acl(self, username: str, client_id: str, topic: str, acc: int, seen: str | None = None) -> Decision:
+        """Superusers pass here too, so go-auth's superuser URI is optional.
+        `seen`: the caller's change feed position (permission_cache.py)."""
+        decision = self._decide_acl(username, client_id, topic, acc, lambda: self.permissions.acl_data(username, seen))
+        assert decision is not None  # acl_data always has the data
+        return decision
+
+    def check_acl_cached(
+        self, username: str, client_id: str, topic: str, acc: int, seen: str | None
+    ) -> Decision | None:
+        """check_acl from this worker's cache alone (no Redis), or None: ask check_acl."""
+        return self._decide_acl(username, client_id, topic, acc, lambda: self.permissions.cached(username, seen))
+
+    def _decide_acl(
+        self, username: str, client_id: str, topic: str, acc: int, read: Callable[[], AclData | None]
+    ) -> Decision | None:
         try:
             names.validate_username(username)
             if acc == ACC_SUBSCRIBE:
@@ -174,7 +219,9 @@ class Authorizer:
                 levels = topics.validate_topic_name(topic)
         except InvalidInput as error:
             return Decision(False, str(error))
-        data = self.permissions.acl_data(username)  # one round trip
+        data = read()  # at most one round trip
+        if data is None:
+            return None
         if not data.exists:
             return Decision(False, "unknown user")
         if data.superuser:

@@ -37,6 +37,7 @@ REDIS_MIN_REPLICAS = "REDIS_MIN_REPLICAS"
 EMBEDDED_REDIS_PORT = "EMBEDDED_REDIS_PORT"
 WORKERS = "WORKERS"
 THREADS = "THREADS"
+BROKER_PROCESSES = "BROKER_PROCESSES"
 LOG_LEVEL = "LOG_LEVEL"
 FAILURE_LIMIT = "FAILURE_LIMIT"
 FAILURE_WINDOW = "FAILURE_WINDOW"
@@ -92,6 +93,9 @@ class Config:
     embedded_redis_port: int = 6399
     workers: int = 2
     threads: int = 8
+    # Workers that serve the broker listener at a time (web/broker_asgi.py): each
+    # keeps its own caches, so one answers most checks from memory soonest.
+    broker_processes: int = 1
     log_level: str = "INFO"
     # Guessing: failed password checks per username and window.
     failure_limit: int = 100
@@ -125,6 +129,7 @@ class Config:
         _check_range(EMBEDDED_REDIS_PORT, self.embedded_redis_port, 1, 65535)
         _check_range(WORKERS, self.workers, 1, 64)
         _check_range(THREADS, self.threads, 1, 256)
+        _check_range(BROKER_PROCESSES, self.broker_processes, 1, 64)
         _check_range(FAILURE_LIMIT, self.failure_limit, 1, 10_000_000)
         _check_range(FAILURE_WINDOW, self.failure_window, 1, 30 * 24 * 3600)
         _check_range(VERIFIED_TTL, self.verified_ttl, 1, 365 * 24 * 3600)

@@ -8,9 +8,11 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -24,6 +26,7 @@ from cregistry.config import (
     VERIFY_SECRET,
     Config,
     env_name,
+    parse_listen,
 )
 from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
@@ -34,16 +37,24 @@ log = logging.getLogger(__name__)
 # prometheus_client reads it when it is imported (web/metrics.py, in each worker).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SWITCH_INTERVAL_SECONDS = 0.0005
+BROKER_BACKLOG = 2048
 
 
 class CregistryServer(BaseApplication):
-    def __init__(self, config: Config) -> None:
+    """gunicorn serves the API listener; each worker also serves the broker
+    listener (web/broker_asgi.py) on `broker_socket`, opened here before the
+    fork so that every worker accepts on it."""
+
+    def __init__(self, config: Config, broker_socket: socket.socket, state_directory: str) -> None:
         self.config = config
+        self.broker_socket = broker_socket
+        self.state_directory = Path(state_directory)
+        self.broker_listener: Any = None  # this worker's ListenerThread, once load() ran
         super().__init__()
 
     def load_config(self) -> None:
         settings: dict[str, Any] = {
-            "bind": [self.config.api_listen, self.config.broker_listen],
+            "bind": [self.config.api_listen],
             # Threads, because bcrypt releases the GIL and go-auth waits on us.
             "worker_class": "gthread",
             "workers": self.config.workers,
@@ -60,18 +71,33 @@ class CregistryServer(BaseApplication):
             # cregistry does not use it, and two instances would share the path.
             settings["control_socket_disable"] = True
         settings["child_exit"] = _worker_exited
+        settings["worker_exit"] = _worker_exiting
         for key, value in settings.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
         # Imported here, in the worker: prometheus_client fixes its storage
         # (files in METRICS_DIR_ENV, or memory) when it is first imported.
-        from cregistry.web import create_dispatcher
+        from cregistry.web import create_worker_apps
+        from cregistry.web.broker_asgi import BrokerListener, ListenerThread
 
         # Mosquitto waits for each broker check: a thread that has its answer
         # should not wait CPython's default 5 ms for another one to yield.
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        return create_dispatcher(self.config)
+        apps = create_worker_apps(self.config)
+        apps.follower.start()
+        listener = BrokerListener(apps.broker_checks, fallback_workers=2, pool_workers=self.config.threads)
+        slots = [self.state_directory / f"broker-listener-{i}.lock" for i in range(self.config.broker_processes)]
+        self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level, slots)
+        self.broker_listener.start()
+        return apps.api
+
+
+def _worker_exiting(_server: Any, worker: Any) -> None:
+    """In the worker: let the broker listener finish the checks it has begun."""
+    listener = getattr(worker.app, "broker_listener", None)
+    if listener is not None:
+        listener.stop()
 
 
 def _worker_exited(_server: Any, worker: Any) -> None:
@@ -84,7 +110,8 @@ def _worker_exited(_server: Any, worker: Any) -> None:
 @contextlib.contextmanager
 def metrics_directory() -> Iterator[str]:
     """Prometheus multiprocess mode: each worker writes its metrics to files
-    here and the one answering /metrics adds them up. Fresh for every start
+    here and the one answering /metrics adds them up. The broker listener's
+    lock files (web/broker_asgi.py) live here too. Fresh for every start
     (old files would add a previous run's counts), removed on exit."""
     if "prometheus_client" in sys.modules:
         # Only when serve() runs inside a process that loaded the web apps (tests).
@@ -156,11 +183,27 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         f" broker routes on http://{config.broker_listen}"
     )
     try:
-        with metrics_directory():
-            CregistryServer(config).run()
+        with metrics_directory() as state_directory, open_listener(config.broker_listen) as broker_socket:
+            CregistryServer(config, broker_socket, state_directory).run()
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@contextlib.contextmanager
+def open_listener(listen: str) -> Iterator[socket.socket]:
+    """A listening socket on HOST:PORT, inherited by the workers."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=BROKER_BACKLOG)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {listen}: {error.strerror or error}") from None
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 def _check_redis(config: Config) -> None:

@@ -14,6 +14,7 @@ from cregistry.audit import AuditLog
 from cregistry.authorizer import Authorizer
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
+from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.registration import Registration
@@ -36,6 +37,8 @@ class Services:
     requests: PendingRequests
     registration: Registration
     authorizer: Authorizer
+    # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
+    follower: FeedFollower | None = None
 
 
 def build(
@@ -45,21 +48,39 @@ def build(
     clock: Callable[[], float] = time.time,
     limits: WorkLimits | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    follow_changes: bool = False,
 ) -> Services:
     """Every object once; `limits` (the bcrypt slots) may be shared by several
-    builds of one process, as the two listeners of `serve` share them."""
+    builds of one process, as the two listeners of `serve` share them.
+    `follow_changes`: build a feed follower (feed_follower.py) for the
+    caches of the broker checks."""
     keys = Keys(config.key_prefix)
     changes = ChangeFeed(connection, config, keys=keys)
     audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
     users = UserStore(connection, config, clock, keys=keys, audit=audit)
     limits = limits if limits is not None else WorkLimits(config)
-    verifier = PasswordVerifier(connection, config, clock, limits, keys=keys, audit=audit)
+    follower = FeedFollower(changes, monotonic=monotonic) if follow_changes else None
+    verifier = PasswordVerifier(
+        connection, config, clock, limits, keys=keys, audit=audit, follower=follower, monotonic=monotonic
+    )
     lock = RegistryLock(connection, config, clock, keys=keys, audit=audit)
     requests = PendingRequests(connection, config, clock, keys=keys, users=users, audit=audit)
     registration = Registration(
         connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=requests
     )
-    authorizer = Authorizer(users, verifier, registration, clock, monotonic)
+    authorizer = Authorizer(users, verifier, registration, clock, monotonic, follower=follower)
     return Services(
-        config, connection, clock, keys, changes, audit, users, verifier, lock, requests, registration, authorizer
+        config,
+        connection,
+        clock,
+        keys,
+        changes,
+        audit,
+        users,
+        verifier,
+        lock,
+        requests,
+        registration,
+        authorizer,
+        follower,
     )

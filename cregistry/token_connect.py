@@ -1,9 +1,11 @@
-"""A CONNECT accepted by its verified token: the broker path's fast case.
+"""A CONNECT accepted by its verified token: the broker path's fast cases.
 
 A known device that connected before proves its password with the verified
-token (verification.py) in one Redis round trip, without bcrypt. That case
-runs on the request's own thread (web/broker_wsgi.py); every other case
-(bcrypt, a wrong password, the guessing limit, an unknown user who may
+token (verification.py) without bcrypt: from this worker's cache of tokens,
+with no Redis round trip at all, when the caller sends a feed position the
+worker's follower covers (followed_cache.py); otherwise in one Redis round
+trip. Both run on the request's own thread (web/broker_wsgi.py); every other
+case (bcrypt, a wrong password, the guessing limit, an unknown user who may
 become a registration request) is Authorizer.check_user's, on the check pool
 under the deadline.
 """
@@ -11,6 +13,20 @@ under the deadline.
 from __future__ import annotations
 
 from cregistry.authorizer import ALLOW, Authorizer, Decision, refuse_malformed_connect
+
+
+def check_user_by_cached_token(
+    authorizer: Authorizer, username: str, password: str, client_id: str, seen: str | None
+) -> Decision | None:
+    """ALLOW when this worker's cached token accepts the password, a refusal
+    for malformed fields (as check_user's), None for "ask Redis"; no I/O."""
+    malformed = refuse_malformed_connect(username, password, client_id)
+    if malformed is not None:
+        return malformed
+    if not authorizer.verifier.verify_by_cached_token(username, password, seen):
+        return None
+    authorizer.last_connects.record_later(username, client_id)
+    return ALLOW
 
 
 def check_user_by_token(authorizer: Authorizer, username: str, password: str, client_id: str) -> Decision | None:

@@ -18,6 +18,7 @@ the bound on bcrypt work.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -34,6 +35,8 @@ from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.errors import UserNotFound
+from cregistry.feed_follower import FeedFollower
+from cregistry.followed_cache import FollowedCache
 from cregistry.keys import Keys
 from cregistry.transactions import run_watched
 
@@ -45,6 +48,15 @@ class Verdict(enum.Enum):
     ACCEPTED = "accepted"
     REFUSED = "wrong password"
     LIMITED = "too many failed attempts"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownToken:
+    """A verified token this worker read from Redis (followed_cache.py)."""
+
+    stored_hash: str
+    verified: str
+    expires_at: float  # monotonic time at which the token's TTL ends
 
 
 class WorkLimits:
@@ -65,8 +77,14 @@ class PasswordVerifier:
         *,
         keys: Keys | None = None,
         audit: AuditLog | None = None,
+        follower: FeedFollower | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = connection
+        self.monotonic = monotonic
+        # With a feed follower (the service's workers), accepted tokens are kept
+        # here too, so that a known device's CONNECT needs no Redis round trip.
+        self.tokens: FollowedCache[KnownToken] | None = FollowedCache(follower) if follower is not None else None
         self.config = config
         self.keys = keys if keys is not None else Keys(config.key_prefix)
         self.clock = clock
@@ -75,21 +93,47 @@ class PasswordVerifier:
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 
+    def verify_by_cached_token(self, username: str, password: str, seen: str | None) -> bool:
+        """True when the token this worker holds accepts the password, for a
+        caller at feed position `seen` (no Redis, no bcrypt); False means "ask
+        verify_by_token()"."""
+        known = self.tokens.get(username, seen) if self.tokens is not None else None
+        if known is None or self.monotonic() >= known.expires_at:
+            return False
+        return self._token_accepts(username, password, known.stored_hash, known.verified)
+
     def verify_by_token(self, username: str, password: str) -> bool:
         """True when the verified token accepts the password (one round trip,
         no bcrypt); False means "ask verify()", not "wrong password"."""
+        verified_key = self.keys.user_verified(username)
         pipe = self.redis.pipeline(transaction=False)
+        # The feed's newest entry first: what is read after it is at least as new.
+        pipe.xrevrange(self.keys.changes(), count=1)
         pipe.hget(self.keys.user(username), "passwordHash")
-        pipe.get(self.keys.user_verified(username))
-        stored_hash, verified = pipe.execute()
-        return self._token_accepts(username, password, stored_hash, verified)
+        pipe.get(verified_key)
+        pipe.pttl(verified_key)
+        newest, stored_hash, verified, ttl_ms = pipe.execute()
+        accepted = self._token_accepts(username, password, stored_hash, verified)
+        if accepted:
+            self._keep_token(username, newest, stored_hash, verified, ttl_ms)
+        return accepted
+
+    def _keep_token(
+        self, username: str, newest: list[tuple[str, object]], stored_hash: str, token: str, ttl_ms: int
+    ) -> None:
+        """Cache an accepted token (verify_by_cached_token); `newest` is the
+        feed's newest entry read before the user's data."""
+        if self.tokens is not None and newest and ttl_ms > 0:
+            expires_at = self.monotonic() + ttl_ms / 1000
+            self.tokens.put(username, str(newest[0][0]), KnownToken(stored_hash, token, expires_at))
 
     def verify(self, username: str, password: str) -> Verdict:
         pipe = self.redis.pipeline(transaction=False)
+        pipe.xrevrange(self.keys.changes(), count=1)  # first, as in verify_by_token
         pipe.hget(self.keys.user(username), "passwordHash")
         pipe.get(self.keys.user_verified(username))
         pipe.get(self.keys.user_failures(username))
-        stored_hash, verified, failures = pipe.execute()
+        newest, stored_hash, verified, failures = pipe.execute()
         if stored_hash is None:
             return Verdict.UNKNOWN_USER
         if self._token_accepts(username, password, stored_hash, verified):
@@ -107,6 +151,7 @@ class PasswordVerifier:
         instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
         if accepted:
             self.redis.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
+            self._keep_token(username, newest, stored_hash, token, self.config.verified_ttl * 1000)
             return Verdict.ACCEPTED
         self._count_failure(username)
         return Verdict.REFUSED

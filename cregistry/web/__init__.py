@@ -5,19 +5,19 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import NotFound
 
 from cregistry import services
 from cregistry.authorizer import Authorizer
-from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name, parse_listen
+from cregistry.config import ADMIN_TOKEN, REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.errors import ConfigError
+from cregistry.feed_follower import FeedFollower
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 from cregistry.web.broker_wsgi import BrokerChecks
@@ -45,8 +45,11 @@ def create_app(
     connection: redis.Redis | None = None,
     limits: WorkLimits | None = None,
     clock: Callable[[], float] = time.time,
+    follow_changes: bool = False,
 ) -> Flask:
-    """The app for one listener: "api" (registration + admin) or "broker" (go-auth)."""
+    """The app for one listener: "api" (registration + admin) or "broker" (go-auth).
+    `follow_changes`: the broker checks' caches may answer without Redis
+    (feed_follower.py); the caller starts the follower."""
     config = config if config is not None else Config.from_env()
     if config.redis_url is None and connection is None:
         raise ConfigError(f"no Redis: set {env_name(REDIS_URL)}")
@@ -57,7 +60,7 @@ def create_app(
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    domain = services.build(connection, config, clock=clock, limits=limits)
+    domain = services.build(connection, config, clock=clock, limits=limits, follow_changes=follow_changes)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
     app.extensions["cregistry"] = Services(config, domain, domain.authorizer, checks)
     app.register_blueprint(health.bp)
@@ -95,37 +98,25 @@ class MarkupSafeJSONProvider(DefaultJSONProvider):
         return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+@dataclasses.dataclass(frozen=True)
+class WorkerApps:
+    """What one `serve` worker runs: the API app (under gunicorn) and the
+    broker listener's checks and Flask app (broker_asgi.py)."""
+
+    api: Flask
+    broker: Flask
+    broker_checks: BrokerChecks
+    follower: FeedFollower
 
 
-class ListenerDispatcher:
-    """Send each request to the app of the listener it arrived on.
-
-    gunicorn sets SERVER_PORT from the listening socket, not from the Host
-    header, so a device cannot reach the broker routes by lying about it.
-    """
-
-    def __init__(self, apps_by_port: dict[int, WsgiApp]) -> None:
-        self.apps_by_port = apps_by_port
-        self.not_found = NotFound()
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        app = self.apps_by_port.get(int(environ.get("SERVER_PORT") or 0))
-        if app is None:
-            return self.not_found(environ, start_response)
-        return app(environ, start_response)
-
-
-def create_dispatcher(config: Config, connection: redis.Redis | None = None) -> ListenerDispatcher:
+def create_worker_apps(config: Config, connection: redis.Redis | None = None) -> WorkerApps:
     if connection is None:
         assert config.redis_url is not None
         connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
     limits = WorkLimits(config)  # one set of bcrypt slots per process
-    return ListenerDispatcher(
-        {
-            parse_listen(config.api_listen)[1]: create_app(config, listener=API, connection=connection, limits=limits),
-            parse_listen(config.broker_listen)[1]: create_app(
-                config, listener=BROKER, connection=connection, limits=limits
-            ),
-        }
-    )
+    api = create_app(config, listener=API, connection=connection, limits=limits)
+    broker = create_app(config, listener=BROKER, connection=connection, limits=limits, follow_changes=True)
+    checks = broker.wsgi_app
+    follower = broker.extensions["cregistry"].domain.follower
+    assert isinstance(checks, BrokerChecks) and follower is not None
+    return WorkerApps(api, broker, checks, follower)

@@ -1,25 +1,31 @@
-"""The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser) as a
-thin WSGI callable in front of the broker listener's Flask app.
+"""The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser): their
+answers, whatever server carries them, and a thin WSGI callable in front of
+the broker listener's Flask app.
 
-Mosquitto waits for these answers on its only thread, so they skip Flask's
-routing, hooks and error handlers; everything else on the broker listener
-(health, /metrics, /mqtt/changes, other methods) goes on to Flask. The wire
-format is go-auth's HTTP backend's: JSON, form or query string, POST,
-PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
-in the same metrics (web/metrics.py).
+`serve` carries them with uvicorn (broker_asgi.py); the WSGI callable serves
+them wherever the broker app runs as WSGI (Flask's test client, an embedding
+WSGI server). Mosquitto waits for these answers on its only thread, so they
+skip Flask's routing, hooks and error handlers; everything else on the broker
+listener (health, /metrics, /mqtt/changes, other methods) goes on to Flask.
+The wire format is go-auth's HTTP backend's: JSON, form or query string,
+POST, PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are
+counted in the same metrics (web/metrics.py).
 
-The 1.5 s deadline (deadline.py): an ACL or superuser check makes one Redis
-round trip (a second only when Redis lost the script, and a connection may
-have to be opened first), each bounded by CREGISTRY_REDIS_TIMEOUT; when
-those bounds fit the deadline the check runs on the request's own thread,
-without a hop to the check pool. So does a CONNECT that its verified token
-accepts (token_connect.py: one round trip, then the last-connect write only
-when that took under 0.25 s). Every other CONNECT may hash with bcrypt and
-record a registration request (several round trips): it runs on the pool,
-under the deadline counted from the request's start. With the default 0.5 s
-timeout the worst cases are 1.5 s (an ACL check opening a connection, then
-NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose last-connect write
-opens a connection), within go-auth's and the plugin's 2 s.
+`quick` answers from the worker's caches alone, for a caller that sends its
+change feed position (X-Cregistry-Position) when the worker's follower covers
+it (feed_follower.py), and refuses malformed fields; it never does I/O.
+`answer` does the rest. The 1.5 s deadline (deadline.py): an ACL or superuser
+check makes one Redis round trip (a second only when Redis lost the script,
+and a connection may have to be opened first), each bounded by
+CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
+the calling thread without a hop to the check pool. So does a CONNECT that
+its verified token accepts (token_connect.py: one round trip, then the
+last-connect write only when that took under 0.25 s). Every other CONNECT may
+hash with bcrypt and record a registration request (several round trips): it
+runs on the pool, under the deadline counted from the request's start. With
+the default 0.5 s timeout the worst cases are 1.5 s (an ACL check opening a
+connection, then NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose
+last-connect write opens a connection), within go-auth's and the plugin's 2 s.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import concurrent.futures
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -39,7 +46,7 @@ from werkzeug.wrappers import Request
 from cregistry import errors
 from cregistry.authorizer import Authorizer, Decision, parse_acc
 from cregistry.errors import InvalidInput
-from cregistry.token_connect import check_user_by_token
+from cregistry.token_connect import check_user_by_cached_token, check_user_by_token
 from cregistry.web import metrics
 from cregistry.web.deadline import DEADLINE_SECONDS, run_within
 from cregistry.web.errors import STATUS_FOR
@@ -47,13 +54,21 @@ from cregistry.web.errors import STATUS_FOR
 log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
 METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method; others go to Flask (405 there)
 ROUTES = {"/mqtt/user": "user", "/mqtt/acl": "acl", "/mqtt/superuser": "superuser"}
 # Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
 INLINE_ROUND_TRIPS = 3
 
 
+POSITION_HEADER = "X-Cregistry-Position"  # the caller's change feed position (feed_follower.py)
+POSITION_ENVIRON = "HTTP_X_CREGISTRY_POSITION"
+
+
 class BrokerChecks:
+    """The answers of the check routes, whatever server carries them: as a
+    WSGI callable here, and through broker_asgi.py on `serve`'s broker listener."""
+
     def __init__(
         self,
         fallback: WsgiApp,
@@ -68,29 +83,45 @@ class BrokerChecks:
         self.pool = pool
         self.max_body_bytes = max_body_bytes
         self.inline = INLINE_ROUND_TRIPS * redis_timeout <= DEADLINE_SECONDS
+        self._counters: dict[tuple[str, str], Any] = {}  # CHECKS' children, looked up once
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = ROUTES.get(environ.get("PATH_INFO") or "")
-        if route is None or environ.get("REQUEST_METHOD") not in METHODS:
+        route = route_of(environ.get("REQUEST_METHOD") or "", environ.get("PATH_INFO") or "")
+        if route is None:
             return self.fallback(environ, start_response)
         started = time.perf_counter()
         try:
-            status, body = self._check(route, environ)
+            request = Request(environ)
+            request.max_content_length = self.max_body_bytes
+            params = parse_params(request.content_type or "", request.get_data(cache=True), request.query_string)
+            seen = environ.get(POSITION_ENVIRON) or None
+            status, body = self.quick(route, params, seen) or self.answer(route, params, seen)
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, body = _error_answer(error)
-        metrics.CHECK_SECONDS.labels(route).observe(time.perf_counter() - started)
-        metrics.CHECKS.labels(route, metrics.check_result(status)).inc()
-        data = _json_bytes(body)
+            status, body = error_answer(error)
+        data = self.finish(route, status, body, started)
         start_response(
             f"{status} {HTTPStatus(status).phrase}",
             [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
         )
         return [data]
 
-    def _check(self, route: str, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        request = Request(environ)
-        request.max_content_length = self.max_body_bytes
-        params = _params(request)
+    def quick(self, route: str, params: dict[str, Any], seen: str | None) -> Answer | None:
+        """The answer from this worker's caches alone (no I/O), or None."""
+        authorizer = self.authorizer
+        decision: Decision | None = None
+        if route == "user":
+            fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
+            decision = check_user_by_cached_token(authorizer, *fields, seen)
+        elif route == "acl":
+            fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
+            decision = authorizer.check_acl_cached(*fields, parse_acc(params.get("acc")), seen)
+        if decision is None:
+            return None
+        metrics.CHECKS_WITHOUT_REDIS.labels(route).inc()
+        return _answer(decision)
+
+    def answer(self, route: str, params: dict[str, Any], seen: str | None) -> Answer:
+        """The answer, asking Redis (and bcrypt on the check pool) as needed."""
         authorizer = self.authorizer
         if route == "user":
             fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
@@ -101,10 +132,20 @@ class BrokerChecks:
             )
         elif route == "acl":
             fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
-            decision = self._run(authorizer.check_acl, *fields, parse_acc(params.get("acc")))
+            decision = self._run(authorizer.check_acl, *fields, parse_acc(params.get("acc")), seen)
         else:
-            decision = self._run(authorizer.check_superuser, _field(params, "username"))
+            decision = self._run(authorizer.check_superuser, _field(params, "username"), seen)
         return _answer(decision)
+
+    def finish(self, route: str, status: int, body: dict[str, Any], started: float) -> bytes:
+        """Count the answer (web/metrics.py) and encode it."""
+        metrics.CHECK_SECONDS.labels(route).observe(time.perf_counter() - started)
+        result = metrics.check_result(status)
+        counter = self._counters.get((route, result))
+        if counter is None:
+            counter = self._counters[(route, result)] = metrics.CHECKS.labels(route, result)
+        counter.inc()
+        return _json_bytes(body)
 
     def _run(self, check: Callable[..., Decision], *args: Any) -> Decision:
         if self.inline:
@@ -112,22 +153,38 @@ class BrokerChecks:
         return run_within(self.pool, check, *args)
 
 
-def _params(request: Request) -> dict[str, Any]:
+def route_of(method: str, path: str) -> str | None:
+    """Which check a request asks for; None for everything Flask answers."""
+    route = ROUTES.get(path)
+    return route if route is not None and method in METHODS else None
+
+
+def parse_params(content_type: str, body: bytes, query: bytes) -> dict[str, Any]:
     """go-auth sends JSON (http_params_mode json) or a form (form); GET may
     carry either in the body, or the fields in the query string."""
-    body = request.get_data(cache=True)
-    if request.is_json or body.lstrip()[:1] in (b"{", b"["):
+    mimetype = content_type.partition(";")[0].strip().lower()
+    if mimetype == "application/json" or mimetype.endswith("+json") or body.lstrip()[:1] in (b"{", b"["):
         try:
-            data = json.loads(body)
+            # Text first: json.loads of bytes guesses their encoding on every call.
+            data = json.loads(body.decode() if body.isascii() else body)
         except (ValueError, RecursionError):
             # json refuses deep nesting with RecursionError, not ValueError.
             raise InvalidInput("the body must be JSON") from None
         if not isinstance(data, dict):
             raise InvalidInput("the body must be a JSON object")
         return data
-    params: dict[str, Any] = request.args.to_dict()
-    params.update(request.form.to_dict())
+    params: dict[str, Any] = _first_values(query)
+    if mimetype == "application/x-www-form-urlencoded":
+        params.update(_first_values(body))
     return params
+
+
+def _first_values(encoded: bytes) -> dict[str, str]:
+    """A query string or urlencoded form; the first of repeated fields counts."""
+    values: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(encoded.decode("utf-8", "replace"), keep_blank_values=True):
+        values.setdefault(name, value)
+    return values
 
 
 def _field(params: dict[str, Any], name: str) -> str:
@@ -137,11 +194,11 @@ def _field(params: dict[str, Any], name: str) -> str:
     return value
 
 
-def _answer(decision: Decision) -> tuple[int, dict[str, Any]]:
+def _answer(decision: Decision) -> Answer:
     return (200 if decision.allowed else 403), {"ok": decision.allowed, "error": decision.reason}
 
 
-def _error_answer(error: Exception) -> tuple[int, dict[str, Any]]:
+def error_answer(error: Exception) -> Answer:
     """What web/errors.py answers on the broker listener, where a bug is a 503."""
     if isinstance(error, errors.CregistryError):
         if isinstance(error, errors.StorageUnavailable):

@@ -50,6 +50,12 @@ CHECKS = Counter(
     ["route", "result"],
     registry=LOCAL,
 )
+CHECKS_WITHOUT_REDIS = Counter(
+    "cregistry_checks_without_redis",
+    "Broker checks a worker answered alone, by route: from its caches, for a caller whose feed position its"
+    " change feed follower covers (the plugin sends it), or a refusal of malformed fields.",
+    ["route"],
+)
 CHECK_SECONDS = Histogram(
     "cregistry_check_duration_seconds",
     "Time to answer a broker route, by route.",

@@ -5,6 +5,7 @@
 #include "http.h"
 
 #define CHECK_BODY_MAX 65536u
+#define POSITION_HEADER "X-Cregistry-Position: "
 
 static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -91,9 +92,38 @@ void cr_http_cleanup(struct cr_http *h)
 		curl_easy_cleanup(h->check);
 	}
 	curl_slist_free_all(h->json_headers);
+	curl_slist_free_all(h->check_headers);
 	free(h->check_body.data);
 	free(h->feed_body.data);
 	memset(h, 0, sizeof(*h));
+}
+
+int cr_http_set_position(struct cr_http *h, const char *position)
+{
+	char line[sizeof(POSITION_HEADER) + CR_POSITION_MAX];
+	struct curl_slist *headers = NULL;
+	int rc = 0;
+
+	if(position[0] != '\0' && strlen(position) <= CR_POSITION_MAX){
+		snprintf(line, sizeof(line), "%s%s", POSITION_HEADER, position);
+		headers = curl_slist_append(NULL, "Content-Type: application/json");
+		if(headers != NULL){
+			struct curl_slist *more = curl_slist_append(headers, line);
+			if(more == NULL){
+				curl_slist_free_all(headers);
+				headers = NULL;
+			}
+		}
+		rc = headers != NULL ? 0 : -1;
+	}
+	/* curl keeps a pointer to the list: switch before freeing the old one. */
+	if(curl_easy_setopt(h->check, CURLOPT_HTTPHEADER, headers != NULL ? headers : h->json_headers) != CURLE_OK){
+		curl_slist_free_all(headers);
+		return -1;
+	}
+	curl_slist_free_all(h->check_headers);
+	h->check_headers = headers;
+	return rc;
 }
 
 long cr_http_post_json(struct cr_http *h, const char *url, const char *json)

@@ -21,6 +21,7 @@ struct cr_http {
 	CURL *feed;
 	CURLM *multi;
 	struct curl_slist *json_headers;
+	struct curl_slist *check_headers; /* json_headers plus the feed position; NULL before the first */
 	struct cr_buf check_body;
 	struct cr_buf feed_body;
 	bool feed_running;
@@ -34,6 +35,12 @@ void cr_http_cleanup(struct cr_http *h);
 /* The HTTP status of POST url with a JSON body, or 0 when no answer came
  * (no connection, timeout, too large); then h->check_error says why. */
 long cr_http_post_json(struct cr_http *h, const char *url, const char *json);
+
+/* Sends `position` (the feed position this plugin has applied, "" for none)
+ * with every later check, so that the service may answer from caches that
+ * are at least that new; 0, or -1 when out of memory (then checks go without
+ * it, which only costs the service a Redis round trip). */
+int cr_http_set_position(struct cr_http *h, const char *position);
 
 /* Starts GET url on the feed handle; 0, or -1 (h->feed_error says why). */
 int cr_http_feed_start(struct cr_http *h, const char *url);

@@ -44,7 +44,13 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 			}
 		}
 	}
-	memcpy(p->position, answer->position, sizeof(p->position));
+	if(strcmp(p->position, answer->position) != 0){
+		memcpy(p->position, answer->position, sizeof(p->position));
+		if(cr_http_set_position(&p->http, p->position) != 0){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"cregistry_auth: out of memory; checks go without the feed position");
+		}
+	}
 }
 
 static void feed_done(struct cr_plugin *p, long status, int64_t now)

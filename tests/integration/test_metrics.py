@@ -27,8 +27,20 @@ DEVICE = {"username": "sensor-1", "password": "secret1", "clientid": "client-1"}
 @pytest.fixture
 def two_workers(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
     """A service of its own, so that its counters start at zero."""
+    # Both workers serve the broker listener, so both count checks.
+    with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_BROKER_PROCESSES": "2"}) as service:
+        yield service
+
+
+@pytest.fixture
+def one_broker_process(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
+    """Two workers, one serving the broker listener (the default)."""
     with running_service(redis_process.url, ADMIN_TOKEN) as service:
         yield service
+
+
+def serving_workers(service: ServiceProcess) -> list[int]:
+    return [int(pid) for pid in re.findall(r"worker (\d+) serves the broker listener", service.output())]
 
 
 def workers_of(service: ServiceProcess) -> list[int]:
@@ -141,6 +153,21 @@ def test_a_fresh_metrics_directory_per_start_removed_on_exit(two_workers: Servic
     service.start()
     assert metrics_directory(service) != directory
     assert checks_total(scrape(service)) == 0
+
+
+def test_a_standing_by_worker_takes_over_the_broker_listener(one_broker_process: ServiceProcess) -> None:
+    service = one_broker_process
+    assert http("POST", f"{service.broker}/mqtt/user", json_body=DEVICE).status == 403  # no such user yet
+    serving = serving_workers(service)
+    assert len(serving) == 1 and serving[0] in workers_of(service), service.output()[-3000:]
+    os.kill(serving[0], signal.SIGKILL)
+    started = time.monotonic()
+    answer = http("POST", f"{service.broker}/mqtt/user", json_body=DEVICE)  # waits in the listening queue
+    took = time.monotonic() - started
+    assert answer.status == 403, answer.body
+    assert took < 2.0, f"the broker listener was gone for {took:.2f} s"
+    now_serving = serving_workers(service)
+    assert len(now_serving) == 2 and now_serving[1] != serving[0], service.output()[-3000:]
 
 
 def test_not_on_the_api_listener(service: ServiceProcess) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests import harness
-from tests.harness import MosquittoProcess
+from tests.harness import MosquittoProcess, ServiceProcess, http
 
 pytestmark = pytest.mark.broker
 
@@ -60,6 +60,39 @@ def test_refused_connect_is_not_cached_so_the_approved_device_gets_in(clients, c
     assert clients("late-1", "late-secret", "late-client").connect() == "Not authorized"
     add_user(cregistry, "late-1", "late-secret")
     assert clients("late-1", "late-secret", "late-client").connect() == "Success"
+
+
+def _answered_without_redis(service: ServiceProcess) -> dict[str, float]:
+    text = http("GET", f"{service.broker}/metrics").body.decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("cregistry_checks_without_redis_total{"):
+            labels, _, value = line.partition("} ")
+            counts[labels.split('route="')[1].rstrip('"')] = float(value)
+    return counts
+
+
+def test_workers_answer_the_plugin_from_their_caches(clients, cregistry, service) -> None:  # type: ignore[no-untyped-def]
+    """The plugin sends its change feed position with every check, so a worker
+    whose follower covers it answers without Redis; the answers stay exact."""
+    add_user(cregistry, "cached-1", "cached-secret")
+    cregistry("grant", "cached-1", "c/%u/#", "readWrite")
+    time.sleep(1.2)  # the plugin reads the feed every 500 ms, the workers every 100 ms
+    before = _answered_without_redis(service)
+    for turn in range(4):
+        client = clients("cached-1", "cached-secret", f"cached-client-{turn}")  # a new id: the plugin asks again
+        assert client.connect() == "Success"
+        assert client.subscribe(f"c/cached-1/{turn}") == 1
+        assert client.subscribe(f"d/{turn}") == 0x80
+        client.close()
+    after = _answered_without_redis(service)
+    assert after.get("user", 0) - before.get("user", 0) >= 2, (before, after)
+    assert after.get("acl", 0) - before.get("acl", 0) >= 4, (before, after)
+    cregistry("revoke", "cached-1", "c/%u/#")
+    time.sleep(1.0)
+    client = clients("cached-1", "cached-secret", "cached-client-last")
+    assert client.connect() == "Success"
+    assert client.subscribe("c/cached-1/0") == 0x80  # the revocation, though both caches held the grant
 
 
 def test_acl_follows_grants(clients, cregistry) -> None:  # type: ignore[no-untyped-def]

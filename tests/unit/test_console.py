@@ -4,6 +4,7 @@ every POST, sign-in and its limit, sessions, CSRF, CSP and escaping."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import html
 import json
@@ -872,7 +873,7 @@ def test_serve_makes_one_session_secret_before_the_workers_fork(
     started: list[Config] = []
 
     class Server:
-        def __init__(self, config: Config) -> None:
+        def __init__(self, config: Config, broker_socket: object, state_directory: str) -> None:
             started.append(config)
 
         def run(self) -> None:
@@ -880,6 +881,7 @@ def test_serve_makes_one_session_secret_before_the_workers_fork(
 
     monkeypatch.setattr(cregistry.server, "CregistryServer", Server)
     monkeypatch.setattr(cregistry.server, "_check_redis", lambda config: None)
+    monkeypatch.setattr(cregistry.server, "open_listener", lambda listen: contextlib.nullcontext(None))
     base = Config(redis_url="redis://127.0.0.1:1/0", admin_token=ADMIN_TOKEN)
     cregistry.server.serve(base, lambda text: None)
     assert started[0].session_secret is not None and len(started[0].session_secret) == 64

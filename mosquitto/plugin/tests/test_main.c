@@ -454,6 +454,40 @@ static void test_feed_apply(void)
 	cr_cache_free(&p.cache);
 }
 
+static bool has_header(const struct curl_slist *list, const char *line)
+{
+	for(; list != NULL; list = list->next){
+		if(strcmp(list->data, line) == 0){
+			return true;
+		}
+	}
+	return false;
+}
+
+static void test_position_header(void)
+{
+	struct cr_plugin p;
+	struct cr_feed_answer a;
+
+	begin("every check after a feed answer carries its position");
+	memset(&p, 0, sizeof(p));
+	CHECK(cr_cache_init(&p.cache, 100, HASH_KEY) == 0);
+	CHECK(cr_http_init(&p.http, 1000) == 0);
+	CHECK(p.http.check_headers == NULL); /* no position before the first answer */
+	CHECK(parse("{\"position\":\"3-0~ab\",\"changes\":[]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(has_header(p.http.check_headers, "X-Cregistry-Position: 3-0~ab"));
+	CHECK(has_header(p.http.check_headers, "Content-Type: application/json"));
+	CHECK(parse("{\"position\":\"1-0\",\"reset\":true,\"changes\":[]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(has_header(p.http.check_headers, "X-Cregistry-Position: 1-0"));
+	CHECK(!has_header(p.http.check_headers, "X-Cregistry-Position: 3-0~ab"));
+	cr_http_cleanup(&p.http);
+	cr_cache_free(&p.cache);
+}
+
 /* -- options -------------------------------------------------------------------- */
 static int opts(struct cr_options *o, int count, ...)
 {
@@ -545,6 +579,7 @@ int main(void)
 	test_siphash_parts();
 	test_feed_parse();
 	test_feed_apply();
+	test_position_header();
 	test_options();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);

@@ -1,0 +1,190 @@
+"""`serve`'s broker listener: uvicorn (uvloop, httptools) on its own thread
+in each gunicorn worker, on a socket the master opened before the fork.
+
+Mosquitto waits for every check on its only thread, so the check routes
+must cost as little as possible. Measured on the 2-core machine of
+bench/results.json, an empty app answers at a median of 0.52 ms under
+gunicorn's gthread worker and 0.27 ms under uvicorn (README, Performance).
+The checks' answers are broker_wsgi.BrokerChecks': an answer the worker's
+caches give without I/O (followed_cache.py) is computed on the event loop;
+everything that may wait for Redis or bcrypt runs on a thread pool, under
+the same 1.5 s deadline as everywhere (deadline.py), counted from the
+request's arrival, so a stalled Redis never stalls the loop. Every other
+route of the listener (health, /metrics, /mqtt/changes, other methods) is
+the broker Flask app's, through a2wsgi.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from a2wsgi import WSGIMiddleware
+
+from cregistry.errors import InvalidInput, StorageUnavailable
+from cregistry.web.broker_wsgi import POSITION_HEADER, Answer, BrokerChecks, error_answer, parse_params, route_of
+from cregistry.web.deadline import DEADLINE_SECONDS
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+KEEPALIVE_SECONDS = 30  # the plugin and go-auth keep their connections
+_POSITION = POSITION_HEADER.lower().encode("latin-1")
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BrokerListener:
+    """The ASGI app of the broker listener."""
+
+    def __init__(self, checks: BrokerChecks, fallback_workers: int, pool_workers: int) -> None:
+        self.checks = checks
+        self.fallback = WSGIMiddleware(checks.fallback, workers=fallback_workers)  # type: ignore[arg-type]
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_workers, thread_name_prefix="broker")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        route = route_of(scope["method"], scope["path"])
+        if route is None:
+            await self.fallback(scope, receive, send)  # type: ignore[arg-type]
+            return
+        started = time.perf_counter()
+        arrived = time.monotonic()
+        content_type, seen = "", None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == _POSITION:
+                seen = value.decode("latin-1") or None
+        try:
+            body = await _read_body(receive, self.checks.max_body_bytes)
+            params = parse_params(content_type, body, scope["query_string"])
+            answer = self.checks.quick(route, params, seen)
+            if answer is None:
+                answer = await self._off_loop(arrived, self.checks.answer, route, params, seen)
+            status, reply = answer
+        except BodyTooLarge:
+            status, reply = 413, {"ok": False, "error": "the body is too large"}
+        except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
+            status, reply = error_answer(error)
+        data = self.checks.finish(route, status, reply, started)
+        headers = [*_HEADERS, (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _off_loop(self, arrived: float, work: Callable[..., Answer], *args: Any) -> Answer:
+        """`work` on the pool; 503 once the deadline from `arrived` has passed."""
+        deadline = arrived + DEADLINE_SECONDS
+
+        def run_in_time() -> Answer:
+            if time.monotonic() > deadline:
+                raise StorageUnavailable("the work did not start in time")
+            return work(*args)
+
+        future = asyncio.get_running_loop().run_in_executor(self.pool, run_in_time)
+        try:
+            return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)") from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise InvalidInput("the request ended before its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+ELECTION_INTERVAL = 0.25  # seconds between two tries of a standing-by worker
+
+
+class ListenerThread:
+    """uvicorn serving `app` on `sock` from a daemon thread of this process,
+    once it holds one of the `slots` lock files: only that many workers
+    serve the broker listener at a time (each with its own caches; see
+    CREGISTRY_BROKER_PROCESSES). The kernel drops a dead worker's lock, and a
+    worker standing by takes its slot; until then new connections wait in
+    the listening socket's queue."""
+
+    def __init__(self, app: BrokerListener, sock: socket.socket, log_level: str, slots: list[Path]) -> None:
+        config = uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            log_level=log_level.lower(),
+            access_log=False,
+            proxy_headers=False,  # the peer address is the broker's own
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=KEEPALIVE_SECONDS,
+        )
+        self.server = uvicorn.Server(config)
+        self.sock = sock
+        self.slots = slots
+        self.held: int | None = None  # the file descriptor of the slot held, kept open while serving
+        self.thread = threading.Thread(target=self._run, name="broker-listener", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def _take_slot(self) -> bool:
+        """Wait for a free slot; False when told to stop first."""
+        while not self.server.should_exit:
+            for path in self.slots:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self.held = fd
+                return True
+            time.sleep(ELECTION_INTERVAL)
+        return False
+
+    def _run(self) -> None:
+        try:
+            if not self._take_slot():
+                return
+            log.info("worker %d serves the broker listener", os.getpid())
+            self.server.run(sockets=[self.sock])
+        except BaseException:  # noqa: BLE001 - SystemExit from a failed start included
+            log.exception("the broker listener failed")
+        if not self.server.should_exit:
+            # A worker without its broker listener must not go on: gunicorn starts a new one.
+            log.error("the broker listener stopped; ending this worker")
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,121 @@
+"""The broker listener as `serve` runs it (web/broker_asgi.py), driven as
+uvicorn drives it: the same answers as the WSGI check routes, Flask for
+everything else, one clear error for bad input, 503 at the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from cregistry.config import Config
+from cregistry.web import broker_asgi, create_app
+from cregistry.web.broker_asgi import BrokerListener
+from cregistry.web.broker_wsgi import BrokerChecks
+
+USERNAME = "sensor-1"
+PASSWORD = "secret12-long-enough"
+
+
+@pytest.fixture
+def listener(config: Config, connection: fakeredis.FakeRedis) -> Iterator[BrokerListener]:
+    app = create_app(config, listener="broker", connection=connection, follow_changes=True)
+    domain = app.extensions["cregistry"].domain
+    domain.users.add(USERNAME, PASSWORD)
+    domain.users.grant(USERNAME, "a/#", "write")
+    assert isinstance(app.wsgi_app, BrokerChecks)
+    listener = BrokerListener(app.wsgi_app, fallback_workers=1, pool_workers=2)
+    yield listener
+    listener.pool.shutdown()
+
+
+def call(
+    app: BrokerListener, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async def run() -> tuple[int, dict[str, Any]]:
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+            "server": ("127.0.0.1", 8081),
+            "client": ("127.0.0.1", 40000),
+        }
+        await app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return status, json.loads(data)
+
+    return asyncio.run(run())
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_checks_answer_as_the_wsgi_routes_do(listener: BrokerListener) -> None:
+    acl = {"username": USERNAME, "clientid": "c", "topic": "a/b", "acc": 2}
+    assert call(listener, "POST", "/mqtt/acl", json.dumps(acl).encode(), JSON) == (200, {"ok": True, "error": ""})
+    acl["topic"] = "b/c"
+    assert call(listener, "POST", "/mqtt/acl", json.dumps(acl).encode(), JSON) == (
+        403,
+        {"ok": False, "error": "no permission for this topic"},
+    )
+    form = f"username={USERNAME}&password={PASSWORD}&clientid=c".encode()
+    status, body = call(listener, "POST", "/mqtt/user", form, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert (status, body) == (200, {"ok": True, "error": ""})
+
+
+def test_bad_input_gets_one_clear_error(listener: BrokerListener) -> None:
+    status, body = call(listener, "POST", "/mqtt/acl", b"{not json", JSON)
+    assert (status, body["error"]) == (400, "the body must be JSON")
+    status, body = call(listener, "POST", "/mqtt/acl", json.dumps({"username": USERNAME}).encode(), JSON)
+    assert (status, body["error"]) == (400, "clientid is missing or not a string")
+    big = b'{"username": "' + b"x" * (listener.checks.max_body_bytes + 1) + b'"}'
+    assert call(listener, "POST", "/mqtt/acl", big, JSON)[0] == 413
+
+
+def test_other_routes_and_methods_are_flasks(listener: BrokerListener) -> None:
+    assert call(listener, "GET", "/healthz")[0] == 200
+    status, body = call(listener, "GET", "/mqtt/changes")
+    assert status == 200 and body["position"]
+    assert call(listener, "DELETE", "/mqtt/acl")[0] == 405
+
+
+def test_a_check_past_the_deadline_is_503(listener: BrokerListener, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_asgi, "DEADLINE_SECONDS", 0.2)
+
+    def stalled(*_args: object) -> Any:
+        time.sleep(1.0)
+        raise AssertionError("answered after the deadline")
+
+    monkeypatch.setattr(listener.checks, "answer", stalled)
+    started = time.monotonic()
+    status, body = call(
+        listener,
+        "POST",
+        "/mqtt/acl",
+        json.dumps({"username": USERNAME, "clientid": "c", "topic": "a", "acc": 2}).encode(),
+        JSON,
+    )
+    assert status == 503 and "no answer within" in body["error"]
+    assert time.monotonic() - started < 0.9
