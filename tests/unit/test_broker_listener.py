@@ -5,6 +5,7 @@ everything else, one clear error for bad input, 503 at the deadline."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
@@ -66,7 +67,10 @@ def call(
         data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
         return status, json.loads(data)
 
-    return asyncio.run(run())
+    # A loop of its own on a thread of its own: the browser tier's Playwright
+    # keeps an event loop running on the main thread for the whole session.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(run())).result()
 
 
 JSON = {"Content-Type": "application/json"}
