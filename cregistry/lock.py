@@ -36,23 +36,16 @@ class LockState:
         return {"locked": self.locked, "secondsLeft": self.seconds_left}
 
 
+@dataclasses.dataclass(eq=False)
 class RegistryLock:
     """The unlock key. Takes its connection and collaborators explicitly."""
 
-    def __init__(
-        self,
-        connection: redis.Redis,
-        config: Config,
-        clock: Callable[[], float] = time.time,
-        *,
-        keys: Keys,
-        audit: AuditLog,
-    ) -> None:
-        self.redis = connection
-        self.config = config
-        self.clock = clock
-        self.keys = keys
-        self.audit = audit
+    redis: redis.Redis
+    config: Config
+    clock: Callable[[], float] = time.time
+    _: dataclasses.KW_ONLY
+    keys: Keys
+    audit: AuditLog
 
     def status(self) -> LockState:
         milliseconds = self.redis.pttl(self.keys.unlock())

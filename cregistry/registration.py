@@ -89,27 +89,18 @@ def validate_context(context: Any) -> dict[str, Any] | None:
     return context
 
 
+@dataclasses.dataclass(eq=False)
 class Registration:
     """Attempts by devices. Takes its connection and collaborators explicitly."""
 
-    def __init__(
-        self,
-        connection: redis.Redis,
-        config: Config,
-        clock: Callable[[], float] = time.time,
-        *,
-        keys: Keys,
-        verifier: PasswordVerifier,
-        policy: passwords.PasswordPolicy,
-        requests: PendingRequests,
-    ) -> None:
-        self.redis = connection
-        self.config = config
-        self.clock = clock
-        self.keys = keys
-        self.verifier = verifier
-        self.policy = policy
-        self.requests = requests
+    redis: redis.Redis
+    config: Config
+    clock: Callable[[], float] = time.time
+    _: dataclasses.KW_ONLY
+    keys: Keys
+    verifier: PasswordVerifier
+    policy: passwords.PasswordPolicy
+    requests: PendingRequests
 
     def attempt(
         self,

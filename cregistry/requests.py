@@ -88,25 +88,17 @@ def validate_page(offset: Any, limit: Any) -> None:
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
 
 
+@dataclasses.dataclass(eq=False)
 class PendingRequests:
     """Pending requests. Takes its connection and collaborators explicitly."""
 
-    def __init__(
-        self,
-        connection: redis.Redis,
-        config: Config,
-        clock: Callable[[], float] = time.time,
-        *,
-        keys: Keys,
-        users: UserStore,
-        audit: AuditLog,
-    ) -> None:
-        self.redis = connection
-        self.config = config
-        self.keys = keys
-        self.clock = clock
-        self.users = users
-        self.audit = audit
+    redis: redis.Redis
+    config: Config
+    clock: Callable[[], float] = time.time
+    _: dataclasses.KW_ONLY
+    keys: Keys
+    users: UserStore
+    audit: AuditLog
 
     # -- storage (the writes of registration.py) --------------------------
     def add(
