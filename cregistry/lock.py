@@ -53,7 +53,7 @@ class RegistryLock:
             return LockState(locked=True, seconds_left=0)
         return LockState(locked=False, seconds_left=math.ceil(milliseconds / 1000))
 
-    def unlock(self, seconds: Any = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
+    def unlock(self, seconds: object = None, *, actor: str = UNNAMED_ACTOR) -> LockState:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
         if seconds is None:
             seconds = self.config.unlock_seconds

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import Any
 
 import bcrypt
 
@@ -33,10 +32,9 @@ class PasswordPolicy:
         "symbol": lambda c: not c.isalnum(),
     }
 
-    def validate(self, password: Any) -> str:
+    def validate(self, password: object) -> str:
         """Rules for a new password: format, length and classes."""
-        validate_password_format(password)
-        return self.validate_strength(password)
+        return self.validate_strength(validate_password_format(password))
 
     def validate_strength(self, password: str) -> str:
         """Length and classes of a password whose format is already checked."""
@@ -49,7 +47,7 @@ class PasswordPolicy:
         return password
 
 
-def validate_password_format(password: Any) -> str:
+def validate_password_format(password: object) -> str:
     """What any password must be before bcrypt sees it, old or new."""
     if password is None:
         raise InvalidInput("password is missing")
@@ -63,7 +61,7 @@ def pairing_id(username: str, password: str) -> str:
     return digest[:PAIRING_ID_LENGTH]
 
 
-def validate_pairing_id(value: Any) -> str:
+def validate_pairing_id(value: object) -> str:
     """A pairing ID in the form pairing_id makes, or InvalidInput."""
     if not isinstance(value, str) or len(value) != PAIRING_ID_LENGTH or not set(value) <= PAIRING_ID_CHARS:
         raise InvalidInput(f"a pairing ID is {PAIRING_ID_LENGTH} lower-case hex digits")

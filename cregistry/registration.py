@@ -68,14 +68,16 @@ class Attempt:
     detail: str = ""  # WEAK_PASSWORD: the rule the password breaks
 
 
-def validate_fields(username: Any, password: Any, client_id: Any) -> str:
-    """The format rules of the credentials a device sends; returns the client id."""
-    names.validate_username(username)
-    passwords.validate_password_format(password)
-    return names.validate_client_id(client_id)
+def validate_fields(username: object, password: object, client_id: object) -> tuple[str, str, str]:
+    """The format rules of the credentials a device sends; returns them as checked."""
+    return (
+        names.validate_username(username),
+        passwords.validate_password_format(password),
+        names.validate_client_id(client_id),
+    )
 
 
-def validate_context(context: Any) -> dict[str, Any] | None:
+def validate_context(context: object) -> dict[str, Any] | None:
     if context is None:
         return None
     if not isinstance(context, dict):
@@ -104,26 +106,26 @@ class Registration:
 
     def attempt(
         self,
-        username: Any,
-        password: Any,
-        client_id: Any,
+        username: object,
+        password: object,
+        client_id: object,
         source: str,
-        context: Any = None,
+        context: object = None,
     ) -> Attempt:
         """A device asks with these credentials (`source`: "mqtt" or "rest");
         malformed fields raise InvalidInput and change nothing."""
-        client_id = validate_fields(username, password, "" if client_id is None else client_id)
-        context = validate_context(context)
-        pairing = passwords.pairing_id(username, password)
-        verdict = self.verifier.verify(username, password)
+        name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
+        checked_context = validate_context(context)
+        pairing = passwords.pairing_id(name, secret)
+        verdict = self.verifier.verify(name, secret)
         if verdict is not Verdict.UNKNOWN_USER:
             return Attempt(_KNOWN_USER[verdict], pairing)
         try:
             # Existing users keep working under a stricter policy; new ones meet it.
-            self.policy.validate_strength(password)
+            self.policy.validate_strength(secret)
         except InvalidInput as error:
             return Attempt(Outcome.WEAK_PASSWORD, pairing, str(error))
-        return self.record_attempt(username, password, client_id, source, context, pairing)
+        return self.record_attempt(name, secret, client, source, checked_context, pairing)
 
     def record_attempt(
         self,

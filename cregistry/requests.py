@@ -82,7 +82,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
     return username, pairing_id
 
 
-def validate_page(offset: Any, limit: Any) -> None:
+def validate_page(offset: object, limit: object) -> None:
     for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
         if not names.is_int_within(value, low, high):
             raise InvalidInput(f"{name} must be an integer from {low} to {high}")
