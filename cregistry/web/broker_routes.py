@@ -12,9 +12,10 @@ bp = Blueprint("broker", __name__, url_prefix="/mqtt")
 METHODS = ["POST", "PUT", "GET"]  # go-auth's http_method
 
 
-# The checks themselves are answered by broker_wsgi.BrokerChecks in front of
-# this app, for every method go-auth uses; the rules stay here so that other
-# methods get Flask's 405 with an Allow header.
+# The checks themselves are answered in front of this app, for every method
+# go-auth uses: by broker_asgi.BrokerListener under `serve`, by
+# broker_wsgi.BrokerChecks where the app runs as WSGI; the rules stay here so
+# that other methods get Flask's 405 with an Allow header.
 def _answered_by_broker_checks() -> Response:
     raise RuntimeError("broker checks are answered by web/broker_wsgi.py, in front of this app")
 
