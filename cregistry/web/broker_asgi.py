@@ -32,9 +32,9 @@ from typing import Any
 import uvicorn
 from a2wsgi import WSGIMiddleware
 
-from cregistry.errors import InvalidInput, StorageUnavailable
+from cregistry.errors import InvalidInput
 from cregistry.web.broker_wsgi import POSITION_HEADER, Answer, BrokerChecks, error_answer, parse_params, route_of
-from cregistry.web.deadline import DEADLINE_SECONDS
+from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,11 @@ class BrokerListener:
     async def _off_loop(self, arrived: float, work: Callable[..., Answer], *args: Any) -> Answer:
         """`work` on the pool; 503 once the deadline from `arrived` has passed."""
         deadline = arrived + DEADLINE_SECONDS
-
-        def run_in_time() -> Answer:
-            if time.monotonic() > deadline:
-                raise StorageUnavailable("the work did not start in time")
-            return work(*args)
-
-        future = asyncio.get_running_loop().run_in_executor(self.pool, run_in_time)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, start_in_time, deadline, work, *args)
         try:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)") from None
+            raise too_late() from None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

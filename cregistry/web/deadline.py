@@ -37,15 +37,20 @@ def run_within(
     grants anything.
     """
     deadline = (time.monotonic() if started is None else started) + DEADLINE_SECONDS
-
-    def run_in_time() -> T:
-        if time.monotonic() > deadline:
-            raise StorageUnavailable("the work did not start in time")
-        return work(*args)
-
-    future = pool.submit(run_in_time)
+    future = pool.submit(start_in_time, deadline, work, *args)
     try:
         return future.result(timeout=max(0.0, deadline - time.monotonic()))
     except concurrent.futures.TimeoutError:
         future.cancel()
-        raise StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)") from None
+        raise too_late() from None
+
+
+def start_in_time(deadline: float, work: Callable[..., T], *args: Any) -> T:
+    """`work`, unless the deadline (time.monotonic()) passed while it waited."""
+    if time.monotonic() > deadline:
+        raise StorageUnavailable("the work did not start in time")
+    return work(*args)
+
+
+def too_late() -> StorageUnavailable:
+    return StorageUnavailable(f"no answer within {DEADLINE_SECONDS} s (Redis slow?)")
