@@ -33,7 +33,15 @@ import uvicorn
 from a2wsgi import WSGIMiddleware
 
 from cregistry.errors import InvalidInput
-from cregistry.web.broker_wsgi import POSITION_HEADER, Answer, BrokerChecks, error_answer, parse_params, route_of
+from cregistry.web.broker_wsgi import (
+    POSITION_HEADER,
+    Answer,
+    BrokerChecks,
+    check_fields,
+    error_answer,
+    parse_params,
+    route_of,
+)
 from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
 
 log = logging.getLogger(__name__)
@@ -76,10 +84,10 @@ class BrokerListener:
                 seen = value.decode("latin-1") or None
         try:
             body = await _read_body(receive, self.checks.max_body_bytes)
-            params = parse_params(content_type, body, scope["query_string"])
-            answer = self.checks.quick(route, params, seen)
+            fields = check_fields(route, parse_params(content_type, body, scope["query_string"]))
+            answer = self.checks.quick(route, fields, seen)
             if answer is None:
-                answer = await self._off_loop(arrived, self.checks.answer, route, params, seen)
+                answer = await self._off_loop(arrived, self.checks.answer, route, fields, seen)
             status, reply = answer
         except BodyTooLarge:
             status, reply = 413, {"ok": False, "error": "the body is too large"}

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
+Fields = tuple[Any, ...]  # check_fields
 METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method; others go to Flask (405 there)
 ROUTES = {"/mqtt/user": "user", "/mqtt/acl": "acl", "/mqtt/superuser": "superuser"}
 # Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
@@ -94,8 +95,9 @@ class BrokerChecks:
             request = Request(environ)
             request.max_content_length = self.max_body_bytes
             params = parse_params(request.content_type or "", request.get_data(cache=True), request.query_string)
+            fields = check_fields(route, params)
             seen = environ.get(POSITION_ENVIRON) or None
-            status, body = self.quick(route, params, seen) or self.answer(route, params, seen)
+            status, body = self.quick(route, fields, seen) or self.answer(route, fields, seen)
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
             status, body = error_answer(error)
         data = self.finish(route, status, body, started)
@@ -105,36 +107,33 @@ class BrokerChecks:
         )
         return [data]
 
-    def quick(self, route: str, params: dict[str, Any], seen: str | None) -> Answer | None:
+    def quick(self, route: str, fields: Fields, seen: str | None) -> Answer | None:
         """The answer from this worker's caches alone (no I/O), or None."""
-        authorizer = self.authorizer
         decision: Decision | None = None
         if route == "user":
-            fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
-            decision = check_user_by_cached_token(authorizer, *fields, seen)
+            username, password, client_id = fields
+            decision = check_user_by_cached_token(self.authorizer, username, password, client_id, seen)
         elif route == "acl":
-            fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
-            decision = authorizer.check_acl_cached(*fields, parse_acc(params.get("acc")), seen)
+            username, client_id, topic, acc = fields
+            decision = self.authorizer.check_acl_cached(username, client_id, topic, acc, seen)
         if decision is None:
             return None
         metrics.CHECKS_WITHOUT_REDIS.labels(route).inc()
         return _answer(decision)
 
-    def answer(self, route: str, params: dict[str, Any], seen: str | None) -> Answer:
+    def answer(self, route: str, fields: Fields, seen: str | None) -> Answer:
         """The answer, asking Redis (and bcrypt on the check pool) as needed."""
         authorizer = self.authorizer
         if route == "user":
-            fields = (_field(params, "username"), _field(params, "password"), _field(params, "clientid"))
             started = time.monotonic()
             quick = check_user_by_token(authorizer, *fields) if self.inline else None
             decision = (
                 quick if quick is not None else run_within(self.pool, authorizer.check_user, *fields, started=started)
             )
         elif route == "acl":
-            fields = (_field(params, "username"), _field(params, "clientid"), _field(params, "topic"))
-            decision = self._run(authorizer.check_acl, *fields, parse_acc(params.get("acc")), seen)
+            decision = self._run(authorizer.check_acl, *fields, seen)
         else:
-            decision = self._run(authorizer.check_superuser, _field(params, "username"), seen)
+            decision = self._run(authorizer.check_superuser, *fields, seen)
         return _answer(decision)
 
     def finish(self, route: str, status: int, body: dict[str, Any], started: float) -> bytes:
@@ -185,6 +184,20 @@ def _first_values(encoded: bytes) -> dict[str, str]:
     for name, value in urllib.parse.parse_qsl(encoded.decode("utf-8", "replace"), keep_blank_values=True):
         values.setdefault(name, value)
     return values
+
+
+def check_fields(route: str, params: dict[str, Any]) -> Fields:
+    """The fields a check reads, checked, in the order its Authorizer method takes them."""
+    if route == "user":
+        return _field(params, "username"), _field(params, "password"), _field(params, "clientid")
+    if route == "acl":
+        return (
+            _field(params, "username"),
+            _field(params, "clientid"),
+            _field(params, "topic"),
+            parse_acc(params.get("acc")),
+        )
+    return (_field(params, "username"),)
 
 
 def _field(params: dict[str, Any], name: str) -> str:
