@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from gunicorn.app.base import BaseApplication
@@ -32,6 +32,9 @@ from cregistry.connections import configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
 from cregistry.errors import ConfigError
 
+if TYPE_CHECKING:  # imported by load(), in the worker (see there)
+    from cregistry.web.broker_asgi import ListenerThread
+
 log = logging.getLogger(__name__)
 
 # prometheus_client reads it when it is imported (web/metrics.py, in each worker).
@@ -49,7 +52,7 @@ class CregistryServer(BaseApplication):
         self.config = config
         self.broker_socket = broker_socket
         self.state_directory = Path(state_directory)
-        self.broker_listener: Any = None  # this worker's ListenerThread, once load() ran
+        self.broker_listener: ListenerThread | None = None  # this worker's, once load() ran
         super().__init__()
 
     def load_config(self) -> None:
