@@ -37,7 +37,7 @@ from cregistry.config import Config
 from cregistry.requests import PendingRequest, parse_request_id
 from cregistry.users import ACCESS_LEVELS, UserStore
 from cregistry.web.console import auth
-from cregistry.web.errors import STATUS_FOR
+from cregistry.web.errors import status_for
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def csrf_refused(error: CSRFError) -> tuple[str, int]:
 
 @bp.errorhandler(errors.CregistryError)
 def domain_error(error: errors.CregistryError) -> tuple[Any, int]:
-    return _error_page(sentence(error), STATUS_FOR.get(type(error), 400))
+    return _error_page(sentence(error), status_for(error))
 
 
 @bp.errorhandler(redis.RedisError)
@@ -192,7 +192,7 @@ def sentence(error: Exception, hint: str = "") -> str:
 
 
 def _status(error: errors.CregistryError) -> int:
-    return STATUS_FOR.get(type(error), 400)
+    return status_for(error)
 
 
 # -- signing in and out -----------------------------------------------------
