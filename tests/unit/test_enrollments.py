@@ -478,3 +478,18 @@ def test_the_guessing_limit_over_http(connection: fakeredis.FakeRedis, config: C
     client = app.test_client()
     body = {"username": "line3-001", "password": "secret-1", "enrollment": "guess"}
     assert [client.post(REGISTER, json=body).status_code for _ in range(3)] == [403, 403, 429]
+
+
+def test_metrics_count_registrations_by_enrollment_and_result(
+    api: FlaskClient, broker: FlaskClient, token: str
+) -> None:
+    def count(result: str) -> float:
+        text = broker.get("/metrics").get_data(as_text=True)
+        line = f'cregistry_enrollment_registrations_total{{enrollment="line-3",result="{result}"}} '
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+    granted, outside = count("granted"), count("outside_pattern")
+    api.post(REGISTER, json={"username": "line3-001", "password": "secret-1", "enrollment": token})
+    api.post(REGISTER, json={"username": "line4-001", "password": "secret-1", "enrollment": token})
+    assert (count("granted"), count("outside_pattern")) == (granted + 1, outside + 1)
