@@ -5,10 +5,12 @@ roles' permissions; one the operator deletes is disconnected and stays out."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tests.harness import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 from tests.integration.test_broker import CHANGE_BOUND, connected, disconnected_within
+from tests.integration.test_device import Device
 
 DEVICES = 10
 
@@ -65,3 +67,52 @@ def test_ten_enrolled_devices_connect_with_their_roles_permissions(clients, serv
 
 def connected_refused(clients, username: str, password: str = "any-secret-1") -> bool:  # type: ignore[no-untyped-def]
     return clients(username, password, username).connect() == "Not authorized"
+
+
+def test_the_production_line_walk_through_with_the_device_agent(  # type: ignore[no-untyped-def]
+    clients, mosquitto, service: ServiceProcess, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """docs/enrollment.md, step by step: a role, `enrollment create`, the token
+    in a file, ten `cregistry device run --enrollment-token-file`, all connected."""
+    api = service.api
+    role = [{"topic": "line3/%u/#", "access": "readWrite"}]
+    assert http("PUT", f"{api}/api/roles/line3/permissions", json_body=role, token=ADMIN_TOKEN).status == 200
+    created = http(
+        "POST", f"{api}/api/enrollments", token=ADMIN_TOKEN,
+        json_body={"name": "line-3", "usernamePattern": "line3-*", "roles": ["line3"], "maxUses": DEVICES},
+    )  # fmt: skip
+    token = created.json()["token"]
+    token_file = tmp_path / "enrollment-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    watcher_password = "watcher-secret-1"
+    assert http("POST", f"{api}/api/users", token=ADMIN_TOKEN,
+                json_body={"username": "watcher", "password": watcher_password}).status == 201  # fmt: skip
+    permissions = [{"topic": "line3/#", "access": "read"}]
+    assert http("PUT", f"{api}/api/users/watcher/permissions", json_body=permissions, token=ADMIN_TOKEN).status == 200
+    watcher = connected(clients, "watcher", watcher_password, "watcher")
+    assert watcher.subscribe("line3/+/heartbeat") == 1
+
+    agents = []
+    try:
+        for n in range(DEVICES):
+            agents.append(Device(tmp_path, "--host", "127.0.0.1", "--port", str(mosquitto.port),
+                                 "--credentials", str(tmp_path / f"line3-{n:02d}.json"), "--username", f"line3-{n:02d}",
+                                 "--register-url", api, "--enrollment-token-file", str(token_file),
+                                 "--publish", "line3/%u/heartbeat", "--publish-interval", "1"))  # fmt: skip
+        for agent in agents:
+            agent.wait_for("connected", timeout=90)
+        heard = set()
+        deadline = time.monotonic() + 30
+        while len(heard) < DEVICES and time.monotonic() < deadline:
+            message = watcher.receive(1.0)
+            if message is not None:
+                heard.add(message[0].split("/")[1])
+        assert heard == {f"line3-{n:02d}" for n in range(DEVICES)}
+        listed = http("GET", f"{api}/api/enrollments", token=ADMIN_TOKEN).json()["enrollments"]
+        assert listed[0]["usesLeft"] == 0
+        for agent in agents:
+            assert token not in agent.stdout() and token not in agent.stderr()
+    finally:
+        for agent in agents:
+            agent.kill()
