@@ -41,6 +41,7 @@ from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.errors import EnrollmentExists, EnrollmentNotFound, InvalidInput, UserNotFound
 from cregistry.keys import Keys
+from cregistry.log_throttle import ThrottledWarning
 from cregistry.registration import validate_context, validate_fields
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
@@ -65,6 +66,9 @@ PATTERN_RE = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]+", re.ASCII)
 # failed is for the operator's log and metrics, never for the device.
 ONE_REFUSAL = "this enrollment token cannot register this username"
 _DIGEST_LABEL = b"cregistry enrollment token\0"
+# Refusals are logged one by one (the address limit bounds them); what comes
+# after the limit is an attacker's rate, logged at most once a minute.
+_limited_warning = ThrottledWarning(log, "enrollment registration from %s refused: too many refusals from that address")
 
 
 class EnrollmentDict(TypedDict):
@@ -458,7 +462,7 @@ class Enrollments:
                 f" (enrollment {attempt.enrollment})" if attempt.enrollment else "",
             )
         elif attempt.outcome is Outcome.LIMITED:
-            log.warning("enrollment registration from %s refused: too many refusals from that address", address)
+            _limited_warning.emit(address)
         return attempt
 
     # -- helpers -----------------------------------------------------------

@@ -4,6 +4,7 @@ and register routes on fakeredis."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from typing import Any
 
@@ -493,3 +494,17 @@ def test_metrics_count_registrations_by_enrollment_and_result(
     api.post(REGISTER, json={"username": "line3-001", "password": "secret-1", "enrollment": token})
     api.post(REGISTER, json={"username": "line4-001", "password": "secret-1", "enrollment": token})
     assert (count("granted"), count("outside_pattern")) == (granted + 1, outside + 1)
+
+
+def test_the_service_never_logs_a_token(
+    api: FlaskClient, auth: dict[str, str], sensors_role: str, users: UserStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = {"name": "line-3", "usernamePattern": "line3-*", "roles": ["sensors"], "maxUses": 1}
+    token = api.post("/api/enrollments", json=body, headers=auth).get_json()["token"]
+    for username in ("line3-001", "line3-001", "line3-002", "line4-001"):
+        api.post(REGISTER, json={"username": username, "password": "secret-1", "enrollment": token})
+    api.post(REGISTER, json={"username": "line3-003", "password": "secret-1", "enrollment": token + "x"})
+    assert "refused: used up (enrollment line-3)" in caplog.text  # the log says why; the answer never does
+    assert token not in caplog.text
+    assert token[:-1] not in caplog.text
