@@ -403,7 +403,8 @@ OPERATIONS: dict[tuple[str, str], Json] = {
             **common(413),
             "423": answer("Locked, and no pending request with these credentials.", ref("RegistrationError")),
             "429": answer(
-                "A pending cap is reached (nothing recorded), or too many wrong passwords for this username.",
+                "A pending cap is reached (nothing recorded), or too many wrong passwords for this username,"
+                " or (with `enrollment`) too many refused enrollment registrations from this address.",
                 ref("RegistrationError"),
             ),
             **common(503),
