@@ -53,6 +53,8 @@ CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
 CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
 CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
+ENROLLMENT_FAILURE_LIMIT = "ENROLLMENT_FAILURE_LIMIT"
+ENROLLMENT_FAILURE_WINDOW = "ENROLLMENT_FAILURE_WINDOW"
 
 
 def env_name(name: str) -> str:
@@ -118,6 +120,10 @@ class Config:
     console_max_age: int = 12 * 3600
     console_signin_limit: int = 10
     console_signin_window: int = 15 * 60
+    # Refused enrollment registrations (bad tokens, usernames outside the
+    # pattern) per client address and window; over it, tokens are not looked at.
+    enrollment_failure_limit: int = 20
+    enrollment_failure_window: int = 15 * 60
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -147,6 +153,8 @@ class Config:
         _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
         _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
         _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
+        _check_range(ENROLLMENT_FAILURE_LIMIT, self.enrollment_failure_limit, 1, 1_000_000)
+        _check_range(ENROLLMENT_FAILURE_WINDOW, self.enrollment_failure_window, 1, 24 * 3600)
         if self.session_secret is not None and len(self.session_secret) < 32:
             raise ConfigError(f"{ENV_PREFIX}{SESSION_SECRET} must be at least 32 characters")
         if self.verify_secret is not None:

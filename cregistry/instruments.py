@@ -24,6 +24,9 @@ class Listener:
     def bcrypt_waiting(self, delta: int) -> None:
         """A password check started (+1) or stopped (-1) waiting for a bcrypt slot."""
 
+    def enrollment_registration(self, enrollment: str, result: str) -> None:
+        """A registration with an enrollment token ended (enrollments.py); `enrollment` is "" for an unknown token."""
+
 
 _listener = Listener()
 
@@ -35,6 +38,10 @@ def install(listener: Listener) -> None:
 
 def password_checked(path: str, accepted: bool) -> None:
     _listener.password_checked(path, accepted)
+
+
+def enrollment_registration(enrollment: str, result: str) -> None:
+    _listener.enrollment_registration(enrollment, result)
 
 
 @contextlib.contextmanager

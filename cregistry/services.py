@@ -14,6 +14,7 @@ from cregistry.audit import AuditLog
 from cregistry.authorizer import Authorizer
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
+from cregistry.enrollments import AddressLimit, Enrollments
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
@@ -37,6 +38,7 @@ class Services:
     requests: PendingRequests
     registration: Registration
     authorizer: Authorizer
+    enrollments: Enrollments
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
 
@@ -69,6 +71,12 @@ def build(
         connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=requests
     )
     authorizer = Authorizer(users, verifier, registration, clock, monotonic, follower=follower)
+    # Token digests under the verifier's secret (CREGISTRY_VERIFY_SECRET), so
+    # that instances and the CLI sharing that secret find the same enrollments.
+    enrollments = Enrollments(
+        connection, config, clock, keys=keys, users=users, verifier=verifier, audit=audit,
+        secret=verifier.secret, limit=AddressLimit(connection, config, keys=keys),
+    )  # fmt: skip
     return Services(
         config,
         connection,
@@ -82,5 +90,6 @@ def build(
         requests,
         registration,
         authorizer,
+        enrollments,
         follower,
     )

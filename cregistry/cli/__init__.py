@@ -11,6 +11,7 @@ import click
 from cregistry.cli.audit_command import audit
 from cregistry.cli.context import CliContext
 from cregistry.cli.device_commands import device
+from cregistry.cli.enrollment_commands import enrollment
 from cregistry.cli.errors import ErrorMappingGroup
 from cregistry.cli.lock_commands import lock, status, unlock
 from cregistry.cli.permission_commands import grant, revoke
@@ -41,6 +42,7 @@ for command in (
     *(users, user),
     *(grant, revoke),
     role,
+    enrollment,
     audit,
     device,
 ):

@@ -27,6 +27,9 @@ V = TypeVar("V")
 STATUS_FOR = {
     errors.InvalidInput: 400,
     errors.RequestDenied: 403,
+    errors.EnrollmentRefused: 403,
+    errors.EnrollmentNotFound: 404,
+    errors.EnrollmentExists: 409,
     errors.UserNotFound: 404,
     errors.RoleNotFound: 404,
     errors.RequestNotFound: 404,
@@ -44,6 +47,7 @@ STATUS_FOR = {
 REGISTRATION_STATUS_FOR = {
     errors.RegistryLocked: "locked",
     errors.RequestDenied: "denied",
+    errors.EnrollmentRefused: "refused",
     errors.UsernameTaken: "conflict",
     errors.PendingLimitReached: "limited",
     errors.TooManyFailures: "limited",

@@ -88,6 +88,14 @@ REGISTRATIONS = Counter(
     ["status"],
     registry=LOCAL,
 )
+ENROLLMENT_REGISTRATIONS = Counter(
+    "cregistry_enrollment_registrations",
+    "Registrations with an enrollment token by enrollment (empty for a token that names none) and result"
+    " (granted, repeated, conflict, limited, busy, ..., or why one was refused: unknown_token, expired, used_up,"
+    " outside_pattern, removed_user).",
+    ["enrollment", "result"],
+    registry=LOCAL,
+)
 REDIS_ERRORS = Counter(
     "cregistry_redis_errors",
     "Requests (and scrapes) that failed on Redis, by error (a redis-py exception, or StorageUnavailable for a"
@@ -117,6 +125,9 @@ class PrometheusListener(instruments.Listener):
 
     def bcrypt_waiting(self, delta: int) -> None:
         PASSWORD_CHECKS_WAITING.inc(delta)
+
+    def enrollment_registration(self, enrollment: str, result: str) -> None:
+        ENROLLMENT_REGISTRATIONS.labels(enrollment, result).inc()
 
 
 def init_app(app: Flask, *, broker: bool) -> None:
