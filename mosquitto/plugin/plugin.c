@@ -1,6 +1,7 @@
 /* cregistry_auth: cregistry's authentication and authorisation plugin for
  * Mosquitto 2.0 (plugin interface version 5). Entry points only; the checks
  * are in checks.c, the change feed and counters in poll.c. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,8 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		return MOSQ_ERR_NOMEM;
 	}
 	OPENSSL_cleanse(hash_key, sizeof(hash_key));
+	/* Found at run time, so that one build loads on 2.0 and 2.1 alike. */
+	p->broker_21 = dlsym(RTLD_DEFAULT, "mosquitto_complete_basic_auth") != NULL;
 	p->loaded_ms = cr_now_ms();
 	p->next_feed_ms = p->loaded_ms;
 	p->next_stats_ms = p->loaded_ms;
@@ -133,6 +136,9 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		}
 	}
 	*userdata = p;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: loaded by Mosquitto %s", p->broker_21
+			? "2.1 or newer (mosquitto_complete_basic_auth found; ticks named by the plugin)"
+			: "2.0 (no mosquitto_complete_basic_auth; ticks on every pass of its loop)");
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms,"
 			" fault backoff %ld ms)",

@@ -24,6 +24,7 @@ struct cr_counters {
 	uint64_t feed_polls;
 	uint64_t feed_errors;
 	uint64_t fast_fails;
+	uint64_t ticks;
 };
 
 struct cr_plugin {
@@ -44,6 +45,7 @@ struct cr_plugin {
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
 	bool warned_no_tick;
+	bool broker_21; /* Mosquitto 2.1 or newer: mosquitto_complete_basic_auth found at load */
 	struct cr_counters counters;
 };
 
@@ -60,6 +62,9 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata);
 int cr_on_acl_check(int event, void *event_data, void *userdata);
 
 /* poll.c */
+#define CR_TICK_BUSY_MS 10  /* next tick while the feed's transfer runs (2.1) */
+#define CR_TICK_IDLE_MS 100 /* at the latest (2.1; 2.0 ticks at least this often itself) */
+void cr_tick_ask_next(struct mosquitto_evt_tick *tick, long ms);
 int cr_on_tick(int event, void *event_data, void *userdata);
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
 

@@ -330,8 +330,8 @@ static void test_feed_parse(void)
 	CHECK(parse("{\"ok\":true,\"position\":\"5-1\",\"reset\":true,\"changes\":[]}", &a) == 0);
 	CHECK(a.reset && a.count == 0 && strcmp(a.position, "5-1") == 0);
 	cr_feed_answer_free(&a);
-	CHECK(parse("{\"position\":\"5-1\",\"reset\":true,\"changes\":[{\"user\":\"x\"}]}", &a) == 0);
-	CHECK(a.reset && a.count == 0); /* changes are meaningless with reset */
+	CHECK(parse("{\"position\":\"5-1\",\"reset\":true,\"changes\":[{\"user\":\"x\",\"kick\":true}]}", &a) == 0);
+	CHECK(a.reset && a.count == 1 && a.changes[0].kick); /* recorded after a data loss */
 	cr_feed_answer_free(&a);
 	CHECK(parse("{\"position\":\"a.b_c:d~e-f\"}", &a) == 0);
 	CHECK(!a.reset && a.count == 0);
@@ -450,8 +450,40 @@ static void test_feed_apply(void)
 	cr_feed_answer_free(&a);
 	CHECK(lookup(&p.cache, "carol", "c", "t", 2, 0) == -1);
 	CHECK(strcmp(p.position, "1-0") == 0);
-	CHECK(kick_count == 1); /* a reset kicks nobody */
+	CHECK(kick_count == 1); /* a reset alone kicks nobody */
+
+	/* Redis lost its data; a user deleted since is kicked with the reset. */
+	put(&p.cache, "dave", "d", "t", 2, 0, 1000);
+	CHECK(parse("{\"position\":\"9-0\",\"reset\":true,\"changes\":[{\"user\":\"erin\",\"kick\":false},"
+			"{\"user\":\"erin\",\"kick\":true}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(lookup(&p.cache, "dave", "d", "t", 2, 0) == -1);
+	CHECK(strcmp(p.position, "9-0") == 0);
+	CHECK(kick_count == 2 && strcmp(kicked[1], "erin") == 0);
 	cr_cache_free(&p.cache);
+}
+
+static void test_tick_names_the_next(void)
+{
+	struct mosquitto_evt_tick tick;
+
+	begin("a tick asks for the next one: due at once on 2.1.2, the wait bounded");
+	memset(&tick, 0, sizeof(tick));
+	cr_tick_ask_next(&tick, 100);
+	/* what 2.1.2's plugin_tick.c computes from the fields */
+	long next = (long)tick.next_s * 1000 + tick.next_ns;
+	CHECK(next == 100); /* loop__update_next_event: the longest wait */
+	for(long now_ns = 0; now_ns < 1000000000L; now_ns += 99999999L){
+		time_t now_s = 1000;
+		time_t due_s = now_s + tick.next_s;
+		long due_ns = now_ns + 1000000L * tick.next_ns;
+		if(due_ns > 1000000000L){
+			due_ns -= 1000000000L;
+			due_s += 1;
+		}
+		CHECK(due_s < now_s); /* mosquitto_time_cmp(now, due) > 0 on the next pass */
+	}
 }
 
 static bool has_header(const struct curl_slist *list, const char *line)
@@ -580,6 +612,7 @@ int main(void)
 	test_feed_parse();
 	test_feed_apply();
 	test_position_header();
+	test_tick_names_the_next();
 	test_options();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
