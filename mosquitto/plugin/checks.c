@@ -1,6 +1,7 @@
 /* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
  *
- * Answers by HTTP status: 200 allow, 403/400 deny, anything else (5xx, other
+ * Answers by HTTP status: 200 with the service's own body ({"ok": true, ...})
+ * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
  * statuses, timeout, no connection) is a fault: nothing is cached and the
  * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
  *   CONNECT   -> socket closed without CONNACK (handle_connect.c)
@@ -20,6 +21,7 @@
 
 #include <mosquitto.h>
 
+#include "answer.h"
 #include "state.h"
 
 static void service_state(struct cr_plugin *p, int ok, const char *why)
@@ -68,7 +70,7 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 	status = cr_http_post_json(&p->http, url, json);
 	OPENSSL_cleanse(json, strlen(json));
 	cJSON_free(json);
-	if(status == 200){
+	if(status == 200 && cr_answer_grants(p->http.check_body.data, p->http.check_body.len)){
 		service_state(p, 1, "");
 		return ALLOW;
 	}
@@ -77,6 +79,10 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 		return DENY;
 	}
 	p->counters.http_errors++;
+	if(status == 200){
+		service_state(p, 0, "HTTP 200 without {\"ok\": true}: not cregistry's answer");
+		return FAULT;
+	}
 	if(status == 0){
 		if(p->opt.fault_backoff_ms > 0){
 			p->fault_until_ms = cr_now_ms() + p->opt.fault_backoff_ms;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "answer.h"
 #include "siphash.h"
 #include "state.h"
 
@@ -464,6 +465,23 @@ static void test_feed_apply(void)
 	cr_cache_free(&p.cache);
 }
 
+static void test_answer_grants(void)
+{
+	static const char *const not_grants[] = {
+		"", "OK", "<html>It works!</html>", "{}", "[]", "true", "{\"ok\":1}", "{\"ok\":\"true\"}",
+		"{\"ok\":false,\"error\":\"\"}", "{\"OK\":true}", "{\"ok\":true", "[{\"ok\":true}]",
+	};
+
+	begin("a 200 grants only with cregistry's own body");
+	CHECK(cr_answer_grants("{\"ok\": true, \"error\": \"\"}", 27));
+	CHECK(cr_answer_grants("{\"ok\":true}", 11));
+	CHECK(!cr_answer_grants(NULL, 0));
+	for(size_t i = 0; i < sizeof(not_grants) / sizeof(not_grants[0]); i++){
+		CHECK(!cr_answer_grants(not_grants[i], strlen(not_grants[i])));
+	}
+	CHECK(!cr_answer_grants("{\"ok\":true}", 6)); /* only the bytes received count */
+}
+
 static void test_tick_names_the_next(void)
 {
 	struct mosquitto_evt_tick tick;
@@ -613,6 +631,7 @@ int main(void)
 	test_feed_apply();
 	test_position_header();
 	test_tick_names_the_next();
+	test_answer_grants();
 	test_options();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
