@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import MqttClient, PluginMosquittoProcess, raw_connect
+from tests.harness import MqttClient, PluginMosquittoProcess, raw_connect, run_cli
 from tests.integration.conftest import finish_broker
 
 pytestmark = pytest.mark.broker
@@ -73,3 +73,24 @@ def test_a_catch_all_200_grants_nothing(catch_all_broker) -> None:  # type: igno
     assert client.connect() != "Success"
     client.close()
     assert "HTTP 200 without" in broker.output()
+
+
+def test_a_slow_check_arrives_as_a_503_not_as_a_timeout(mosquitto, cli_env) -> None:  # type: ignore[no-untyped-def]
+    """A password hashed at bcrypt cost 14 takes the service longer to check
+    than its deadline (budget.py): it gives up and says so, 503, before the
+    plugin's own timeout, so the plugin logs cregistry's answer, not a timeout.
+    (With both at 1.5 s, the plugin timed out.)"""
+    result = run_cli(
+        "user",
+        "add",
+        "slow-1",
+        "--password-stdin",
+        env={**cli_env, "CREGISTRY_BCRYPT_COST": "14"},
+        stdin="slow-secret\n",
+    )
+    assert result.returncode == 0, result.stderr
+    answer, seconds = raw_connect(mosquitto.port, "slow-1", "slow-secret", "slow-client")
+    assert answer == b"" and seconds < 2.0  # closed without a CONNACK, within the bound
+    output = mosquitto.output()
+    assert "service not answering" in output and "(HTTP 503)" in output
+    assert "timed out" not in output

@@ -566,7 +566,7 @@ static void test_options(void)
 	begin("options: defaults");
 	CHECK(opts(&o, 1, "url", "http://127.0.0.1:8081") == 0);
 	CHECK(strcmp(o.url, "http://127.0.0.1:8081") == 0);
-	CHECK(o.timeout_ms == 1500 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
+	CHECK(o.timeout_ms == 1750 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
 	CHECK(o.cache_size == 100000 && o.feed_interval_ms == 500 && o.stats_interval == 10);
 	CHECK(o.fault_backoff_ms == 1000);
 	cr_options_free(&o);
