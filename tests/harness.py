@@ -541,11 +541,15 @@ class RawSession:
 class MqttClient:
     """A paho-mqtt client with blocking calls, as a test wants them."""
 
-    def __init__(self, port: int, username: str | None, password: str | None, client_id: str) -> None:
+    def __init__(
+        self, port: int, username: str | None, password: str | None, client_id: str, protocol: int = 4
+    ) -> None:
+        """`protocol`: 4 for MQTT 3.1.1, 5 for MQTT 5."""
         import paho.mqtt.client as mqtt
 
         self.port = port
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        version = mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.connack: Any = None

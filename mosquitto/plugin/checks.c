@@ -4,7 +4,8 @@
  * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
  * statuses, timeout, no connection) is a fault: nothing is cached and the
  * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
- *   CONNECT   -> socket closed without CONNACK (handle_connect.c)
+ *   CONNECT   -> socket closed without CONNACK (handle_connect.c; an MQTT 5
+ *                CONNECT is told "server unavailable" instead, cr_connect_fault)
  *   PUBLISH   -> handle__publish returns the error: the publisher is
  *                disconnected before any PUBACK/PUBREC, so QoS 1/2 are re-sent
  *   SUBSCRIBE -> handle__subscribe returns the error: client disconnected.
@@ -95,6 +96,21 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 	return FAULT;
 }
 
+/* What a client is told when its CONNECT could not be checked (cregistry
+ * unreachable, slow, or not cregistry): never "not authorised", which a
+ * device takes for refused credentials (SPEC §11).
+ * - MQTT 5: MOSQ_ERR_SERVER_UNAVAILABLE (136). Mosquitto 2.1 sends it as the
+ *   CONNACK's reason code 0x88; 2.0 sends a CONNACK only for MOSQ_ERR_AUTH and
+ *   closes the connection without one for any other code.
+ * - MQTT 3.1.1: MOSQ_ERR_UNKNOWN, closed without a CONNACK on both: 2.1 would
+ *   turn 136 into 3.1.1's "not authorised" (5). */
+#define CR_ERR_SERVER_UNAVAILABLE 136 /* 2.1's MOSQ_ERR_SERVER_UNAVAILABLE; not in 2.0's header */
+
+int cr_connect_fault(const struct mosquitto *client)
+{
+	return mosquitto_client_protocol_version(client) == 5 ? CR_ERR_SERVER_UNAVAILABLE : MOSQ_ERR_UNKNOWN;
+}
+
 static void wipe_string_item(cJSON *item)
 {
 	if(item && item->valuestring){
@@ -125,7 +141,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	if(cr_connect_digest(p->digest_key, user, password, id, digest) != 0){
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
 	}
 	memset(&key, 0, sizeof(key));
 	key.user = user;
@@ -147,7 +163,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
 		cJSON_Delete(body);
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
 	}
 	v = ask(p, p->url_user, body);
 	wipe_string_item(pw_item);
@@ -161,7 +177,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	OPENSSL_cleanse(digest, sizeof(digest));
-	return v == DENY ? MOSQ_ERR_AUTH : MOSQ_ERR_UNKNOWN; /* refusals are never cached */
+	return v == DENY ? MOSQ_ERR_AUTH : cr_connect_fault(ed->client); /* refusals are never cached */
 }
 
 int cr_on_acl_check(int event, void *event_data, void *userdata)

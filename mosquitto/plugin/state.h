@@ -58,6 +58,7 @@ static inline int64_t cr_now_ms(void)
 }
 
 /* checks.c */
+int cr_connect_fault(const struct mosquitto *client);
 int cr_on_basic_auth(int event, void *event_data, void *userdata);
 int cr_on_acl_check(int event, void *event_data, void *userdata);
 
