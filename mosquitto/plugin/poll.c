@@ -128,15 +128,17 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("feed/errors", p->counters.feed_errors);
 	publish_counter("feed/lag_ms", (uint64_t)(now - since));
 	publish_counter("ticks", p->counters.ticks);
+	publish_counter("delayed", p->counters.delayed);
 }
 
-/* How soon the plugin needs its next tick: soon while the feed's transfer
- * runs (curl is advanced only on ticks), else when the next poll is due. */
+/* How soon the plugin needs its next tick: soon while the feed's transfer or
+ * a delayed CONNECT check runs (curl is advanced only on ticks), else when the
+ * next poll is due. */
 static long next_tick_ms(const struct cr_plugin *p, int64_t now)
 {
 	int64_t wait;
 
-	if(p->http.feed_running){
+	if(p->http.feed_running || p->delayed.in_flight > 0){
 		return CR_TICK_BUSY_MS;
 	}
 	wait = p->next_feed_ms - now;
@@ -185,6 +187,7 @@ int cr_on_tick(int event, void *event_data, void *userdata)
 		p->next_stats_ms = now + p->opt.stats_interval * 1000;
 		publish_stats(p, now);
 	}
+	cr_delayed_poll(p);
 	p->counters.ticks++;
 	cr_tick_ask_next(event_data, next_tick_ms(p, cr_now_ms()));
 	return MOSQ_ERR_SUCCESS;

@@ -11,6 +11,7 @@
 #include <mosquitto_plugin.h>
 
 #include "cache.h"
+#include "delayed.h"
 #include "digest.h"
 #include "feed.h"
 #include "http.h"
@@ -25,6 +26,7 @@ struct cr_counters {
 	uint64_t feed_errors;
 	uint64_t fast_fails;
 	uint64_t ticks;
+	uint64_t delayed;
 };
 
 struct cr_plugin {
@@ -32,6 +34,7 @@ struct cr_plugin {
 	struct cr_options opt;
 	struct cr_cache cache;
 	struct cr_http http;
+	struct cr_delayed delayed;
 	unsigned char digest_key[CR_DIGEST_KEY_LEN];
 	char *url_user;
 	char *url_acl;
@@ -58,6 +61,9 @@ static inline int64_t cr_now_ms(void)
 }
 
 /* checks.c */
+enum cr_verdict { CR_ALLOW, CR_DENY, CR_FAULT };
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error);
+bool cr_fault_window(struct cr_plugin *p);
 int cr_connect_fault(const struct mosquitto *client);
 int cr_on_basic_auth(int event, void *event_data, void *userdata);
 int cr_on_acl_check(int event, void *event_data, void *userdata);

@@ -284,7 +284,7 @@ def test_reload_drops_the_cache_and_counters_are_published(broker, scripted) -> 
 
         def counted() -> bool:
             # one round of publishes arrives over several reads: wait for every figure
-            return len(seen) == 11 and seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
+            return len(seen) == 12 and seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
 
         while not counted() and time.monotonic() < deadline:
             message = watcher.receive(0.5)
@@ -302,6 +302,7 @@ def test_reload_drops_the_cache_and_counters_are_published(broker, scripted) -> 
             "feed/errors",
             "feed/lag_ms",
             "ticks",
+            "delayed",
         }
         assert seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
     finally:

@@ -78,6 +78,15 @@ int mosquitto_broker_publish_copy(const char *clientid, const char *topic, int p
 	return 0;
 }
 
+/* the verdict of a delayed check (checks.c, not linked here) */
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error)
+{
+	(void)p;
+	(void)body;
+	(void)error;
+	return status == 200 ? CR_ALLOW : CR_FAULT;
+}
+
 /* -- helpers ---------------------------------------------------------------- */
 static const unsigned char HASH_KEY[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 
