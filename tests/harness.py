@@ -60,9 +60,11 @@ def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGT
 
 
 class RedisProcess:
-    """A real redis-server with an append-only file, so a restart keeps the data."""
+    """A real redis-server with an append-only file, so a restart keeps the
+    data (`persistent=False`: no file at all, so a restart loses everything)."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = True) -> None:
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
@@ -85,7 +87,7 @@ class RedisProcess:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "yes" if self.persistent else "no",
                 "--appendfsync",
                 "always",
                 "--loglevel",
@@ -289,12 +291,12 @@ class MosquittoProcess:
     `env` reaches mosquitto only (a sanitizer runtime to preload, its options)."""
 
     def __init__(self, conf_text: str, port: int, env: dict[str, str] | None = None) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            raise FileNotFoundError("mosquitto is not installed")
-        self.binary = binary
+        binary = mosquitto_binary()
+        if not binary.exists():
+            raise FileNotFoundError(f"mosquitto is not installed ({binary})")
+        self.binary = str(binary)
         self.port = port
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, **mosquitto_library_env(binary), **(env or {})}
         self.directory = tempfile.mkdtemp(prefix="cregistry-mosquitto-")
         os.chmod(self.directory, 0o755)
         self.conf = Path(self.directory) / "mosquitto.conf"
@@ -378,8 +380,37 @@ def plugin_env(plugin: Path) -> dict[str, str]:
     return {**env, **MOSQUITTO_ENV}
 
 
+# The broker the tests run: Debian's mosquitto, or CREGISTRY_MOSQUITTO=<path>
+# (the 2.1 tier: `make test-broker-2.1` builds 2.1.2 outside the repository).
+# CREGISTRY_MOSQUITTO_UNAVAILABLE=<reason> says why that broker could not be
+# had: every broker test then skips with the reason (fails under CI).
+# Read at import, like MOSQUITTO_ENV below.
+MOSQUITTO_OVERRIDE = os.environ.get("CREGISTRY_MOSQUITTO", "")
+MOSQUITTO_UNAVAILABLE = os.environ.get("CREGISTRY_MOSQUITTO_UNAVAILABLE", "")
+
+
+def mosquitto_binary() -> Path:
+    if MOSQUITTO_OVERRIDE:
+        return Path(MOSQUITTO_OVERRIDE)
+    return Path(shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+
+
+def mosquitto_library_env(binary: Path) -> dict[str, str]:
+    """An installed prefix's own libraries (<prefix>/sbin/mosquitto finds
+    <prefix>/lib/libmosquitto_common.so only through LD_LIBRARY_PATH)."""
+    lib = binary.resolve().parent.parent / "lib"
+    if not MOSQUITTO_OVERRIDE or not lib.is_dir():
+        return {}
+    inherited = os.environ.get("LD_LIBRARY_PATH", "")
+    return {"LD_LIBRARY_PATH": f"{lib}:{inherited}" if inherited else str(lib)}
+
+
 def mosquitto_missing() -> str | None:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+    if MOSQUITTO_UNAVAILABLE:
+        return MOSQUITTO_UNAVAILABLE
+    if not mosquitto_binary().exists():
+        if MOSQUITTO_OVERRIDE:
+            return f"CREGISTRY_MOSQUITTO={MOSQUITTO_OVERRIDE} does not exist"
         return "mosquitto is not installed (apt-get install mosquitto)"
     return None
 
@@ -510,11 +541,15 @@ class RawSession:
 class MqttClient:
     """A paho-mqtt client with blocking calls, as a test wants them."""
 
-    def __init__(self, port: int, username: str | None, password: str | None, client_id: str) -> None:
+    def __init__(
+        self, port: int, username: str | None, password: str | None, client_id: str, protocol: int = 4
+    ) -> None:
+        """`protocol`: 4 for MQTT 3.1.1, 5 for MQTT 5."""
         import paho.mqtt.client as mqtt
 
         self.port = port
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        version = mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.connack: Any = None

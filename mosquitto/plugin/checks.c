@@ -1,9 +1,11 @@
 /* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
  *
- * Answers by HTTP status: 200 allow, 403/400 deny, anything else (5xx, other
+ * Answers by HTTP status: 200 with the service's own body ({"ok": true, ...})
+ * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
  * statuses, timeout, no connection) is a fault: nothing is cached and the
  * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
- *   CONNECT   -> socket closed without CONNACK (handle_connect.c)
+ *   CONNECT   -> socket closed without CONNACK (handle_connect.c; an MQTT 5
+ *                CONNECT is told "server unavailable" instead, cr_connect_fault)
  *   PUBLISH   -> handle__publish returns the error: the publisher is
  *                disconnected before any PUBACK/PUBREC, so QoS 1/2 are re-sent
  *   SUBSCRIBE -> handle__subscribe returns the error: client disconnected.
@@ -20,6 +22,7 @@
 
 #include <mosquitto.h>
 
+#include "answer.h"
 #include "state.h"
 
 static void service_state(struct cr_plugin *p, int ok, const char *why)
@@ -36,7 +39,6 @@ static void service_state(struct cr_plugin *p, int ok, const char *why)
 	}
 }
 
-enum verdict { ALLOW, DENY, FAULT };
 
 /* Mosquitto waits on its only thread while a check runs. When cregistry gave
  * no answer at all (timeout, no connection), the checks that miss the cache
@@ -44,17 +46,26 @@ enum verdict { ALLOW, DENY, FAULT };
  * so that clients whose answers are cached are not stalled behind a queue of
  * reconnecting devices. The first miss after the window asks again, and any
  * HTTP answer of the change feed ends the window early (poll.c). */
-static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
+/* Within the fault backoff after a check got no answer (the window ends by
+ * itself, or early on any answer of the change feed, poll.c). */
+bool cr_fault_window(struct cr_plugin *p)
+{
+	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+		return true;
+	}
+	p->fault_until_ms = 0;
+	return false;
+}
+
+static enum cr_verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 {
 	char *json;
 	long status;
-	char why[64];
 
-	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+	if(cr_fault_window(p)){
 		p->counters.fast_fails++;
-		return FAULT;
+		return CR_FAULT;
 	}
-	p->fault_until_ms = 0;
 	if(!p->warned_no_tick && p->counters.feed_polls == 0 && cr_now_ms() - p->loaded_ms > 5000){
 		p->warned_no_tick = true;
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: mosquitto sends no ticks, so the change feed is never"
@@ -63,30 +74,58 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 	json = cJSON_PrintUnformatted(body);
 	if(json == NULL){
 		p->counters.http_errors++;
-		return FAULT;
+		return CR_FAULT;
 	}
 	status = cr_http_post_json(&p->http, url, json);
 	OPENSSL_cleanse(json, strlen(json));
 	cJSON_free(json);
-	if(status == 200){
+	return cr_judge(p, status, &p->http.check_body, p->http.check_error);
+}
+
+/* The verdict of a check's answer (`status` 0: none came, `error` says why),
+ * with the service's state, counters and fault backoff updated. */
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error)
+{
+	char why[64];
+
+	if(status == 200 && cr_answer_grants(body->data, body->len)){
 		service_state(p, 1, "");
-		return ALLOW;
+		return CR_ALLOW;
 	}
 	if(status == 403 || status == 400){
 		service_state(p, 1, "");
-		return DENY;
+		return CR_DENY;
 	}
 	p->counters.http_errors++;
+	if(status == 200){
+		service_state(p, 0, "HTTP 200 without {\"ok\": true}: not cregistry's answer");
+		return CR_FAULT;
+	}
 	if(status == 0){
 		if(p->opt.fault_backoff_ms > 0){
 			p->fault_until_ms = cr_now_ms() + p->opt.fault_backoff_ms;
 		}
-		service_state(p, 0, p->http.check_error[0] ? p->http.check_error : "no answer");
+		service_state(p, 0, error[0] ? error : "no answer");
 	}else{
 		snprintf(why, sizeof(why), "HTTP %ld", status);
 		service_state(p, 0, why);
 	}
-	return FAULT;
+	return CR_FAULT;
+}
+
+/* What a client is told when its CONNECT could not be checked (cregistry
+ * unreachable, slow, or not cregistry): never "not authorised", which a
+ * device takes for refused credentials (SPEC §11).
+ * - MQTT 5: MOSQ_ERR_SERVER_UNAVAILABLE (136). Mosquitto 2.1 sends it as the
+ *   CONNACK's reason code 0x88; 2.0 sends a CONNACK only for MOSQ_ERR_AUTH and
+ *   closes the connection without one for any other code.
+ * - MQTT 3.1.1: MOSQ_ERR_UNKNOWN, closed without a CONNACK on both: 2.1 would
+ *   turn 136 into 3.1.1's "not authorised" (5). */
+#define CR_ERR_SERVER_UNAVAILABLE 136 /* 2.1's MOSQ_ERR_SERVER_UNAVAILABLE; not in 2.0's header */
+
+int cr_connect_fault(const struct mosquitto *client)
+{
+	return mosquitto_client_protocol_version(client) == 5 ? CR_ERR_SERVER_UNAVAILABLE : MOSQ_ERR_UNKNOWN;
 }
 
 static void wipe_string_item(cJSON *item)
@@ -94,6 +133,19 @@ static void wipe_string_item(cJSON *item)
 	if(item && item->valuestring){
 		OPENSSL_cleanse(item->valuestring, strlen(item->valuestring));
 	}
+}
+
+/* Whether cregistry is known to be unreachable just now: the change feed is
+ * failing, or a check got no answer moments ago (the fault backoff). A CONNECT
+ * is then answered at once, synchronously (MQTT 5: 0x88), never delayed: 2.1's
+ * mosquitto_complete_basic_auth could only say "not authorised". */
+static bool cregistry_known_down(struct cr_plugin *p)
+{
+	if(cr_fault_window(p) || p->feed_state == 0){
+		p->counters.fast_fails++;
+		return true;
+	}
+	return false;
 }
 
 int cr_on_basic_auth(int event, void *event_data, void *userdata)
@@ -108,7 +160,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	int cached;
 	cJSON *body;
 	cJSON *pw_item = NULL;
-	enum verdict v;
+	enum cr_verdict v;
 
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
@@ -119,7 +171,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	if(cr_connect_digest(p->digest_key, user, password, id, digest) != 0){
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
 	}
 	memset(&key, 0, sizeof(key));
 	key.user = user;
@@ -141,12 +193,26 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
 		cJSON_Delete(body);
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
+	}
+	if(p->delayed.complete != NULL && !cregistry_known_down(p)){
+		char *json = cJSON_PrintUnformatted(body);
+		wipe_string_item(pw_item);
+		cJSON_Delete(body);
+		if(json != NULL && cr_delayed_start(p, p->url_user, json, id, user, digest) == 0){
+			OPENSSL_cleanse(digest, sizeof(digest));
+			p->counters.delayed++;
+			return CR_ERR_AUTH_DELAYED;
+		}
+		/* json (if any) is freed by cr_delayed_start; no slot: a fault */
+		OPENSSL_cleanse(digest, sizeof(digest));
+		p->counters.http_errors++;
+		return cr_connect_fault(ed->client);
 	}
 	v = ask(p, p->url_user, body);
 	wipe_string_item(pw_item);
 	cJSON_Delete(body);
-	if(v == ALLOW){
+	if(v == CR_ALLOW){
 		if(p->opt.cache_seconds > 0){
 			/* out of memory only costs a later re-check */
 			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
@@ -155,7 +221,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	OPENSSL_cleanse(digest, sizeof(digest));
-	return v == DENY ? MOSQ_ERR_AUTH : MOSQ_ERR_UNKNOWN; /* refusals are never cached */
+	return v == CR_DENY ? MOSQ_ERR_AUTH : cr_connect_fault(ed->client); /* refusals are never cached */
 }
 
 int cr_on_acl_check(int event, void *event_data, void *userdata)
@@ -166,7 +232,7 @@ int cr_on_acl_check(int event, void *event_data, void *userdata)
 	struct cr_key key;
 	int acc, result;
 	cJSON *body;
-	enum verdict v;
+	enum cr_verdict v;
 
 	(void)event;
 	switch(ed->access){
@@ -214,11 +280,11 @@ int cr_on_acl_check(int event, void *event_data, void *userdata)
 	}
 	v = ask(p, p->url_acl, body);
 	cJSON_Delete(body);
-	if(v == FAULT){
+	if(v == CR_FAULT){
 		return acc == 1 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_UNKNOWN;
 	}
-	result = v == ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
-	long lifetime = v == ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
+	result = v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	long lifetime = v == CR_ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
 	if(lifetime > 0){
 		(void)cr_cache_put(&p->cache, &key, result, cr_now_ms() + lifetime * 1000);
 	}

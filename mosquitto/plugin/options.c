@@ -18,7 +18,8 @@ struct int_option {
 };
 
 static const struct int_option INT_OPTIONS[] = {
-	{"timeout_ms", offsetof(struct cr_options, timeout_ms), 1500, 50, 2000},
+	/* cregistry/budget.py PLUGIN_TIMEOUT_SECONDS: the service answers 503 250 ms earlier */
+	{"timeout_ms", offsetof(struct cr_options, timeout_ms), 1750, 50, 2000},
 	{"cache_seconds", offsetof(struct cr_options, cache_seconds), 300, 0, 86400},
 	{"deny_cache_seconds", offsetof(struct cr_options, deny_cache_seconds), 60, 0, 86400},
 	{"cache_size", offsetof(struct cr_options, cache_size), 100000, 1, 10000000},
