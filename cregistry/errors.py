@@ -42,6 +42,10 @@ class RoleNotFound(CregistryError):
     """No role with that name."""
 
 
+class CertificateRefused(CregistryError):
+    """A certificate cannot be issued or revoked as asked (no CA, no valid current certificate to renew)."""
+
+
 class RequestNotFound(CregistryError):
     """No pending registration request matches (it may have expired or been handled)."""
 

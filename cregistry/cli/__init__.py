@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from cregistry.cli.audit_command import audit
+from cregistry.cli.ca_commands import ca
 from cregistry.cli.context import CliContext
 from cregistry.cli.device_commands import device
 from cregistry.cli.errors import ErrorMappingGroup
@@ -42,6 +43,7 @@ for command in (
     *(grant, revoke),
     role,
     audit,
+    ca,
     device,
 ):
     cli.add_command(command)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUS_FOR = {
     errors.InvalidInput: 400,
     errors.RequestDenied: 403,
+    errors.CertificateRefused: 403,
     errors.UserNotFound: 404,
     errors.RoleNotFound: 404,
     errors.RequestNotFound: 404,

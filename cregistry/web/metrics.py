@@ -88,6 +88,18 @@ REGISTRATIONS = Counter(
     ["status"],
     registry=LOCAL,
 )
+CERTIFICATES = Counter(
+    "cregistry_certificates",
+    "Client certificates by action (issue: at approval, renew, revoke).",
+    ["action"],
+    registry=LOCAL,
+)
+CERTIFICATE_CHECKS = Counter(
+    "cregistry_certificate_checks",
+    "CONNECTs with a client certificate by result (accepted, refused).",
+    ["result"],
+    registry=LOCAL,
+)
 REDIS_ERRORS = Counter(
     "cregistry_redis_errors",
     "Requests (and scrapes) that failed on Redis, by error (a redis-py exception, or StorageUnavailable for a"
@@ -117,6 +129,12 @@ class PrometheusListener(instruments.Listener):
 
     def bcrypt_waiting(self, delta: int) -> None:
         PASSWORD_CHECKS_WAITING.inc(delta)
+
+    def certificate_changed(self, action: str) -> None:
+        CERTIFICATES.labels(action).inc()
+
+    def certificate_checked(self, accepted: bool) -> None:
+        CERTIFICATE_CHECKS.labels("accepted" if accepted else "refused").inc()
 
 
 def init_app(app: Flask, *, broker: bool) -> None:
