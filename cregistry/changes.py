@@ -38,6 +38,7 @@ FORGET_ALL = "all"  # drop everything (a role's members may be many)
 
 CHANGE_FOR_ACTION = {
     "request.approve": FORGET_USER,
+    "enrollment.register": FORGET_USER,
     "user.add": FORGET_USER,
     "user.superuser": FORGET_USER,
     "user.permissions": FORGET_USER,
@@ -59,7 +60,17 @@ CHANGE_FOR_ACTION = {
     "role.delete": FORGET_ALL,
 }
 # Actions that change nothing a broker caches: refused CONNECTs are never cached.
-NO_CHANGE_ACTIONS = frozenset({"registry.unlock", "registry.lock", "request.deny", "user.failures.clear"})
+NO_CHANGE_ACTIONS = frozenset(
+    {
+        "registry.unlock",
+        "registry.lock",
+        "request.deny",
+        "user.failures.clear",
+        "enrollment.create",
+        "enrollment.delete",
+        "enrollment.forget",
+    }
+)
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 _UINT64_MAX = 2**64 - 1

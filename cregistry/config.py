@@ -56,6 +56,8 @@ CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
 CA_CERT = "CA_CERT"
 CA_KEY = "CA_KEY"
 CERT_DAYS = "CERT_DAYS"
+ENROLLMENT_FAILURE_LIMIT = "ENROLLMENT_FAILURE_LIMIT"
+ENROLLMENT_FAILURE_WINDOW = "ENROLLMENT_FAILURE_WINDOW"
 
 
 def env_name(name: str) -> str:
@@ -126,6 +128,10 @@ class Config:
     ca_cert: str | None = None
     ca_key: str | None = None
     cert_days: int = 365
+    # Refused enrollment registrations (bad tokens, usernames outside the
+    # pattern) per client address and window; over it, tokens are not looked at.
+    enrollment_failure_limit: int = 20
+    enrollment_failure_window: int = 15 * 60
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -156,6 +162,8 @@ class Config:
         _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
         _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
         _check_range(CERT_DAYS, self.cert_days, 1, 3650)
+        _check_range(ENROLLMENT_FAILURE_LIMIT, self.enrollment_failure_limit, 1, 1_000_000)
+        _check_range(ENROLLMENT_FAILURE_WINDOW, self.enrollment_failure_window, 1, 24 * 3600)
         if self.session_secret is not None and len(self.session_secret) < 32:
             raise ConfigError(f"{ENV_PREFIX}{SESSION_SECRET} must be at least 32 characters")
         if self.verify_secret is not None:

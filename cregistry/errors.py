@@ -46,6 +46,18 @@ class CertificateRefused(CregistryError):
     """A certificate cannot be issued or revoked as asked (no CA, no valid current certificate to renew)."""
 
 
+class EnrollmentNotFound(CregistryError):
+    """No enrollment with that name (it may have expired or been revoked)."""
+
+
+class EnrollmentExists(CregistryError):
+    """An enrollment with that name exists already."""
+
+
+class EnrollmentRefused(CregistryError):
+    """The enrollment token is unknown, revoked, expired or used up, or the username is not the enrollment's."""
+
+
 class RequestNotFound(CregistryError):
     """No pending registration request matches (it may have expired or been handled)."""
 

@@ -35,6 +35,9 @@ class Listener:
     def certificate_checked(self, accepted: bool) -> None:
         """A CONNECT with a client certificate was decided."""
 
+    def enrollment_registration(self, enrollment: str, result: str) -> None:
+        """A registration with an enrollment token ended (enrollments.py); `enrollment` is "" for an unknown token."""
+
 
 _listener = Listener()
 
@@ -54,6 +57,10 @@ def certificate_changed(action: str) -> None:
 
 def certificate_checked(accepted: bool) -> None:
     _listener.certificate_checked(accepted)
+
+
+def enrollment_registration(enrollment: str, result: str) -> None:
+    _listener.enrollment_registration(enrollment, result)
 
 
 @contextlib.contextmanager

@@ -174,7 +174,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         log.warning(
             f"{env_name(VERIFY_SECRET)} is not set: verified-password tokens end with this process, so after a"
             " restart every device pays bcrypt again and one whose username is over the failure limit is"
-            " refused until the window ends"
+            " refused until the window ends; enrollment tokens made now stop working at the restart, and"
+            " those the CLI makes never work"
         )
     if not config.session_secret:
         # Also before the fork: a secret per worker would end a console session

@@ -15,6 +15,7 @@ from cregistry.authorizer import Authorizer
 from cregistry.certificates import Authority, Certificates, load_authority
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
+from cregistry.enrollments import AddressLimit, Enrollments
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
@@ -39,6 +40,7 @@ class Services:
     registration: Registration
     authorizer: Authorizer
     certificates: Certificates
+    enrollments: Enrollments
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
 
@@ -92,6 +94,12 @@ def build(
     authorizer = Authorizer(
         users, verifier, registration, clock, monotonic, follower=follower, certificates=certificates
     )
+    # Token digests under the verifier's secret (CREGISTRY_VERIFY_SECRET), so
+    # that instances and the CLI sharing that secret find the same enrollments.
+    enrollments = Enrollments(
+        connection, config, clock, keys=keys, users=users, verifier=verifier, audit=audit,
+        secret=verifier.secret, limit=AddressLimit(connection, config, keys=keys),
+    )  # fmt: skip
     return Services(
         config,
         connection,
@@ -106,5 +114,6 @@ def build(
         registration,
         authorizer,
         certificates,
+        enrollments,
         follower,
     )

@@ -84,6 +84,12 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     callback=_topic,
     help="Publish a small JSON message here (%u: username, %c: client id).",
 )
+@click.option(
+    "--enrollment-token-file",
+    "enrollment_token_file",
+    type=READABLE_FILE,
+    help="Register over REST with the enrollment token in this file (needs --register-url): no approval needed.",
+)
 @click.option("--publish-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @click.option("--tls", is_flag=True, help="Connect with TLS (implied by the other TLS options).")
 @click.option("--ca-file", type=READABLE_FILE, help="CA certificates to verify the broker (and the REST URL) with.")
@@ -120,6 +126,7 @@ def run(
     log_format: str,
     max_backoff: float,
     exit_on_refusal: bool,
+    enrollment_token_file: Path | None,
 ) -> None:
     """Register this device and keep it connected.
 
@@ -128,6 +135,9 @@ def run(
     ID and what the operator must do; the device then retries until it is
     approved. Later starts reuse the file. SIGTERM or Ctrl-C stop it (exit 0).
 
+    With --enrollment-token-file (and --register-url) the device registers
+    at once with an enrollment token instead (`cregistry enrollment create`).
+
     \b
     Example:
         cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
@@ -135,6 +145,9 @@ def run(
     """
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
+    enrollment_token = _read_token(enrollment_token_file) if enrollment_token_file is not None else None
+    if enrollment_token is not None and register_url is None:
+        raise click.UsageError("--enrollment-token-file needs --register-url (enrollment tokens go over REST)")
     use_tls = tls or insecure or any(f is not None for f in (ca_file, cert_file, key_file))
     settings = DeviceSettings(
         host=host,
@@ -148,6 +161,7 @@ def run(
         tls=TlsSettings(ca_file, cert_file, key_file, insecure) if use_tls else None,
         max_backoff=max_backoff,
         exit_on_refusal=exit_on_refusal,
+        enrollment_token=enrollment_token,
     )
     _configure_logging(log_format)
     try:
@@ -182,6 +196,19 @@ def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
         click.echo(f"Warning: {credentials_path} is readable by other users: chmod 600 {credentials_path}", err=True)
     as_json = json_requested(ctx)
     emit({"username": credentials.username, "pairingId": credentials.pairing_id}, credentials.pairing_id, as_json)
+
+
+def _read_token(path: Path) -> str:
+    """The token in the file: its first line, without surrounding blanks."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        message = f"cannot read {path}: {type(error).__name__}"
+        raise click.BadParameter(message, param_hint="--enrollment-token-file") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise click.BadParameter(f"{path} holds no token", param_hint="--enrollment-token-file")
+    return token
 
 
 def _configure_logging(log_format: str) -> None:

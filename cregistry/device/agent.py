@@ -59,6 +59,9 @@ class DeviceSettings:
     tls: TlsSettings | None = None
     max_backoff: float = 60.0
     exit_on_refusal: bool = False
+    # An enrollment token (SPEC §13): registers over REST at once. A secret
+    # for a whole batch of devices: never in a log line or a repr.
+    enrollment_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def broker_port(self) -> int:
@@ -119,7 +122,15 @@ class DeviceAgent:
         """Until stop(): raises CregistryError subclasses when the device must give up."""
         credentials, created = self.load_credentials()
         if not credentials.accepted_before:
-            self.announce(operator_instructions(credentials, self.store.path, created, self.settings.register_url))
+            self.announce(
+                operator_instructions(
+                    credentials,
+                    self.store.path,
+                    created,
+                    self.settings.register_url,
+                    enrolling=self.settings.enrollment_token is not None,
+                )
+            )
             if self.settings.register_url and not self.register_over_rest(credentials):
                 event(logging.INFO, "stopped", "stopped")
                 return
@@ -164,6 +175,9 @@ class DeviceAgent:
             "password": credentials.password,
             "clientId": self._client_id(credentials),
         }
+        enrolling = self.settings.enrollment_token is not None
+        if self.settings.enrollment_token is not None:
+            body["enrollment"] = self.settings.enrollment_token
         backoff = self.backoff()
         last_status: int | None = None
         while not self.stopping:
@@ -173,7 +187,9 @@ class DeviceAgent:
                 status, answer = 0, None
                 decision = RestDecision(POLL, f"cannot reach {url}: {describe_os_error(error)}")
             else:
-                decision = decide_registration(status, answer, credentials.username, credentials.pairing_id)
+                decision = decide_registration(
+                    status, answer, credentials.username, credentials.pairing_id, enrolling=enrolling
+                )
             fields = {"status": status, "username": credentials.username, "pairingId": credentials.pairing_id}
             if decision.action == CONNECT:
                 event(logging.INFO, "registration-granted", decision.message, **fields)
@@ -287,9 +303,21 @@ def validate_publish_topic(topic: str) -> str:
     return topic
 
 
-def operator_instructions(credentials: Credentials, path: Path, created: bool, register_url: str | None) -> str:
+def operator_instructions(
+    credentials: Credentials, path: Path, created: bool, register_url: str | None, *, enrolling: bool = False
+) -> str:
     """The block a person reads on the device's console."""
     name, pairing = credentials.username, credentials.pairing_id
+    if enrolling:
+        return "\n".join(
+            [
+                f"cregistry device: {'new credentials in' if created else 'credentials from'} {path}",
+                f"  username:   {name}",
+                f"  pairing ID: {pairing}",
+                "This device registers over REST with an enrollment token: no approval is needed. If it is"
+                " refused, the operator checks `cregistry enrollment list` (uses left, expiry, username pattern).",
+            ]
+        )
     how = "registers over REST" if register_url else "connects to the broker"
     return "\n".join(
         [

@@ -38,11 +38,11 @@ from cregistry.web.broker_wsgi import (
     Answer,
     BrokerChecks,
     check_fields,
-    error_answer,
     parse_params,
     route_of,
 )
 from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
+from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class BrokerListener:
         except BodyTooLarge:
             status, reply = 413, {"ok": False, "error": "the body is too large"}
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, reply = error_answer(error)
+            status, reply = error_answer(error, unexpected_status=503)
         data = self.checks.finish(route, status, reply, started)
         headers = [*_HEADERS, (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -39,17 +39,14 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-import redis
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from cregistry import errors
 from cregistry.authorizer import Authorizer, Decision, parse_acc
 from cregistry.errors import InvalidInput
 from cregistry.token_connect import check_user_by_cached_token, check_user_by_token
 from cregistry.web import metrics
 from cregistry.web.deadline import DEADLINE_SECONDS, run_within
-from cregistry.web.errors import STATUS_FOR
+from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ class BrokerChecks:
             seen = environ.get(POSITION_ENVIRON) or None
             status, body = self.quick(route, fields, seen) or self.answer(route, fields, seen)
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, body = error_answer(error)
+            status, body = error_answer(error, unexpected_status=503)
         data = self.finish(route, status, body, started)
         start_response(
             f"{status} {HTTPStatus(status).phrase}",
@@ -225,22 +222,6 @@ def _field(params: dict[str, Any], name: str) -> str:
 
 def _answer(decision: Decision) -> Answer:
     return (200 if decision.allowed else 403), {"ok": decision.allowed, "error": decision.reason}
-
-
-def error_answer(error: Exception) -> Answer:
-    """What web/errors.py answers on the broker listener, where a bug is a 503."""
-    if isinstance(error, errors.CregistryError):
-        if isinstance(error, errors.StorageUnavailable):
-            metrics.count_redis_error(error)
-        return STATUS_FOR.get(type(error), 400), {"ok": False, "error": str(error)}
-    if isinstance(error, redis.RedisError):
-        log.warning("Redis unavailable: %s", type(error).__name__)
-        metrics.count_redis_error(error)
-        return 503, {"ok": False, "error": "storage unavailable; try again"}
-    if isinstance(error, HTTPException) and error.code is not None:
-        return error.code, {"ok": False, "error": error.description or error.name}
-    log.exception("unexpected error", exc_info=error)
-    return 503, {"ok": False, "error": "internal error"}
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

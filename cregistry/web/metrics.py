@@ -100,6 +100,14 @@ CERTIFICATE_CHECKS = Counter(
     ["result"],
     registry=LOCAL,
 )
+ENROLLMENT_REGISTRATIONS = Counter(
+    "cregistry_enrollment_registrations",
+    "Registrations with an enrollment token by enrollment (empty for a token that names none) and result"
+    " (granted, repeated, conflict, limited, busy, ..., or why one was refused: unknown_token, expired, used_up,"
+    " outside_pattern, removed_user).",
+    ["enrollment", "result"],
+    registry=LOCAL,
+)
 REDIS_ERRORS = Counter(
     "cregistry_redis_errors",
     "Requests (and scrapes) that failed on Redis, by error (a redis-py exception, or StorageUnavailable for a"
@@ -135,6 +143,9 @@ class PrometheusListener(instruments.Listener):
 
     def certificate_checked(self, accepted: bool) -> None:
         CERTIFICATE_CHECKS.labels("accepted" if accepted else "refused").inc()
+
+    def enrollment_registration(self, enrollment: str, result: str) -> None:
+        ENROLLMENT_REGISTRATIONS.labels(enrollment, result).inc()
 
 
 def init_app(app: Flask, *, broker: bool) -> None:

@@ -138,7 +138,7 @@ def test_every_post_without_a_session_changes_nothing(
     domain.users.add("gateway-1", "secret1")
     before = audit_actions(domain)
     token = csrf_of(client.get("/console/sign-in"))
-    values = {"request_id": request_id, "username": "gateway-1", "anything": "x"}
+    values = {"request_id": request_id, "username": "gateway-1", "anything": "x", "name": "line-3"}
     checked = 0
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith("console.") or "POST" not in rule.methods:
