@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from cregistry import names, topics
+from cregistry import instruments, names, topics
+from cregistry.certificates import Certificates
 from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
 from cregistry.log_throttle import ThrottledWarning
@@ -166,8 +167,10 @@ class Authorizer:
         monotonic: Callable[[], float] = time.monotonic,
         *,
         follower: FeedFollower | None = None,
+        certificates: Certificates,
     ):
         self.users = users
+        self.certificates = certificates
         self.verifier = verifier
         self.registration = registration
         self.monotonic = monotonic
@@ -185,6 +188,23 @@ class Authorizer:
             self.last_connects.record(username, client_id, started)
             return ALLOW
         return Decision(False, REFUSALS[attempt.outcome].format(pairing=attempt.pairing_id, detail=attempt.detail))
+
+    def check_certificate(self, username: str, client_id: str, fingerprint: str, common_name: str) -> Decision:
+        """CONNECT with a client certificate Mosquitto verified against the
+        registry CA (the plugin sends its SHA-256 and CN): the certificate
+        decides, so a password is not needed, and one sent is not checked."""
+        started = self.monotonic()
+        try:
+            names.validate_username(username)
+            names.validate_client_id(client_id)
+        except InvalidInput as error:
+            return Decision(False, str(error))
+        refusal = self.certificates.check_connect(username, fingerprint, common_name)
+        instruments.certificate_checked(refusal is None)
+        if refusal is not None:
+            return Decision(False, refusal)
+        self.last_connects.record(username, client_id, started)
+        return ALLOW
 
     def check_superuser(self, username: str, seen: str | None = None) -> Decision:
         try:

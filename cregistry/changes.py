@@ -50,6 +50,11 @@ CHANGE_FOR_ACTION = {
     "user.role.unassign": FORGET_USER,
     "user.delete": KICK_USER,
     "user.password": KICK_USER,
+    # A new certificate at approval: the user is new. Renewal and revocation
+    # kick, so that the old certificate's connections end within 2 s.
+    "user.certificate.issue": FORGET_USER,
+    "user.certificate.renew": KICK_USER,
+    "user.certificate.revoke": KICK_USER,
     "role.permissions": FORGET_ALL,
     "role.grant": FORGET_ALL,
     "role.revoke": FORGET_ALL,

@@ -53,6 +53,9 @@ CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
 CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
 CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
+CA_CERT = "CA_CERT"
+CA_KEY = "CA_KEY"
+CERT_DAYS = "CERT_DAYS"
 ENROLLMENT_FAILURE_LIMIT = "ENROLLMENT_FAILURE_LIMIT"
 ENROLLMENT_FAILURE_WINDOW = "ENROLLMENT_FAILURE_WINDOW"
 
@@ -120,6 +123,11 @@ class Config:
     console_max_age: int = 12 * 3600
     console_signin_limit: int = 10
     console_signin_window: int = 15 * 60
+    # Certificate onboarding (certificates.py, docs/certificates.md): the registry
+    # CA's certificate and key files (both or neither), and the days what it signs is valid.
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    cert_days: int = 365
     # Refused enrollment registrations (bad tokens, usernames outside the
     # pattern) per client address and window; over it, tokens are not looked at.
     enrollment_failure_limit: int = 20
@@ -153,6 +161,7 @@ class Config:
         _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
         _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
         _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
+        _check_range(CERT_DAYS, self.cert_days, 1, 3650)
         _check_range(ENROLLMENT_FAILURE_LIMIT, self.enrollment_failure_limit, 1, 1_000_000)
         _check_range(ENROLLMENT_FAILURE_WINDOW, self.enrollment_failure_window, 1, 24 * 3600)
         if self.session_secret is not None and len(self.session_secret) < 32:

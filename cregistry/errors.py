@@ -42,6 +42,10 @@ class RoleNotFound(CregistryError):
     """No role with that name."""
 
 
+class CertificateRefused(CregistryError):
+    """A certificate cannot be issued or revoked as asked (no CA, no valid current certificate to renew)."""
+
+
 class EnrollmentNotFound(CregistryError):
     """No enrollment with that name (it may have expired or been revoked)."""
 

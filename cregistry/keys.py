@@ -67,6 +67,8 @@ class Keys:
 
     # -- one user ----------------------------------------------------------
     def user(self, username: str) -> str:
+        """Hash: passwordHash, createdAt, superuser, clientId, source; the current
+        certificate's certSerial, certNotAfter, certFingerprint, certKey, certPem."""
         """Hash: passwordHash, createdAt, superuser, clientId, source (and enrollment, for enrolled users)."""
         return f"{self.prefix}:{{{username}}}:user"
 
@@ -85,6 +87,10 @@ class Keys:
     def request(self, username: str, pairing_id: str) -> str:
         """Hash with a TTL: one pending request (hash, client id, times, attempts)."""
         return f"{self.prefix}:{{{username}}}:request:{pairing_id}"
+
+    def request_csr(self, username: str, pairing_id: str) -> str:
+        """Hash with the request's TTL: a pending request's CSR (pem, keyType, publicKeySha256; certificates.py)."""
+        return f"{self.prefix}:{{{username}}}:request-csr:{pairing_id}"
 
     def user_denials(self, username: str) -> str:
         """Hash: pairing ID -> denial time; expires with the pending TTL."""

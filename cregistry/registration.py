@@ -23,6 +23,7 @@ import redis
 from redis.client import Pipeline
 
 from cregistry import names, passwords
+from cregistry.certificates import Certificates, CheckedCsr
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
@@ -103,6 +104,7 @@ class Registration:
     verifier: PasswordVerifier
     policy: passwords.PasswordPolicy
     requests: PendingRequests
+    certificates: Certificates
 
     def attempt(
         self,
@@ -111,9 +113,11 @@ class Registration:
         client_id: object,
         source: str,
         context: object = None,
+        csr: CheckedCsr | None = None,
     ) -> Attempt:
         """A device asks with these credentials (`source`: "mqtt" or "rest");
-        malformed fields raise InvalidInput and change nothing."""
+        malformed fields raise InvalidInput and change nothing. `csr`: a
+        checked CSR (certificates.check_csr) a new request keeps beside it."""
         name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
         checked_context = validate_context(context)
         pairing = passwords.pairing_id(name, secret)
@@ -125,7 +129,7 @@ class Registration:
             self.policy.validate_strength(secret)
         except InvalidInput as error:
             return Attempt(Outcome.WEAK_PASSWORD, pairing, str(error))
-        return self.record_attempt(name, secret, client, source, checked_context, pairing)
+        return self.record_attempt(name, secret, client, source, checked_context, pairing, csr)
 
     def record_attempt(
         self,
@@ -135,6 +139,7 @@ class Registration:
         source: str,
         context: dict[str, Any] | None = None,
         pairing: str | None = None,
+        csr: CheckedCsr | None = None,
     ) -> Attempt:
         """Record or refresh a pending request.
 
@@ -171,7 +176,7 @@ class Registration:
         password_hash = self.verifier.hash_for_registration(password)
         if password_hash is None:
             return Attempt(Outcome.BUSY, pairing)
-        outcome = self._insert(username, pairing, password_hash, client_id, source, context, now)
+        outcome = self._insert(username, pairing, password_hash, client_id, source, context, now, csr)
         return Attempt(outcome, pairing)
 
     def _touch(self, username: str, pairing: str, now: float) -> bool:
@@ -196,6 +201,7 @@ class Registration:
         source: str,
         context: dict[str, Any] | None,
         now: float,
+        csr: CheckedCsr | None = None,
     ) -> Outcome:
         request_key = self.keys.request(username, pairing)
         candidates_key = self.keys.user_requests(username)
@@ -214,6 +220,8 @@ class Registration:
                 return Outcome.PENDING_CAP
             pipe.multi()
             self.requests.add(pipe, username, pairing, password_hash, client_id, source, context, now)
+            if csr is not None:
+                self.certificates.queue_pending(pipe, username, pairing, csr)
             return Outcome.RECORDED
 
         # Watching the candidate set makes the per-username cap exact; watching

@@ -20,8 +20,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from cregistry import names, passwords
+from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
+from cregistry.certificates import Certificates
 from cregistry.config import Config
 from cregistry.errors import AmbiguousRequest, InvalidInput, RequestNotFound, UsernameTaken
 from cregistry.keys import Keys
@@ -46,6 +47,9 @@ class PendingRequest:
     attempts: int
     context: dict[str, Any] | None
     password_hash: str = dataclasses.field(repr=False)
+    # The CSR sent with the first attempt, as operators see it (keyType,
+    # publicKeySha256; certificates.py), or None: no certificate requested.
+    certificate_request: dict[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -63,6 +67,7 @@ class PendingRequest:
             "lastSeen": isoformat(self.last_seen),
             "attempts": self.attempts,
             "context": self.context,
+            "certificateRequest": self.certificate_request,
         }
 
 
@@ -99,6 +104,7 @@ class PendingRequests:
     keys: Keys
     users: UserStore
     audit: AuditLog
+    certificates: Certificates
 
     # -- storage (the writes of registration.py) --------------------------
     def add(
@@ -140,6 +146,7 @@ class PendingRequests:
         ttl = self.config.pending_ttl
         pipe.expire(self.keys.request(username, pairing), ttl)
         pipe.expire(self.keys.user_requests(username), ttl)
+        pipe.expire(self.keys.request_csr(username, pairing), ttl)  # certificates.py; absent without a CSR
         pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, pairing): now + ttl})
 
     def live_pairing_ids(self, username: str) -> list[str]:
@@ -171,11 +178,13 @@ class PendingRequests:
         pipe = self.redis.pipeline(transaction=False)
         for username, pairing in pairs:
             pipe.hgetall(self.keys.request(username, pairing))
+            pipe.hgetall(self.keys.request_csr(username, pairing))
         requests = []
         stale = []
-        for (username, pairing), fields in zip(pairs, pipe.execute(), strict=True):
+        answers = pipe.execute()
+        for (username, pairing), fields, csr in zip(pairs, answers[::2], answers[1::2], strict=True):
             if fields:
-                requests.append(_request_from(username, pairing, fields))
+                requests.append(_request_from(username, pairing, fields, csr))
             else:
                 stale.append(Keys.pending_member(username, pairing))
         if stale:
@@ -194,9 +203,11 @@ class PendingRequests:
         pairings = self.live_pairing_ids(username)
         for pairing in pairings:
             pipe.hgetall(self.keys.request(username, pairing))
+            pipe.hgetall(self.keys.request_csr(username, pairing))
+        answers = pipe.execute()
         return [
-            _request_from(username, pairing, fields)
-            for pairing, fields in zip(pairings, pipe.execute(), strict=True)
+            _request_from(username, pairing, fields, csr)
+            for pairing, fields, csr in zip(pairings, answers[::2], answers[1::2], strict=True)
             if fields
         ]
 
@@ -217,6 +228,10 @@ class PendingRequests:
             request = self._watch_request(pipe, username, pairing_id)
             pairing = request.pairing_id
             all_pairings = set(pipe.smembers(candidates_key)) | {pairing}
+            # The request's CSR (certificates.py), signed before MULTI; None without one.
+            certificate = self.certificates.issue_for_request(
+                username, pipe.hgetall(self.keys.request_csr(username, pairing))
+            )
             pipe.multi()
             pipe.hset(
                 user_key,
@@ -234,11 +249,15 @@ class PendingRequests:
             self._forget_requests(pipe, username, all_pairings)
             pipe.delete(self.keys.user_denials(username))
             self.audit.add(pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id)
+            self.certificates.queue_issued(pipe, username, certificate, actor)
             return request
 
         pairing = run_watched(self.redis, [user_key, candidates_key], create_user).pairing_id
         log.info("registration approved: user %s pairing %s by %s", username, pairing, actor)
-        return self.users.get(username)
+        user = self.users.get(username)
+        if user.certificate is not None:
+            instruments.certificate_changed(instruments.CERTIFICATE_ISSUED)
+        return user
 
     def deny(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> PendingRequest:
         """Remove the request and remember the denial for the pending TTL,
@@ -290,12 +309,14 @@ class PendingRequests:
 
     def _forget_requests(self, pipe: Pipeline, username: str, pairings: set[Any]) -> None:
         for pairing in pairings:
-            pipe.delete(self.keys.request(username, pairing))
+            pipe.delete(self.keys.request(username, pairing), self.keys.request_csr(username, pairing))
             pipe.srem(self.keys.user_requests(username), pairing)
             pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, pairing))
 
 
-def _request_from(username: str, pairing: str, fields: dict[Any, Any]) -> PendingRequest:
+def _request_from(
+    username: str, pairing: str, fields: dict[Any, Any], csr: dict[Any, Any] | None = None
+) -> PendingRequest:
     context = fields.get("context") or ""
     return PendingRequest(
         username=username,
@@ -307,4 +328,7 @@ def _request_from(username: str, pairing: str, fields: dict[Any, Any]) -> Pendin
         attempts=int(fields.get("attempts") or 0),
         context=json.loads(context) if context else None,
         password_hash=fields.get("passwordHash", ""),
+        certificate_request=(
+            {"keyType": csr.get("keyType", ""), "publicKeySha256": csr.get("publicKeySha256", "")} if csr else None
+        ),
     )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from gunicorn.app.base import BaseApplication
 
+from cregistry.certificates import load_authority
 from cregistry.config import (
     ADMIN_TOKEN,
     EMBEDDED_REDIS_PORT,
@@ -141,6 +142,9 @@ def metrics_directory() -> Iterator[str]:
 
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Start the service; blocks until gunicorn stops."""
+    authority = load_authority(config)  # refuses a CA that cannot sign (ConfigError) before anything starts
+    if authority is not None:
+        announce(f"registry CA for client certificates: {config.ca_cert} (certificates valid {config.cert_days} days)")
     embedded = None
     if config.redis_url is None:
         # The embedded Redis is in-memory on purpose; the banner below says so.

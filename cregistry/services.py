@@ -12,6 +12,7 @@ import redis
 
 from cregistry.audit import AuditLog
 from cregistry.authorizer import Authorizer
+from cregistry.certificates import Authority, Certificates, load_authority
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
 from cregistry.enrollments import AddressLimit, Enrollments
@@ -38,6 +39,7 @@ class Services:
     requests: PendingRequests
     registration: Registration
     authorizer: Authorizer
+    certificates: Certificates
     enrollments: Enrollments
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
@@ -51,26 +53,47 @@ def build(
     limits: WorkLimits | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     follow_changes: bool = False,
+    authority: Authority | None = None,
 ) -> Services:
     """Every object once; `limits` (the bcrypt slots) may be shared by several
     builds of one process, as the two listeners of `serve` share them.
     `follow_changes`: build a feed follower (feed_follower.py) for the
-    caches of the broker checks."""
+    caches of the broker checks. `authority`: the registry CA, loaded from
+    the config (CREGISTRY_CA_CERT, CREGISTRY_CA_KEY) when not given."""
     keys = Keys(config.key_prefix)
     changes = ChangeFeed(connection, config, keys=keys)
     audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
     users = UserStore(connection, config, clock, keys=keys, audit=audit)
     limits = limits if limits is not None else WorkLimits(config)
+    certificates = Certificates(
+        connection,
+        config,
+        clock,
+        keys=keys,
+        audit=audit,
+        authority=authority if authority is not None else load_authority(config),
+    )
     follower = FeedFollower(changes, monotonic=monotonic) if follow_changes else None
     verifier = PasswordVerifier(
         connection, config, clock, limits, keys=keys, audit=audit, follower=follower, monotonic=monotonic
     )
     lock = RegistryLock(connection, config, clock, keys=keys, audit=audit)
-    requests = PendingRequests(connection, config, clock, keys=keys, users=users, audit=audit)
-    registration = Registration(
-        connection, config, clock, keys=keys, verifier=verifier, policy=users.policy, requests=requests
+    requests = PendingRequests(
+        connection, config, clock, keys=keys, users=users, audit=audit, certificates=certificates
     )
-    authorizer = Authorizer(users, verifier, registration, clock, monotonic, follower=follower)
+    registration = Registration(
+        connection,
+        config,
+        clock,
+        keys=keys,
+        verifier=verifier,
+        policy=users.policy,
+        requests=requests,
+        certificates=certificates,
+    )
+    authorizer = Authorizer(
+        users, verifier, registration, clock, monotonic, follower=follower, certificates=certificates
+    )
     # Token digests under the verifier's secret (CREGISTRY_VERIFY_SECRET), so
     # that instances and the CLI sharing that secret find the same enrollments.
     enrollments = Enrollments(
@@ -90,6 +113,7 @@ def build(
         requests,
         registration,
         authorizer,
+        certificates,
         enrollments,
         follower,
     )

@@ -14,6 +14,7 @@ from redis.typing import EncodableT, FieldT
 
 from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
+from cregistry.certificates import CurrentCertificate, current_from
 from cregistry.config import Config
 from cregistry.errors import (
     InvalidInput,
@@ -54,6 +55,7 @@ class UserDict(TypedDict):
     permissions: list[PermissionDict]
     lastConnect: str | None
     lastClientId: str | None
+    certificate: dict[str, str | None] | None  # {"serial", "notAfter"} (certificates.py)
 
 
 class RoleDict(TypedDict):
@@ -85,6 +87,7 @@ class User:
     # (record_connect); None before the first one.
     last_connect: float | None = None
     last_client_id: str | None = None
+    certificate: CurrentCertificate | None = None
 
     def to_dict(self) -> UserDict:
         """What the API and CLI show; never the password hash."""
@@ -99,6 +102,7 @@ class User:
             "permissions": [p.to_dict() for p in self.permissions],
             "lastConnect": isoformat(self.last_connect) if self.last_connect is not None else None,
             "lastClientId": self.last_client_id,
+            "certificate": self.certificate.to_dict() if self.certificate is not None else None,
         }
 
 
@@ -673,6 +677,7 @@ def _user_from(
         permissions=tuple(_permissions_from(permissions)),
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
+        certificate=current_from(dict(data)),
     )
 
 

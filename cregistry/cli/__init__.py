@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from cregistry.cli.audit_command import audit
+from cregistry.cli.ca_commands import ca
 from cregistry.cli.context import CliContext
 from cregistry.cli.device_commands import device
 from cregistry.cli.enrollment_commands import enrollment
@@ -44,6 +45,7 @@ for command in (
     role,
     enrollment,
     audit,
+    ca,
     device,
 ):
     cli.add_command(command)

@@ -33,6 +33,7 @@ EXIT_CODE_FOR = {
     errors.AmbiguousRequest: EXIT_CONFLICT,
     errors.RegistryLocked: EXIT_REFUSED,
     errors.RequestDenied: EXIT_REFUSED,
+    errors.CertificateRefused: EXIT_REFUSED,
     errors.PendingLimitReached: EXIT_REFUSED,
     errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,

@@ -33,6 +33,13 @@ def requests(obj: CliContext, offset: int, limit: int) -> None:
             ["USERNAME", "PAIRING ID", "CLIENT ID", "SOURCE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN"],
             [_request_row(r) for r in pending],
         )
+        # A line each under the table, so that the table's columns stay what scripts read.
+        text += "".join(
+            f"\n{r.username} (pairing ID {r.pairing_id}) requests a certificate:"
+            f" {r.certificate_request['keyType']} key, SHA-256 {r.certificate_request['publicKeySha256'][:16]}..."
+            for r in pending
+            if r.certificate_request is not None
+        )
     elif total:
         text = f"offset {offset} is past the end: {total} pending request{'' if total == 1 else 's'}"
     else:

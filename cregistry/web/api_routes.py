@@ -57,15 +57,20 @@ def register() -> tuple[Response, int]:
     username = body.get("username")
     if "enrollment" in body:
         return _register_enrolled(body)
-    attempt = _domain().registration.attempt(
-        username, body.get("password"), body.get("clientId"), "rest", body.get("context")
+    domain = _domain()
+    csr = domain.certificates.check_csr(body.get("csr"), username)  # checked before anything is recorded
+    attempt = domain.registration.attempt(
+        username, body.get("password"), body.get("clientId"), "rest", body.get("context"), csr
     )
     answer = REGISTRATION_ANSWERS[attempt.outcome]
     if isinstance(answer, tuple):
         error, message = answer
         raise error(message.format(username=username, detail=attempt.detail))
     if answer == 201:
-        return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
+        # The user's certificate (renewed for a CSR with a new key), with the CA's; SPEC §14.
+        certificate = domain.certificates.for_granted(str(username), csr)
+        granted = {"status": "granted", "username": username, "pairingId": attempt.pairing_id, **certificate}
+        return jsonify(granted), 201
     return jsonify({"status": "pending", "pairingId": attempt.pairing_id}), 202
 
 
@@ -158,6 +163,13 @@ def show_user(username: str) -> Response:
 def delete_user(username: str) -> Response:
     _users().delete(username, actor=g.actor)
     return jsonify({"deleted": username})
+
+
+@admin.delete("/api/users/<username>/certificate")
+def revoke_certificate(username: str) -> Response:
+    """The user's clients are disconnected; the device gets a new certificate only through a new approval."""
+    serial = _domain().certificates.revoke(username, actor=g.actor)
+    return jsonify({"username": username, "revoked": serial})
 
 
 @admin.put("/api/users/<username>/permissions")

@@ -108,7 +108,9 @@ class BrokerChecks:
         """The answer from this worker's caches alone (no I/O), or None."""
         decision: Decision | None = None
         if route == "user":
-            username, password, client_id = fields
+            username, password, client_id, certificate = fields
+            if certificate is not None:
+                return None  # one Redis round trip (answer); the certificate's answer is not cached here
             decision = check_user_by_cached_token(self.authorizer, username, password, client_id, seen)
         elif route == "acl":
             username, client_id, topic, acc = fields
@@ -121,11 +123,17 @@ class BrokerChecks:
     def answer(self, route: str, fields: Fields, seen: str | None) -> Answer:
         """The answer, asking Redis (and bcrypt on the check pool) as needed."""
         authorizer = self.authorizer
-        if route == "user":
+        if route == "user" and fields[3] is not None:
+            username, _password, client_id, (fingerprint, common_name) = fields
+            decision = self._run(authorizer.check_certificate, username, client_id, fingerprint, common_name)
+        elif route == "user":
             started = time.monotonic()
-            quick = check_user_by_token(authorizer, *fields) if self.inline else None
+            credentials = fields[:3]
+            quick = check_user_by_token(authorizer, *credentials) if self.inline else None
             decision = (
-                quick if quick is not None else run_within(self.pool, authorizer.check_user, *fields, started=started)
+                quick
+                if quick is not None
+                else run_within(self.pool, authorizer.check_user, *credentials, started=started)
             )
         elif route == "acl":
             decision = self._run(authorizer.check_acl, *fields, seen)
@@ -186,7 +194,15 @@ def _first_values(encoded: bytes) -> dict[str, str]:
 def check_fields(route: str, params: dict[str, Any]) -> Fields:
     """The fields a check reads, checked, in the order its Authorizer method takes them."""
     if route == "user":
-        return _field(params, "username"), _field(params, "password"), _field(params, "clientid")
+        # The plugin sends the client certificate's SHA-256 and CN from a TLS
+        # listener that requires one (SPEC §14); the password may then be absent.
+        certificate = None
+        if params.get("certfingerprint") is not None:
+            certificate = _field(params, "certfingerprint"), _field(params, "certcn")
+        password = params.get("password", "") if certificate is not None else _field(params, "password")
+        if not isinstance(password, str):
+            raise InvalidInput("password is missing or not a string")
+        return _field(params, "username"), password, _field(params, "clientid"), certificate
     if route == "acl":
         return (
             _field(params, "username"),

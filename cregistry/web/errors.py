@@ -27,6 +27,7 @@ V = TypeVar("V")
 STATUS_FOR = {
     errors.InvalidInput: 400,
     errors.RequestDenied: 403,
+    errors.CertificateRefused: 403,
     errors.EnrollmentRefused: 403,
     errors.EnrollmentNotFound: 404,
     errors.EnrollmentExists: 409,

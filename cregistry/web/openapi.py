@@ -189,6 +189,7 @@ REQUEST_EXAMPLE = {
     "lastSeen": "2026-12-01T08:00:05Z",
     "attempts": 2,
     "context": {"model": "TH-2"},
+    "certificateRequest": None,
 }
 ROLE_EXAMPLE = {"name": "sensors", "permissions": [{"topic": "sensors/#", "access": "write"}], "members": ["sensor-17"]}
 STATE_EXAMPLE = {"locked": False, "secondsLeft": 300}
@@ -253,6 +254,17 @@ SCHEMAS: Json = {
             "source": {"type": "string", "description": "`mqtt`, `rest` (approved requests) or `operator`"},
             "roles": {"type": "array", "items": {"type": "string"}},
             "permissions": {"type": "array", "items": ref("Permission")},
+            "certificate": {
+                "description": "The user's current client certificate (docs/certificates.md), or null.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["serial", "notAfter"],
+                        "properties": {"serial": {"type": "string", "description": "hex"}, "notAfter": TIME},
+                    },
+                ],
+            },
         },
         "example": USER_EXAMPLE,
     },
@@ -279,6 +291,20 @@ SCHEMAS: Json = {
             "lastSeen": TIME,
             "attempts": {"type": "integer", "minimum": 1},
             "context": {"type": ["object", "null"]},
+            "certificateRequest": {
+                "description": "The CSR sent with the request (a certificate is issued on approval), or null.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["keyType", "publicKeySha256"],
+                        "properties": {
+                            "keyType": {"type": "string", "description": "`RSA 2048`, `EC P-256`, ..."},
+                            "publicKeySha256": {"type": "string", "description": "SHA-256 of the public key (hex)"},
+                        },
+                    },
+                ],
+            },
         },
         "example": REQUEST_EXAMPLE,
     },
@@ -372,7 +398,8 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         "devices",
         {
             "201": answer(
-                "The user exists with these credentials.",
+                "The user exists with these credentials; with its client certificate if it has one"
+                " (issued at approval, or renewed now for a `csr` with a new key).",
                 {
                     "type": "object",
                     "required": ["status", "username", "pairingId"],
@@ -380,6 +407,8 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                         "status": {"const": "granted"},
                         "username": {"type": "string"},
                         "pairingId": PAIRING_ID,
+                        "certificate": {"type": "string", "description": "PEM, signed by the registry CA"},
+                        "caCertificate": {"type": "string", "description": "PEM of the registry CA"},
                     },
                 },
                 {"status": "granted", "username": "sensor-17", "pairingId": "48ff1f"},
@@ -396,7 +425,9 @@ OPERATIONS: dict[tuple[str, str], Json] = {
             **common(400),
             "403": answer(
                 "An operator denied these credentials; or, with `enrollment`, the token is unknown, revoked,"
-                " expired or used up, or the username is not the enrollment's (one error text for each).",
+                " expired or used up, or the username is not the enrollment's (one error text for each); or a"
+                " `csr` of a known user that has no valid certificate to renew (a first certificate needs an"
+                " approval).",
                 ref("RegistrationError"),
             ),
             "409": answer("The username exists with other credentials.", ref("RegistrationError")),
@@ -424,6 +455,11 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                     },
                     "clientId": {"type": "string"},
                     "context": {"type": "object", "description": f"At most {MAX_CONTEXT_BYTES} bytes of JSON."},
+                    "csr": {
+                        "type": "string",
+                        "description": "A PEM PKCS#10 request, subject CN = username, RSA of 2048 bits or more or"
+                        " EC P-256/P-384, without extensions; a 400 without a registry CA (docs/certificates.md).",
+                    },
                     "enrollment": {
                         "type": "string",
                         "description": "An enrollment token: registers at once (201), locked or not.",
@@ -571,6 +607,25 @@ OPERATIONS: dict[tuple[str, str], Json] = {
             **common(400, 404),
         },
         operationId="deleteUser",
+        parameters=[USERNAME_PARAMETER],
+    ),
+    ("DELETE", "/api/users/{username}/certificate"): admin(
+        "Revoke the user's client certificate; its clients are disconnected",
+        "users",
+        {
+            "200": answer(
+                "Revoked.",
+                {
+                    "type": "object",
+                    "required": ["username", "revoked"],
+                    "properties": {"username": {"type": "string"}, "revoked": {"type": "string"}},
+                },
+                {"username": "sensor-17", "revoked": "5f1c0e2a9b"},
+            ),
+            "403": answer("The user has no certificate.", ref("Error")),
+            **common(400, 404),
+        },
+        operationId="revokeUserCertificate",
         parameters=[USERNAME_PARAMETER],
     ),
     ("PUT", "/api/users/{username}/permissions"): admin(

@@ -19,6 +19,8 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <mosquitto.h>
 
@@ -148,6 +150,32 @@ static bool cregistry_known_down(struct cr_plugin *p)
 	return false;
 }
 
+/* The client certificate of a TLS listener with require_certificate (SPEC
+ * §14): the SHA-256 of its DER in lowercase hex, and its subject CN. 1 with
+ * one, 0 without, -1 when it cannot be read. mosquitto_client_certificate
+ * returns a copy the caller frees. */
+static int client_certificate(struct mosquitto *client, char fingerprint[2 * 32 + 1], char *cn, size_t cn_size)
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	unsigned char digest[32];
+	unsigned int digest_len = 0;
+	int ok;
+
+	if(cert == NULL){
+		return 0;
+	}
+	ok = X509_digest(cert, EVP_sha256(), digest, &digest_len) == 1 && digest_len == sizeof(digest)
+		&& X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, (int)cn_size) > 0;
+	X509_free(cert);
+	if(!ok){
+		return -1;
+	}
+	for(unsigned int i = 0; i < digest_len; i++){
+		snprintf(fingerprint + 2 * i, 3, "%02x", digest[i]);
+	}
+	return 1;
+}
+
 int cr_on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct cr_plugin *p = userdata;
@@ -161,6 +189,9 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	cJSON *body;
 	cJSON *pw_item = NULL;
 	enum cr_verdict v;
+	char cert_fingerprint[2 * 32 + 1] = "";
+	char cert_cn[256] = "";
+	int has_cert;
 
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
@@ -168,6 +199,10 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	if(strpbrk(user, "+#") || strpbrk(id, "+#")){
 		return MOSQ_ERR_AUTH; /* mosquitto leaves this check to version 5 plugins */
+	}
+	has_cert = client_certificate(ed->client, cert_fingerprint, cert_cn, sizeof(cert_cn));
+	if(has_cert < 0){
+		return MOSQ_ERR_AUTH;
 	}
 	if(cr_connect_digest(p->digest_key, user, password, id, digest) != 0){
 		p->counters.http_errors++;
@@ -179,7 +214,8 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	key.kind = CR_KIND_CONNECT;
 	key.part[0] = digest;
 	key.part_len[0] = sizeof(digest);
-	key.part[1] = "";
+	key.part[1] = cert_fingerprint; /* "" without a certificate: a grant is per certificate */
+	key.part_len[1] = strlen(cert_fingerprint);
 	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
 		p->counters.hits++;
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
@@ -189,7 +225,9 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	body = cJSON_CreateObject();
 	if(body == NULL || cJSON_AddStringToObject(body, "username", user) == NULL
 			|| (pw_item = cJSON_AddStringToObject(body, "password", password)) == NULL
-			|| cJSON_AddStringToObject(body, "clientid", id) == NULL){
+			|| cJSON_AddStringToObject(body, "clientid", id) == NULL
+			|| (has_cert && (cJSON_AddStringToObject(body, "certfingerprint", cert_fingerprint) == NULL
+					|| cJSON_AddStringToObject(body, "certcn", cert_cn) == NULL))){
 		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
 		cJSON_Delete(body);
 		p->counters.http_errors++;
@@ -199,7 +237,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		char *json = cJSON_PrintUnformatted(body);
 		wipe_string_item(pw_item);
 		cJSON_Delete(body);
-		if(json != NULL && cr_delayed_start(p, p->url_user, json, id, user, digest) == 0){
+		if(json != NULL && cr_delayed_start(p, p->url_user, json, id, user, digest, cert_fingerprint) == 0){
 			OPENSSL_cleanse(digest, sizeof(digest));
 			p->counters.delayed++;
 			return CR_ERR_AUTH_DELAYED;

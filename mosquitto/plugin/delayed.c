@@ -76,7 +76,7 @@ static struct curl_slist *check_headers(const char *position)
 }
 
 int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const char *client_id, const char *user,
-		const unsigned char digest[CR_DIGEST_LEN])
+		const unsigned char digest[CR_DIGEST_LEN], const char *cert_fingerprint)
 {
 	struct cr_delayed *d = &p->delayed;
 	struct cr_pending *s = NULL;
@@ -99,6 +99,7 @@ int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const cha
 	s->headers = check_headers(p->position);
 	s->easy = curl_easy_init();
 	memcpy(s->digest, digest, CR_DIGEST_LEN);
+	snprintf(s->cert_fingerprint, sizeof(s->cert_fingerprint), "%s", cert_fingerprint);
 	if(s->easy == NULL || s->client_id == NULL || s->user == NULL || s->headers == NULL
 			|| cr_http_easy_options(s->easy, &s->body, s->error, p->opt.timeout_ms) != 0
 			|| curl_easy_setopt(s->easy, CURLOPT_URL, url) != CURLE_OK
@@ -137,7 +138,8 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 		key.kind = CR_KIND_CONNECT;
 		key.part[0] = s->digest;
 		key.part_len[0] = sizeof(s->digest);
-		key.part[1] = "";
+		key.part[1] = s->cert_fingerprint; /* as cr_on_basic_auth keys a grant: per certificate */
+		key.part_len[1] = strlen(s->cert_fingerprint);
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 	}
 	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:

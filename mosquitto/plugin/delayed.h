@@ -26,6 +26,7 @@ struct cr_pending {
 	char *client_id;
 	char *user;
 	unsigned char digest[CR_DIGEST_LEN];
+	char cert_fingerprint[2 * 32 + 1]; /* "" without a client certificate: part of the cache key */
 	struct cr_buf body;
 	char error[CURL_ERROR_SIZE];
 };
@@ -41,14 +42,14 @@ struct cr_plugin;
 
 /* 0, or -1 when out of memory. `complete` NULL leaves it unused. */
 int cr_delayed_init(struct cr_delayed *d, cr_complete_fn complete);
-/* Frees every check still in flight, answering none (the broker is stopping). *//* Ends every check still in flight (each client is refused). */
+/* Frees every check still in flight, answering none (the broker is stopping). */
 void cr_delayed_cleanup(struct cr_delayed *d);
 
 /* Starts the check of a CONNECT: 0 (answer the broker CR_ERR_AUTH_DELAYED), or
  * -1 (no free slot, out of memory: the caller answers at once). `json` is the
  * request body (taken over: cleansed and freed by the delayed check). */
 int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const char *client_id, const char *user,
-		const unsigned char digest[CR_DIGEST_LEN]);
+		const unsigned char digest[CR_DIGEST_LEN], const char *cert_fingerprint);
 
 /* Advances the checks in flight without blocking; completes those done. */
 void cr_delayed_poll(struct cr_plugin *p);

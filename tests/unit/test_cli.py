@@ -160,6 +160,7 @@ def test_requests_json(runner: CliRunner, pending: None) -> None:
         "lastSeen",
         "attempts",
         "context",
+        "certificateRequest",
     }
 
 
