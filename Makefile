@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl cmake
+APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl cmake build-essential chromium
 GO_AUTH_SO := mosquitto/go-auth.so
 # The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
