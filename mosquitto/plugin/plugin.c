@@ -116,7 +116,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	if(p->url_user == NULL || p->url_acl == NULL || p->url_changes == NULL
 			|| cr_cache_init(&p->cache, (size_t)p->opt.cache_size, hash_key) != 0
 			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0
-			|| cr_delayed_init(&p->delayed, complete) != 0){
+			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL) != 0){
 		OPENSSL_cleanse(hash_key, sizeof(hash_key));
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: out of memory, or libcurl refused its settings");
 		plugin_free(p);

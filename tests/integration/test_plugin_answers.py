@@ -90,8 +90,7 @@ def test_a_slow_check_arrives_as_a_503_not_as_a_timeout(mosquitto, cli_env) -> N
     )
     assert result.returncode == 0, result.stderr
     answer, seconds = raw_connect(mosquitto.port, "slow-1", "slow-secret", "slow-client")
+    assert answer == b"" and seconds < 2.0  # closed without a CONNACK, within the bound
     output = mosquitto.output()
-    # 2.1 delayed the check; 2.1.2 answers a delayed fault "not authorised" (README, "Reason codes")
-    assert answer == (b" \x02\x00\x05" if "loaded by Mosquitto 2.1" in output else b"") and seconds < 2.0
     assert "service not answering" in output and "(HTTP 503)" in output
     assert "timed out" not in output
