@@ -37,6 +37,7 @@ import redis
 from redis.client import Pipeline
 
 from cregistry import instruments, names, passwords
+from cregistry.address_limit import AddressLimit
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import Config
 from cregistry.errors import EnrollmentExists, EnrollmentNotFound, InvalidInput, UserNotFound
@@ -180,29 +181,6 @@ def _bounded(value: object, field: str, low: int, high: int) -> int:
     if not names.is_int_within(value, low, high):
         raise InvalidInput(f"{field} must be an integer from {low} to {high}")
     return value
-
-
-class AddressLimit:
-    """Refused enrollment registrations per client address and window, in
-    Redis so that every worker and instance counts together (the shape of
-    the console's sign-in limit, web/console/auth.py)."""
-
-    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys) -> None:
-        self.redis = connection
-        self.config = config
-        self.keys = keys
-
-    def blocked(self, address: str) -> bool:
-        count = self.redis.get(self.keys.enrollment_failures(address))
-        return int(cast("str | None", count) or 0) >= self.config.enrollment_failure_limit
-
-    def failed(self, address: str) -> None:
-        key = self.keys.enrollment_failures(address)
-        pipe = self.redis.pipeline()
-        # The window starts with the first refusal and is not extended by later ones.
-        pipe.set(key, 0, ex=self.config.enrollment_failure_window, nx=True)
-        pipe.incr(key)
-        pipe.execute()
 
 
 @dataclasses.dataclass(eq=False)

@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 import redis
 
+from cregistry.address_limit import AddressLimit
 from cregistry.audit import AuditLog
 from cregistry.authorizer import Authorizer
 from cregistry.certificates import Authority, Certificates, load_authority
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
-from cregistry.enrollments import AddressLimit, Enrollments
+from cregistry.enrollments import Enrollments
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
@@ -41,6 +42,7 @@ class Services:
     authorizer: Authorizer
     certificates: Certificates
     enrollments: Enrollments
+    console_signin_limit: AddressLimit
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
 
@@ -98,7 +100,13 @@ def build(
     # that instances and the CLI sharing that secret find the same enrollments.
     enrollments = Enrollments(
         connection, config, clock, keys=keys, users=users, verifier=verifier, audit=audit,
-        secret=verifier.secret, limit=AddressLimit(connection, config, keys=keys),
+        secret=verifier.secret,
+        limit=AddressLimit(connection, key=keys.enrollment_failures, limit=config.enrollment_failure_limit,
+                           window=config.enrollment_failure_window),
+    )  # fmt: skip
+    console_signin_limit = AddressLimit(
+        connection, key=keys.console_signin_failures, limit=config.console_signin_limit,
+        window=config.console_signin_window,
     )  # fmt: skip
     return Services(
         config,
@@ -115,5 +123,6 @@ def build(
         authorizer,
         certificates,
         enrollments,
+        console_signin_limit,
         follower,
     )

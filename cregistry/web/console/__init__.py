@@ -207,9 +207,10 @@ def sign_in_form() -> Any:
 
 @bp.post("/sign-in")
 def sign_in() -> Any:
-    limit = auth.SignInLimit(_domain().redis, _config(), keys=_domain().keys)
     try:
-        auth.sign_in(current_app, _config(), limit, request.form.get("token"), _domain().clock())
+        auth.sign_in(
+            current_app, _config(), _domain().console_signin_limit, request.form.get("token"), _domain().clock()
+        )
     except auth.SignInRefused as refused:
         return render_template("console/sign_in.html", error=str(refused)), refused.status
     return redirect(url_for(".registry_view"), 303)
