@@ -177,12 +177,6 @@ def validate_username_pattern(pattern: object) -> str:
     return pattern
 
 
-def _bounded(value: object, field: str, low: int, high: int) -> int:
-    if not names.is_int_within(value, low, high):
-        raise InvalidInput(f"{field} must be an integer from {low} to {high}")
-    return value
-
-
 @dataclasses.dataclass(eq=False)
 class Enrollments:
     """Enrollments and the registrations they allow. Takes its connection and collaborators explicitly."""
@@ -214,8 +208,8 @@ class Enrollments:
         checked_name = validate_name(name)
         pattern = validate_username_pattern(username_pattern)
         role_names = self._existing_roles(roles)
-        uses = _bounded(max_uses, "maxUses", 1, MAX_USES)
-        lifetime = _bounded(expires_in, "expiresIn", MIN_EXPIRES_IN, MAX_EXPIRES_IN)
+        uses = names.validate_int_within(max_uses, "maxUses", 1, MAX_USES)
+        lifetime = names.validate_int_within(expires_in, "expiresIn", MIN_EXPIRES_IN, MAX_EXPIRES_IN)
         token = self.token_factory()
         digest = self.digest(token)
         now = self.clock()

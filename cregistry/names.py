@@ -67,3 +67,10 @@ def utf8(text: str, what: str) -> bytes:
 def is_int_within(value: object, low: int, high: int) -> TypeGuard[int]:
     """An integer (JSON's true is not 1 here) from low to high inclusive."""
     return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def validate_int_within(value: object, field: str, low: int, high: int) -> int:
+    """`value` if is_int_within, else InvalidInput naming the field and its bounds."""
+    if not is_int_within(value, low, high):
+        raise InvalidInput(f"{field} must be an integer from {low} to {high}")
+    return value

@@ -89,8 +89,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 def validate_page(offset: object, limit: object) -> None:
     for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
-        if not names.is_int_within(value, low, high):
-            raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+        names.validate_int_within(value, name, low, high)
 
 
 @dataclasses.dataclass(eq=False)
