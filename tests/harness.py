@@ -583,12 +583,15 @@ class MqttClient:
         self.client.loop_start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # A refusing CONNACK and the close that follows it can both land between the
+            # two checks: the close counts as "no CONNACK" only if no CONNACK came first.
+            closed = self.disconnected.is_set()
             if self.connected.wait(0.05):
                 if str(self.connack) != "Success":
                     # paho's loop would try again by itself: one call, one attempt.
                     self.close()
                 return str(self.connack)
-            if self.disconnected.is_set():
+            if closed:
                 break
         self.client.loop_stop()
         return "no CONNACK"
