@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl cmake build-essential chromium
+# One list of Debian packages for every tier, shared with .ci/run
+APT_PACKAGES := $(shell sed 's/\#.*//' system-packages.txt)
 GO_AUTH_SO := mosquitto/go-auth.so
 # The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
 
-.PHONY: install run test test-unit test-integration test-broker-asan test-broker-2.1 mosquitto-2.1 test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick bench-deps clean
+.PHONY: install run test test-unit test-integration test-broker-asan test-broker-2.1 mosquitto-2.1 test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml $(wildcard constraints.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -104,18 +105,7 @@ test-browser: $(STAMP) system-deps
 # something could not be measured, never because a goal was missed)
 LOADGEN := bench/build/loadgen
 BENCH_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror
-# mosquitto_ctrl (dynamic security's setup) and what loadgen.c links
-BENCH_APT_PACKAGES := mosquitto-clients libmosquitto-dev libcurl4-openssl-dev pkg-config gcc
-
-bench-deps:
-	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
-
-$(LOADGEN): bench/loadgen.c | bench-deps
+$(LOADGEN): bench/loadgen.c | system-deps
 	@mkdir -p $(dir $@)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $$(pkg-config --cflags --libs libmosquitto libcurl) -lpthread -lm
 
