@@ -152,11 +152,6 @@ class Config:
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
         _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
         _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
-        if self.redis_url is not None:
-            # Imported here: connections names its settings through this module.
-            from cregistry.connections import check_url
-
-            check_url(self.redis_url)
         _check_range(CONSOLE_IDLE_TIMEOUT, self.console_idle_timeout, 60, 7 * 24 * 3600)
         _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
         _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)

@@ -29,7 +29,7 @@ from cregistry.config import (
     env_name,
     parse_listen,
 )
-from cregistry.connections import configuration_problem, connect
+from cregistry.connections import check_url, configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
 from cregistry.errors import ConfigError
 
@@ -142,6 +142,8 @@ def metrics_directory() -> Iterator[str]:
 
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Start the service; blocks until gunicorn stops."""
+    if config.redis_url is not None:
+        check_url(config.redis_url)  # a URL cregistry cannot use is refused before anything starts
     authority = load_authority(config)  # refuses a CA that cannot sign (ConfigError) before anything starts
     if authority is not None:
         announce(f"registry CA for client certificates: {config.ca_cert} (certificates valid {config.cert_days} days)")
