@@ -56,8 +56,8 @@ def parse_acc(value: Any) -> int:
 # A user's last successful CONNECT is written at most this often.
 LAST_CONNECT_INTERVAL = 60.0
 # The bookkeeping write runs only if the check itself took less than this:
-# with the 0.5 s Redis timeout, its two round trips then end well within
-# the broker routes' 1.5 s deadline even when Redis stalls right now.
+# with the default 0.5 s Redis timeout, its two round trips then end within
+# the service's deadline (budget.py) even when Redis stalls right now.
 LAST_CONNECT_BUDGET = 0.25
 LAST_CONNECT_REMEMBERED = 100_000  # users per process whose last write is remembered
 LAST_CONNECT_QUEUE = 10_000  # writes waiting for the background writer; more are dropped

@@ -89,8 +89,8 @@ class Config:
     password_require: tuple[str, ...] = ()
     api_listen: str = "0.0.0.0:8080"
     broker_listen: str = "127.0.0.1:8081"
-    # Broker routes must answer 503 within 2 s when Redis stalls; a check makes
-    # at most a few round trips, so each one gets a fraction of that budget.
+    # A broker check answers 503 within the service's deadline (budget.py) when
+    # Redis stalls; it makes at most a few round trips, each a fraction of it.
     redis_timeout: float = 0.5
     # Replicas that must have an operator change before it is acknowledged
     # (WAIT; see transactions.py). 0: no waiting; 1 with Sentinel and replicas.

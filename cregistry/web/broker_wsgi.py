@@ -14,7 +14,7 @@ counted in the same metrics (web/metrics.py).
 `quick` answers from the worker's caches alone, for a caller that sends its
 change feed position (X-Cregistry-Position) when the worker's follower covers
 it (feed_follower.py), and refuses malformed fields; it never does I/O.
-`answer` does the rest. The 1.5 s deadline (deadline.py): an ACL or superuser
+`answer` does the rest. The service's deadline (budget.py): an ACL or superuser
 check makes one Redis round trip (a second only when Redis lost the script,
 and a connection may have to be opened first), each bounded by
 CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
