@@ -44,14 +44,14 @@ class AuditLog:
         config: Config,
         clock: Callable[[], float] = time.time,
         *,
-        keys: Keys | None = None,
-        changes: ChangeFeed | None = None,
+        keys: Keys,
+        changes: ChangeFeed,
     ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
-        self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
+        self.changes = changes
 
     def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: object) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on

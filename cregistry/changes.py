@@ -90,10 +90,10 @@ class FeedPage:
 
 
 class ChangeFeed:
-    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
+    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys) -> None:
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
 
     def record(self, pipe: Pipeline, action: str, target: str) -> None:
         """Queue the feed entry for `action` on `target` on `pipe`, the change's transaction."""

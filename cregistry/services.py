@@ -77,7 +77,7 @@ def build(
     )
     follower = FeedFollower(changes, monotonic=monotonic) if follow_changes else None
     verifier = PasswordVerifier(
-        connection, config, clock, limits, keys=keys, audit=audit, follower=follower, monotonic=monotonic
+        connection, config, clock, limits=limits, keys=keys, audit=audit, follower=follower, monotonic=monotonic
     )
     lock = RegistryLock(connection, config, clock, keys=keys, audit=audit)
     requests = PendingRequests(

@@ -189,15 +189,15 @@ class UserStore:
         config: Config,
         clock: Callable[[], float] = time.time,
         *,
-        keys: Keys | None = None,
-        audit: AuditLog | None = None,
+        keys: Keys,
+        audit: AuditLog,
     ):
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
         self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
-        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.audit = audit
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:

@@ -73,10 +73,10 @@ class PasswordVerifier:
         connection: redis.Redis,
         config: Config,
         clock: Callable[[], float] = time.time,
-        limits: WorkLimits | None = None,
         *,
-        keys: Keys | None = None,
-        audit: AuditLog | None = None,
+        limits: WorkLimits,
+        keys: Keys,
+        audit: AuditLog,
         follower: FeedFollower | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,10 +86,10 @@ class PasswordVerifier:
         # here too, so that a known device's CONNECT needs no Redis round trip.
         self.tokens: FollowedCache[KnownToken] | None = FollowedCache(follower) if follower is not None else None
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
-        self.limits = limits if limits is not None else WorkLimits(config)
-        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.limits = limits
+        self.audit = audit
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from cregistry import services
 from cregistry.config import Config
 from cregistry.users import UserStore
 from tests.harness import Freezer, MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, raw_connect
@@ -32,7 +33,7 @@ def store(redis_process: RedisProcess) -> Iterator[UserStore]:
     """The domain on the test's Redis, for changes whose timing is measured
     (the CLI's start-up would blur it)."""
     connection = redis_process.client()
-    yield UserStore(connection, Config(bcrypt_cost=4), time.time)
+    yield services.build(connection, Config(bcrypt_cost=4)).users
     connection.close()
 
 

@@ -217,8 +217,8 @@ def test_a_page_holds_at_most_1000_changes(broker: FlaskClient, connection: fake
 
 
 def test_a_broker_behind_the_cap_gets_a_reset(connection: fakeredis.FakeRedis, users: UserStore) -> None:
-    feed = ChangeFeed(connection, Config(changes_max=10))
-    users = UserStore(connection, Config(bcrypt_cost=4, changes_max=10))
+    domain = services.build(connection, Config(bcrypt_cost=4, changes_max=10))
+    feed, users = domain.changes, domain.users
     position = feed.read(None).position
     users.add("early-1", "early-secret")
     for index in range(8):

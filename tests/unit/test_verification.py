@@ -62,7 +62,7 @@ def device(registration: Registration, lock: RegistryLock, requests: PendingRequ
 
 
 def verifier_for(connection: fakeredis.FakeRedis, config: Config, **limits: Any) -> PasswordVerifier:
-    return PasswordVerifier(connection, config, time.time, limits.get("limits"))
+    return services.build(connection, config, limits=limits.get("limits")).verifier
 
 
 def connect(broker: FlaskClient, username: str, password: str, client_id: str = "client-1") -> tuple[int, str]:
@@ -528,7 +528,7 @@ def saturated_verify_slots(config: Config) -> Iterator[WorkLimits]:
 def test_saturated_bcrypt_slots_answer_503_in_time_but_tokens_still_pass(
     connection: fakeredis.FakeRedis, config: Config, device: str, saturated_verify_slots: WorkLimits
 ) -> None:
-    PasswordVerifier(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
+    verifier_for(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
     broker = create_app(config, listener="broker", connection=connection, limits=saturated_verify_slots).test_client()
     assert connect(broker, DEVICE, PASSWORD) == (200, "")
     started = time.monotonic()
