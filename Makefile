@@ -127,8 +127,8 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 lint: $(STAMP)
-	$(BIN)/ruff check cregistry tests bench
-	$(BIN)/ruff format --check cregistry tests bench
+	$(BIN)/ruff check cregistry harness tests bench
+	$(BIN)/ruff format --check cregistry harness tests bench
 	$(BIN)/mypy
 
 # plugin, plugin-test, plugin-asan: cregistry's own Mosquitto plugin

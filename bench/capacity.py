@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from cregistry import passwords, services  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
-from tests.harness import RedisNode, ServiceProcess, run_cli  # noqa: E402
+from harness.sentinel import RedisNode  # noqa: E402
+from harness.service import ServiceProcess, run_cli  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -42,7 +42,10 @@ from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
 from cregistry.passwords import hash_password  # noqa: E402
-from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http  # noqa: E402
+from harness.mosquitto import MosquittoProcess  # noqa: E402
+from harness.mqtt import MqttClient  # noqa: E402
+from harness.redis_server import RedisProcess  # noqa: E402
+from harness.service import ServiceProcess, http  # noqa: E402
 
 LOADGEN = Path(os.environ.get("CREGISTRY_LOADGEN", REPO / "bench" / "build" / "loadgen"))
 SIZES: dict[str, dict[str, int]] = {

@@ -27,7 +27,10 @@ import pytest
 from cregistry import services
 from cregistry.config import Config
 from cregistry.keys import Keys
-from tests.harness import FailoverStack, MqttClient, PluginMosquittoProcess, ServiceProcess, http, raw_connect
+from harness.mosquitto import PluginMosquittoProcess
+from harness.mqtt import MqttClient, raw_connect
+from harness.sentinel import FailoverStack
+from harness.service import ServiceProcess, http
 
 from .conftest import ADMIN_TOKEN
 

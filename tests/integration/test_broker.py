@@ -17,7 +17,10 @@ import pytest
 from cregistry import services
 from cregistry.config import Config
 from cregistry.users import UserStore
-from tests.harness import Freezer, MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, raw_connect
+from harness.mosquitto import MosquittoProcess
+from harness.mqtt import MqttClient, raw_connect
+from harness.redis_server import RedisProcess
+from harness.service import Freezer, ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 
 # Every change reaches every broker within 2 s; a CONNECT is refused

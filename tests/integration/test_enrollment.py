@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import RedisProcess, ServiceProcess, http, run_cli, running_service
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, run_cli, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 SECRET = "5e" * 32

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.harness import ServiceProcess, http
+from harness.service import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 from tests.integration.test_broker import CHANGE_BOUND, connected, disconnected_within
 from tests.integration.test_device import Device

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
 from cregistry.config import Config
 from cregistry.passwords import pairing_id
 from cregistry.web import create_app, openapi
-from tests.harness import ServiceProcess, http
+from harness.service import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.fuzz

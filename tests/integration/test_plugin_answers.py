@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import MqttClient, PluginMosquittoProcess, raw_connect, run_cli
+from harness.mosquitto import PluginMosquittoProcess
+from harness.mqtt import MqttClient, raw_connect
+from harness.service import run_cli
 from tests.integration.conftest import finish_broker
 
 pytestmark = pytest.mark.broker

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import Freezer, RawSession, RedisProcess, ServiceProcess, run_cli, running_service
+from harness.mqtt import RawSession
+from harness.redis_server import RedisProcess
+from harness.service import Freezer, ServiceProcess, run_cli, running_service
 from tests.integration.conftest import ADMIN_TOKEN, finish_broker, start_plugin_broker
 
 pytestmark = pytest.mark.broker

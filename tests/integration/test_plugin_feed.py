@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import MqttClient, PluginMosquittoProcess, RawSession
+from harness.mosquitto import PluginMosquittoProcess
+from harness.mqtt import MqttClient, RawSession
 from tests.integration.conftest import finish_broker
 
 pytestmark = pytest.mark.broker

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import MqttClient, PluginMosquittoProcess
+from harness.mosquitto import PluginMosquittoProcess
+from harness.mqtt import MqttClient
 
 pytestmark = pytest.mark.broker
 
