@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from cregistry.certificates import load_authority
 from cregistry.config import (
     ADMIN_TOKEN,
+    ADMIN_TOKENS,
     EMBEDDED_REDIS_PORT,
     REDIS_URL,
     SESSION_SECRET,
@@ -164,10 +165,15 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                 ]
             )
         )
-    if not config.admin_token:
+    if not config.named_admin_tokens():
         config = dataclasses.replace(config, admin_token=secrets.token_urlsafe(32))
         # Printed once, here, and never logged: it is the only copy.
-        announce(f"No {env_name(ADMIN_TOKEN)} given; this run's admin token is: {config.admin_token}")
+        announce(
+            f"No {env_name(ADMIN_TOKEN)} or {env_name(ADMIN_TOKENS)} given; this run's admin token is:"
+            f" {config.admin_token}"
+        )
+    # Names only: the values are secrets.
+    announce(f"admin tokens: {', '.join(config.named_admin_tokens())}")
     if not config.verify_secret:
         # Generated before gunicorn forks, so every worker shares it.
         config = dataclasses.replace(config, verify_secret=secrets.token_hex(32))
