@@ -171,6 +171,7 @@ class Config:
             raise ConfigError(f"{ENV_PREFIX}{REDIS_TIMEOUT} must be between 0.05 and 60 seconds")
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
             raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKEN} must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+        token_names = ["admin"] if self.admin_token else []
         for item in (self.admin_tokens or "").split(","):
             name, sep, token = item.strip().partition("=")
             if item.strip() and (not sep or not name or len(token) < MIN_ADMIN_TOKEN_LENGTH):
@@ -178,6 +179,11 @@ class Config:
                     f"{ENV_PREFIX}{ADMIN_TOKENS} must be NAME=TOKEN,... with tokens of"
                     f" {MIN_ADMIN_TOKEN_LENGTH} characters or more"
                 )
+            if item.strip() and name in token_names:
+                # One token per name: a second one would silently replace the first.
+                also = f" (the name of {ENV_PREFIX}{ADMIN_TOKEN})" if name == "admin" and self.admin_token else ""
+                raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKENS} names {name!r} twice{also}")
+            token_names.append(name)
         unknown = set(self.password_require) - set(PASSWORD_CLASSES)
         if unknown:
             raise ConfigError(
