@@ -37,6 +37,7 @@ from tests.harness import (
 )
 from tests.integration.conftest import ADMIN_TOKEN, finish_broker
 from tests.integration.test_broker import CHANGE_BOUND, disconnected_within
+from tests.integration.test_device import Device
 
 REGISTER = "/api/client-registry/register"
 PROTOCOLS = [pytest.param(4, id="mqtt311"), pytest.param(5, id="mqtt5")]
@@ -324,3 +325,42 @@ def test_a_revoked_certificate_is_refused_and_its_client_kicked_while_the_passwo
     assert disconnected_within(client, CHANGE_BOUND) <= CHANGE_BOUND
     assert fleet.connect("sensor-1", None, device.tls) == "Not authorized"
     assert fleet.connect("sensor-1", device.password, device.tls, protocol=5) == "Not authorized"
+
+
+def test_the_device_agent_registers_with_a_csr_and_connects_with_its_certificate(
+    fleet: Fleet, ca_service: ServiceProcess, tls_files: tuple[Path, ServerTls], tmp_path: Path
+) -> None:
+    """`cregistry device run --certificate` as a process: its key stays on the
+    device, the operator approves its request, it connects over mutual TLS."""
+    api = ca_service.api
+    watcher = fleet.enroll("watcher", "watcher-secret-1")
+    grant(ca_service, "watcher", "plant/#", "read")
+    watching = connected_with(fleet, watcher)
+    assert watching.subscribe("plant/sensor-9/heartbeat") == 1
+    credentials = tmp_path / "device" / "sensor-9.json"
+    agent = Device(
+        tmp_path, "--host", LOOPBACK, "--port", str(fleet.broker.port), "--credentials", str(credentials),
+        "--username", "sensor-9", "--register-url", api, "--certificate", "--ca-file", str(tls_files[1].ca_file),
+        "--publish", "plant/%u/heartbeat", "--publish-interval", "0.5",
+    )  # fmt: skip
+    try:
+        agent.wait_for("registration-waiting", timeout=30, status=202)
+        [request] = [
+            r
+            for r in http("GET", f"{api}/api/client-registry/requests", token=ADMIN_TOKEN).json()["requests"]
+            if r["username"] == "sensor-9"
+        ]
+        assert request["certificateRequest"]["keyType"] == "EC P-256"
+        approved = http("POST", f"{api}/api/client-registry/requests/{request['id']}/approve", token=ADMIN_TOKEN)
+        assert approved.status == 201, approved.body
+        grant(ca_service, "sensor-9", "plant/sensor-9/#")
+        agent.wait_for("certificate-stored", timeout=30)
+        agent.wait_for("connected", timeout=30)
+        message = watching.receive(10.0)
+        assert message is not None and message[0] == "plant/sensor-9/heartbeat"
+        for stored in ("sensor-9.key", "sensor-9.crt", "sensor-9.ca.crt"):
+            assert (credentials.parent / stored).stat().st_mode & 0o077 == 0
+        served = x509.load_pem_x509_certificate((credentials.parent / "sensor-9.crt").read_bytes())
+        assert served.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "sensor-9"
+    finally:
+        agent.kill()
