@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from harness.processes import LOOPBACK
@@ -66,13 +68,30 @@ class RawSession:
         self.sock.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """What a TLS client presents: the CA it trusts for the broker's server
+    certificate, and its own certificate and key (PEM files)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 class MqttClient:
     """A paho-mqtt client with blocking calls, as a test wants them."""
 
     def __init__(
-        self, port: int, username: str | None, password: str | None, client_id: str, protocol: int = 4
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        client_id: str,
+        protocol: int = 4,
+        tls: ClientTls | None = None,
     ) -> None:
-        """`protocol`: 4 for MQTT 3.1.1, 5 for MQTT 5."""
+        """`protocol`: 4 for MQTT 3.1.1, 5 for MQTT 5; `tls`: connect over TLS
+        with that client certificate (a listener with require_certificate)."""
         import paho.mqtt.client as mqtt
 
         self.port = port
@@ -80,6 +99,8 @@ class MqttClient:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
         if username is not None:
             self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file))
         self.connack: Any = None
         self.disconnected = threading.Event()
         self.connected = threading.Event()

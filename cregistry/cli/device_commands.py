@@ -96,6 +96,12 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cert-file", type=READABLE_FILE, help="Client certificate (PEM).")
 @click.option("--key-file", type=READABLE_FILE, help="The client certificate's key (PEM).")
 @click.option("--insecure", is_flag=True, help="Do not verify the server certificate (testing only).")
+@click.option(
+    "--certificate",
+    is_flag=True,
+    help="Register with a CSR for a key made here (needs --register-url) and connect with the issued certificate;"
+    " key, certificate and CA are kept beside the credentials file.",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--max-backoff",
@@ -123,6 +129,7 @@ def run(
     cert_file: Path | None,
     key_file: Path | None,
     insecure: bool,
+    certificate: bool,
     log_format: str,
     max_backoff: float,
     exit_on_refusal: bool,
@@ -138,17 +145,28 @@ def run(
     With --enrollment-token-file (and --register-url) the device registers
     at once with an enrollment token instead (`cregistry enrollment create`).
 
+    With --certificate (and --register-url) the registration carries a CSR
+    for a key made on the device, and the device connects over TLS with the
+    certificate the registry issues on approval (--ca-file: the broker's CA).
+
     \b
     Example:
         cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
             --publish 'devices/%u/heartbeat' --publish-interval 30
+        cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
+            --register-url https://registry.local:8080 --certificate --ca-file /etc/ssl/broker-ca.pem
     """
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
+    if certificate and (cert_file is not None or register_url is None):
+        raise click.UsageError(
+            "--certificate needs --register-url (the CSR goes with the REST registration)"
+            " and makes its own key and certificate (no --cert-file or --key-file)"
+        )
     enrollment_token = _read_token(enrollment_token_file) if enrollment_token_file is not None else None
     if enrollment_token is not None and register_url is None:
         raise click.UsageError("--enrollment-token-file needs --register-url (enrollment tokens go over REST)")
-    use_tls = tls or insecure or any(f is not None for f in (ca_file, cert_file, key_file))
+    use_tls = tls or insecure or certificate or any(f is not None for f in (ca_file, cert_file, key_file))
     settings = DeviceSettings(
         host=host,
         port=port,
@@ -162,6 +180,7 @@ def run(
         max_backoff=max_backoff,
         exit_on_refusal=exit_on_refusal,
         enrollment_token=enrollment_token,
+        certificate=certificate,
     )
     _configure_logging(log_format)
     try:

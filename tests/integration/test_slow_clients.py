@@ -13,7 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from cregistry.api_listener import READ_TIMEOUT_SECONDS
-from tests.harness import LOOPBACK, RedisProcess, ServiceProcess, http, running_service
+from harness.processes import LOOPBACK
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 HELD_BODIES = 200
