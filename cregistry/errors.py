@@ -18,6 +18,10 @@ class StorageUnavailable(CregistryError):
     """Redis cannot be reached, stalls or refuses the write; nothing was decided."""
 
 
+class PasswordChecksBusy(CregistryError):
+    """Every bcrypt slot stayed taken for the whole check budget; nothing was decided."""
+
+
 class ReplicasUnconfirmed(StorageUnavailable):
     """The change reached the Redis primary but not CREGISTRY_REDIS_MIN_REPLICAS replicas in time."""
 

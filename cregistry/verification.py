@@ -33,8 +33,9 @@ from redis.client import Pipeline
 
 from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
-from cregistry.config import Config
-from cregistry.errors import UserNotFound
+from cregistry.budget import SERVICE_DEADLINE_SECONDS
+from cregistry.config import BCRYPT_CONCURRENCY, Config, env_name
+from cregistry.errors import PasswordChecksBusy, UserNotFound
 from cregistry.feed_follower import FeedFollower
 from cregistry.followed_cache import FollowedCache
 from cregistry.keys import Keys
@@ -62,9 +63,13 @@ class KnownToken:
 class WorkLimits:
     """The process's bcrypt slots; shared by both listeners of one worker."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, slot_timeout: float = SERVICE_DEADLINE_SECONDS) -> None:
         self.verify_slots = threading.BoundedSemaphore(config.bcrypt_concurrency)
         self.registration_slots = threading.BoundedSemaphore(config.registration_concurrency)
+        # A password check waits for a slot at most as long as a broker check may
+        # take (budget.py): past that its answer is a 503 anyway, and a thread
+        # waiting without bound is a thread the next checks no longer have.
+        self.slot_timeout = slot_timeout
 
 
 class PasswordVerifier:
@@ -143,7 +148,10 @@ class PasswordVerifier:
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
         with instruments.waiting_for_bcrypt():
-            self.limits.verify_slots.acquire()
+            if not self.limits.verify_slots.acquire(timeout=self.limits.slot_timeout):
+                raise PasswordChecksBusy(
+                    f"every password check slot ({env_name(BCRYPT_CONCURRENCY)}) stayed busy: try again"
+                )
         try:
             accepted = passwords.verify_password(password, stored_hash)
         finally:

@@ -37,6 +37,7 @@ EXIT_CODE_FOR = {
     errors.PendingLimitReached: EXIT_REFUSED,
     errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,
+    errors.PasswordChecksBusy: EXIT_UNAVAILABLE,
     errors.CredentialsFileMissing: EXIT_NOT_FOUND,
     errors.CredentialsFileInvalid: EXIT_INVALID,
     errors.CredentialsRefused: EXIT_REFUSED,

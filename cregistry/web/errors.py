@@ -41,6 +41,7 @@ STATUS_FOR = {
     errors.PendingLimitReached: 429,
     errors.TooManyFailures: 429,
     errors.StorageUnavailable: 503,
+    errors.PasswordChecksBusy: 503,
     errors.ConfigError: 500,
 }
 
