@@ -46,8 +46,8 @@ ALLOW = Decision(True)
 
 def parse_acc(value: Any) -> int:
     """acc arrives as a JSON number or as form text."""
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        value = names.decimal(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value not in ACC_VALUES:
         raise InvalidInput("acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)")
     return value

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cregistry.errors import ConfigError
-from cregistry.names import is_int_within
+from cregistry.names import decimal, is_int_within
 
 ENV_PREFIX = "CREGISTRY_"
 
@@ -229,9 +229,10 @@ class Config:
 def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
     """Split "host:port" (or "[::1]:port"), refusing anything else."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    number = decimal(port)
+    if not sep or not host or number is None or not 0 < number < 65536:
         raise ConfigError(f"{ENV_PREFIX}{name} must look like HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def _parse(name: str, type_name: object, raw: str) -> bool | int | float | tuple[str, ...] | str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
-from cregistry import enrollments, errors, services
+from cregistry import enrollments, errors, names, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
 from cregistry.registration import Outcome
@@ -282,11 +282,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
         return default
     if len(values) > 1:
         raise InvalidInput(f"{name} must be given once")
-    value = values[0]
-    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
-    if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
-        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
-    return int(value)
+    return names.validate_int_within(names.decimal(values[0]), name, low, high)
 
 
 def _page() -> tuple[int, int]:

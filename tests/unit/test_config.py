@@ -163,6 +163,9 @@ def test_parse_listen() -> None:
     assert parse_listen("[::1]:8081") == ("::1", 8081)
     with pytest.raises(ConfigError):
         parse_listen("localhost")
+    for port in ("\u00b2", "\u0663\u0663"):  # digits to str.isdigit(), not to a port: a ConfigError, not a ValueError
+        with pytest.raises(ConfigError, match="must look like HOST:PORT"):
+            parse_listen(f"127.0.0.1:{port}")
 
 
 # -- key prefix -----------------------------------------------------------------

@@ -32,7 +32,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from cregistry import errors, services
+from cregistry import errors, names, services
 from cregistry.config import Config
 from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
 from cregistry.requests import PendingRequest, parse_request_id
@@ -512,14 +512,17 @@ def _form_integer(text: str, default: int) -> object:
     """A form field as an integer; anything else goes to the domain as it is, which says what is wrong."""
     if not text:
         return default
-    return int(text) if text.isascii() and text.isdigit() else text
+    number = names.decimal(text)
+    return text if number is None else number
 
 
 # -- Audit ------------------------------------------------------------------
 @bp.get("/audit")
 def audit_view() -> Any:
     raw = request.args.get("limit", str(AUDIT_DEFAULT))
-    limit = int(raw) if raw.isdigit() else -1
+    limit = names.decimal(raw)
+    if limit is None:
+        limit = -1  # the audit log refuses it with the bounds, as for any number out of range
     return render_template("console/audit.html", entries=_domain().audit.entries(limit), limit=limit, active="audit")
 
 
