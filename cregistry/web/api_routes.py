@@ -53,7 +53,7 @@ ENROLLMENT_ANSWERS: dict[enrollments.Outcome, int | tuple[type[errors.CregistryE
 
 @registration.post("/api/client-registry/register")
 def register() -> tuple[Response, int]:
-    body = json_object(required=True)
+    body = json_object(required=True, json_type=True)
     username = body.get("username")
     if "enrollment" in body:
         return _register_enrolled(body)

@@ -21,7 +21,13 @@ def json_body() -> object:
         raise InvalidInput("the body must be JSON") from None
 
 
-def json_object(*, required: bool) -> dict[str, object]:
+def json_object(*, required: bool, json_type: bool = False) -> dict[str, object]:
+    """The body as a JSON object. `json_type`: only with Content-Type
+    application/json, which a web page can send to another origin only after
+    a CORS preflight that this API never answers, so that a page a device's
+    browser opens cannot post registrations (a text/plain "simple request")."""
+    if json_type and not request.is_json:
+        raise InvalidInput("the body must be JSON sent as Content-Type: application/json")
     if not required and not request.get_data(cache=True).strip():
         return {}
     data = json_body()

@@ -494,6 +494,22 @@ def test_register_context_that_is_not_json_is_400(
     assert requests.list_requests() == []
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_register_takes_json_only_as_application_json(
+    api: FlaskClient, connection: fakeredis.FakeRedis, lock: RegistryLock, content_type: str | None
+) -> None:
+    """A web page can post text/plain (a CORS "simple request") to any origin:
+    a page a device's browser opens must not be able to record registrations."""
+    lock.unlock()
+    before = snapshot(connection)
+    raw = json.dumps({"username": "sensor-1", "password": "secret1"})
+    response = api.post(REGISTER, data=raw, content_type=content_type)
+    assert assert_error(response, 400)["error"] == "the body must be JSON sent as Content-Type: application/json"
+    assert snapshot(connection) == before
+    # the same body as application/json (with a charset too) is a registration attempt
+    assert api.post(REGISTER, data=raw, content_type="application/json; charset=utf-8").status_code == 202
+
+
 def test_register_locked(api: FlaskClient, connection: fakeredis.FakeRedis) -> None:
     response = register(api, username="sensor-1", password="secret1")
     body = assert_error(response, 423)
