@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 
+import cregistry.server
 from cregistry import services
 from cregistry.authorizer import Authorizer
 from cregistry.config import Config
@@ -125,3 +127,22 @@ def runner(monkeypatch: pytest.MonkeyPatch, redis_server: fakeredis.FakeServer) 
     return ConnectingRunner(
         lambda url, timeout, **_options: fakeredis.FakeRedis(server=redis_server, decode_responses=True)
     )
+
+
+def serve_once(monkeypatch: pytest.MonkeyPatch, config: Config) -> tuple[Config, list[str]]:
+    """Run serve() up to the gunicorn start; the config it would start with, and what it announced."""
+    started: list[Config] = []
+
+    class Server:
+        def __init__(self, config: Config, *_args: Any) -> None:
+            started.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(cregistry.server, "CregistryServer", Server)
+    monkeypatch.setattr(cregistry.server, "_check_redis", lambda config: None)
+    monkeypatch.setattr(cregistry.server, "open_listener", lambda listen: contextlib.nullcontext(None))
+    announced: list[str] = []
+    cregistry.server.serve(config, announced.append)
+    return started[0], announced

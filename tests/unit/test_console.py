@@ -4,7 +4,6 @@ every POST, sign-in and its limit, sessions, CSRF, CSP and escaping."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import html
 import json
@@ -29,7 +28,7 @@ from cregistry.users import UserStore
 from cregistry.web import create_app
 from cregistry.web.console import CONTENT_SECURITY_POLICY
 
-from .conftest import ADMIN_TOKEN, FakeClock
+from .conftest import ADMIN_TOKEN, FakeClock, serve_once
 
 OPS_TOKEN = "ops-token-0123456789abcdef"
 SECRET = "s" * 40
@@ -869,23 +868,9 @@ def test_serve_makes_one_session_secret_before_the_workers_fork(
 ) -> None:
     """gunicorn forks the workers from one master: the secret made there is
     every worker's, so a session signed by one is accepted by the others."""
-    import cregistry.server
-
-    started: list[Config] = []
-
-    class Server:
-        def __init__(self, config: Config, broker_socket: object, state_directory: str) -> None:
-            started.append(config)
-
-        def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(cregistry.server, "CregistryServer", Server)
-    monkeypatch.setattr(cregistry.server, "_check_redis", lambda config: None)
-    monkeypatch.setattr(cregistry.server, "open_listener", lambda listen: contextlib.nullcontext(None))
     base = Config(redis_url="redis://127.0.0.1:1/0", admin_token=ADMIN_TOKEN)
-    cregistry.server.serve(base, lambda text: None)
-    assert started[0].session_secret is not None and len(started[0].session_secret) == 64
+    started, _announced = serve_once(monkeypatch, base)
+    assert started.session_secret is not None and len(started.session_secret) == 64
     assert "CREGISTRY_SESSION_SECRET is not set" in caplog.text
-    cregistry.server.serve(dataclasses.replace(base, session_secret=SECRET), lambda text: None)
-    assert started[1].session_secret == SECRET
+    started, _announced = serve_once(monkeypatch, dataclasses.replace(base, session_secret=SECRET))
+    assert started.session_secret == SECRET

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import pytest
 
-import cregistry.server
 from cregistry.config import Config
+
+from .conftest import serve_once
 
 TOKEN = "t" * 32
 OPS_TOKEN = "o" * 32
-
-
-def serve_once(monkeypatch: pytest.MonkeyPatch, config: Config) -> tuple[Config, list[str]]:
-    """Run serve() up to the gunicorn start; the config it would start with, and what it announced."""
-    started: list[Config] = []
-
-    class Server:
-        def __init__(self, config: Config, *_args: Any) -> None:
-            started.append(config)
-
-        def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(cregistry.server, "CregistryServer", Server)
-    monkeypatch.setattr(cregistry.server, "_check_redis", lambda config: None)
-    monkeypatch.setattr(cregistry.server, "open_listener", lambda listen: contextlib.nullcontext(None))
-    announced: list[str] = []
-    cregistry.server.serve(config, announced.append)
-    return started[0], announced
 
 
 def test_only_admin_tokens_set_makes_no_extra_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
