@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from cregistry.config import REDIS_URL, env_name
 from cregistry.errors import ConfigError
+from cregistry.names import decimal
 
 SENTINEL_SCHEME = "redis+sentinel://"
 SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
@@ -82,9 +83,10 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ConfigError(f"{URL_NAME}: the service name {service_name!r} holds spaces or control characters")
     db = 0
     if len(parts) == 2:
-        if not parts[1].isascii() or not parts[1].isdigit() or int(parts[1]) > 1_000_000:
+        number = decimal(parts[1])
+        if number is None or number > 1_000_000:
             raise ConfigError(f"{URL_NAME}: the database must be a number (0, 1, ...), got {parts[1]!r}")
-        db = int(parts[1])
+        db = number
     return SentinelTarget(sentinels, service_name, db, username, password)
 
 
@@ -103,9 +105,10 @@ def _sentinel_address(item: str) -> tuple[str, int]:
         raise ConfigError(f"{URL_NAME}: a sentinel address without a host: {item!r}")
     if port_text == "":
         return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = decimal(port_text)
+    if port is None or not 0 < port < 65536:
         raise ConfigError(f"{URL_NAME}: bad port in sentinel address {item!r}")
-    return host, int(port_text)
+    return host, port
 
 
 def connect(url: str, timeout: float, *, min_replicas: int = 0) -> Client:
