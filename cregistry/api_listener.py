@@ -26,7 +26,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,11 +37,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # A device on a slow link sends a registration (under 1 KiB) in far less;
 # a connection that takes longer is closed, whatever it has sent.
@@ -49,10 +48,6 @@ READ_TIMEOUT_SECONDS = 10.0
 KEEPALIVE_SECONDS = 30
 # The routes a device calls (SPEC §5, §13); every other route is an operator's or a probe's.
 DEVICE_PATHS = frozenset({"/api/client-registry/register"})
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
@@ -109,7 +104,7 @@ class ApiListener:
         if scope["type"] != "http":
             return
         try:
-            body = await self._whole_body(receive)
+            body = await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
             await _answer(send, 413, b'{"ok": false, "error": "the body is too large"}')  # web/errors.py's shape
             return
@@ -126,22 +121,6 @@ class ApiListener:
 
         pool = self.devices if scope["path"] in DEVICE_PATHS else self.operators
         await pool(scope, replay, send)  # type: ignore[arg-type]
-
-    async def _whole_body(self, receive: Receive) -> bytes | None:
-        """The body, or None when the client went away; reading stops past the limit."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
 
 class SecureScheme:

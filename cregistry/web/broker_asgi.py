@@ -25,13 +25,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from a2wsgi import WSGIMiddleware
 
+from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from cregistry.errors import InvalidInput
 from cregistry.web.broker_wsgi import (
     POSITION_HEADER,
@@ -46,17 +47,10 @@ from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 KEEPALIVE_SECONDS = 30  # the plugin and go-auth keep their connections
 _POSITION = POSITION_HEADER.lower().encode("latin-1")
 _HEADERS = [(b"content-type", b"application/json")]
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class BrokerListener:
@@ -90,7 +84,9 @@ class BrokerListener:
             elif name == _POSITION:
                 seen = value.decode("latin-1") or None
         try:
-            body = await _read_body(receive, self.checks.max_body_bytes)
+            body = await read_body(receive, self.checks.max_body_bytes)
+            if body is None:
+                raise InvalidInput("the request ended before its body")
             fields = check_fields(route, parse_params(content_type, body, scope["query_string"]))
             answer = self.checks.quick(route, fields, seen)
             if answer is None:
@@ -113,22 +109,6 @@ class BrokerListener:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise too_late() from None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise InvalidInput("the request ended before its body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 ELECTION_INTERVAL = 0.25  # seconds between two tries of a standing-by worker
