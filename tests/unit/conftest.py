@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -146,3 +148,14 @@ def serve_once(monkeypatch: pytest.MonkeyPatch, config: Config) -> tuple[Config,
     announced: list[str] = []
     cregistry.server.serve(config, announced.append)
     return started[0], announced
+
+
+T = TypeVar("T")
+
+
+def run_on_own_loop(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run(coroutine()) on a thread of its own: the browser tier's
+    Playwright keeps an event loop running on the main thread for the whole
+    session, and asyncio.run refuses to start beside it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(coroutine())).result()

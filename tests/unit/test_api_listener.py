@@ -10,6 +10,8 @@ from typing import Any
 
 from cregistry.api_listener import ApiListener, SecureScheme
 
+from .conftest import run_on_own_loop
+
 Message = MutableMapping[str, Any]
 
 
@@ -58,7 +60,7 @@ def call(app: Any, request_scope: Message, messages: list[Message]) -> list[Mess
 
         await asyncio.wait_for(app(request_scope, receive, send), timeout=10)
 
-    asyncio.run(run())
+    run_on_own_loop(run)
     return sent
 
 

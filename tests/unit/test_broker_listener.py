@@ -4,8 +4,6 @@ everything else, one clear error for bad input, 503 at the deadline."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
@@ -18,6 +16,8 @@ from cregistry.config import Config
 from cregistry.web import create_app
 from cregistry.web.broker_asgi import BrokerListener
 from cregistry.web.broker_wsgi import BrokerChecks
+
+from .conftest import run_on_own_loop
 
 USERNAME = "sensor-1"
 PASSWORD = "secret12-long-enough"
@@ -67,10 +67,7 @@ def call(
         data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
         return status, json.loads(data)
 
-    # A loop of its own on a thread of its own: the browser tier's Playwright
-    # keeps an event loop running on the main thread for the whole session.
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        return thread.submit(lambda: asyncio.run(run())).result()
+    return run_on_own_loop(run)
 
 
 JSON = {"Content-Type": "application/json"}
