@@ -52,9 +52,14 @@ CHANGE_FOR_ACTION = {
     "role.grant": FORGET_ALL,
     "role.revoke": FORGET_ALL,
     "role.delete": FORGET_ALL,
+    # A client ID that changes owner changes CONNECT answers of other users
+    # too (SPEC §4: a cached grant must never let one wear another's ID).
+    "user.client-ids": FORGET_ALL,
 }
 # Actions that change nothing a broker caches: refused CONNECTs are never cached.
-NO_CHANGE_ACTIONS = frozenset({"registry.unlock", "registry.lock", "request.deny", "user.failures.clear"})
+NO_CHANGE_ACTIONS = frozenset(
+    {"registry.unlock", "registry.lock", "request.deny", "requests.purge", "user.failures.clear"}
+)
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 _UINT64_MAX = 2**64 - 1

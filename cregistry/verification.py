@@ -92,6 +92,10 @@ class PasswordVerifier:
         self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
+        # A key of its own for candidates' credential digests, so that no
+        # digest can ever be replayed as a verified token or the other way.
+        self.candidate_secret = hmac.new(self.secret, b"cregistry candidate credentials", hashlib.sha256).digest()
+        self.candidate_key_id = hmac.new(self.candidate_secret, b"key id", hashlib.sha256).hexdigest()[:12]
 
     def verify_by_cached_token(self, username: str, password: str, seen: str | None) -> bool:
         """True when the token this worker holds accepts the password, for a
@@ -165,6 +169,16 @@ class PasswordVerifier:
         finally:
             self.limits.registration_slots.release()
 
+    def matches_for_registration(self, password: str, password_hash: str) -> bool | None:
+        """bcrypt against a pending candidate's hash under the registration
+        slots (registration.py); None when they are busy."""
+        if not self.limits.registration_slots.acquire(blocking=False):
+            return None
+        try:
+            return passwords.verify_password(password, password_hash)
+        finally:
+            self.limits.registration_slots.release()
+
     def failures(self, username: str) -> int:
         return int(self.redis.get(self.keys.user_failures(username)) or 0)
 
@@ -197,6 +211,13 @@ class PasswordVerifier:
         count = pipe.execute()[1]
         if count == self.config.failure_limit:
             log.warning("user %s reached %d failed password checks; refusing without bcrypt", username, count)
+
+    def credentials_digest(self, username: str, password: str) -> str:
+        """The keyed digest that identifies a pending candidate's exact
+        credentials (requests.py); useless without the secret, which never
+        enters Redis."""
+        message = b"\0".join((username.encode(), password.encode()))
+        return hmac.new(self.candidate_secret, message, hashlib.sha256).hexdigest()
 
     def _token_accepts(self, username: str, password: str, stored_hash: str | None, verified: str | None) -> bool:
         if stored_hash is None or verified is None:

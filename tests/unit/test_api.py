@@ -34,7 +34,19 @@ from .conftest import ADMIN_TOKEN
 KEYS = Keys("cregistry")
 REGISTER = "/api/client-registry/register"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-REQUEST_KEYS = {"id", "username", "pairingId", "clientId", "source", "firstSeen", "lastSeen", "attempts", "context"}
+REQUEST_KEYS = {
+    "contested",
+    "refusedAttempts",
+    "id",
+    "username",
+    "pairingId",
+    "clientId",
+    "source",
+    "firstSeen",
+    "lastSeen",
+    "attempts",
+    "context",
+}
 PENDING_ID = f"sensor-1:{pairing_id('sensor-1', 'secret1')}"
 
 # Admin routes: the lock, requests, users and their permissions, roles and the audit trail.

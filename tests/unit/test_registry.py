@@ -609,6 +609,8 @@ def test_to_dict_never_shows_the_password_or_the_hash(
         "lastSeen",
         "attempts",
         "context",
+        "contested",
+        "refusedAttempts",
     }
     user = requests.approve("sensor-1")
     user_text = json.dumps(user.to_dict())
@@ -636,6 +638,8 @@ def test_pending_request_dict_values(
         "lastSeen": "2027-01-15T08:01:01Z",
         "attempts": 2,
         "context": {"a": [1, 2]},
+        "contested": False,
+        "refusedAttempts": 0,
     }
 
 
