@@ -52,9 +52,6 @@ CHANGE_FOR_ACTION = {
     "role.grant": FORGET_ALL,
     "role.revoke": FORGET_ALL,
     "role.delete": FORGET_ALL,
-    # A client ID that changes owner changes CONNECT answers of other users
-    # too (SPEC §4: a cached grant must never let one wear another's ID).
-    "user.client-ids": FORGET_ALL,
 }
 # Actions that change nothing a broker caches: refused CONNECTs are never cached.
 NO_CHANGE_ACTIONS = frozenset(
