@@ -55,7 +55,7 @@ CHANGE_FOR_ACTION = {
 }
 # Actions that change nothing a broker caches: refused CONNECTs are never cached.
 NO_CHANGE_ACTIONS = frozenset(
-    {"registry.unlock", "registry.lock", "request.deny", "requests.purge", "user.failures.clear"}
+    {"registry.unlock", "registry.lock", "request.deny", "request.purge", "user.failures.clear"}
 )
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)

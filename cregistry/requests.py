@@ -413,7 +413,7 @@ class PendingRequests:
             answers = pipe.execute()
             removed += sum(answers[0:-1:3])
         pipe = self.redis.pipeline()
-        self.audit.add(pipe, actor, "requests.purge", "", removed=removed)
+        self.audit.add(pipe, actor, "request.purge", "", removed=removed)
         pipe.execute()
         log.info("pending requests purged: %d removed by %s", removed, actor)
         return removed
