@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the test tiers need; installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server redis-sentinel mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev openssl
+# One list of Debian packages for every tier, shared with .ci/run
+APT_PACKAGES := $(shell sed 's/\#.*//' system-packages.txt)
 GO_AUTH_SO := mosquitto/go-auth.so
 # The versions the tests ran with (make lock); pyproject.toml has lower bounds only.
 CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
 
-.PHONY: install run test test-unit test-integration test-broker-asan test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick bench-deps clean
+.PHONY: install run test test-unit test-integration test-broker-asan test-broker-2.1 mosquitto-2.1 test-fuzz test-failover test-browser lint lock system-deps go-auth try-go-auth bench bench-quick clean
 
 $(STAMP): pyproject.toml $(wildcard constraints.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +43,11 @@ try-go-auth: system-deps
 	@mosquitto/build-go-auth.sh $(GO_AUTH_SO) || \
 		echo "WARNING: go-auth could not be built (error above): the go-auth broker tests will not run"
 
-## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin)
+## test: both tiers (unit on fakeredis, integration on real processes, mosquitto with cregistry's plugin),
+## then the broker tier again on Mosquitto 2.1.2 (test-broker-2.1)
 test: $(STAMP) system-deps plugin plugin-test try-go-auth
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-broker-2.1
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
@@ -52,9 +55,37 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/integration
 
-## test-broker-asan: the broker tier once more with the plugin's ASan + UBSan build; any report fails it
+## test-broker-asan: the broker tier once more with the plugin's ASan + UBSan build, on 2.0.11 and on 2.1.2; any report fails it
 test-broker-asan: $(STAMP) system-deps plugin-asan
 	CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration
+	$(call on_mosquitto_21,CREGISTRY_PLUGIN_SO=$(CURDIR)/mosquitto/cregistry_auth-asan.so $(BIN)/python -m pytest -m broker tests/integration)
+
+# Mosquitto 2.1.2, built from ../shared/brokers/ once per machine into
+# ${XDG_CACHE_HOME:-~/.cache}/cregistry/ (never into the repository).
+MOSQUITTO_21_BUILD := mosquitto/build-mosquitto-2.1.sh
+## mosquitto-2.1: build (or find) Mosquitto 2.1.2 and print its path
+mosquitto-2.1:
+	@$(MOSQUITTO_21_BUILD)
+
+# $(call on_mosquitto_21,COMMAND): COMMAND with CREGISTRY_MOSQUITTO naming the
+# 2.1.2 broker; where it cannot be had (no ../shared in a fresh clone), with
+# CREGISTRY_MOSQUITTO_UNAVAILABLE giving the reason, so that every broker test
+# is reported as skipped with it (and fails under CI / CREGISTRY_REQUIRE_BROKER=1).
+define on_mosquitto_21
+	@why=$$(mktemp); \
+	if broker=$$($(MOSQUITTO_21_BUILD) 2>$$why); then \
+		rm -f $$why; echo "== the broker tier on Mosquitto 2.1.2 ($$broker) =="; \
+		CREGISTRY_MOSQUITTO=$$broker $(1); \
+	else \
+		reason="Mosquitto 2.1.2 is not available: $$(tail -1 $$why)"; rm -f $$why; \
+		echo "WARNING: $$reason"; \
+		CREGISTRY_MOSQUITTO_UNAVAILABLE="$$reason" $(1); \
+	fi
+endef
+
+## test-broker-2.1: the broker tier (`pytest -m broker tests/integration`) on Mosquitto 2.1.2
+test-broker-2.1: $(STAMP) system-deps plugin
+	$(call on_mosquitto_21,$(BIN)/python -m pytest -m broker tests/integration)
 
 ## test-fuzz: only the schemathesis tier (part of test-integration); CREGISTRY_FUZZ_EXAMPLES=N for a longer run
 test-fuzz: $(STAMP) system-deps
@@ -74,18 +105,7 @@ test-browser: $(STAMP) system-deps
 # something could not be measured, never because a goal was missed)
 LOADGEN := bench/build/loadgen
 BENCH_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror
-# mosquitto_ctrl (dynamic security's setup) and what loadgen.c links
-BENCH_APT_PACKAGES := mosquitto-clients libmosquitto-dev libcurl4-openssl-dev pkg-config gcc
-
-bench-deps:
-	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
-
-$(LOADGEN): bench/loadgen.c | bench-deps
+$(LOADGEN): bench/loadgen.c | system-deps
 	@mkdir -p $(dir $@)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $$(pkg-config --cflags --libs libmosquitto libcurl) -lpthread -lm
 
@@ -107,8 +127,8 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 lint: $(STAMP)
-	$(BIN)/ruff check cregistry tests bench
-	$(BIN)/ruff format --check cregistry tests bench
+	$(BIN)/ruff check cregistry harness tests bench
+	$(BIN)/ruff format --check cregistry harness tests bench
 	$(BIN)/mypy
 
 # plugin, plugin-test, plugin-asan: cregistry's own Mosquitto plugin

@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.harness import GO_AUTH_SO, LOOPBACK, REPO, MosquittoProcess, free_port
+from harness.mosquitto import GO_AUTH_SO, MosquittoProcess
+from harness.processes import LOOPBACK, REPO, free_port
 
 PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
 DYNSEC_SO_CANDIDATES = (

@@ -30,11 +30,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cregistry import passwords  # noqa: E402
+from cregistry import passwords, services  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
-from cregistry.users import UserStore  # noqa: E402
-from tests.harness import RedisNode, ServiceProcess, run_cli  # noqa: E402
+from harness.sentinel import RedisNode  # noqa: E402
+from harness.service import ServiceProcess, run_cli  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -49,7 +49,7 @@ def measure_memory(users: int, permissions: int) -> dict[str, Any]:
     try:
         client = node.client()
         config = Config(redis_url=f"redis://127.0.0.1:{node.port}/0", bcrypt_cost=4)
-        store = UserStore(client, config)
+        store = services.build(client, config).users
         keys = Keys(config.key_prefix)
         # A real bcrypt hash (60 characters at every cost); hashing each user
         # would only make the script slow, not the hash longer.

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
 from cregistry.services import build  # noqa: E402
-from tests.harness import RedisProcess  # noqa: E402
+from harness.redis_server import RedisProcess  # noqa: E402
 
 PASSWORD = "bench-device-secret"
 

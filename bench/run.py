@@ -37,12 +37,15 @@ sys.path.insert(0, str(REPO))
 from bench import brokers  # noqa: E402
 from bench.brokers import CREGISTRY, DYNSEC, GO_AUTH, NO_AUTH, SETUPS, DynsecUsers  # noqa: E402
 from bench.output import GOALS, chart, evaluate_goals, report  # noqa: E402
+from cregistry import services  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
 from cregistry.keys import Keys  # noqa: E402
 from cregistry.passwords import hash_password  # noqa: E402
-from cregistry.users import UserStore  # noqa: E402
-from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http  # noqa: E402
+from harness.mosquitto import MosquittoProcess  # noqa: E402
+from harness.mqtt import MqttClient  # noqa: E402
+from harness.redis_server import RedisProcess  # noqa: E402
+from harness.service import ServiceProcess, http  # noqa: E402
 
 LOADGEN = Path(os.environ.get("CREGISTRY_LOADGEN", REPO / "bench" / "build" / "loadgen"))
 SIZES: dict[str, dict[str, int]] = {
@@ -116,7 +119,7 @@ class Bench:
         self.connection = connect(self.redis.url, 5)
         self.config = Config(redis_url=self.redis.url, bcrypt_cost=4)
         self.keys = Keys(self.config.key_prefix)
-        self.users = UserStore(self.connection, self.config)
+        self.users = services.build(self.connection, self.config).users
         self.stored_hash = hash_password(DEVICE_PASSWORD, 4)  # verified once, then never bcrypt again
         self.verified: set[str] = set()
         self.dynsec: DynsecUsers | None = None

@@ -17,9 +17,8 @@ from redis.typing import EncodableT, FieldT
 
 from cregistry.changes import ChangeFeed
 from cregistry.config import Config
-from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
-from cregistry.names import is_int_within
+from cregistry.names import validate_int_within
 from cregistry.timestamps import isoformat
 
 MAX_LISTED = 1000
@@ -45,14 +44,14 @@ class AuditLog:
         config: Config,
         clock: Callable[[], float] = time.time,
         *,
-        keys: Keys | None = None,
-        changes: ChangeFeed | None = None,
+        keys: Keys,
+        changes: ChangeFeed,
     ) -> None:
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
-        self.changes = changes if changes is not None else ChangeFeed(connection, config, keys=self.keys)
+        self.changes = changes
 
     def add(self, pipe: Pipeline, actor: str, action: str, target: str, **details: object) -> None:
         """Queue one entry, and the change-feed entry the action calls for, on
@@ -69,8 +68,7 @@ class AuditLog:
 
     def entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` entries, newest first."""
-        if not is_int_within(limit, 1, MAX_LISTED):
-            raise InvalidInput(f"limit must be an integer from 1 to {MAX_LISTED}")
+        validate_int_within(limit, "limit", 1, MAX_LISTED)
         # The connection decodes its answers (connections.py): ids and fields are str.
         rows = cast("list[tuple[str, dict[str, str]]]", self.redis.xrevrange(self.keys.audit(), count=limit))
         return [_entry(entry_id, fields) for entry_id, fields in rows or []]

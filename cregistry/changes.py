@@ -11,10 +11,11 @@ A position is a stream entry ID and the Redis primary's replication ID
 (`<entry>~<replid>`). Reading from a position first checks that it is this
 primary's and that the entry still exists: if so, nothing after it can have
 been missed; if not (the broker fell more than CREGISTRY_CHANGES_MAX changes
-behind, Redis was flushed, a failover happened and may have lost entries),
-the answer is a reset and the plugin drops its whole cache. So that every
-answer can name an existing entry, an empty stream is seeded with a marker
-entry.
+behind, Redis was flushed or restarted without persistence, a failover
+happened and may have lost entries), the answer is a reset: the plugin drops
+its whole cache, and every change recorded after the position still reaches
+it (ChangeFeed._reset). So that every answer can name an existing entry, an
+empty stream is seeded with a marker entry.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ FORGET_ALL = "all"  # drop everything (a role's members may be many)
 
 CHANGE_FOR_ACTION = {
     "request.approve": FORGET_USER,
+    "enrollment.register": FORGET_USER,
     "user.add": FORGET_USER,
     "user.superuser": FORGET_USER,
     "user.permissions": FORGET_USER,
@@ -48,6 +50,11 @@ CHANGE_FOR_ACTION = {
     "user.role.unassign": FORGET_USER,
     "user.delete": KICK_USER,
     "user.password": KICK_USER,
+    # A new certificate at approval: the user is new. Renewal and revocation
+    # kick, so that the old certificate's connections end within 2 s.
+    "user.certificate.issue": FORGET_USER,
+    "user.certificate.renew": KICK_USER,
+    "user.certificate.revoke": KICK_USER,
     "role.permissions": FORGET_ALL,
     "role.grant": FORGET_ALL,
     "role.revoke": FORGET_ALL,
@@ -55,7 +62,16 @@ CHANGE_FOR_ACTION = {
 }
 # Actions that change nothing a broker caches: refused CONNECTs are never cached.
 NO_CHANGE_ACTIONS = frozenset(
-    {"registry.unlock", "registry.lock", "request.deny", "request.purge", "user.failures.clear"}
+    {
+        "registry.unlock",
+        "registry.lock",
+        "request.deny",
+        "request.purge",
+        "user.failures.clear",
+        "enrollment.create",
+        "enrollment.delete",
+        "enrollment.forget",
+    }
 )
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
@@ -75,10 +91,10 @@ class FeedPage:
 
 
 class ChangeFeed:
-    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
+    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys) -> None:
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
 
     def record(self, pipe: Pipeline, action: str, target: str) -> None:
         """Queue the feed entry for `action` on `target` on `pipe`, the change's transaction."""
@@ -110,21 +126,30 @@ class ChangeFeed:
         if isinstance(rows, Exception):
             raise rows
         if epoch != current or not rows or rows[0][0] != entry:
-            return FeedPage(self._resume_position(entry, current), True)
+            return self._reset(entry, current)
         rows = rows[1:]
         position = _position(rows[-1][0] if rows else entry, current)
-        changes = tuple(change for change in (_change(fields) for _id, fields in rows) if change is not None)
-        return FeedPage(position, False, changes)
+        return FeedPage(position, False, _changes(rows))
 
-    def _resume_position(self, entry: str, epoch: str) -> str:
-        """Where a reset continues: the newest entry up to `entry` that still
-        exists, so that the changes made since (a failover's new primary
-        writing on, a restarted Redis) are still sent, kicks included; the
-        latest entry when none is left (trimmed, flushed)."""
-        rows: Any = self.redis.xrevrange(self.keys.changes(), max=entry, count=1)
-        if rows:
-            return _position(str(rows[0][0]), epoch)
-        return self._latest_position(epoch)
+    def _reset(self, entry: str, epoch: str) -> FeedPage:
+        """The reset for a position whose entry is gone or was given out by
+        another primary. Every change recorded after `entry` still reaches
+        the broker, kicks included (stream IDs grow with the clock, so an
+        entry newer than `entry` was written after it):
+        - the newest entry up to `entry` that still exists (a failover's new
+          primary lacks the latest entries): the reset continues from it, and
+          the next page sends everything after it;
+        - none left (Redis flushed, restarted without persistence, or the
+          broker fell more than CHANGES_MAX behind): every entry is newer, so
+          the reset itself carries the oldest ones (MAX_PAGE at most) and
+          continues from the last of them."""
+        older: Any = self.redis.xrevrange(self.keys.changes(), max=entry, count=1)
+        if older:
+            return FeedPage(_position(str(older[0][0]), epoch), True)
+        newer: Any = self.redis.xrange(self.keys.changes(), count=MAX_PAGE)
+        if newer:
+            return FeedPage(_position(str(newer[-1][0]), epoch), True, _changes(newer))
+        return FeedPage(self._latest_position(epoch), True)
 
     def _latest_position(self, epoch: str) -> str:
         rows: Any = self.redis.xrevrange(self.keys.changes(), count=1)
@@ -162,6 +187,10 @@ def _is_stream_id(text: str) -> bool:
     """Redis refuses IDs beyond 64 bits with an error; such positions are simply unknown."""
     match = _STREAM_ID.fullmatch(text)
     return match is not None and all(int(part) <= _UINT64_MAX for part in match.groups())
+
+
+def _changes(rows: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(change for change in (_change(fields) for _id, fields in rows) if change is not None)
 
 
 def _change(fields: dict[Any, Any]) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cregistry.errors import ConfigError
-from cregistry.names import is_int_within
+from cregistry.names import decimal, is_int_within
 
 ENV_PREFIX = "CREGISTRY_"
 
@@ -53,6 +53,11 @@ CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
 CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
 CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
+CA_CERT = "CA_CERT"
+CA_KEY = "CA_KEY"
+CERT_DAYS = "CERT_DAYS"
+ENROLLMENT_FAILURE_LIMIT = "ENROLLMENT_FAILURE_LIMIT"
+ENROLLMENT_FAILURE_WINDOW = "ENROLLMENT_FAILURE_WINDOW"
 
 
 def env_name(name: str) -> str:
@@ -84,8 +89,8 @@ class Config:
     password_require: tuple[str, ...] = ()
     api_listen: str = "0.0.0.0:8080"
     broker_listen: str = "127.0.0.1:8081"
-    # Broker routes must answer 503 within 2 s when Redis stalls; a check makes
-    # at most a few round trips, so each one gets a fraction of that budget.
+    # A broker check answers 503 within the service's deadline (budget.py) when
+    # Redis stalls; it makes at most a few round trips, each a fraction of it.
     redis_timeout: float = 0.5
     # Replicas that must have an operator change before it is acknowledged
     # (WAIT; see transactions.py). 0: no waiting; 1 with Sentinel and replicas.
@@ -118,6 +123,15 @@ class Config:
     console_max_age: int = 12 * 3600
     console_signin_limit: int = 10
     console_signin_window: int = 15 * 60
+    # Certificate onboarding (certificates.py, docs/certificates.md): the registry
+    # CA's certificate and key files (both or neither), and the days what it signs is valid.
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    cert_days: int = 365
+    # Refused enrollment registrations (bad tokens, usernames outside the
+    # pattern) per client address and window; over it, tokens are not looked at.
+    enrollment_failure_limit: int = 20
+    enrollment_failure_window: int = 15 * 60
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -138,15 +152,13 @@ class Config:
         _check_range(AUDIT_MAX, self.audit_max, 100, 10_000_000)
         _check_range(CHANGES_MAX, self.changes_max, 10, 10_000_000)
         _check_range(REDIS_MIN_REPLICAS, self.redis_min_replicas, 0, 100)
-        if self.redis_url is not None:
-            # Imported here: connections names its settings through this module.
-            from cregistry.connections import check_url
-
-            check_url(self.redis_url)
         _check_range(CONSOLE_IDLE_TIMEOUT, self.console_idle_timeout, 60, 7 * 24 * 3600)
         _check_range(CONSOLE_MAX_AGE, self.console_max_age, 60, 30 * 24 * 3600)
         _check_range(CONSOLE_SIGNIN_LIMIT, self.console_signin_limit, 1, 10_000)
         _check_range(CONSOLE_SIGNIN_WINDOW, self.console_signin_window, 1, 24 * 3600)
+        _check_range(CERT_DAYS, self.cert_days, 1, 3650)
+        _check_range(ENROLLMENT_FAILURE_LIMIT, self.enrollment_failure_limit, 1, 1_000_000)
+        _check_range(ENROLLMENT_FAILURE_WINDOW, self.enrollment_failure_window, 1, 24 * 3600)
         if self.session_secret is not None and len(self.session_secret) < 32:
             raise ConfigError(f"{ENV_PREFIX}{SESSION_SECRET} must be at least 32 characters")
         if self.verify_secret is not None:
@@ -159,6 +171,7 @@ class Config:
             raise ConfigError(f"{ENV_PREFIX}{REDIS_TIMEOUT} must be between 0.05 and 60 seconds")
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
             raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKEN} must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+        token_names = ["admin"] if self.admin_token else []
         for item in (self.admin_tokens or "").split(","):
             name, sep, token = item.strip().partition("=")
             if item.strip() and (not sep or not name or len(token) < MIN_ADMIN_TOKEN_LENGTH):
@@ -166,6 +179,11 @@ class Config:
                     f"{ENV_PREFIX}{ADMIN_TOKENS} must be NAME=TOKEN,... with tokens of"
                     f" {MIN_ADMIN_TOKEN_LENGTH} characters or more"
                 )
+            if item.strip() and name in token_names:
+                # One token per name: a second one would silently replace the first.
+                also = f" (the name of {ENV_PREFIX}{ADMIN_TOKEN})" if name == "admin" and self.admin_token else ""
+                raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKENS} names {name!r} twice{also}")
+            token_names.append(name)
         unknown = set(self.password_require) - set(PASSWORD_CLASSES)
         if unknown:
             raise ConfigError(
@@ -211,9 +229,10 @@ class Config:
 def parse_listen(value: str, name: str = "listen address") -> tuple[str, int]:
     """Split "host:port" (or "[::1]:port"), refusing anything else."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    number = decimal(port)
+    if not sep or not host or number is None or not 0 < number < 65536:
         raise ConfigError(f"{ENV_PREFIX}{name} must look like HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 def _parse(name: str, type_name: object, raw: str) -> bool | int | float | tuple[str, ...] | str:

@@ -18,6 +18,10 @@ class StorageUnavailable(CregistryError):
     """Redis cannot be reached, stalls or refuses the write; nothing was decided."""
 
 
+class PasswordChecksBusy(CregistryError):
+    """Every bcrypt slot stayed taken for the whole check budget; nothing was decided."""
+
+
 class ReplicasUnconfirmed(StorageUnavailable):
     """The change reached the Redis primary but not CREGISTRY_REDIS_MIN_REPLICAS replicas in time."""
 
@@ -40,6 +44,22 @@ class UserNotFound(CregistryError):
 
 class RoleNotFound(CregistryError):
     """No role with that name."""
+
+
+class CertificateRefused(CregistryError):
+    """A certificate cannot be issued or revoked as asked (no CA, no valid current certificate to renew)."""
+
+
+class EnrollmentNotFound(CregistryError):
+    """No enrollment with that name (it may have expired or been revoked)."""
+
+
+class EnrollmentExists(CregistryError):
+    """An enrollment with that name exists already."""
+
+
+class EnrollmentRefused(CregistryError):
+    """The enrollment token is unknown, revoked, expired or used up, or the username is not the enrollment's."""
 
 
 class RequestNotFound(CregistryError):

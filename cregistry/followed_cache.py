@@ -30,12 +30,14 @@ class FollowedCache(Generic[V]):
     def get(self, username: str, seen: str | None) -> V | None:
         """The cached value for a caller that has read the feed up to `seen`,
         or None: not cached, no position, or not covered by the follower."""
-        if not seen:
+        # Coverage first: an entry read after the follower covered `seen`
+        # reflects every change up to `seen` (a change applied meanwhile
+        # removes it). Read first, the entry could predate a change the
+        # follower applied before covers() ran -- an answer older than what
+        # the caller already knows, which the plugin would cache.
+        if not seen or not self.follower.covers(seen):
             return None
-        value = self.entries.get(username)
-        if value is None or not self.follower.covers(seen):
-            return None
-        return value
+        return self.entries.get(username)
 
     def put(self, username: str, entry: str, value: V) -> None:
         """Keep `value`, read from Redis at feed entry `entry`, if it is new enough."""

@@ -44,9 +44,32 @@ class Keys:
         """Counter with a TTL: failed console sign-ins from one client address."""
         return f"{self.prefix}:console:signin-failures:{address}"
 
+    def enrollments(self) -> str:
+        """Set of all enrollment names (enrollments.py; pruned of expired ones lazily)."""
+        return f"{self.prefix}:enrollments"
+
+    def enrollment_failures(self, address: str) -> str:
+        """Counter with a TTL: refused enrollment registrations from one client address."""
+        return f"{self.prefix}:enrollment-failures:{address}"
+
+    # -- one enrollment (each key expires with the enrollment) --------------
+    def enrollment(self, name: str) -> str:
+        """Hash: usernamePattern, roles, maxUses, usesLeft, expiresAt, createdBy, createdAt, tokenDigest."""
+        return f"{self.prefix}:{{enrollment:{name}}}:enrollment"
+
+    def enrollment_token(self, digest: str) -> str:
+        """String: the name of the enrollment whose token has this keyed digest."""
+        return f"{self.prefix}:enrollment-token:{digest}"
+
+    def enrollment_removed(self, name: str) -> str:
+        """Hash: username -> time an operator deleted that user, which the enrollment had created."""
+        return f"{self.prefix}:{{enrollment:{name}}}:removed"
+
     # -- one user ----------------------------------------------------------
     def user(self, username: str) -> str:
-        """Hash: passwordHash, createdAt, superuser, clientId, source."""
+        """Hash: passwordHash, createdAt, superuser, clientId, source; the current
+        certificate's certSerial, certNotAfter, certFingerprint, certKey, certPem."""
+        """Hash: passwordHash, createdAt, superuser, clientId, source (and enrollment, for enrolled users)."""
         return f"{self.prefix}:{{{username}}}:user"
 
     def user_permissions(self, username: str) -> str:
@@ -65,6 +88,10 @@ class Keys:
     def request(self, username: str, candidate: str) -> str:
         """Hash with a TTL: one pending request (hash, credentials digest, client id, times, attempts)."""
         return f"{self.prefix}:{{{username}}}:request:{candidate}"
+
+    def request_csr(self, username: str, candidate: str) -> str:
+        """Hash with the request's TTL: a pending request's CSR (pem, keyType, publicKeySha256; certificates.py)."""
+        return f"{self.prefix}:{{{username}}}:request-csr:{candidate}"
 
     def user_denials(self, username: str) -> str:
         """Hash: keyed credentials digest -> denial time; expires with the pending TTL."""

@@ -17,7 +17,6 @@ from redis.client import Pipeline
 from cregistry import names
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.config import MAX_UNLOCK_SECONDS, Config
-from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
 from cregistry.transactions import run_watched
 
@@ -57,8 +56,7 @@ class RegistryLock:
         """Open the registry for `seconds` (default CREGISTRY_UNLOCK_SECONDS, at most an hour)."""
         if seconds is None:
             seconds = self.config.unlock_seconds
-        if not names.is_int_within(seconds, 1, MAX_UNLOCK_SECONDS):
-            raise InvalidInput(f"seconds must be an integer from 1 to {MAX_UNLOCK_SECONDS}")
+        seconds = names.validate_int_within(seconds, "seconds", 1, MAX_UNLOCK_SECONDS)
 
         def open_registry(pipe: Pipeline) -> None:
             pipe.multi()

@@ -64,6 +64,21 @@ def utf8(text: str, what: str) -> bytes:
         raise InvalidInput(f"{what} is not valid Unicode") from None
 
 
+def decimal(text: str) -> int | None:
+    """`text` as a non-negative integer written in ASCII digits, else None.
+
+    str.isdigit() is also true of "²" (which int() refuses: a ValueError where
+    a clear error was meant) and of "٣" (which int() reads as 3)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def is_int_within(value: object, low: int, high: int) -> TypeGuard[int]:
     """An integer (JSON's true is not 1 here) from low to high inclusive."""
     return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def validate_int_within(value: object, field: str, low: int, high: int) -> int:
+    """`value` if is_int_within, else InvalidInput naming the field and its bounds."""
+    if not is_int_within(value, low, high):
+        raise InvalidInput(f"{field} must be an integer from {low} to {high}")
+    return value

@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import logging
 
-import bcrypt
-
 from cregistry.errors import InvalidInput
 from cregistry.names import validate_text
 
@@ -68,11 +66,17 @@ def validate_pairing_id(value: object) -> str:
     return value
 
 
+# bcrypt is imported where it is used: the device agent shares this module's rules
+# (policy, format, pairing ID) and must not need the server's dependencies.
 def hash_password(password: str, cost: int) -> str:
+    import bcrypt
+
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
 
 
 def verify_password(password: str, password_hash: str) -> bool:
+    import bcrypt
+
     try:
         return bcrypt.checkpw(password.encode(), password_hash.encode())
     except ValueError:

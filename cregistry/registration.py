@@ -24,6 +24,7 @@ import redis
 from redis.client import Pipeline
 
 from cregistry import names, passwords
+from cregistry.certificates import Certificates, CheckedCsr
 from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
@@ -104,6 +105,7 @@ class Registration:
     verifier: PasswordVerifier
     policy: passwords.PasswordPolicy
     requests: PendingRequests
+    certificates: Certificates
 
     def attempt(
         self,
@@ -112,9 +114,11 @@ class Registration:
         client_id: object,
         source: str,
         context: object = None,
+        csr: CheckedCsr | None = None,
     ) -> Attempt:
         """A device asks with these credentials (`source`: "mqtt" or "rest");
-        malformed fields raise InvalidInput and change nothing."""
+        malformed fields raise InvalidInput and change nothing. `csr`: a
+        checked CSR (certificates.check_csr) a new request keeps beside it."""
         name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
         checked_context = validate_context(context)
         pairing = passwords.pairing_id(name, secret)
@@ -126,7 +130,7 @@ class Registration:
             self.policy.validate_strength(secret)
         except InvalidInput as error:
             return Attempt(Outcome.WEAK_PASSWORD, pairing, str(error))
-        return self.record_attempt(name, secret, client, source, checked_context, pairing)
+        return self.record_attempt(name, secret, client, source, checked_context, pairing, csr)
 
     def record_attempt(
         self,
@@ -136,6 +140,7 @@ class Registration:
         source: str,
         context: dict[str, Any] | None = None,
         pairing: str | None = None,
+        csr: CheckedCsr | None = None,
     ) -> Attempt:
         """Record or refresh a pending request (a candidate, requests.py).
 
@@ -177,7 +182,7 @@ class Registration:
         password_hash = self.verifier.hash_for_registration(password)
         if password_hash is None:
             return Attempt(Outcome.BUSY, pairing)
-        outcome = self._insert(username, pairing, digest, password_hash, client_id, source, context, now)
+        outcome = self._insert(username, pairing, digest, password_hash, client_id, source, context, now, csr)
         if outcome is Outcome.PENDING_CAP:
             self.requests.count_refused(username)
         return Attempt(outcome, pairing)
@@ -226,6 +231,7 @@ class Registration:
         source: str,
         context: dict[str, Any] | None,
         now: float,
+        csr: CheckedCsr | None = None,
     ) -> Outcome:
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
@@ -254,6 +260,8 @@ class Registration:
                 return Outcome.BUSY  # created after we read the set; the device tries again
             pipe.multi()
             self.requests.add(pipe, username, name, (digest, key_id), password_hash, client_id, source, context, now)
+            if csr is not None:
+                self.certificates.queue_pending(pipe, username, name, csr)
             return Outcome.RECORDED
 
         # Watching the candidate set makes the per-username cap exact; the

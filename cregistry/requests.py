@@ -28,8 +28,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from cregistry import names, passwords
+from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
+from cregistry.certificates import Certificates
 from cregistry.config import Config
 from cregistry.errors import AmbiguousRequest, InvalidInput, RequestContested, RequestNotFound, UsernameTaken
 from cregistry.keys import Keys
@@ -58,6 +59,10 @@ class PendingRequest:
     contested: bool = False
     refused_attempts: int = 0  # the username's attempts refused over the per-username cap
 
+    # The CSR sent with the first attempt, as operators see it (keyType,
+    # publicKeySha256; certificates.py), or None: no certificate requested.
+    certificate_request: dict[str, str] | None = None
+
     @property
     def pairing_id(self) -> str:
         return candidate_pairing_id(self.candidate)
@@ -80,6 +85,7 @@ class PendingRequest:
             "context": self.context,
             "contested": self.contested,
             "refusedAttempts": self.refused_attempts,
+            "certificateRequest": self.certificate_request,
         }
 
 
@@ -128,8 +134,7 @@ def parse_request_id(value: str) -> tuple[str, str]:
 
 def validate_page(offset: object, limit: object) -> None:
     for name, value, low, high in (("offset", offset, 0, MAX_OFFSET), ("limit", limit, 1, MAX_PAGE)):
-        if not names.is_int_within(value, low, high):
-            raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+        names.validate_int_within(value, name, low, high)
 
 
 @dataclasses.dataclass(eq=False)
@@ -143,6 +148,7 @@ class PendingRequests:
     keys: Keys
     users: UserStore
     audit: AuditLog
+    certificates: Certificates
 
     # -- storage (the writes of registration.py) --------------------------
     def add(
@@ -200,6 +206,7 @@ class PendingRequests:
         ttl = self.config.pending_ttl
         pipe.expire(self.keys.request(username, candidate), ttl)
         pipe.expire(self.keys.user_requests(username), ttl)
+        pipe.expire(self.keys.request_csr(username, candidate), ttl)  # certificates.py; absent without a CSR
         pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, candidate): now + ttl})
 
     def live_candidates(self, username: str) -> list[str]:
@@ -242,19 +249,21 @@ class PendingRequests:
         pipe = self.redis.pipeline(transaction=False)
         for username, candidate in pairs:
             pipe.hgetall(self.keys.request(username, candidate))
+            pipe.hgetall(self.keys.request_csr(username, candidate))
         found = []
         stale = []
-        for (username, candidate), fields in zip(pairs, pipe.execute(), strict=True):
+        answers = pipe.execute()
+        for (username, candidate), fields, csr in zip(pairs, answers[::2], answers[1::2], strict=True):
             if fields:
-                found.append((username, candidate, fields))
+                found.append((username, candidate, fields, csr))
             else:
                 stale.append(Keys.pending_member(username, candidate))
         if stale:
             self.redis.zrem(self.keys.pending_index(), *stale)
-        marks = self._marks(sorted({username for username, _, _ in found}))
+        marks = self._marks(sorted({username for username, _, _, _ in found}))
         return [
-            _request_from(username, candidate, fields, candidate in marks[username][0], marks[username][1])
-            for username, candidate, fields in found
+            _request_from(username, candidate, fields, csr, candidate in marks[username][0], marks[username][1])
+            for username, candidate, fields, csr in found
         ]
 
     def _marks(self, usernames: list[str]) -> dict[str, tuple[set[str], int]]:
@@ -281,12 +290,13 @@ class PendingRequests:
         candidates = self.live_candidates(username)
         for candidate in candidates:
             pipe.hgetall(self.keys.request(username, candidate))
+            pipe.hgetall(self.keys.request_csr(username, candidate))
         pipe.get(self.keys.user_refused(username))
         *answers, refused = pipe.execute()
         contested = contested_names(candidates)
         return [
-            _request_from(username, candidate, fields, candidate in contested, int(refused or 0))
-            for candidate, fields in zip(candidates, answers, strict=True)
+            _request_from(username, candidate, fields, csr, candidate in contested, int(refused or 0))
+            for candidate, fields, csr in zip(candidates, answers[::2], answers[1::2], strict=True)
             if fields
         ]
 
@@ -321,6 +331,10 @@ class PendingRequests:
                     f"request {request.id} is contested: another candidate for {username!r} has pairing ID"
                     f" {request.pairing_id}; approve it only if you are sure this is the device (force)"
                 )
+            # The request's CSR (certificates.py), signed before MULTI; None without one.
+            certificate = self.certificates.issue_for_request(
+                username, pipe.hgetall(self.keys.request_csr(username, request.candidate))
+            )
             pipe.multi()
             pipe.hset(
                 user_key,
@@ -346,11 +360,15 @@ class PendingRequests:
                 clientId=request.client_id,
                 **({"forced": True} if force else {}),
             )
+            self.certificates.queue_issued(pipe, username, certificate, actor)
             return request
 
         pairing = run_watched(self.redis, [user_key, candidates_key], create_user).pairing_id
         log.info("registration approved: user %s pairing %s by %s", username, pairing, actor)
-        return self.users.get(username)
+        user = self.users.get(username)
+        if user.certificate is not None:
+            instruments.certificate_changed(instruments.CERTIFICATE_ISSUED)
+        return user
 
     def deny(
         self,
@@ -406,12 +424,13 @@ class PendingRequests:
             pipe = self.redis.pipeline(transaction=False)
             for member in members:
                 username, candidate = Keys.split_pending_member(member)
-                pipe.delete(self.keys.request(username, candidate))
+                pipe.delete(self.keys.request(username, candidate))  # counted: 1 while it had not expired
+                pipe.delete(self.keys.request_csr(username, candidate))
                 pipe.srem(self.keys.user_requests(username), candidate)
                 pipe.delete(self.keys.user_refused(username))
             pipe.zrem(self.keys.pending_index(), *members)
             answers = pipe.execute()
-            removed += sum(answers[0:-1:3])
+            removed += sum(answers[0:-1:4])
         pipe = self.redis.pipeline()
         self.audit.add(pipe, actor, "request.purge", "", removed=removed)
         pipe.execute()
@@ -462,7 +481,7 @@ class PendingRequests:
 
     def _forget_requests(self, pipe: Pipeline, username: str, candidates: set[Any]) -> None:
         for candidate in candidates:
-            pipe.delete(self.keys.request(username, candidate))
+            pipe.delete(self.keys.request(username, candidate), self.keys.request_csr(username, candidate))
             pipe.srem(self.keys.user_requests(username), candidate)
             pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, candidate))
 
@@ -474,7 +493,12 @@ def _not_found(username: str, candidate: str) -> str:
 
 
 def _request_from(
-    username: str, candidate: str, fields: dict[Any, Any], contested: bool = False, refused: int = 0
+    username: str,
+    candidate: str,
+    fields: dict[Any, Any],
+    csr: dict[Any, Any] | None = None,
+    contested: bool = False,
+    refused: int = 0,
 ) -> PendingRequest:
     context = fields.get("context") or ""
     return PendingRequest(
@@ -490,4 +514,7 @@ def _request_from(
         credentials=fields.get("credentials", ""),
         contested=contested,
         refused_attempts=refused,
+        certificate_request=(
+            {"keyType": csr.get("keyType", ""), "publicKeySha256": csr.get("publicKeySha256", "")} if csr else None
+        ),
     )

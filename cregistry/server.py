@@ -1,4 +1,4 @@
-"""`cregistry serve`: both listeners under one gunicorn master."""
+"""`cregistry serve`: both listeners under one gunicorn master, each worker serving both with uvicorn."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 from gunicorn.app.base import BaseApplication
 
+from cregistry.api_listener import ApiListener, ApiWorker
+from cregistry.certificates import load_authority
 from cregistry.config import (
     ADMIN_TOKEN,
+    ADMIN_TOKENS,
     EMBEDDED_REDIS_PORT,
     REDIS_URL,
     SESSION_SECRET,
@@ -28,7 +31,7 @@ from cregistry.config import (
     env_name,
     parse_listen,
 )
-from cregistry.connections import configuration_problem, connect
+from cregistry.connections import check_url, configuration_problem, connect
 from cregistry.embedded import EmbeddedRedis
 from cregistry.errors import ConfigError
 
@@ -58,10 +61,10 @@ class CregistryServer(BaseApplication):
     def load_config(self) -> None:
         settings: dict[str, Any] = {
             "bind": [self.config.api_listen],
-            # Threads, because bcrypt releases the GIL and go-auth waits on us.
-            "worker_class": "gthread",
+            # uvicorn in each worker (api_listener.py): slow clients cost the loop, not a
+            # thread; the request's Flask work runs on threads (bcrypt releases the GIL).
+            "worker_class": ApiWorker,
             "workers": self.config.workers,
-            "threads": self.config.threads,
             "timeout": 30,
             "graceful_timeout": 10,
             "keepalive": 30,  # go-auth reuses its HTTP connections
@@ -81,7 +84,7 @@ class CregistryServer(BaseApplication):
     def load(self) -> Any:
         # Imported here, in the worker: prometheus_client fixes its storage
         # (files in METRICS_DIR_ENV, or memory) when it is first imported.
-        from cregistry.web import create_worker_apps
+        from cregistry.web import MAX_BODY_BYTES, create_worker_apps
         from cregistry.web.broker_asgi import BrokerListener, ListenerThread
 
         # Mosquitto waits for each broker check: a thread that has its answer
@@ -93,7 +96,7 @@ class CregistryServer(BaseApplication):
         slots = [self.state_directory / f"broker-listener-{i}.lock" for i in range(self.config.broker_processes)]
         self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level, slots)
         self.broker_listener.start()
-        return apps.api
+        return ApiListener(apps.api, threads=self.config.threads, max_body_bytes=MAX_BODY_BYTES)
 
 
 def _worker_exiting(_server: Any, worker: Any) -> None:
@@ -141,6 +144,11 @@ def metrics_directory() -> Iterator[str]:
 
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Start the service; blocks until gunicorn stops."""
+    if config.redis_url is not None:
+        check_url(config.redis_url)  # a URL cregistry cannot use is refused before anything starts
+    authority = load_authority(config)  # refuses a CA that cannot sign (ConfigError) before anything starts
+    if authority is not None:
+        announce(f"registry CA for client certificates: {config.ca_cert} (certificates valid {config.cert_days} days)")
     embedded = None
     if config.redis_url is None:
         # The embedded Redis is in-memory on purpose; the banner below says so.
@@ -160,17 +168,23 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                 ]
             )
         )
-    if not config.admin_token:
+    if not config.named_admin_tokens():
         config = dataclasses.replace(config, admin_token=secrets.token_urlsafe(32))
         # Printed once, here, and never logged: it is the only copy.
-        announce(f"No {env_name(ADMIN_TOKEN)} given; this run's admin token is: {config.admin_token}")
+        announce(
+            f"No {env_name(ADMIN_TOKEN)} or {env_name(ADMIN_TOKENS)} given; this run's admin token is:"
+            f" {config.admin_token}"
+        )
+    # Names only: the values are secrets.
+    announce(f"admin tokens: {', '.join(config.named_admin_tokens())}")
     if not config.verify_secret:
         # Generated before gunicorn forks, so every worker shares it.
         config = dataclasses.replace(config, verify_secret=secrets.token_hex(32))
         log.warning(
             f"{env_name(VERIFY_SECRET)} is not set: verified-password tokens end with this process, so after a"
             " restart every device pays bcrypt again and one whose username is over the failure limit is"
-            " refused until the window ends"
+            " refused until the window ends; enrollment tokens made now stop working at the restart, and"
+            " those the CLI makes never work"
         )
     if not config.session_secret:
         # Also before the fork: a secret per worker would end a console session

@@ -29,9 +29,9 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 10
 # How long a change waits for its replicas at most. WAIT answers when its
 # time is up, and that answer must arrive before the connection's socket
-# timeout (CREGISTRY_REDIS_TIMEOUT, 0.5 s in the service; 5 s in the CLI),
-# so the wait is also at most 80 % of that: 0.4 s in the service by default.
-# Admin changes are not under the broker routes' 2 s deadline, but an
+# timeout (CREGISTRY_REDIS_TIMEOUT in the service; cli/context.py's
+# CLI_REDIS_TIMEOUT in the CLI), so the wait is also at most 80 % of that.
+# Admin changes are not under the broker checks' budget (budget.py), but an
 # operator's click still answers within about 2 s.
 REPLICA_WAIT_SECONDS = 1.0
 SOCKET_SHARE = 0.8

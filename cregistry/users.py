@@ -14,6 +14,7 @@ from redis.typing import EncodableT, FieldT
 
 from cregistry import names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
+from cregistry.certificates import CurrentCertificate, current_from
 from cregistry.config import Config
 from cregistry.errors import (
     InvalidInput,
@@ -31,6 +32,9 @@ ACCESS_LEVELS = ("read", "write", "readWrite")
 READ_ACCESS = ("read", "readWrite")
 WRITE_ACCESS = ("write", "readWrite")
 MAX_PERMISSIONS = 1000  # per user or role; ACL checks read them all
+# The field of a user's hash that names the enrollment which created it
+# (enrollments.py): deleting such a user is remembered by that enrollment.
+ENROLLMENT_FIELD = "enrollment"
 
 
 class PermissionDict(TypedDict):
@@ -51,6 +55,7 @@ class UserDict(TypedDict):
     permissions: list[PermissionDict]
     lastConnect: str | None
     lastClientId: str | None
+    certificate: dict[str, str | None] | None  # {"serial", "notAfter"} (certificates.py)
 
 
 class RoleDict(TypedDict):
@@ -82,6 +87,7 @@ class User:
     # (record_connect); None before the first one.
     last_connect: float | None = None
     last_client_id: str | None = None
+    certificate: CurrentCertificate | None = None
 
     def to_dict(self) -> UserDict:
         """What the API and CLI show; never the password hash."""
@@ -96,6 +102,7 @@ class User:
             "permissions": [p.to_dict() for p in self.permissions],
             "lastConnect": isoformat(self.last_connect) if self.last_connect is not None else None,
             "lastClientId": self.last_client_id,
+            "certificate": self.certificate.to_dict() if self.certificate is not None else None,
         }
 
 
@@ -182,15 +189,15 @@ class UserStore:
         config: Config,
         clock: Callable[[], float] = time.time,
         *,
-        keys: Keys | None = None,
-        audit: AuditLog | None = None,
+        keys: Keys,
+        audit: AuditLog,
     ):
         self.redis = connection
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
         self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
-        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.audit = audit
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:
@@ -341,8 +348,53 @@ class UserStore:
         self._change_user(username, replace, actor, "user.password")
         return self.get(username)
 
+    def queue_enrolled_user(
+        self,
+        pipe: Pipeline,
+        username: str,
+        *,
+        password_hash: str,
+        client_id: str,
+        pairing_id: str,
+        enrollment: str,
+        roles: Iterable[str],
+        now: float,
+    ) -> None:
+        """Queue on `pipe` (after MULTI) the writes of a user that enrollment
+        `enrollment` creates: the device's own hash, the enrollment's roles,
+        and the client ID the device registered with as the user's own."""
+        pipe.hset(
+            self.keys.user(username),
+            mapping={
+                "passwordHash": password_hash,
+                "createdAt": repr(now),
+                "superuser": "0",
+                # The registering device's client ID as the user's own: the
+                # field an approval writes (requests.py, approve).
+                "clientId": client_id,
+                "pairingId": pairing_id,
+                "source": "enrollment",
+                ENROLLMENT_FIELD: enrollment,
+            },
+        )
+        pipe.sadd(self.keys.users(), username)
+        pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
+        for role in roles:
+            pipe.sadd(self.keys.user_roles(username), role)
+            pipe.sadd(self.keys.role_members(role), username)
+
     def delete(self, username: str, *, actor: str = UNNAMED_ACTOR) -> None:
+        """Delete the user; one an enrollment created cannot come back through
+        it (the enrollment remembers the deletion for as long as it lives)."""
+        names.validate_username(username)
+        enrollment = cast("str | None", self.redis.hget(self.keys.user(username), ENROLLMENT_FIELD))
+        watch = [self.keys.user_roles(username)]
+        if enrollment:
+            watch.append(self.keys.enrollment(enrollment))
+
         def delete_all(pipe: Pipeline) -> None:
+            if enrollment:
+                self._remember_enrolled_removal(pipe, enrollment, username)
             pipe.delete(
                 self.keys.user(username),
                 self.keys.user_permissions(username),
@@ -355,7 +407,17 @@ class UserStore:
             for role in cast("set[str]", self.redis.smembers(self.keys.user_roles(username))):
                 pipe.srem(self.keys.role_members(role), username)
 
-        self._change_user(username, delete_all, actor, "user.delete", watch=[self.keys.user_roles(username)])
+        self._change_user(username, delete_all, actor, "user.delete", watch=watch)
+
+    def _remember_enrolled_removal(self, pipe: Pipeline, enrollment: str, username: str) -> None:
+        """Queue (after MULTI) the enrollment's memory of this deletion, to
+        expire with the enrollment; nothing if the enrollment is gone (its key is watched)."""
+        milliseconds_left = int(cast(int, self.redis.pttl(self.keys.enrollment(enrollment))))
+        if milliseconds_left <= 0:
+            return
+        removed_key = self.keys.enrollment_removed(enrollment)
+        pipe.hset(removed_key, username, repr(self.clock()))
+        pipe.pexpire(removed_key, milliseconds_left)
 
     def set_superuser(self, username: str, superuser: bool, *, actor: str = UNNAMED_ACTOR) -> User:
         self._change_user(
@@ -615,6 +677,7 @@ def _user_from(
         permissions=tuple(_permissions_from(permissions)),
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
+        certificate=current_from(dict(data)),
     )
 
 

@@ -33,8 +33,9 @@ from redis.client import Pipeline
 
 from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
-from cregistry.config import Config
-from cregistry.errors import UserNotFound
+from cregistry.budget import SERVICE_DEADLINE_SECONDS
+from cregistry.config import BCRYPT_CONCURRENCY, Config, env_name
+from cregistry.errors import PasswordChecksBusy, UserNotFound
 from cregistry.feed_follower import FeedFollower
 from cregistry.followed_cache import FollowedCache
 from cregistry.keys import Keys
@@ -62,9 +63,13 @@ class KnownToken:
 class WorkLimits:
     """The process's bcrypt slots; shared by both listeners of one worker."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, slot_timeout: float = SERVICE_DEADLINE_SECONDS) -> None:
         self.verify_slots = threading.BoundedSemaphore(config.bcrypt_concurrency)
         self.registration_slots = threading.BoundedSemaphore(config.registration_concurrency)
+        # A password check waits for a slot at most as long as a broker check may
+        # take (budget.py): past that its answer is a 503 anyway, and a thread
+        # waiting without bound is a thread the next checks no longer have.
+        self.slot_timeout = slot_timeout
 
 
 class PasswordVerifier:
@@ -73,10 +78,10 @@ class PasswordVerifier:
         connection: redis.Redis,
         config: Config,
         clock: Callable[[], float] = time.time,
-        limits: WorkLimits | None = None,
         *,
-        keys: Keys | None = None,
-        audit: AuditLog | None = None,
+        limits: WorkLimits,
+        keys: Keys,
+        audit: AuditLog,
         follower: FeedFollower | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,10 +91,10 @@ class PasswordVerifier:
         # here too, so that a known device's CONNECT needs no Redis round trip.
         self.tokens: FollowedCache[KnownToken] | None = FollowedCache(follower) if follower is not None else None
         self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
+        self.keys = keys
         self.clock = clock
-        self.limits = limits if limits is not None else WorkLimits(config)
-        self.audit = audit if audit is not None else AuditLog(connection, config, clock, keys=self.keys)
+        self.limits = limits
+        self.audit = audit
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
         # A key of its own for candidates' credential digests, so that no
@@ -147,7 +152,10 @@ class PasswordVerifier:
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
         with instruments.waiting_for_bcrypt():
-            self.limits.verify_slots.acquire()
+            if not self.limits.verify_slots.acquire(timeout=self.limits.slot_timeout):
+                raise PasswordChecksBusy(
+                    f"every password check slot ({env_name(BCRYPT_CONCURRENCY)}) stayed busy: try again"
+                )
         try:
             accepted = passwords.verify_password(password, stored_hash)
         finally:

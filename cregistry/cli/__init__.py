@@ -9,8 +9,10 @@ from __future__ import annotations
 import click
 
 from cregistry.cli.audit_command import audit
+from cregistry.cli.ca_commands import ca
 from cregistry.cli.context import CliContext
 from cregistry.cli.device_commands import device
+from cregistry.cli.enrollment_commands import enrollment
 from cregistry.cli.errors import ErrorMappingGroup
 from cregistry.cli.lock_commands import lock, status, unlock
 from cregistry.cli.permission_commands import grant, revoke
@@ -41,7 +43,9 @@ for command in (
     *(users, user),
     *(grant, revoke),
     role,
+    enrollment,
     audit,
+    ca,
     device,
 ):
     cli.add_command(command)

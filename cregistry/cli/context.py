@@ -12,13 +12,14 @@ import click
 import redis
 
 from cregistry import embedded, services
+from cregistry.budget import SERVICE_DEADLINE_SECONDS
 from cregistry.config import REDIS_URL, Config, env_name
 from cregistry.connections import connect
 from cregistry.users import UserStore
 
-# Per Redis operation: the bound of the broker routes' deadline, so a command
+# Per Redis operation: the service's deadline (budget.py), so a command
 # against a stalled Redis fails within 2 s as the service's answers do.
-CLI_REDIS_TIMEOUT = 1.5
+CLI_REDIS_TIMEOUT = SERVICE_DEADLINE_SECONDS
 
 
 # How a command reaches Redis: connections.connect, or what the caller hands

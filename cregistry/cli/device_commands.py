@@ -84,12 +84,24 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     callback=_topic,
     help="Publish a small JSON message here (%u: username, %c: client id).",
 )
+@click.option(
+    "--enrollment-token-file",
+    "enrollment_token_file",
+    type=READABLE_FILE,
+    help="Register over REST with the enrollment token in this file (needs --register-url): no approval needed.",
+)
 @click.option("--publish-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @click.option("--tls", is_flag=True, help="Connect with TLS (implied by the other TLS options).")
 @click.option("--ca-file", type=READABLE_FILE, help="CA certificates to verify the broker (and the REST URL) with.")
 @click.option("--cert-file", type=READABLE_FILE, help="Client certificate (PEM).")
 @click.option("--key-file", type=READABLE_FILE, help="The client certificate's key (PEM).")
 @click.option("--insecure", is_flag=True, help="Do not verify the server certificate (testing only).")
+@click.option(
+    "--certificate",
+    is_flag=True,
+    help="Register with a CSR for a key made here (needs --register-url) and connect with the issued certificate;"
+    " key, certificate and CA are kept beside the credentials file.",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--max-backoff",
@@ -117,9 +129,11 @@ def run(
     cert_file: Path | None,
     key_file: Path | None,
     insecure: bool,
+    certificate: bool,
     log_format: str,
     max_backoff: float,
     exit_on_refusal: bool,
+    enrollment_token_file: Path | None,
 ) -> None:
     """Register this device and keep it connected.
 
@@ -128,14 +142,31 @@ def run(
     ID and what the operator must do; the device then retries until it is
     approved. Later starts reuse the file. SIGTERM or Ctrl-C stop it (exit 0).
 
+    With --enrollment-token-file (and --register-url) the device registers
+    at once with an enrollment token instead (`cregistry enrollment create`).
+
+    With --certificate (and --register-url) the registration carries a CSR
+    for a key made on the device, and the device connects over TLS with the
+    certificate the registry issues on approval (--ca-file: the broker's CA).
+
     \b
     Example:
         cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
             --publish 'devices/%u/heartbeat' --publish-interval 30
+        cregistry device run --host broker.local --credentials /var/lib/sensor/credentials.json \\
+            --register-url https://registry.local:8080 --certificate --ca-file /etc/ssl/broker-ca.pem
     """
     if key_file is not None and cert_file is None:
         raise click.UsageError("--key-file needs --cert-file")
-    use_tls = tls or insecure or any(f is not None for f in (ca_file, cert_file, key_file))
+    if certificate and (cert_file is not None or register_url is None):
+        raise click.UsageError(
+            "--certificate needs --register-url (the CSR goes with the REST registration)"
+            " and makes its own key and certificate (no --cert-file or --key-file)"
+        )
+    enrollment_token = _read_token(enrollment_token_file) if enrollment_token_file is not None else None
+    if enrollment_token is not None and register_url is None:
+        raise click.UsageError("--enrollment-token-file needs --register-url (enrollment tokens go over REST)")
+    use_tls = tls or insecure or certificate or any(f is not None for f in (ca_file, cert_file, key_file))
     settings = DeviceSettings(
         host=host,
         port=port,
@@ -148,6 +179,8 @@ def run(
         tls=TlsSettings(ca_file, cert_file, key_file, insecure) if use_tls else None,
         max_backoff=max_backoff,
         exit_on_refusal=exit_on_refusal,
+        enrollment_token=enrollment_token,
+        certificate=certificate,
     )
     _configure_logging(log_format)
     try:
@@ -182,6 +215,19 @@ def pairing_id(ctx: click.Context, credentials_path: Path) -> None:
         click.echo(f"Warning: {credentials_path} is readable by other users: chmod 600 {credentials_path}", err=True)
     as_json = json_requested(ctx)
     emit({"username": credentials.username, "pairingId": credentials.pairing_id}, credentials.pairing_id, as_json)
+
+
+def _read_token(path: Path) -> str:
+    """The token in the file: its first line, without surrounding blanks."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        message = f"cannot read {path}: {type(error).__name__}"
+        raise click.BadParameter(message, param_hint="--enrollment-token-file") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise click.BadParameter(f"{path} holds no token", param_hint="--enrollment-token-file")
+    return token
 
 
 def _configure_logging(log_format: str) -> None:

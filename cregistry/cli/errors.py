@@ -18,21 +18,26 @@ EXIT_CONFLICT = 4
 EXIT_REFUSED = 5
 EXIT_UNAVAILABLE = 6
 
+# Looked up along the class hierarchy: a subclass without a row answers as its nearest base.
 EXIT_CODE_FOR = {
     errors.ConfigError: EXIT_INVALID,
     errors.InvalidInput: EXIT_INVALID,
     errors.UserNotFound: EXIT_NOT_FOUND,
     errors.RoleNotFound: EXIT_NOT_FOUND,
     errors.RequestNotFound: EXIT_NOT_FOUND,
+    errors.EnrollmentNotFound: EXIT_NOT_FOUND,
+    errors.EnrollmentExists: EXIT_CONFLICT,
+    errors.EnrollmentRefused: EXIT_REFUSED,
     errors.PermissionNotFound: EXIT_NOT_FOUND,
     errors.UsernameTaken: EXIT_CONFLICT,
     errors.AmbiguousRequest: EXIT_CONFLICT,
     errors.RegistryLocked: EXIT_REFUSED,
     errors.RequestDenied: EXIT_REFUSED,
+    errors.CertificateRefused: EXIT_REFUSED,
     errors.PendingLimitReached: EXIT_REFUSED,
     errors.TooManyFailures: EXIT_REFUSED,
     errors.StorageUnavailable: EXIT_UNAVAILABLE,
-    errors.ReplicasUnconfirmed: EXIT_UNAVAILABLE,
+    errors.PasswordChecksBusy: EXIT_UNAVAILABLE,
     errors.CredentialsFileMissing: EXIT_NOT_FOUND,
     errors.CredentialsFileInvalid: EXIT_INVALID,
     errors.CredentialsRefused: EXIT_REFUSED,
@@ -62,7 +67,8 @@ def to_command_error(error: Exception, redis_hint: str = "") -> CommandError:
             return command_error(problem, EXIT_INVALID)
         return command_error(f"cannot reach Redis ({type(error).__name__}){redis_hint}", EXIT_UNAVAILABLE)
     assert isinstance(error, errors.CregistryError)
-    return command_error(str(error), EXIT_CODE_FOR.get(type(error), 1))
+    code = next((EXIT_CODE_FOR[cls] for cls in type(error).__mro__ if cls in EXIT_CODE_FOR), 1)
+    return command_error(str(error), code)
 
 
 class ErrorMappingGroup(click.Group):

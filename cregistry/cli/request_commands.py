@@ -56,6 +56,13 @@ def requests(ctx: click.Context, offset: int, limit: int) -> None:
                 f"\n{username}: {count} more attempt{'' if count == 1 else 's'} refused over the per-username cap;"
                 f" `cregistry deny {username} --all` denies every candidate"
             )
+        # A line each under the table, so that the table's columns stay what scripts read.
+        text += "".join(
+            f"\n{r.username} (pairing ID {r.pairing_id}) requests a certificate:"
+            f" {r.certificate_request['keyType']} key, SHA-256 {r.certificate_request['publicKeySha256'][:16]}..."
+            for r in pending
+            if r.certificate_request is not None
+        )
     elif total:
         text = f"offset {offset} is past the end: {total} pending request{'' if total == 1 else 's'}"
     else:

@@ -140,6 +140,22 @@ def user_delete(obj: CliContext, username: str) -> None:
     emit({"deleted": username}, f"deleted {username}", obj.json_output)
 
 
+@user.command("revoke-certificate")
+@click.argument("username")
+@json_option
+@pass_cli
+def user_revoke_certificate(obj: CliContext, username: str) -> None:
+    """Revoke USERNAME's client certificate: its clients are disconnected
+    and the certificate is refused from then on (docs/certificates.md).
+
+    \b
+    Example:
+        cregistry user revoke-certificate sensor-17
+    """
+    serial = obj.domain.certificates.revoke(username, actor=obj.actor)
+    emit({"username": username, "revoked": serial}, f"revoked the certificate {serial} of {username}", obj.json_output)
+
+
 @user.command("superuser")
 @click.argument("username")
 @click.argument("state", type=click.Choice(["on", "off"]))
@@ -188,6 +204,9 @@ def _user_text(found: User) -> str:
         ("last connect", last_connect),
         ("roles", ", ".join(found.roles) or "-"),
     ]
+    if found.certificate is not None:
+        certificate = found.certificate.to_dict()
+        fields.append(("certificate", f"serial {certificate['serial']}, valid until {certificate['notAfter']}"))
     lines = [f"{label + ':':<14}{value}" for label, value in fields]
     lines += permission_lines(found.permissions)
     return "\n".join(lines)

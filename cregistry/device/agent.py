@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cregistry import errors
 from cregistry.device.backoff import Backoff
+from cregistry.device.certificate import CertificateStore, csr_pem
 from cregistry.device.credential_file import CredentialStore
 from cregistry.device.credentials import Credentials, new_credentials
 from cregistry.device.logs import describe_os_error, event
@@ -59,6 +60,12 @@ class DeviceSettings:
     tls: TlsSettings | None = None
     max_backoff: float = 60.0
     exit_on_refusal: bool = False
+    # An enrollment token (SPEC §13): registers over REST at once. A secret
+    # for a whole batch of devices: never in a log line or a repr.
+    enrollment_token: str | None = dataclasses.field(default=None, repr=False)
+    # SPEC §14: register with a CSR for a key made here, connect with the
+    # certificate the registry issues (mutual TLS; `tls` is the broker's side).
+    certificate: bool = False
 
     @property
     def broker_port(self) -> int:
@@ -86,10 +93,21 @@ class DeviceAgent:
     ) -> None:
         self.settings = settings
         self.store = store or CredentialStore(settings.credentials_path)
+        self.certificates = CertificateStore(self.store.path) if settings.certificate else None
         tls_context = settings.tls.context() if settings.tls is not None else None
+        # What the broker connection presents; with --certificate the files are read at
+        # each connection, the certificate being written once the registration is granted.
+        self.broker_tls = settings.tls
+        if self.certificates is not None:
+            self.broker_tls = dataclasses.replace(
+                settings.tls or TlsSettings(),
+                cert_file=self.certificates.cert_path,
+                key_file=self.certificates.key_path,
+            )
+        broker_tls = self.broker_tls
         self.session_factory = session_factory or (
             lambda credentials, client_id: PahoSession(
-                settings.host, settings.broker_port, credentials, client_id, settings.tls
+                settings.host, settings.broker_port, credentials, client_id, broker_tls
             )
         )
         self.http_post = http_post or http_post_json(tls_context)
@@ -118,8 +136,17 @@ class DeviceAgent:
     def run(self) -> None:
         """Until stop(): raises CregistryError subclasses when the device must give up."""
         credentials, created = self.load_credentials()
-        if not credentials.accepted_before:
-            self.announce(operator_instructions(credentials, self.store.path, created, self.settings.register_url))
+        needs_certificate = self.certificates is not None and not self.certificates.has_certificate()
+        if not credentials.accepted_before or needs_certificate:
+            self.announce(
+                operator_instructions(
+                    credentials,
+                    self.store.path,
+                    created,
+                    self.settings.register_url,
+                    enrolling=self.settings.enrollment_token is not None,
+                )
+            )
             if self.settings.register_url and not self.register_over_rest(credentials):
                 event(logging.INFO, "stopped", "stopped")
                 return
@@ -164,6 +191,11 @@ class DeviceAgent:
             "password": credentials.password,
             "clientId": self._client_id(credentials),
         }
+        enrolling = self.settings.enrollment_token is not None
+        if self.settings.enrollment_token is not None:
+            body["enrollment"] = self.settings.enrollment_token
+        if self.certificates is not None:
+            body["csr"] = csr_pem(self.certificates.load_or_create_key(), credentials.username)
         backoff = self.backoff()
         last_status: int | None = None
         while not self.stopping:
@@ -173,10 +205,16 @@ class DeviceAgent:
                 status, answer = 0, None
                 decision = RestDecision(POLL, f"cannot reach {url}: {describe_os_error(error)}")
             else:
-                decision = decide_registration(status, answer, credentials.username, credentials.pairing_id)
+                decision = decide_registration(
+                    status, answer, credentials.username, credentials.pairing_id, enrolling=enrolling
+                )
             fields = {"status": status, "username": credentials.username, "pairingId": credentials.pairing_id}
             if decision.action == CONNECT:
                 event(logging.INFO, "registration-granted", decision.message, **fields)
+                if self.certificates is not None:
+                    self.certificates.save(answer)
+                    message = f"certificate stored in {self.certificates.cert_path}"
+                    event(logging.INFO, "certificate-stored", message, file=str(self.certificates.cert_path))
                 return True
             if decision.action == STOP:
                 event(logging.ERROR, "registration-stopped", decision.message, **fields)
@@ -287,9 +325,21 @@ def validate_publish_topic(topic: str) -> str:
     return topic
 
 
-def operator_instructions(credentials: Credentials, path: Path, created: bool, register_url: str | None) -> str:
+def operator_instructions(
+    credentials: Credentials, path: Path, created: bool, register_url: str | None, *, enrolling: bool = False
+) -> str:
     """The block a person reads on the device's console."""
     name, pairing = credentials.username, credentials.pairing_id
+    if enrolling:
+        return "\n".join(
+            [
+                f"cregistry device: {'new credentials in' if created else 'credentials from'} {path}",
+                f"  username:   {name}",
+                f"  pairing ID: {pairing}",
+                "This device registers over REST with an enrollment token: no approval is needed. If it is"
+                " refused, the operator checks `cregistry enrollment list` (uses left, expiry, username pattern).",
+            ]
+        )
     how = "registers over REST" if register_url else "connects to the broker"
     return "\n".join(
         [

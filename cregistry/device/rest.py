@@ -30,10 +30,21 @@ class RestDecision:
     error: type[errors.CregistryError] | None = None  # raised on STOP
 
 
-def decide_registration(status: int, body: Any, username: str, pairing: str) -> RestDecision:
-    """The statuses of POST /api/client-registry/register, seen from the device."""
+def decide_registration(
+    status: int, body: Any, username: str, pairing: str, *, enrolling: bool = False
+) -> RestDecision:
+    """The statuses of POST /api/client-registry/register, seen from the device
+    (`enrolling`: the request carried an enrollment token)."""
     server_error = body.get("error") if isinstance(body, dict) else None
     detail = f": {server_error}" if isinstance(server_error, str) and server_error else ""
+    if status == 403 and enrolling:
+        return RestDecision(
+            STOP,
+            f"the registry refused the enrollment token for {username}: it is unknown, revoked, expired or used"
+            " up, or the username is not one the enrollment registers (ask the operator: `cregistry enrollment"
+            " list`)",
+            errors.EnrollmentRefused,
+        )
     if status == 201:
         return RestDecision(CONNECT, f"registration granted: {username} exists with these credentials")
     if status == 202:

@@ -28,7 +28,7 @@ MAX_BODY_BYTES = 256 * 1024  # a 64 KiB topic plus the rest; anything bigger is 
 
 
 @dataclasses.dataclass
-class Services:
+class AppState:
     """What the routes reach through current_app.extensions["cregistry"]."""
 
     config: Config
@@ -47,43 +47,68 @@ def create_app(
     clock: Callable[[], float] = time.time,
     follow_changes: bool = False,
 ) -> Flask:
-    """The app for one listener: "api" (registration + admin) or "broker" (go-auth).
-    `follow_changes`: the broker checks' caches may answer without Redis
-    (feed_follower.py); the caller starts the follower."""
+    """The app for one listener: "api" (registration + admin) or "broker" (go-auth),
+    on a domain of its own. `follow_changes`: the broker checks' caches may answer
+    without Redis (feed_follower.py); the caller starts the follower."""
     config = config if config is not None else Config.from_env()
-    if config.redis_url is None and connection is None:
-        raise ConfigError(f"no Redis: set {env_name(REDIS_URL)}")
-    if connection is None:
-        assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
+    domain = services.build(
+        _connection(config, connection), config, clock=clock, limits=limits, follow_changes=follow_changes
+    )
+    if listener == BROKER:
+        return broker_app(config, domain)[0]
+    if listener == API:
+        return api_app(config, domain)
+    raise ValueError(f"unknown listener {listener!r}")
+
+
+def api_app(config: Config, domain: services.Services) -> Flask:
+    """Registration, the admin API, the OpenAPI document and the console."""
+    if not config.named_admin_tokens():
+        raise ConfigError(f"the API listener needs {env_name(ADMIN_TOKEN)}")
+    app = _app_on(config, domain, API)
+    app.register_blueprint(api_routes.registration)
+    app.register_blueprint(api_routes.admin)
+    app.register_blueprint(openapi.bp)
+    metrics.init_app(app, broker=False)
+    console.init_app(app, config)
+    errors.init_app(app, unexpected_status=500)
+    return app
+
+
+def broker_app(config: Config, domain: services.Services) -> tuple[Flask, BrokerChecks]:
+    """go-auth's routes and the feed; the check routes themselves skip Flask
+    (broker_wsgi.py), and the blueprint answers their other methods."""
+    app = _app_on(config, domain, BROKER)
+    app.register_blueprint(broker_routes.bp)
+    checks = BrokerChecks(
+        app.wsgi_app,
+        domain.authorizer,
+        app.extensions["cregistry"].checks,
+        redis_timeout=config.redis_timeout,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    app.wsgi_app = checks  # type: ignore[method-assign]
+    metrics.init_app(app, broker=True)
+    errors.init_app(app, unexpected_status=503)
+    return app, checks
+
+
+def _app_on(config: Config, domain: services.Services, listener: str) -> Flask:
     app = Flask(f"cregistry.{listener}")
     app.json = MarkupSafeJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-
-    domain = services.build(connection, config, clock=clock, limits=limits, follow_changes=follow_changes)
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4 * config.threads, thread_name_prefix="check")
-    app.extensions["cregistry"] = Services(config, domain, domain.authorizer, checks)
+    app.extensions["cregistry"] = AppState(config, domain, domain.authorizer, checks)
     app.register_blueprint(health.bp)
-    if listener == BROKER:
-        app.register_blueprint(broker_routes.bp)
-        # The check routes themselves skip Flask (broker_wsgi.py); the blueprint answers other methods.
-        app.wsgi_app = BrokerChecks(  # type: ignore[method-assign]
-            app.wsgi_app, domain.authorizer, checks, redis_timeout=config.redis_timeout, max_body_bytes=MAX_BODY_BYTES
-        )
-        metrics.init_app(app, broker=True)
-        errors.init_app(app, unexpected_status=503)
-    elif listener == API:
-        if not config.named_admin_tokens():
-            raise ConfigError(f"the API listener needs {env_name(ADMIN_TOKEN)}")
-        app.register_blueprint(api_routes.registration)
-        app.register_blueprint(api_routes.admin)
-        app.register_blueprint(openapi.bp)
-        metrics.init_app(app, broker=False)
-        console.init_app(app, config)
-        errors.init_app(app, unexpected_status=500)
-    else:
-        raise ValueError(f"unknown listener {listener!r}")
     return app
+
+
+def _connection(config: Config, connection: redis.Redis | None) -> redis.Redis:
+    if connection is not None:
+        return connection
+    if config.redis_url is None:
+        raise ConfigError(f"no Redis: set {env_name(REDIS_URL)}")
+    return connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
 
 
 class MarkupSafeJSONProvider(DefaultJSONProvider):
@@ -110,13 +135,10 @@ class WorkerApps:
 
 
 def create_worker_apps(config: Config, connection: redis.Redis | None = None) -> WorkerApps:
-    if connection is None:
-        assert config.redis_url is not None
-        connection = connect(config.redis_url, config.redis_timeout, min_replicas=config.redis_min_replicas)
-    limits = WorkLimits(config)  # one set of bcrypt slots per process
-    api = create_app(config, listener=API, connection=connection, limits=limits)
-    broker = create_app(config, listener=BROKER, connection=connection, limits=limits, follow_changes=True)
-    checks = broker.wsgi_app
-    follower = broker.extensions["cregistry"].domain.follower
-    assert isinstance(checks, BrokerChecks) and follower is not None
-    return WorkerApps(api, broker, checks, follower)
+    """One domain per worker process: one set of bcrypt slots, one feed follower,
+    one set of caches, shared by the API app and the broker listener."""
+    domain = services.build(_connection(config, connection), config, limits=WorkLimits(config), follow_changes=True)
+    assert domain.follower is not None  # follow_changes=True builds it
+    api = api_app(config, domain)
+    broker, checks = broker_app(config, domain)
+    return WorkerApps(api, broker, checks, domain.follower)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
-from cregistry import errors, services
+from cregistry import enrollments, errors, names, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
 from cregistry.registration import Outcome
@@ -38,20 +38,56 @@ REGISTRATION_ANSWERS: dict[Outcome, int | tuple[type[errors.CregistryError], str
 }
 
 
+# With an enrollment token: one refusal for every bad token (enrollments.py).
+ENROLLMENT_ANSWERS: dict[enrollments.Outcome, int | tuple[type[errors.CregistryError], str]] = {
+    enrollments.Outcome.GRANTED: 201,
+    enrollments.Outcome.REPEATED: 201,
+    enrollments.Outcome.REFUSED: (errors.EnrollmentRefused, enrollments.ONE_REFUSAL),
+    enrollments.Outcome.LIMITED: (errors.TooManyFailures, "too many refused enrollment registrations; try again later"),
+    enrollments.Outcome.WRONG_PASSWORD: REGISTRATION_ANSWERS[Outcome.WRONG_PASSWORD],
+    enrollments.Outcome.TOO_MANY_FAILURES: REGISTRATION_ANSWERS[Outcome.TOO_MANY_FAILURES],
+    enrollments.Outcome.WEAK_PASSWORD: REGISTRATION_ANSWERS[Outcome.WEAK_PASSWORD],
+    enrollments.Outcome.BUSY: REGISTRATION_ANSWERS[Outcome.BUSY],
+}
+
+
 @registration.post("/api/client-registry/register")
 def register() -> tuple[Response, int]:
     body = json_object(required=True)
     username = body.get("username")
-    attempt = _domain().registration.attempt(
-        username, body.get("password"), body.get("clientId"), "rest", body.get("context")
+    if "enrollment" in body:
+        return _register_enrolled(body)
+    domain = _domain()
+    csr = domain.certificates.check_csr(body.get("csr"), username)  # checked before anything is recorded
+    attempt = domain.registration.attempt(
+        username, body.get("password"), body.get("clientId"), "rest", body.get("context"), csr
     )
     answer = REGISTRATION_ANSWERS[attempt.outcome]
     if isinstance(answer, tuple):
         error, message = answer
         raise error(message.format(username=username, detail=attempt.detail))
     if answer == 201:
-        return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
+        # The user's certificate (renewed for a CSR with a new key), with the CA's; SPEC §14.
+        certificate = domain.certificates.for_granted(str(username), csr)
+        granted = {"status": "granted", "username": username, "pairingId": attempt.pairing_id, **certificate}
+        return jsonify(granted), 201
     return jsonify({"status": "pending", "pairingId": attempt.pairing_id}), 202
+
+
+def _register_enrolled(body: dict[str, object]) -> tuple[Response, int]:
+    username = body.get("username")
+    attempt = _domain().enrollments.register(
+        body["enrollment"], username, body.get("password"), body.get("clientId"), _client_address(), body.get("context")
+    )
+    answer = ENROLLMENT_ANSWERS[attempt.outcome]
+    if isinstance(answer, tuple):
+        error, message = answer
+        raise error(message.format(username=username, detail=attempt.detail))
+    return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
+
+
+def _client_address() -> str:
+    return request.remote_addr or "unknown"
 
 
 # -- operators --------------------------------------------------------------
@@ -139,6 +175,13 @@ def delete_user(username: str) -> Response:
     return jsonify({"deleted": username})
 
 
+@admin.delete("/api/users/<username>/certificate")
+def revoke_certificate(username: str) -> Response:
+    """The user's clients are disconnected; the device gets a new certificate only through a new approval."""
+    serial = _domain().certificates.revoke(username, actor=g.actor)
+    return jsonify({"username": username, "revoked": serial})
+
+
 @admin.put("/api/users/<username>/permissions")
 def set_user_permissions(username: str) -> Response:
     return jsonify(_users().set_permissions(username, json_body(), actor=g.actor).to_dict())
@@ -199,6 +242,40 @@ def audit() -> Response:
     return jsonify({"entries": _domain().audit.entries(limit)})
 
 
+@admin.post("/api/enrollments")
+def create_enrollment() -> tuple[Response, int]:
+    body = json_object(required=True)
+    unknown = set(body) - {"name", "usernamePattern", "roles", "maxUses", "expiresIn"}
+    if unknown:
+        raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}")
+    created = _domain().enrollments.create(
+        body.get("name"),
+        body.get("usernamePattern"),
+        body.get("roles", []),
+        body.get("maxUses", enrollments.DEFAULT_MAX_USES),
+        body.get("expiresIn", enrollments.DEFAULT_EXPIRES_IN),
+        actor=g.actor,
+    )
+    return jsonify(created.to_dict()), 201
+
+
+@admin.get("/api/enrollments")
+def list_enrollments() -> Response:
+    return jsonify({"enrollments": [e.to_dict() for e in _domain().enrollments.list_enrollments()]})
+
+
+@admin.delete("/api/enrollments/<name>")
+def delete_enrollment(name: str) -> Response:
+    _domain().enrollments.delete(name, actor=g.actor)
+    return jsonify({"deleted": name})
+
+
+@admin.delete("/api/enrollments/<name>/removed-users/<username>")
+def forget_removed_user(name: str, username: str) -> Response:
+    """Let a user an operator deleted register through the enrollment again."""
+    return jsonify(_domain().enrollments.forget_removed(name, username, actor=g.actor).to_dict())
+
+
 # -- helpers ----------------------------------------------------------------
 def _domain() -> services.Services:
     return current_app.extensions["cregistry"].domain
@@ -215,11 +292,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
         return default
     if len(values) > 1:
         raise InvalidInput(f"{name} must be given once")
-    value = values[0]
-    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
-    if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
-        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
-    return int(value)
+    return names.validate_int_within(names.decimal(values[0]), name, low, high)
 
 
 def _page() -> tuple[int, int]:

@@ -8,7 +8,7 @@ gunicorn's gthread worker and 0.27 ms under uvicorn (README, Performance).
 The checks' answers are broker_wsgi.BrokerChecks': an answer the worker's
 caches give without I/O (followed_cache.py) is computed on the event loop;
 everything that may wait for Redis or bcrypt runs on a thread pool, under
-the same 1.5 s deadline as everywhere (deadline.py), counted from the
+the service's deadline (budget.py, through deadline.py), counted from the
 request's arrival, so a stalled Redis never stalls the loop. Every other
 route of the listener (health, /metrics, /mqtt/changes, other methods) is
 the broker Flask app's, through a2wsgi.
@@ -38,11 +38,11 @@ from cregistry.web.broker_wsgi import (
     Answer,
     BrokerChecks,
     check_fields,
-    error_answer,
     parse_params,
     route_of,
 )
 from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
+from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,15 @@ class BodyTooLarge(Exception):
 class BrokerListener:
     """The ASGI app of the broker listener."""
 
-    def __init__(self, checks: BrokerChecks, fallback_workers: int, pool_workers: int) -> None:
+    def __init__(
+        self,
+        checks: BrokerChecks,
+        fallback_workers: int,
+        pool_workers: int,
+        deadline_seconds: float = DEADLINE_SECONDS,
+    ) -> None:
         self.checks = checks
+        self.deadline_seconds = deadline_seconds
         self.fallback = WSGIMiddleware(checks.fallback, workers=fallback_workers)  # type: ignore[arg-type]
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_workers, thread_name_prefix="broker")
 
@@ -92,7 +99,7 @@ class BrokerListener:
         except BodyTooLarge:
             status, reply = 413, {"ok": False, "error": "the body is too large"}
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, reply = error_answer(error)
+            status, reply = error_answer(error, unexpected_status=503)
         data = self.checks.finish(route, status, reply, started)
         headers = [*_HEADERS, (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -100,7 +107,7 @@ class BrokerListener:
 
     async def _off_loop(self, arrived: float, work: Callable[..., Answer], *args: Any) -> Answer:
         """`work` on the pool; 503 once the deadline from `arrived` has passed."""
-        deadline = arrived + DEADLINE_SECONDS
+        deadline = arrived + self.deadline_seconds
         future = asyncio.get_running_loop().run_in_executor(self.pool, start_in_time, deadline, work, *args)
         try:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))

@@ -14,7 +14,7 @@ counted in the same metrics (web/metrics.py).
 `quick` answers from the worker's caches alone, for a caller that sends its
 change feed position (X-Cregistry-Position) when the worker's follower covers
 it (feed_follower.py), and refuses malformed fields; it never does I/O.
-`answer` does the rest. The 1.5 s deadline (deadline.py): an ACL or superuser
+`answer` does the rest. The service's deadline (budget.py): an ACL or superuser
 check makes one Redis round trip (a second only when Redis lost the script,
 and a connection may have to be opened first), each bounded by
 CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
@@ -39,17 +39,14 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-import redis
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
-from cregistry import errors
 from cregistry.authorizer import Authorizer, Decision, parse_acc
 from cregistry.errors import InvalidInput
 from cregistry.token_connect import check_user_by_cached_token, check_user_by_token
 from cregistry.web import metrics
 from cregistry.web.deadline import DEADLINE_SECONDS, run_within
-from cregistry.web.errors import STATUS_FOR
+from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ class BrokerChecks:
             seen = environ.get(POSITION_ENVIRON) or None
             status, body = self.quick(route, fields, seen) or self.answer(route, fields, seen)
         except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, body = error_answer(error)
+            status, body = error_answer(error, unexpected_status=503)
         data = self.finish(route, status, body, started)
         start_response(
             f"{status} {HTTPStatus(status).phrase}",
@@ -111,7 +108,9 @@ class BrokerChecks:
         """The answer from this worker's caches alone (no I/O), or None."""
         decision: Decision | None = None
         if route == "user":
-            username, password, client_id = fields
+            username, password, client_id, certificate = fields
+            if certificate is not None:
+                return None  # one Redis round trip (answer); the certificate's answer is not cached here
             decision = check_user_by_cached_token(self.authorizer, username, password, client_id, seen)
         elif route == "acl":
             username, client_id, topic, acc = fields
@@ -124,11 +123,17 @@ class BrokerChecks:
     def answer(self, route: str, fields: Fields, seen: str | None) -> Answer:
         """The answer, asking Redis (and bcrypt on the check pool) as needed."""
         authorizer = self.authorizer
-        if route == "user":
+        if route == "user" and fields[3] is not None:
+            username, _password, client_id, (fingerprint, common_name) = fields
+            decision = self._run(authorizer.check_certificate, username, client_id, fingerprint, common_name)
+        elif route == "user":
             started = time.monotonic()
-            quick = check_user_by_token(authorizer, *fields) if self.inline else None
+            credentials = fields[:3]
+            quick = check_user_by_token(authorizer, *credentials) if self.inline else None
             decision = (
-                quick if quick is not None else run_within(self.pool, authorizer.check_user, *fields, started=started)
+                quick
+                if quick is not None
+                else run_within(self.pool, authorizer.check_user, *credentials, started=started)
             )
         elif route == "acl":
             decision = self._run(authorizer.check_acl, *fields, seen)
@@ -189,7 +194,15 @@ def _first_values(encoded: bytes) -> dict[str, str]:
 def check_fields(route: str, params: dict[str, Any]) -> Fields:
     """The fields a check reads, checked, in the order its Authorizer method takes them."""
     if route == "user":
-        return _field(params, "username"), _field(params, "password"), _field(params, "clientid")
+        # The plugin sends the client certificate's SHA-256 and CN from a TLS
+        # listener that requires one (SPEC §14); the password may then be absent.
+        certificate = None
+        if params.get("certfingerprint") is not None:
+            certificate = _field(params, "certfingerprint"), _field(params, "certcn")
+        password = params.get("password", "") if certificate is not None else _field(params, "password")
+        if not isinstance(password, str):
+            raise InvalidInput("password is missing or not a string")
+        return _field(params, "username"), password, _field(params, "clientid"), certificate
     if route == "acl":
         return (
             _field(params, "username"),
@@ -209,22 +222,6 @@ def _field(params: dict[str, Any], name: str) -> str:
 
 def _answer(decision: Decision) -> Answer:
     return (200 if decision.allowed else 403), {"ok": decision.allowed, "error": decision.reason}
-
-
-def error_answer(error: Exception) -> Answer:
-    """What web/errors.py answers on the broker listener, where a bug is a 503."""
-    if isinstance(error, errors.CregistryError):
-        if isinstance(error, errors.StorageUnavailable):
-            metrics.count_redis_error(error)
-        return STATUS_FOR.get(type(error), 400), {"ok": False, "error": str(error)}
-    if isinstance(error, redis.RedisError):
-        log.warning("Redis unavailable: %s", type(error).__name__)
-        metrics.count_redis_error(error)
-        return 503, {"ok": False, "error": "storage unavailable; try again"}
-    if isinstance(error, HTTPException) and error.code is not None:
-        return error.code, {"ok": False, "error": error.description or error.name}
-    log.exception("unexpected error", exc_info=error)
-    return 503, {"ok": False, "error": "internal error"}
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -88,6 +88,26 @@ REGISTRATIONS = Counter(
     ["status"],
     registry=LOCAL,
 )
+CERTIFICATES = Counter(
+    "cregistry_certificates",
+    "Client certificates by action (issue: at approval, renew, revoke).",
+    ["action"],
+    registry=LOCAL,
+)
+CERTIFICATE_CHECKS = Counter(
+    "cregistry_certificate_checks",
+    "CONNECTs with a client certificate by result (accepted, refused).",
+    ["result"],
+    registry=LOCAL,
+)
+ENROLLMENT_REGISTRATIONS = Counter(
+    "cregistry_enrollment_registrations",
+    "Registrations with an enrollment token by enrollment (empty for a token that names none) and result"
+    " (granted, repeated, conflict, limited, busy, ..., or why one was refused: unknown_token, expired, used_up,"
+    " outside_pattern, removed_user).",
+    ["enrollment", "result"],
+    registry=LOCAL,
+)
 REDIS_ERRORS = Counter(
     "cregistry_redis_errors",
     "Requests (and scrapes) that failed on Redis, by error (a redis-py exception, or StorageUnavailable for a"
@@ -117,6 +137,15 @@ class PrometheusListener(instruments.Listener):
 
     def bcrypt_waiting(self, delta: int) -> None:
         PASSWORD_CHECKS_WAITING.inc(delta)
+
+    def certificate_changed(self, action: str) -> None:
+        CERTIFICATES.labels(action).inc()
+
+    def certificate_checked(self, accepted: bool) -> None:
+        CERTIFICATE_CHECKS.labels("accepted" if accepted else "refused").inc()
+
+    def enrollment_registration(self, enrollment: str, result: str) -> None:
+        ENROLLMENT_REGISTRATIONS.labels(enrollment, result).inc()
 
 
 def init_app(app: Flask, *, broker: bool) -> None:

@@ -13,6 +13,7 @@ import re
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from cregistry import enrollments
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.config import MAX_UNLOCK_SECONDS
 from cregistry.registration import MAX_CONTEXT_BYTES
@@ -81,6 +82,7 @@ def build_document(app: Flask) -> Json:
             {"name": "users", "description": "Users, their permissions, roles and superuser flag."},
             {"name": "roles", "description": "Roles: named sets of permissions."},
             {"name": "audit", "description": "The audit trail."},
+            {"name": "enrollments", "description": "Fleet enrollment: a token for a batch of devices."},
             {"name": "service", "description": "Health and this document (no token)."},
         ],
         "security": [{"bearerAuth": []}],
@@ -189,6 +191,7 @@ REQUEST_EXAMPLE = {
     "context": {"model": "TH-2"},
     "contested": False,
     "refusedAttempts": 0,
+    "certificateRequest": None,
 }
 ROLE_EXAMPLE = {"name": "sensors", "permissions": [{"topic": "sensors/#", "access": "write"}], "members": ["sensor-17"]}
 STATE_EXAMPLE = {"locked": False, "secondsLeft": 300}
@@ -207,7 +210,7 @@ SCHEMAS: Json = {
         "properties": {
             "ok": {"const": False},
             "error": {"type": "string"},
-            "status": {"enum": ["locked", "denied", "conflict", "limited"]},
+            "status": {"enum": ["locked", "denied", "conflict", "limited", "refused"]},
         },
     },
     "Health": {
@@ -253,6 +256,17 @@ SCHEMAS: Json = {
             "source": {"type": "string", "description": "`mqtt`, `rest` (approved requests) or `operator`"},
             "roles": {"type": "array", "items": {"type": "string"}},
             "permissions": {"type": "array", "items": ref("Permission")},
+            "certificate": {
+                "description": "The user's current client certificate (docs/certificates.md), or null.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["serial", "notAfter"],
+                        "properties": {"serial": {"type": "string", "description": "hex"}, "notAfter": TIME},
+                    },
+                ],
+            },
         },
         "example": USER_EXAMPLE,
     },
@@ -292,6 +306,20 @@ SCHEMAS: Json = {
                 "type": "integer",
                 "minimum": 0,
                 "description": "The username's attempts refused over the per-username cap (a sign of squatting).",
+            },
+            "certificateRequest": {
+                "description": "The CSR sent with the request (a certificate is issued on approval), or null.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["keyType", "publicKeySha256"],
+                        "properties": {
+                            "keyType": {"type": "string", "description": "`RSA 2048`, `EC P-256`, ..."},
+                            "publicKeySha256": {"type": "string", "description": "SHA-256 of the public key (hex)"},
+                        },
+                    },
+                ],
             },
         },
         "example": REQUEST_EXAMPLE,
@@ -386,7 +414,8 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         "devices",
         {
             "201": answer(
-                "The user exists with these credentials.",
+                "The user exists with these credentials; with its client certificate if it has one"
+                " (issued at approval, or renewed now for a `csr` with a new key).",
                 {
                     "type": "object",
                     "required": ["status", "username", "pairingId"],
@@ -394,6 +423,8 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                         "status": {"const": "granted"},
                         "username": {"type": "string"},
                         "pairingId": PAIRING_ID,
+                        "certificate": {"type": "string", "description": "PEM, signed by the registry CA"},
+                        "caCertificate": {"type": "string", "description": "PEM of the registry CA"},
                     },
                 },
                 {"status": "granted", "username": "sensor-17", "pairingId": "48ff1f"},
@@ -408,12 +439,19 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                 {"status": "pending", "pairingId": "48ff1f"},
             ),
             **common(400),
-            "403": answer("An operator denied these credentials.", ref("RegistrationError")),
+            "403": answer(
+                "An operator denied these credentials; or, with `enrollment`, the token is unknown, revoked,"
+                " expired or used up, or the username is not the enrollment's (one error text for each); or a"
+                " `csr` of a known user that has no valid certificate to renew (a first certificate needs an"
+                " approval).",
+                ref("RegistrationError"),
+            ),
             "409": answer("The username exists with other credentials.", ref("RegistrationError")),
             **common(413),
             "423": answer("Locked, and no pending request with these credentials.", ref("RegistrationError")),
             "429": answer(
-                "A pending cap is reached (nothing recorded), or too many wrong passwords for this username.",
+                "A pending cap is reached (nothing recorded), or too many wrong passwords for this username,"
+                " or (with `enrollment`) too many refused enrollment registrations from this address.",
                 ref("RegistrationError"),
             ),
             **common(503),
@@ -433,6 +471,15 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                     },
                     "clientId": {"type": "string"},
                     "context": {"type": "object", "description": f"At most {MAX_CONTEXT_BYTES} bytes of JSON."},
+                    "csr": {
+                        "type": "string",
+                        "description": "A PEM PKCS#10 request, subject CN = username, RSA of 2048 bits or more or"
+                        " EC P-256/P-384, without extensions; a 400 without a registry CA (docs/certificates.md).",
+                    },
+                    "enrollment": {
+                        "type": "string",
+                        "description": "An enrollment token: registers at once (201), locked or not.",
+                    },
                 },
             },
             {"username": "sensor-17", "password": "k3H9-xq2", "clientId": "sensor-17", "context": {"model": "TH-2"}},
@@ -608,6 +655,25 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         operationId="deleteUser",
         parameters=[USERNAME_PARAMETER],
     ),
+    ("DELETE", "/api/users/{username}/certificate"): admin(
+        "Revoke the user's client certificate; its clients are disconnected",
+        "users",
+        {
+            "200": answer(
+                "Revoked.",
+                {
+                    "type": "object",
+                    "required": ["username", "revoked"],
+                    "properties": {"username": {"type": "string"}, "revoked": {"type": "string"}},
+                },
+                {"username": "sensor-17", "revoked": "5f1c0e2a9b"},
+            ),
+            "403": answer("The user has no certificate.", ref("Error")),
+            **common(400, 404),
+        },
+        operationId="revokeUserCertificate",
+        parameters=[USERNAME_PARAMETER],
+    ),
     ("PUT", "/api/users/{username}/permissions"): admin(
         "Replace the user's direct permissions",
         "users",
@@ -746,3 +812,135 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         parameters=[query_integer("limit", "Entries to show.", 1, MAX_AUDIT_LISTED, 100)],
     ),
 }
+
+
+# -- enrollments (enrollments.py) ----------------------------------------------
+ENROLLMENT_EXAMPLE = {
+    "name": "line3-2026-12",
+    "usernamePattern": "line3-*",
+    "roles": ["sensors"],
+    "maxUses": 500,
+    "usesLeft": 498,
+    "expiresAt": "2026-12-02T08:00:00Z",
+    "createdBy": "api:admin",
+    "createdAt": "2026-12-01T08:00:00Z",
+    "removedUsers": [],
+}
+SCHEMAS["Enrollment"] = {
+    "type": "object",
+    "required": list(ENROLLMENT_EXAMPLE),
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "usernamePattern": {"type": "string", "description": "A glob over usernames (`*`, `?`, `[...]`)."},
+        "roles": {"type": "array", "items": {"type": "string"}},
+        "maxUses": {"type": "integer", "minimum": 1, "maximum": enrollments.MAX_USES},
+        "usesLeft": {"type": "integer", "minimum": 0},
+        "expiresAt": TIME,
+        "createdBy": {"type": "string"},
+        "createdAt": TIME,
+        "removedUsers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Users it created that an operator deleted: they cannot register through it again.",
+        },
+    },
+    "example": ENROLLMENT_EXAMPLE,
+}
+ENROLLMENT_NAME_PARAMETER = path_parameter(
+    "name", "An enrollment's name.", {"type": "string", "pattern": NAME_PATTERN, "example": "line3-2026-12"}
+)
+OPERATIONS.update(
+    {
+        ("POST", "/api/enrollments"): admin(
+            "Create an enrollment; the answer carries its token, this once",
+            "enrollments",
+            {
+                "201": answer(
+                    "The enrollment and its token (only a keyed digest of it is stored).",
+                    {"allOf": [ref("Enrollment"), {"type": "object", "required": ["token"]}]},
+                    {**ENROLLMENT_EXAMPLE, "usesLeft": 500, "token": "kq0B5b3nB9r8tZ0mF1x2yQ7cV4eW6aL8sD3hJ5gK9pU"},
+                ),
+                **common(400, 413),
+                "409": error("An enrollment with that name exists."),
+            },
+            operationId="createEnrollment",
+            requestBody=body(
+                {
+                    "type": "object",
+                    "required": ["name", "usernamePattern"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "pattern": NAME_PATTERN},
+                        "usernamePattern": {"type": "string", "maxLength": enrollments.MAX_PATTERN_LENGTH},
+                        "roles": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "maxItems": enrollments.MAX_ROLES,
+                            "description": "Existing roles, given to every user the enrollment creates.",
+                        },
+                        "maxUses": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": enrollments.MAX_USES,
+                            "default": enrollments.DEFAULT_MAX_USES,
+                        },
+                        "expiresIn": {
+                            "type": "integer",
+                            "minimum": enrollments.MIN_EXPIRES_IN,
+                            "maximum": enrollments.MAX_EXPIRES_IN,
+                            "default": enrollments.DEFAULT_EXPIRES_IN,
+                            "description": "Seconds.",
+                        },
+                    },
+                },
+                {
+                    "name": "line3-2026-12",
+                    "usernamePattern": "line3-*",
+                    "roles": ["sensors"],
+                    "maxUses": 500,
+                    "expiresIn": 86400,
+                },
+            ),  # fmt: skip
+        ),
+        ("GET", "/api/enrollments"): admin(
+            "Every live enrollment (never a token)",
+            "enrollments",
+            {
+                "200": answer(
+                    "The enrollments.",
+                    {
+                        "type": "object",
+                        "required": ["enrollments"],
+                        "properties": {"enrollments": {"type": "array", "items": ref("Enrollment")}},
+                    },
+                    {"enrollments": [ENROLLMENT_EXAMPLE]},
+                )
+            },
+            operationId="listEnrollments",
+        ),
+        ("DELETE", "/api/enrollments/{name}"): admin(
+            "Revoke an enrollment: its token registers nobody from now on (its users stay)",
+            "enrollments",
+            {
+                "200": answer(
+                    "Revoked.",
+                    {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}},
+                    {"deleted": "line3-2026-12"},
+                ),
+                **common(400, 404),
+            },
+            operationId="deleteEnrollment",
+            parameters=[ENROLLMENT_NAME_PARAMETER],
+        ),
+        ("DELETE", "/api/enrollments/{name}/removed-users/{username}"): admin(
+            "Forget that an operator deleted this user: it may register through the enrollment again",
+            "enrollments",
+            {
+                "200": answer("The enrollment.", ref("Enrollment"), ENROLLMENT_EXAMPLE),
+                **common(400, 404),
+            },
+            operationId="forgetRemovedUser",
+            parameters=[ENROLLMENT_NAME_PARAMETER, USERNAME_PARAMETER],
+        ),
+    }
+)

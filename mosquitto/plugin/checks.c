@@ -1,9 +1,11 @@
 /* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
  *
- * Answers by HTTP status: 200 allow, 403/400 deny, anything else (5xx, other
+ * Answers by HTTP status: 200 with the service's own body ({"ok": true, ...})
+ * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
  * statuses, timeout, no connection) is a fault: nothing is cached and the
  * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
- *   CONNECT   -> socket closed without CONNACK (handle_connect.c)
+ *   CONNECT   -> socket closed without CONNACK (handle_connect.c; an MQTT 5
+ *                CONNECT is told "server unavailable" instead, cr_connect_fault)
  *   PUBLISH   -> handle__publish returns the error: the publisher is
  *                disconnected before any PUBACK/PUBREC, so QoS 1/2 are re-sent
  *   SUBSCRIBE -> handle__subscribe returns the error: client disconnected.
@@ -17,9 +19,12 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <mosquitto.h>
 
+#include "answer.h"
 #include "state.h"
 
 static void service_state(struct cr_plugin *p, int ok, const char *why)
@@ -36,7 +41,6 @@ static void service_state(struct cr_plugin *p, int ok, const char *why)
 	}
 }
 
-enum verdict { ALLOW, DENY, FAULT };
 
 /* Mosquitto waits on its only thread while a check runs. When cregistry gave
  * no answer at all (timeout, no connection), the checks that miss the cache
@@ -44,17 +48,26 @@ enum verdict { ALLOW, DENY, FAULT };
  * so that clients whose answers are cached are not stalled behind a queue of
  * reconnecting devices. The first miss after the window asks again, and any
  * HTTP answer of the change feed ends the window early (poll.c). */
-static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
+/* Within the fault backoff after a check got no answer (the window ends by
+ * itself, or early on any answer of the change feed, poll.c). */
+bool cr_fault_window(struct cr_plugin *p)
+{
+	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+		return true;
+	}
+	p->fault_until_ms = 0;
+	return false;
+}
+
+static enum cr_verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 {
 	char *json;
 	long status;
-	char why[64];
 
-	if(p->fault_until_ms != 0 && cr_now_ms() < p->fault_until_ms){
+	if(cr_fault_window(p)){
 		p->counters.fast_fails++;
-		return FAULT;
+		return CR_FAULT;
 	}
-	p->fault_until_ms = 0;
 	if(!p->warned_no_tick && p->counters.feed_polls == 0 && cr_now_ms() - p->loaded_ms > 5000){
 		p->warned_no_tick = true;
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: mosquitto sends no ticks, so the change feed is never"
@@ -63,30 +76,58 @@ static enum verdict ask(struct cr_plugin *p, const char *url, cJSON *body)
 	json = cJSON_PrintUnformatted(body);
 	if(json == NULL){
 		p->counters.http_errors++;
-		return FAULT;
+		return CR_FAULT;
 	}
 	status = cr_http_post_json(&p->http, url, json);
 	OPENSSL_cleanse(json, strlen(json));
 	cJSON_free(json);
-	if(status == 200){
+	return cr_judge(p, status, &p->http.check_body, p->http.check_error);
+}
+
+/* The verdict of a check's answer (`status` 0: none came, `error` says why),
+ * with the service's state, counters and fault backoff updated. */
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error)
+{
+	char why[64];
+
+	if(status == 200 && cr_answer_grants(body->data, body->len)){
 		service_state(p, 1, "");
-		return ALLOW;
+		return CR_ALLOW;
 	}
 	if(status == 403 || status == 400){
 		service_state(p, 1, "");
-		return DENY;
+		return CR_DENY;
 	}
 	p->counters.http_errors++;
+	if(status == 200){
+		service_state(p, 0, "HTTP 200 without {\"ok\": true}: not cregistry's answer");
+		return CR_FAULT;
+	}
 	if(status == 0){
 		if(p->opt.fault_backoff_ms > 0){
 			p->fault_until_ms = cr_now_ms() + p->opt.fault_backoff_ms;
 		}
-		service_state(p, 0, p->http.check_error[0] ? p->http.check_error : "no answer");
+		service_state(p, 0, error[0] ? error : "no answer");
 	}else{
 		snprintf(why, sizeof(why), "HTTP %ld", status);
 		service_state(p, 0, why);
 	}
-	return FAULT;
+	return CR_FAULT;
+}
+
+/* What a client is told when its CONNECT could not be checked (cregistry
+ * unreachable, slow, or not cregistry): never "not authorised", which a
+ * device takes for refused credentials (SPEC §11).
+ * - MQTT 5: MOSQ_ERR_SERVER_UNAVAILABLE (136). Mosquitto 2.1 sends it as the
+ *   CONNACK's reason code 0x88; 2.0 sends a CONNACK only for MOSQ_ERR_AUTH and
+ *   closes the connection without one for any other code.
+ * - MQTT 3.1.1: MOSQ_ERR_UNKNOWN, closed without a CONNACK on both: 2.1 would
+ *   turn 136 into 3.1.1's "not authorised" (5). */
+#define CR_ERR_SERVER_UNAVAILABLE 136 /* 2.1's MOSQ_ERR_SERVER_UNAVAILABLE; not in 2.0's header */
+
+int cr_connect_fault(const struct mosquitto *client)
+{
+	return mosquitto_client_protocol_version(client) == 5 ? CR_ERR_SERVER_UNAVAILABLE : MOSQ_ERR_UNKNOWN;
 }
 
 static void wipe_string_item(cJSON *item)
@@ -94,6 +135,45 @@ static void wipe_string_item(cJSON *item)
 	if(item && item->valuestring){
 		OPENSSL_cleanse(item->valuestring, strlen(item->valuestring));
 	}
+}
+
+/* Whether cregistry is known to be unreachable just now: the change feed is
+ * failing, or a check got no answer moments ago (the fault backoff). A CONNECT
+ * is then answered at once, synchronously (MQTT 5: 0x88), never delayed: 2.1's
+ * mosquitto_complete_basic_auth could only say "not authorised". */
+static bool cregistry_known_down(struct cr_plugin *p)
+{
+	if(cr_fault_window(p) || p->feed_state == 0){
+		p->counters.fast_fails++;
+		return true;
+	}
+	return false;
+}
+
+/* The client certificate of a TLS listener with require_certificate (SPEC
+ * §14): the SHA-256 of its DER in lowercase hex, and its subject CN. 1 with
+ * one, 0 without, -1 when it cannot be read. mosquitto_client_certificate
+ * returns a copy the caller frees. */
+static int client_certificate(struct mosquitto *client, char fingerprint[2 * 32 + 1], char *cn, size_t cn_size)
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	unsigned char digest[32];
+	unsigned int digest_len = 0;
+	int ok;
+
+	if(cert == NULL){
+		return 0;
+	}
+	ok = X509_digest(cert, EVP_sha256(), digest, &digest_len) == 1 && digest_len == sizeof(digest)
+		&& X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, (int)cn_size) > 0;
+	X509_free(cert);
+	if(!ok){
+		return -1;
+	}
+	for(unsigned int i = 0; i < digest_len; i++){
+		snprintf(fingerprint + 2 * i, 3, "%02x", digest[i]);
+	}
+	return 1;
 }
 
 int cr_on_basic_auth(int event, void *event_data, void *userdata)
@@ -108,7 +188,10 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	int cached;
 	cJSON *body;
 	cJSON *pw_item = NULL;
-	enum verdict v;
+	enum cr_verdict v;
+	char cert_fingerprint[2 * 32 + 1] = "";
+	char cert_cn[256] = "";
+	int has_cert;
 
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
@@ -117,9 +200,13 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	if(strpbrk(user, "+#") || strpbrk(id, "+#")){
 		return MOSQ_ERR_AUTH; /* mosquitto leaves this check to version 5 plugins */
 	}
+	has_cert = client_certificate(ed->client, cert_fingerprint, cert_cn, sizeof(cert_cn));
+	if(has_cert < 0){
+		return MOSQ_ERR_AUTH;
+	}
 	if(cr_connect_digest(p->digest_key, user, password, id, digest) != 0){
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
 	}
 	memset(&key, 0, sizeof(key));
 	key.user = user;
@@ -127,7 +214,8 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	key.kind = CR_KIND_CONNECT;
 	key.part[0] = digest;
 	key.part_len[0] = sizeof(digest);
-	key.part[1] = "";
+	key.part[1] = cert_fingerprint; /* "" without a certificate: a grant is per certificate */
+	key.part_len[1] = strlen(cert_fingerprint);
 	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
 		p->counters.hits++;
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
@@ -137,16 +225,32 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	body = cJSON_CreateObject();
 	if(body == NULL || cJSON_AddStringToObject(body, "username", user) == NULL
 			|| (pw_item = cJSON_AddStringToObject(body, "password", password)) == NULL
-			|| cJSON_AddStringToObject(body, "clientid", id) == NULL){
+			|| cJSON_AddStringToObject(body, "clientid", id) == NULL
+			|| (has_cert && (cJSON_AddStringToObject(body, "certfingerprint", cert_fingerprint) == NULL
+					|| cJSON_AddStringToObject(body, "certcn", cert_cn) == NULL))){
 		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
 		cJSON_Delete(body);
 		p->counters.http_errors++;
-		return MOSQ_ERR_UNKNOWN;
+		return cr_connect_fault(ed->client);
+	}
+	if(p->delayed.complete != NULL && !cregistry_known_down(p)){
+		char *json = cJSON_PrintUnformatted(body);
+		wipe_string_item(pw_item);
+		cJSON_Delete(body);
+		if(json != NULL && cr_delayed_start(p, p->url_user, json, id, user, digest, cert_fingerprint) == 0){
+			OPENSSL_cleanse(digest, sizeof(digest));
+			p->counters.delayed++;
+			return CR_ERR_AUTH_DELAYED;
+		}
+		/* json (if any) is freed by cr_delayed_start; no slot: a fault */
+		OPENSSL_cleanse(digest, sizeof(digest));
+		p->counters.http_errors++;
+		return cr_connect_fault(ed->client);
 	}
 	v = ask(p, p->url_user, body);
 	wipe_string_item(pw_item);
 	cJSON_Delete(body);
-	if(v == ALLOW){
+	if(v == CR_ALLOW){
 		if(p->opt.cache_seconds > 0){
 			/* out of memory only costs a later re-check */
 			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
@@ -155,7 +259,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	OPENSSL_cleanse(digest, sizeof(digest));
-	return v == DENY ? MOSQ_ERR_AUTH : MOSQ_ERR_UNKNOWN; /* refusals are never cached */
+	return v == CR_DENY ? MOSQ_ERR_AUTH : cr_connect_fault(ed->client); /* refusals are never cached */
 }
 
 int cr_on_acl_check(int event, void *event_data, void *userdata)
@@ -166,7 +270,7 @@ int cr_on_acl_check(int event, void *event_data, void *userdata)
 	struct cr_key key;
 	int acc, result;
 	cJSON *body;
-	enum verdict v;
+	enum cr_verdict v;
 
 	(void)event;
 	switch(ed->access){
@@ -214,11 +318,11 @@ int cr_on_acl_check(int event, void *event_data, void *userdata)
 	}
 	v = ask(p, p->url_acl, body);
 	cJSON_Delete(body);
-	if(v == FAULT){
+	if(v == CR_FAULT){
 		return acc == 1 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_UNKNOWN;
 	}
-	result = v == ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
-	long lifetime = v == ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
+	result = v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	long lifetime = v == CR_ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
 	if(lifetime > 0){
 		(void)cr_cache_put(&p->cache, &key, result, cr_now_ms() + lifetime * 1000);
 	}

@@ -86,7 +86,7 @@ int cr_feed_parse(const char *body, size_t len, struct cr_feed_answer *out, char
 		goto fail;
 	}
 	n = changes ? cJSON_GetArraySize(changes) : 0;
-	if(!out->reset && n > 0){
+	if(n > 0){
 		out->changes = calloc((size_t)n, sizeof(*out->changes));
 		if(out->changes == NULL){
 			snprintf(err, errlen, "out of memory");

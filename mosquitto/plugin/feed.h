@@ -21,7 +21,7 @@ struct cr_change {
 
 struct cr_feed_answer {
 	char position[CR_POSITION_MAX + 1];
-	bool reset;
+	bool reset; /* drop everything, then apply the changes (recorded after the data loss) */
 	size_t count;
 	struct cr_change *changes;
 };

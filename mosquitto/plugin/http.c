@@ -34,7 +34,7 @@ static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-static int common_options(CURL *c, struct cr_buf *body, char *errbuf, long timeout_ms)
+int cr_http_easy_options(CURL *c, struct cr_buf *body, char *errbuf, long timeout_ms)
 {
 	int rc = 0;
 
@@ -64,8 +64,8 @@ int cr_http_init(struct cr_http *h, long timeout_ms)
 	if(h->check == NULL || h->feed == NULL || h->multi == NULL || h->json_headers == NULL){
 		goto fail;
 	}
-	if(common_options(h->check, &h->check_body, h->check_error, timeout_ms) != 0
-			|| common_options(h->feed, &h->feed_body, h->feed_error, timeout_ms) != 0){
+	if(cr_http_easy_options(h->check, &h->check_body, h->check_error, timeout_ms) != 0
+			|| cr_http_easy_options(h->feed, &h->feed_body, h->feed_error, timeout_ms) != 0){
 		goto fail;
 	}
 	if(curl_easy_setopt(h->check, CURLOPT_HTTPHEADER, h->json_headers) != CURLE_OK){

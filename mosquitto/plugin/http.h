@@ -30,6 +30,10 @@ struct cr_http {
 };
 
 int cr_http_init(struct cr_http *h, long timeout_ms);
+
+/* The options every handle has: timeouts, no proxy, no redirects, http(s)
+ * only, the answer into `body`, errors into `errbuf`; 0 or -1. */
+int cr_http_easy_options(CURL *c, struct cr_buf *body, char *errbuf, long timeout_ms);
 void cr_http_cleanup(struct cr_http *h);
 
 /* The HTTP status of POST url with a JSON body, or 0 when no answer came

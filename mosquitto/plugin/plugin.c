@@ -1,6 +1,7 @@
 /* cregistry_auth: cregistry's authentication and authorisation plugin for
  * Mosquitto 2.0 (plugin interface version 5). Entry points only; the checks
  * are in checks.c, the change feed and counters in poll.c. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,7 @@ static void plugin_free(struct cr_plugin *p)
 	if(p == NULL){
 		return;
 	}
+	cr_delayed_cleanup(&p->delayed);
 	cr_http_cleanup(&p->http);
 	cr_cache_free(&p->cache);
 	cr_options_free(&p->opt);
@@ -81,6 +83,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	unsigned char hash_key[16];
 	char err[256];
 	size_t registered = 0;
+	cr_complete_fn complete;
 
 	if(curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: libcurl could not be initialised");
@@ -104,12 +107,16 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		plugin_free(p);
 		return MOSQ_ERR_UNKNOWN;
 	}
+	/* Found at run time, so that one build loads on 2.0 and 2.1 alike. */
+	complete = (cr_complete_fn)dlsym(RTLD_DEFAULT, "mosquitto_complete_basic_auth");
+	p->broker_21 = complete != NULL;
 	p->url_user = join(p->opt.url, "/mqtt/user");
 	p->url_acl = join(p->opt.url, "/mqtt/acl");
 	p->url_changes = join(p->opt.url, "/mqtt/changes?after=");
 	if(p->url_user == NULL || p->url_acl == NULL || p->url_changes == NULL
 			|| cr_cache_init(&p->cache, (size_t)p->opt.cache_size, hash_key) != 0
-			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0){
+			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0
+			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL) != 0){
 		OPENSSL_cleanse(hash_key, sizeof(hash_key));
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: out of memory, or libcurl refused its settings");
 		plugin_free(p);
@@ -133,6 +140,9 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		}
 	}
 	*userdata = p;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: loaded by Mosquitto %s", p->broker_21
+			? "2.1 or newer (mosquitto_complete_basic_auth found; ticks named by the plugin)"
+			: "2.0 (no mosquitto_complete_basic_auth; ticks on every pass of its loop)");
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms,"
 			" fault backoff %ld ms)",

@@ -16,12 +16,11 @@ PLUGIN_DIR := mosquitto/plugin
 PLUGIN_BUILD := $(PLUGIN_DIR)/build
 PLUGIN_SO := mosquitto/cregistry_auth.so
 PLUGIN_ASAN_SO := mosquitto/cregistry_auth-asan.so
-PLUGIN_SRCS := $(addprefix $(PLUGIN_DIR)/,plugin.c checks.c poll.c cache.c siphash.c digest.c options.c feed.c http.c)
+PLUGIN_SRCS := $(addprefix $(PLUGIN_DIR)/,plugin.c checks.c poll.c cache.c siphash.c digest.c options.c feed.c http.c answer.c delayed.c)
 PLUGIN_HDRS := $(wildcard $(PLUGIN_DIR)/*.h)
 # the pieces the C unit tests link (the test stubs the few broker functions poll.c calls)
 PLUGIN_TEST_SRCS := $(PLUGIN_DIR)/tests/test_main.c \
-	$(addprefix $(PLUGIN_DIR)/,poll.c http.c cache.c siphash.c digest.c options.c feed.c)
-PLUGIN_APT_PACKAGES := mosquitto-dev libmosquitto-dev libcurl4-openssl-dev libssl-dev libcjson-dev pkg-config
+	$(addprefix $(PLUGIN_DIR)/,poll.c http.c cache.c siphash.c digest.c options.c feed.c answer.c delayed.c)
 PLUGIN_CC ?= gcc
 PLUGIN_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC \
 	-fvisibility=hidden
@@ -30,13 +29,8 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-o
 
 .PHONY: plugin plugin-deps plugin-test plugin-asan
 
-plugin-deps:
-	@missing=""; for p in $(PLUGIN_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+# the Debian packages come from the top-level Makefile's one list (system-packages.txt)
+plugin-deps: system-deps
 
 plugin: plugin-deps $(PLUGIN_SO)
 

@@ -24,23 +24,26 @@ static void feed_state(struct cr_plugin *p, int ok, const char *why)
 
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer)
 {
+	/* A reset's changes are those recorded after Redis lost the data the old
+	 * position named: dropped anyway with the whole cache, but their kicks
+	 * must still happen (the top-level README, "Positions and resets"). */
 	if(answer->reset){
 		cr_cache_drop_all(&p->cache);
 		if(p->position[0] != '\0'){
 			mosquitto_log_printf(MOSQ_LOG_NOTICE,
-					"cregistry_auth: change feed reset (changes may have been missed): dropped the whole cache");
+					"cregistry_auth: change feed reset (changes may have been missed): dropped the whole cache,"
+					" %zu change(s) since applied", answer->count);
 		}
-	}else{
-		for(size_t i = 0; i < answer->count; i++){
-			const struct cr_change *c = &answer->changes[i];
-			if(c->type == CR_CHANGE_ALL){
-				cr_cache_drop_all(&p->cache);
-			}else if(c->type == CR_CHANGE_USER){
-				cr_cache_drop_user(&p->cache, c->user);
-				if(c->kick){
-					mosquitto_kick_client_by_username(c->user, false);
-					p->counters.kicks++;
-				}
+	}
+	for(size_t i = 0; i < answer->count; i++){
+		const struct cr_change *c = &answer->changes[i];
+		if(c->type == CR_CHANGE_ALL){
+			cr_cache_drop_all(&p->cache);
+		}else if(c->type == CR_CHANGE_USER){
+			cr_cache_drop_user(&p->cache, c->user);
+			if(c->kick){
+				mosquitto_kick_client_by_username(c->user, false);
+				p->counters.kicks++;
 			}
 		}
 	}
@@ -124,6 +127,45 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("feed/polls", p->counters.feed_polls);
 	publish_counter("feed/errors", p->counters.feed_errors);
 	publish_counter("feed/lag_ms", (uint64_t)(now - since));
+	publish_counter("ticks", p->counters.ticks);
+	publish_counter("delayed", p->counters.delayed);
+}
+
+/* How soon the plugin needs its next tick: soon while the feed's transfer or
+ * a delayed CONNECT check runs (curl is advanced only on ticks), else when the
+ * next poll is due. */
+static long next_tick_ms(const struct cr_plugin *p, int64_t now)
+{
+	int64_t wait;
+
+	if(p->http.feed_running || p->delayed.in_flight > 0){
+		return CR_TICK_BUSY_MS;
+	}
+	wait = p->next_feed_ms - now;
+	return wait < 1 ? 1 : (wait > CR_TICK_IDLE_MS ? CR_TICK_IDLE_MS : (long)wait);
+}
+
+/* Mosquitto 2.0 ticks every plugin on every pass of its loop (at least every
+ * 100 ms) and ignores the next-tick fields. Mosquitto 2.1 (src/plugin_tick.c)
+ * calls a tick callback only on a pass that comes after the time the previous
+ * tick named (now + next_s s + next_ms ms), waits at most next_s * 1000 +
+ * next_ms ms for it, and forgets that bound on any earlier pass (a client's
+ * packet, another timer): naming "in 100 ms" would leave an idle broker without
+ * ticks until its next other timer (up to sys_interval, or a day). So the tick
+ * names a time already past on every later pass and bounds the wait to `ms`:
+ * next_s = -2 and next_ms = 2000 + ms add up to `ms` for the wait, while 2.1.2
+ * carries the nanoseconds over into the seconds once only, leaving the next
+ * tick at (now - 1 s, now_ns + 1 s + ms) -- due on the very next pass. A broker
+ * that normalised fully would tick after `ms` as named, which is as good until
+ * an earlier pass comes. 2.0's header calls the field next_ns (ignored there). */
+void cr_tick_ask_next(struct mosquitto_evt_tick *tick, long ms)
+{
+	tick->next_s = -2;
+#if LIBMOSQUITTO_MINOR >= 1
+	tick->next_ms = 2000 + ms;
+#else
+	tick->next_ns = 2000 + ms;
+#endif
 }
 
 int cr_on_tick(int event, void *event_data, void *userdata)
@@ -133,7 +175,6 @@ int cr_on_tick(int event, void *event_data, void *userdata)
 	long status = 0;
 
 	(void)event;
-	(void)event_data;
 	if(p->http.feed_running){
 		if(cr_http_feed_poll(&p->http, &status)){
 			feed_done(p, status, now);
@@ -146,5 +187,8 @@ int cr_on_tick(int event, void *event_data, void *userdata)
 		p->next_stats_ms = now + p->opt.stats_interval * 1000;
 		publish_stats(p, now);
 	}
+	cr_delayed_poll(p);
+	p->counters.ticks++;
+	cr_tick_ask_next(event_data, next_tick_ms(p, cr_now_ms()));
 	return MOSQ_ERR_SUCCESS;
 }

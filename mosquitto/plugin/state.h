@@ -11,6 +11,7 @@
 #include <mosquitto_plugin.h>
 
 #include "cache.h"
+#include "delayed.h"
 #include "digest.h"
 #include "feed.h"
 #include "http.h"
@@ -24,6 +25,8 @@ struct cr_counters {
 	uint64_t feed_polls;
 	uint64_t feed_errors;
 	uint64_t fast_fails;
+	uint64_t ticks;
+	uint64_t delayed;
 };
 
 struct cr_plugin {
@@ -31,6 +34,7 @@ struct cr_plugin {
 	struct cr_options opt;
 	struct cr_cache cache;
 	struct cr_http http;
+	struct cr_delayed delayed;
 	unsigned char digest_key[CR_DIGEST_KEY_LEN];
 	char *url_user;
 	char *url_acl;
@@ -44,6 +48,7 @@ struct cr_plugin {
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
 	bool warned_no_tick;
+	bool broker_21; /* Mosquitto 2.1 or newer: mosquitto_complete_basic_auth found at load */
 	struct cr_counters counters;
 };
 
@@ -56,10 +61,17 @@ static inline int64_t cr_now_ms(void)
 }
 
 /* checks.c */
+enum cr_verdict { CR_ALLOW, CR_DENY, CR_FAULT };
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error);
+bool cr_fault_window(struct cr_plugin *p);
+int cr_connect_fault(const struct mosquitto *client);
 int cr_on_basic_auth(int event, void *event_data, void *userdata);
 int cr_on_acl_check(int event, void *event_data, void *userdata);
 
 /* poll.c */
+#define CR_TICK_BUSY_MS 10  /* next tick while the feed's transfer runs (2.1) */
+#define CR_TICK_IDLE_MS 100 /* at the latest (2.1; 2.0 ticks at least this often itself) */
+void cr_tick_ask_next(struct mosquitto_evt_tick *tick, long ms);
 int cr_on_tick(int event, void *event_data, void *userdata);
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, RedisProcess, ServiceProcess, running_service
+from harness.processes import REPO
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, running_service
 
 CHROMIUM = Path(os.environ.get("CREGISTRY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

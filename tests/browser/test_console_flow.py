@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ServiceProcess, http
+from harness.service import ServiceProcess, http
 
 try:
     from playwright.sync_api import expect

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import FailoverStack, PluginMosquittoProcess, plugin_missing, start_failover_stack
+from harness.mosquitto import PluginMosquittoProcess, plugin_missing
+from harness.sentinel import FailoverStack, start_failover_stack
 
 ADMIN_TOKEN = "failover-admin-token"
 SERVICE_ENV = {

@@ -21,7 +21,8 @@ from typing import Any
 
 from cregistry.connections import connect
 from cregistry.keys import Keys
-from tests.harness import FailoverStack, ServiceProcess, http, run_cli
+from harness.sentinel import FailoverStack
+from harness.service import ServiceProcess, http, run_cli
 
 from .conftest import ADMIN_TOKEN
 

@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 
+from cregistry import services
 from cregistry.config import Config
 from cregistry.keys import Keys
-from cregistry.users import UserStore
-from tests.harness import FailoverStack, MqttClient, PluginMosquittoProcess, ServiceProcess, http, raw_connect
+from harness.mosquitto import PluginMosquittoProcess
+from harness.mqtt import MqttClient, raw_connect
+from harness.sentinel import FailoverStack
+from harness.service import ServiceProcess, http
 
 from .conftest import ADMIN_TOKEN
 
@@ -214,7 +217,7 @@ def test_failover_with_brokers(stack: FailoverStack, brokers: Brokers, clients: 
         client.execute_command("ACL", "SETUSER", "default", "-psync", "-sync")
         client.execute_command("CLIENT", "KILL", "TYPE", "replica")
     with old.client() as connection:
-        store = UserStore(connection, Config(bcrypt_cost=4))
+        store = services.build(connection, Config(bcrypt_cost=4)).users
         store.grant("stale", "lost/#", "read", actor="test")
         store.delete("kickme", actor="test")
         lost_position = connection.xrevrange(Keys("cregistry").changes(), count=1)[0][0]

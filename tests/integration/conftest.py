@@ -14,24 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import (
+from harness.mosquitto import (
     GO_AUTH_SO,
     PLUGIN_SO,
     SHIPPED_GO_AUTH_CONF,
-    Freezer,
     MosquittoProcess,
-    MqttClient,
     PluginMosquittoProcess,
-    RedisProcess,
-    ServiceProcess,
-    free_port,
     mosquitto_missing,
-    mqtt_clients,
     plugin_missing,
     render_mosquitto_conf,
-    run_cli,
-    running_service,
 )
+from harness.mqtt import MqttClient, mqtt_clients
+from harness.processes import free_port
+from harness.redis_server import RedisProcess
+from harness.service import Freezer, ServiceProcess, run_cli, running_service
 
 ADMIN_TOKEN = "integration-admin-token"
 

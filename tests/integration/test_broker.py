@@ -14,9 +14,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from cregistry import services
 from cregistry.config import Config
 from cregistry.users import UserStore
-from tests.harness import Freezer, MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, raw_connect
+from harness.mosquitto import MosquittoProcess
+from harness.mqtt import MqttClient, raw_connect
+from harness.redis_server import RedisProcess
+from harness.service import Freezer, ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 
 # Every change reaches every broker within 2 s; a CONNECT is refused
@@ -32,7 +36,7 @@ def store(redis_process: RedisProcess) -> Iterator[UserStore]:
     """The domain on the test's Redis, for changes whose timing is measured
     (the CLI's start-up would blur it)."""
     connection = redis_process.client()
-    yield UserStore(connection, Config(bcrypt_cost=4), time.time)
+    yield services.build(connection, Config(bcrypt_cost=4)).users
     connection.close()
 
 

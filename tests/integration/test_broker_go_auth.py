@@ -12,7 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import MosquittoProcess, MqttClient, RedisProcess, ServiceProcess, http, mqtt_clients
+from harness.mosquitto import MosquittoProcess
+from harness.mqtt import MqttClient, mqtt_clients
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN, BROKER_CACHE_SECONDS
 
 # go-auth caches grants and denials for BROKER_CACHE_SECONDS; a change made

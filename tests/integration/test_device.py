@@ -23,16 +23,11 @@ import pytest
 
 from cregistry.feed_follower import FRESH_SECONDS
 from cregistry.passwords import pairing_id
-from tests.harness import (
-    REPO,
-    MosquittoProcess,
-    MqttClient,
-    RedisProcess,
-    ServiceProcess,
-    free_port,
-    render_mosquitto_conf,
-    run_cli,
-)
+from harness.mosquitto import MosquittoProcess, render_mosquitto_conf
+from harness.mqtt import MqttClient
+from harness.processes import REPO, free_port
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, run_cli
 from tests.integration.conftest import finish_broker, start_plugin_broker
 
 # The plugin never caches a refused CONNECT, and a change reaches it within

@@ -33,17 +33,9 @@ from cregistry.keys import Keys
 from cregistry.passwords import pairing_id
 from cregistry.registration import Outcome
 from cregistry.server import redis_durability_warnings
-from tests.harness import (
-    LOOPBACK,
-    HttpAnswer,
-    RedisProcess,
-    ServiceProcess,
-    children_of,
-    free_port,
-    http,
-    running_service,
-    wait_for_port,
-)
+from harness.processes import LOOPBACK, children_of, free_port, wait_for_port
+from harness.redis_server import RedisProcess
+from harness.service import HttpAnswer, ServiceProcess, http, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 KEYS = Keys("cregistry")

@@ -18,7 +18,9 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import RedisProcess, ServiceProcess, children_of, http, running_service
+from harness.processes import children_of
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 DEVICE = {"username": "sensor-1", "password": "secret1", "clientid": "client-1"}

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
 from cregistry.config import Config
 from cregistry.passwords import pairing_id
 from cregistry.web import create_app, openapi
-from tests.harness import ServiceProcess, http
+from harness.service import ServiceProcess, http
 from tests.integration.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.fuzz
@@ -60,6 +60,7 @@ SEEDED_NAMES = {
     "username": "gateway-1",
     "role": "sensors",
     "request_id": f"sensor-17:{pairing_id('sensor-17', DEVICE_PASSWORD)}",
+    "name": "line3-2026-12",  # the document's example enrollment
 }
 FUZZ_SETTINGS = settings(
     max_examples=FUZZ_EXAMPLES,
@@ -89,6 +90,7 @@ def seed_examples(service: ServiceProcess) -> None:
     admin("POST", "/api/users", {"username": "gateway-1", "password": "s3cret-pass"})
     admin("PUT", "/api/roles/sensors/permissions", [{"topic": "sensors/#", "access": "write"}])
     admin("PUT", "/api/users/gateway-1/roles", ["sensors"])
+    admin("POST", "/api/enrollments", {"name": "line3-2026-12", "usernamePattern": "line3-*", "roles": ["sensors"]})
     registered = http(
         "POST",
         service.api + "/api/client-registry/register",

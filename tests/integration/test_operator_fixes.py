@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import cregistry.cli
-from tests.harness import RedisProcess, ServiceProcess, free_port, http, run_cli
+from harness.processes import free_port
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, run_cli
 from tests.integration.conftest import ADMIN_TOKEN
 
 # The service answers its broker within 2 s when Redis cannot; the CLI keeps the same bound.

@@ -9,16 +9,17 @@ import time
 
 import pytest
 
-from tests import harness
-from tests.harness import MosquittoProcess, ServiceProcess, http
+from harness import mqtt
+from harness.mosquitto import MosquittoProcess
+from harness.service import ServiceProcess, http
 
 pytestmark = pytest.mark.broker
 
 
 def raw_connect(port: int, username: str, password: str, client_id: str) -> tuple[str, float]:
-    """harness.raw_connect's answer told as "closed" (the broker closed the
+    """mqtt.raw_connect's answer told as "closed" (the broker closed the
     socket without a CONNACK) or "connack <code>", and its seconds."""
-    answer, seconds = harness.raw_connect(port, username, password, client_id)
+    answer, seconds = mqtt.raw_connect(port, username, password, client_id)
     return (f"connack {answer[3]}" if answer else "closed"), seconds
 
 

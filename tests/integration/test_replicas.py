@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from cregistry.keys import Keys
-from tests.harness import RedisNode, ServiceProcess, http, run_cli, running_service
+from harness.sentinel import RedisNode
+from harness.service import ServiceProcess, http, run_cli, running_service
 
 TOKEN = "replicas-admin-token"
 UNCONFIRMED = "the change was made on the Redis primary, but only 0 replica(s) confirmed it within "

@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
-from tests.harness import RedisProcess, ServiceProcess, free_port, http, run_cli, wait_for_port
+from harness.processes import free_port, wait_for_port
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, run_cli
 from tests.integration.conftest import ADMIN_TOKEN
 
 PARAMS_MODES = ["json", "form"]

@@ -46,6 +46,7 @@ REQUEST_KEYS = {
     "lastSeen",
     "attempts",
     "context",
+    "certificateRequest",
 }
 PENDING_ID = f"sensor-1:{pairing_id('sensor-1', 'secret1')}"
 
@@ -158,7 +159,7 @@ def test_every_admin_route_of_the_app_needs_the_token(api: FlaskClient, users: U
     health probes and the web console (session sign-in, test_console.py) are
     admin routes."""
     users.add("sensor-2", "secret2")
-    values = {"username": "sensor-2", "role": "role-1", "request_id": pending}
+    values = {"username": "sensor-2", "role": "role-1", "request_id": pending, "name": "line-3"}
     checked = 0
     for rule in api.application.url_map.iter_rules():
         if rule.endpoint in ("static", "registration.register") or rule.endpoint.startswith(

@@ -15,7 +15,7 @@ import fakeredis
 import pytest
 
 from cregistry.config import Config
-from cregistry.web import broker_asgi, create_app
+from cregistry.web import create_app
 from cregistry.web.broker_asgi import BrokerListener
 from cregistry.web.broker_wsgi import BrokerChecks
 
@@ -106,7 +106,7 @@ def test_other_routes_and_methods_are_flasks(listener: BrokerListener) -> None:
 
 
 def test_a_check_past_the_deadline_is_503(listener: BrokerListener, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_asgi, "DEADLINE_SECONDS", 0.2)
+    listener.deadline_seconds = 0.2
 
     def stalled(*_args: object) -> Any:
         time.sleep(1.0)

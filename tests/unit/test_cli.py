@@ -163,6 +163,7 @@ def test_requests_json(runner: CliRunner, pending: None) -> None:
         "context",
         "contested",
         "refusedAttempts",
+        "certificateRequest",
     }
 
 

@@ -163,6 +163,9 @@ def test_parse_listen() -> None:
     assert parse_listen("[::1]:8081") == ("::1", 8081)
     with pytest.raises(ConfigError):
         parse_listen("localhost")
+    for port in ("\u00b2", "\u0663\u0663"):  # digits to str.isdigit(), not to a port: a ConfigError, not a ValueError
+        with pytest.raises(ConfigError, match="must look like HOST:PORT"):
+            parse_listen(f"127.0.0.1:{port}")
 
 
 # -- key prefix -----------------------------------------------------------------
@@ -190,3 +193,24 @@ def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeR
     assert default.lock.status().locked is True
     assert default.requests.list_requests() == []
     assert default.users.list_users() == []
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"CREGISTRY_ADMIN_TOKEN": "x" * 16, "CREGISTRY_ADMIN_TOKENS": f"admin={'y' * 16}"},
+            "CREGISTRY_ADMIN_TOKENS names 'admin' twice (the name of CREGISTRY_ADMIN_TOKEN)",
+        ),
+        ({"CREGISTRY_ADMIN_TOKENS": f"ops={'x' * 16},ops={'y' * 16}"}, "CREGISTRY_ADMIN_TOKENS names 'ops' twice"),
+    ],
+)
+def test_an_admin_token_name_given_twice_is_refused_not_replaced(variables: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env(variables)
+    assert str(error.value) == message
+
+
+def test_admin_tokens_may_name_admin_when_admin_token_is_not_set() -> None:
+    config = Config.from_env({"CREGISTRY_ADMIN_TOKENS": f"admin={'y' * 16}"})
+    assert dict(config.named_admin_tokens()) == {"admin": "y" * 16}

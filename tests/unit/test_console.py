@@ -138,7 +138,7 @@ def test_every_post_without_a_session_changes_nothing(
     domain.users.add("gateway-1", "secret1")
     before = audit_actions(domain)
     token = csrf_of(client.get("/console/sign-in"))
-    values = {"request_id": request_id, "username": "gateway-1", "anything": "x"}
+    values = {"request_id": request_id, "username": "gateway-1", "anything": "x", "name": "line-3"}
     checked = 0
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith("console.") or "POST" not in rule.methods:
@@ -692,7 +692,8 @@ def test_the_audit_view_newest_first(operator: FlaskClient, clock: FakeClock, lo
     assert "seconds=300" in page.text
 
 
-@pytest.mark.parametrize("limit", ["0", "abc", "5000"])
+# "²" and "٣" pass str.isdigit(); int() refuses the first (it was a 500) and reads the second
+@pytest.mark.parametrize("limit", ["0", "abc", "5000", "\u00b2", "\u0663", "-1", " 5"])
 def test_a_bad_audit_limit_is_one_sentence(operator: FlaskClient, limit: str) -> None:
     page = operator.get(f"/console/audit?limit={limit}")
     assert page.status_code == 400

@@ -5,6 +5,7 @@ follower reads the feed, and never with data older than an applied change."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import fakeredis
 import pytest
@@ -143,6 +144,50 @@ def test_data_read_before_an_applied_change_is_not_admitted(followed: services.S
     assert cache.get(USERNAME, _position(followed)) == AclData(True, False, ())
     assert cache.get(USERNAME, None) is None
     assert cache.get(USERNAME, "garbage") is None
+
+
+class _ApplyingOnRead(dict[str, AclData]):
+    """The cache's entries; reading one lets the follower apply `then` first
+    returned the value it held before: the forced interleaving of a check
+    and the follower's thread."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        super().__init__()
+        self.then = then
+
+    def get(self, key: str, default: object = None) -> AclData | None:  # type: ignore[override]
+        value = super().get(key)
+        self.then()
+        return value
+
+
+def test_a_change_applied_while_a_check_reads_is_never_answered_stale(followed: services.Services) -> None:
+    """The caller (the plugin) has already read the revoke; the follower applies
+    it in between the check's read of its entry and its coverage test."""
+    follower = followed.follower
+    assert follower is not None
+    cache: FollowedCache[AclData] = FollowedCache(follower)
+    stale = AclData(True, False, ())
+    cache.put(USERNAME, _position(followed).partition("~")[0], stale)
+    followed.users.revoke(USERNAME, "a/%u/#")
+    caller_seen = followed.changes.read(_position(followed)).position  # the plugin's new position
+    applied: list[bool] = []
+
+    def follower_applies() -> None:
+        if not applied:
+            applied.append(True)
+            follower.follow_once()
+
+    entries = _ApplyingOnRead(follower_applies)
+    entries.update(cache.entries)
+    cache.entries = entries
+    answer = cache.get(USERNAME, caller_seen)
+    if not applied:  # coverage tested first: not yet covered, so Redis answers
+        assert answer is None
+        follower.follow_once()
+    assert follower.covers(caller_seen)
+    assert answer is None
+    assert cache.get(USERNAME, caller_seen) is None  # the revoke dropped the entry
 
 
 def test_positions_compare_by_replication_id_and_entry() -> None:

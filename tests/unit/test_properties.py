@@ -84,11 +84,13 @@ topics = st.lists(st.sampled_from(TOPIC_LEVELS), min_size=1, max_size=MAX_FILTER
     lambda levels: levels != [""]
 )
 
-# Every topic up to one level longer than any generated filter: a topic that
-# shows a filter is not covered can always be found among these.
+# Every topic up to one level longer than any generated pattern, and near_misses
+# makes patterns one level longer than their filter ("a/a/a/#" against "a/a/a/+"
+# is shown uncovered by "a/a/a/z/z" only): a topic that shows a filter is not
+# covered can always be found among these.
 ALL_SMALL_TOPICS = [
     list(combo)
-    for length in range(1, MAX_FILTER_LEVELS + 2)
+    for length in range(1, MAX_FILTER_LEVELS + 3)
     for combo in itertools.product(["a", "b", "$s", "", "z", "$z"], repeat=length)
     if list(combo) != [""]
 ]
@@ -240,6 +242,7 @@ def test_a_covered_filter_reaches_only_readable_topics(case: tuple[list[str], li
 
 @SETTINGS
 @example((["", "#"], [["", "+", "#"]]))  # "/#" reaches no topic "/+/#" misses: "" is no topic
+@example((["a", "a", "a", "#"], [["a", "a", "a", "+"], ["a", "a", "a"]]))  # its witness has five levels
 @given(cases)
 def test_a_filter_that_is_not_covered_reaches_an_unreadable_topic(case: tuple[list[str], list[list[str]]]) -> None:
     """Exactness, as topics.filter_is_covered claims: a refusal has a reason."""

@@ -611,6 +611,7 @@ def test_to_dict_never_shows_the_password_or_the_hash(
         "context",
         "contested",
         "refusedAttempts",
+        "certificateRequest",
     }
     user = requests.approve("sensor-1")
     user_text = json.dumps(user.to_dict())
@@ -640,6 +641,7 @@ def test_pending_request_dict_values(
         "context": {"a": [1, 2]},
         "contested": False,
         "refusedAttempts": 0,
+        "certificateRequest": None,
     }
 
 

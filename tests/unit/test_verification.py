@@ -19,7 +19,7 @@ import cregistry.cli
 import cregistry.passwords
 from cregistry import services
 from cregistry.config import Config
-from cregistry.errors import InvalidInput
+from cregistry.errors import InvalidInput, PasswordChecksBusy
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import hash_password, pairing_id
@@ -62,7 +62,7 @@ def device(registration: Registration, lock: RegistryLock, requests: PendingRequ
 
 
 def verifier_for(connection: fakeredis.FakeRedis, config: Config, **limits: Any) -> PasswordVerifier:
-    return PasswordVerifier(connection, config, time.time, limits.get("limits"))
+    return services.build(connection, config, limits=limits.get("limits")).verifier
 
 
 def connect(broker: FlaskClient, username: str, password: str, client_id: str = "client-1") -> tuple[int, str]:
@@ -528,7 +528,7 @@ def saturated_verify_slots(config: Config) -> Iterator[WorkLimits]:
 def test_saturated_bcrypt_slots_answer_503_in_time_but_tokens_still_pass(
     connection: fakeredis.FakeRedis, config: Config, device: str, saturated_verify_slots: WorkLimits
 ) -> None:
-    PasswordVerifier(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
+    verifier_for(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
     broker = create_app(config, listener="broker", connection=connection, limits=saturated_verify_slots).test_client()
     assert connect(broker, DEVICE, PASSWORD) == (200, "")
     started = time.monotonic()
@@ -541,3 +541,32 @@ def test_verify_refuses_invalid_names_for_clear_failures(connection: fakeredis.F
     with pytest.raises(InvalidInput):
         verifier_for(connection, config).clear_failures("bad name")
     assert connection.keys("*") == []
+
+
+def test_a_password_check_gives_up_on_a_bcrypt_slot_after_its_budget(
+    connection: fakeredis.FakeRedis, config: Config, device: str
+) -> None:
+    """Every slot held: the check raises PasswordChecksBusy (a 503) after the
+    slot timeout instead of holding its thread until a slot frees."""
+    limits = WorkLimits(config, slot_timeout=0.05)
+    for _ in range(config.bcrypt_concurrency):
+        assert limits.verify_slots.acquire(blocking=False)
+    verifier = services.build(connection, config, limits=limits).verifier
+    outcome: list[BaseException | Verdict] = []
+
+    def check() -> None:
+        try:
+            outcome.append(verifier.verify(DEVICE, WRONG))
+        except PasswordChecksBusy as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(30)  # a wait without a timeout never ends here: the slots are never released
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], PasswordChecksBusy)
+    assert "CREGISTRY_BCRYPT_CONCURRENCY" in str(outcome[0])
+    assert verifier.failures(DEVICE) == 0  # nothing decided, nothing counted
+    for _ in range(config.bcrypt_concurrency):
+        limits.verify_slots.release()
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED  # with a slot free the check runs

@@ -32,12 +32,13 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from cregistry import errors, services
+from cregistry import errors, names, services
 from cregistry.config import Config
+from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
 from cregistry.requests import PendingRequest, parse_request_id
 from cregistry.users import ACCESS_LEVELS, UserStore
 from cregistry.web.console import auth
-from cregistry.web.errors import STATUS_FOR
+from cregistry.web.errors import status_for
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def csrf_refused(error: CSRFError) -> tuple[str, int]:
 
 @bp.errorhandler(errors.CregistryError)
 def domain_error(error: errors.CregistryError) -> tuple[Any, int]:
-    return _error_page(sentence(error), STATUS_FOR.get(type(error), 400))
+    return _error_page(sentence(error), status_for(error))
 
 
 @bp.errorhandler(redis.RedisError)
@@ -192,7 +193,7 @@ def sentence(error: Exception, hint: str = "") -> str:
 
 
 def _status(error: errors.CregistryError) -> int:
-    return STATUS_FOR.get(type(error), 400)
+    return status_for(error)
 
 
 # -- signing in and out -----------------------------------------------------
@@ -206,9 +207,10 @@ def sign_in_form() -> Any:
 
 @bp.post("/sign-in")
 def sign_in() -> Any:
-    limit = auth.SignInLimit(_domain().redis, _config(), keys=_domain().keys)
     try:
-        auth.sign_in(current_app, _config(), limit, request.form.get("token"), _domain().clock())
+        auth.sign_in(
+            current_app, _config(), _domain().console_signin_limit, request.form.get("token"), _domain().clock()
+        )
     except auth.SignInRefused as refused:
         return render_template("console/sign_in.html", error=str(refused)), refused.status
     return redirect(url_for(".registry_view"), 303)
@@ -496,11 +498,76 @@ def delete_user(username: str) -> Any:
     )
 
 
+# -- Enrollments ------------------------------------------------------------
+@bp.get("/enrollments")
+def enrollments_view() -> Any:
+    return _enrollments_page()
+
+
+def _enrollments_page(
+    error: str | None = None, status: int = 200, values: dict[str, str] | None = None, created: Any = None
+) -> tuple[str, int]:
+    return (
+        render_template(
+            "console/enrollments.html",
+            enrollments=_domain().enrollments.list_enrollments(),
+            role_names=[r.name for r in _users().list_roles()],
+            error=error,
+            values=values or {},
+            created=created,
+            defaults={"max_uses": DEFAULT_MAX_USES, "expires_in": DEFAULT_EXPIRES_IN},
+            active="enrollments",
+        ),
+        status,
+    )
+
+
+@bp.post("/enrollments")
+def create_enrollment() -> Any:
+    form = request.form
+    values = {name: form.get(name, "").strip() for name in ("name", "pattern", "roles", "max_uses", "expires_in")}
+    try:
+        created = _domain().enrollments.create(
+            values["name"],
+            values["pattern"],
+            [role.strip() for role in values["roles"].split(",") if role.strip()],
+            _form_integer(values["max_uses"], DEFAULT_MAX_USES),
+            _form_integer(values["expires_in"], DEFAULT_EXPIRES_IN),
+            actor=g.operator.actor,
+        )
+    except errors.CregistryError as error:
+        return _enrollments_page(sentence(error), _status(error), values)
+    # The token is shown in this answer only: never flashed (the session
+    # cookie is signed, not encrypted) and never in a URL.
+    return _enrollments_page(status=201, created=created)
+
+
+@bp.post("/enrollments/<name>/revoke")
+def revoke_enrollment(name: str) -> Any:
+    return _change(
+        lambda: _domain().enrollments.delete(name, actor=g.operator.actor),
+        f"Revoked enrollment {visible(name)}: its token registers nobody from now on. Its users stay.",
+        _enrollments_page,
+        lambda _: url_for(".enrollments_view"),
+        hints={errors.EnrollmentNotFound: "it may have expired, or another operator revoked it."},
+    )
+
+
+def _form_integer(text: str, default: int) -> object:
+    """A form field as an integer; anything else goes to the domain as it is, which says what is wrong."""
+    if not text:
+        return default
+    number = names.decimal(text)
+    return text if number is None else number
+
+
 # -- Audit ------------------------------------------------------------------
 @bp.get("/audit")
 def audit_view() -> Any:
     raw = request.args.get("limit", str(AUDIT_DEFAULT))
-    limit = int(raw) if raw.isdigit() else -1
+    limit = names.decimal(raw)
+    if limit is None:
+        limit = -1  # the audit log refuses it with the bounds, as for any number out of range
     return render_template("console/audit.html", entries=_domain().audit.entries(limit), limit=limit, active="audit")
 
 

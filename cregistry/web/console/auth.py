@@ -19,12 +19,11 @@ import math
 import secrets
 from typing import Any
 
-import redis
 from flask import Flask, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
 
+from cregistry.address_limit import AddressLimit
 from cregistry.config import Config
-from cregistry.keys import Keys
 from cregistry.web.tokens import admin_token_name
 
 log = logging.getLogger(__name__)
@@ -92,43 +91,11 @@ def token_fingerprint(app: Flask, token: str) -> str:
     return hmac.new(key, b"console-session-token:" + token.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-class SignInLimit:
-    """Failed sign-ins per client address and window, in Redis so that every
-    worker and instance counts together. Over the limit, a sign-in is refused
-    without looking at the token, so guessing stops there."""
-
-    def __init__(self, connection: redis.Redis, config: Config, *, keys: Keys | None = None) -> None:
-        self.redis = connection
-        self.config = config
-        self.keys = keys if keys is not None else Keys(config.key_prefix)
-
-    def seconds_blocked(self, address: str) -> int:
-        key = self.keys.console_signin_failures(address)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(key)
-        pipe.pttl(key)
-        count, milliseconds = pipe.execute()
-        if int(count or 0) < self.config.console_signin_limit:
-            return 0
-        return max(1, math.ceil((milliseconds or 0) / 1000))
-
-    def failed(self, address: str) -> None:
-        key = self.keys.console_signin_failures(address)
-        pipe = self.redis.pipeline()
-        # The window starts with the first failure and is not extended by later ones.
-        pipe.set(key, 0, ex=self.config.console_signin_window, nx=True)
-        pipe.incr(key)
-        pipe.execute()
-
-    def clear(self, address: str) -> None:
-        self.redis.delete(self.keys.console_signin_failures(address))
-
-
 def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def sign_in(app: Flask, config: Config, limit: SignInLimit, given: Any, now: float) -> Operator:
+def sign_in(app: Flask, config: Config, limit: AddressLimit, given: Any, now: float) -> Operator:
     """Start a session for the admin token `given`, or raise SignInRefused."""
     address = client_address()
     blocked = limit.seconds_blocked(address)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "answer.h"
 #include "siphash.h"
 #include "state.h"
 
@@ -75,6 +76,15 @@ int mosquitto_broker_publish_copy(const char *clientid, const char *topic, int p
 	(void)properties;
 	published++;
 	return 0;
+}
+
+/* the verdict of a delayed check (checks.c, not linked here) */
+enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error)
+{
+	(void)p;
+	(void)body;
+	(void)error;
+	return status == 200 ? CR_ALLOW : CR_FAULT;
 }
 
 /* -- helpers ---------------------------------------------------------------- */
@@ -330,8 +340,8 @@ static void test_feed_parse(void)
 	CHECK(parse("{\"ok\":true,\"position\":\"5-1\",\"reset\":true,\"changes\":[]}", &a) == 0);
 	CHECK(a.reset && a.count == 0 && strcmp(a.position, "5-1") == 0);
 	cr_feed_answer_free(&a);
-	CHECK(parse("{\"position\":\"5-1\",\"reset\":true,\"changes\":[{\"user\":\"x\"}]}", &a) == 0);
-	CHECK(a.reset && a.count == 0); /* changes are meaningless with reset */
+	CHECK(parse("{\"position\":\"5-1\",\"reset\":true,\"changes\":[{\"user\":\"x\",\"kick\":true}]}", &a) == 0);
+	CHECK(a.reset && a.count == 1 && a.changes[0].kick); /* recorded after a data loss */
 	cr_feed_answer_free(&a);
 	CHECK(parse("{\"position\":\"a.b_c:d~e-f\"}", &a) == 0);
 	CHECK(!a.reset && a.count == 0);
@@ -450,8 +460,57 @@ static void test_feed_apply(void)
 	cr_feed_answer_free(&a);
 	CHECK(lookup(&p.cache, "carol", "c", "t", 2, 0) == -1);
 	CHECK(strcmp(p.position, "1-0") == 0);
-	CHECK(kick_count == 1); /* a reset kicks nobody */
+	CHECK(kick_count == 1); /* a reset alone kicks nobody */
+
+	/* Redis lost its data; a user deleted since is kicked with the reset. */
+	put(&p.cache, "dave", "d", "t", 2, 0, 1000);
+	CHECK(parse("{\"position\":\"9-0\",\"reset\":true,\"changes\":[{\"user\":\"erin\",\"kick\":false},"
+			"{\"user\":\"erin\",\"kick\":true}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(lookup(&p.cache, "dave", "d", "t", 2, 0) == -1);
+	CHECK(strcmp(p.position, "9-0") == 0);
+	CHECK(kick_count == 2 && strcmp(kicked[1], "erin") == 0);
 	cr_cache_free(&p.cache);
+}
+
+static void test_answer_grants(void)
+{
+	static const char *const not_grants[] = {
+		"", "OK", "<html>It works!</html>", "{}", "[]", "true", "{\"ok\":1}", "{\"ok\":\"true\"}",
+		"{\"ok\":false,\"error\":\"\"}", "{\"OK\":true}", "{\"ok\":true", "[{\"ok\":true}]",
+	};
+
+	begin("a 200 grants only with cregistry's own body");
+	CHECK(cr_answer_grants("{\"ok\": true, \"error\": \"\"}", 27));
+	CHECK(cr_answer_grants("{\"ok\":true}", 11));
+	CHECK(!cr_answer_grants(NULL, 0));
+	for(size_t i = 0; i < sizeof(not_grants) / sizeof(not_grants[0]); i++){
+		CHECK(!cr_answer_grants(not_grants[i], strlen(not_grants[i])));
+	}
+	CHECK(!cr_answer_grants("{\"ok\":true}", 6)); /* only the bytes received count */
+}
+
+static void test_tick_names_the_next(void)
+{
+	struct mosquitto_evt_tick tick;
+
+	begin("a tick asks for the next one: due at once on 2.1.2, the wait bounded");
+	memset(&tick, 0, sizeof(tick));
+	cr_tick_ask_next(&tick, 100);
+	/* what 2.1.2's plugin_tick.c computes from the fields */
+	long next = (long)tick.next_s * 1000 + tick.next_ns;
+	CHECK(next == 100); /* loop__update_next_event: the longest wait */
+	for(long now_ns = 0; now_ns < 1000000000L; now_ns += 99999999L){
+		time_t now_s = 1000;
+		time_t due_s = now_s + tick.next_s;
+		long due_ns = now_ns + 1000000L * tick.next_ns;
+		if(due_ns > 1000000000L){
+			due_ns -= 1000000000L;
+			due_s += 1;
+		}
+		CHECK(due_s < now_s); /* mosquitto_time_cmp(now, due) > 0 on the next pass */
+	}
 }
 
 static bool has_header(const struct curl_slist *list, const char *line)
@@ -516,7 +575,7 @@ static void test_options(void)
 	begin("options: defaults");
 	CHECK(opts(&o, 1, "url", "http://127.0.0.1:8081") == 0);
 	CHECK(strcmp(o.url, "http://127.0.0.1:8081") == 0);
-	CHECK(o.timeout_ms == 1500 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
+	CHECK(o.timeout_ms == 1750 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
 	CHECK(o.cache_size == 100000 && o.feed_interval_ms == 500 && o.stats_interval == 10);
 	CHECK(o.fault_backoff_ms == 1000);
 	cr_options_free(&o);
@@ -580,6 +639,8 @@ int main(void)
 	test_feed_parse();
 	test_feed_apply();
 	test_position_header();
+	test_tick_names_the_next();
+	test_answer_grants();
 	test_options();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
