@@ -208,18 +208,8 @@ class Registration:
 
     def _touch(self, username: str, candidate: str, digest: str, now: float, unlocked: bool) -> bool:
         """Count one more attempt on an existing request; False if it vanished meanwhile."""
-        request_key = self.keys.request(username, candidate)
-
-        def count_attempt(pipe: Pipeline) -> bool:
-            if not pipe.exists(request_key):
-                return False  # approved, denied or expired while we looked
-            pipe.multi()
-            self.requests.count_attempt(pipe, username, candidate, now, unlocked=unlocked)
-            # (Re)states the digest under this process's key (see _find_candidate).
-            pipe.hset(request_key, mapping={"credentials": digest, "credentialsKey": self.verifier.candidate_key_id})
-            return True
-
-        return run_watched(self.redis, [request_key], count_attempt, durable=False)
+        credentials = (digest, self.verifier.candidate_key_id)
+        return self.requests.touch(username, candidate, credentials, now, unlocked=unlocked)
 
     def _insert(
         self,
@@ -251,7 +241,7 @@ class Registration:
                     # Recorded by a concurrent attempt: count this one in the
                     # same transaction (the candidate set is watched).
                     pipe.multi()
-                    self.requests.count_attempt(pipe, username, candidate, now, unlocked=True)
+                    self.requests.count_attempt(pipe, username, candidate, now, renew=True)
                     return Outcome.REPEATED
             if len(live) >= self.config.pending_per_username:
                 return Outcome.PENDING_CAP

@@ -19,6 +19,7 @@ is what the global cap counts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 MAX_OFFSET = 10**9
+# At most this often (seconds; 1 % of the pending TTL if that is less) an
+# attempt restarts a request's life (PendingRequests.touch).
+RENEWAL_STEP = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,15 +187,54 @@ class PendingRequests:
         pipe.sadd(self.keys.user_requests(username), candidate)
         self._keep_alive(pipe, username, candidate, now)
 
-    def count_attempt(self, pipe: Pipeline, username: str, candidate: str, now: float, *, unlocked: bool) -> None:
-        """Queue one more attempt on an existing request on `pipe` (after MULTI).
-        Only attempts while unlocked extend its life: otherwise a flood made in
-        one unlock window would keep the pending cap full for good."""
+    def count_attempt(self, pipe: Pipeline, username: str, candidate: str, now: float, *, renew: bool) -> None:
+        """Queue one more attempt on an existing request on `pipe` (after MULTI),
+        restarting its life when `renew` (a request just recorded by another
+        process; touch counts all other attempts)."""
         request_key = self.keys.request(username, candidate)
         pipe.hincrby(request_key, "attempts", 1)
         pipe.hset(request_key, "lastSeen", repr(now))
-        if unlocked:
+        if renew:
             self._keep_alive(pipe, username, candidate, now)
+
+    def touch(self, username: str, candidate: str, credentials: tuple[str, str], now: float, *, unlocked: bool) -> bool:
+        """Count one more attempt on an existing request; False if it is gone
+        (approved, denied, purged or expired). `credentials`: the attempt's
+        keyed digest and its key id, stated again when the request's digest was
+        made under another key (registration.py's _find_candidate).
+
+        One script, not a WATCH: devices polling fast (or an attacker
+        repeating its attempt) must neither conflict with each other nor with
+        approve and deny, which watch the candidate set. For the same reason
+        the request's life restarts at most once per renewal step (and only
+        while unlocked: otherwise a flood made in one unlock window would keep
+        the pending cap full for good).
+        """
+        digest, key_id = credentials
+        keys = (
+            self.keys.request(username, candidate),
+            self.keys.user_requests(username),
+            self.keys.request_csr(username, candidate),
+            self.keys.pending_index(),
+        )
+        args = (
+            repr(now),
+            self.config.pending_ttl,
+            self.renewal_step(),
+            "1" if unlocked else "0",
+            Keys.pending_member(username, candidate),
+            digest,
+            key_id,
+        )
+        try:  # one round trip on the registration path
+            counted: Any = self.redis.evalsha(_TOUCH_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            counted = self.redis.eval(TOUCH_SCRIPT, len(keys), *keys, *args)
+        return bool(int(counted))
+
+    def renewal_step(self) -> int:
+        """Seconds: an attempt restarts a request's life only when it is older than this."""
+        return max(1, min(RENEWAL_STEP, self.config.pending_ttl // 100))
 
     def count_refused(self, username: str) -> None:
         """One more attempt refused over the username's cap (shown with its candidates)."""
@@ -324,7 +367,7 @@ class PendingRequests:
         def create_user(pipe: Pipeline) -> PendingRequest:
             if pipe.exists(user_key):
                 raise UsernameTaken(f"user {username!r} exists already")
-            request = self._watch_request(pipe, username, pairing_id, candidate)
+            request = self._read_request(pipe, username, pairing_id, candidate)
             all_candidates = set(pipe.smembers(candidates_key)) | {request.candidate}
             if not force and request.candidate in contested_names(self.existing(username, all_candidates)):
                 raise RequestContested(
@@ -386,7 +429,7 @@ class PendingRequests:
         denials_key = self.keys.user_denials(username)
 
         def deny_request(pipe: Pipeline) -> PendingRequest:
-            request = self._watch_request(pipe, username, pairing_id, candidate)
+            request = self._read_request(pipe, username, pairing_id, candidate)
             pipe.multi()
             self._forget_requests(pipe, username, {request.candidate})
             if request.credentials:
@@ -411,6 +454,8 @@ class PendingRequests:
                 continue  # expired or handled meanwhile
         if not denied:
             raise RequestNotFound(f"no pending request for {username!r}")
+        # Those refusals were the squatter's doing, handled now: the count starts again.
+        self.redis.delete(self.keys.user_refused(username))
         return denied
 
     def purge(self, *, actor: str = UNNAMED_ACTOR) -> int:
@@ -437,14 +482,19 @@ class PendingRequests:
         log.info("pending requests purged: %d removed by %s", removed, actor)
         return removed
 
-    def _watch_request(
+    def _read_request(
         self, pipe: Pipeline, username: str, pairing_id: str | None, candidate: str | None
     ) -> PendingRequest:
-        """Choose the request (see _choose), WATCH it and read it."""
+        """Choose the request (see _choose) and read it.
+
+        The request key is not watched: every change that matters to approve
+        and deny (a new, approved, denied or purged candidate) also changes
+        the username's candidate set, which they watch; what else changes the
+        request (an attempt counted) must not make them conflict, or a device
+        polling fast would keep the operator from approving or denying it.
+        """
         candidate = self._choose(username, pairing_id, candidate)
-        request_key = self.keys.request(username, candidate)
-        pipe.watch(request_key)
-        fields = pipe.hgetall(request_key)
+        fields = pipe.hgetall(self.keys.request(username, candidate))
         if not fields:
             raise RequestNotFound(_not_found(username, candidate))
         return _request_from(username, candidate, fields)
@@ -518,3 +568,26 @@ def _request_from(
             {"keyType": csr.get("keyType", ""), "publicKeySha256": csr.get("publicKeySha256", "")} if csr else None
         ),
     )
+
+
+# PendingRequests.touch. KEYS: the request, the username's candidate set, the
+# request's CSR, the pending index. ARGV: now, the pending TTL, the renewal
+# step, "1" while unlocked, the index member, the credentials digest, its key id.
+TOUCH_SCRIPT = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[1])
+if redis.call('HGET', KEYS[1], 'credentialsKey') ~= ARGV[7] then
+  redis.call('HSET', KEYS[1], 'credentials', ARGV[6], 'credentialsKey', ARGV[7])
+end
+local ttl = tonumber(ARGV[2])
+if ARGV[4] == '1' and left < (ttl - tonumber(ARGV[3])) * 1000 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]) + ttl, ARGV[5])
+end
+return 1
+"""
+_TOUCH_SHA = hashlib.sha1(TOUCH_SCRIPT.encode()).hexdigest()

@@ -167,6 +167,43 @@ def test_a_deny_racing_a_retry_wins(
     assert requests.list_requests() == []
 
 
+def test_polling_in_a_tight_loop_never_keeps_the_operator_from_deciding(
+    registration: Registration, lock: RegistryLock, requests: PendingRequests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both devices count an attempt inside every approve and deny transaction
+    (between its WATCH and its EXEC): counted attempts are no conflict, so
+    the operator's decision goes through at once instead of giving up."""
+    both_try(registration, lock)
+    choose = requests._choose
+
+    def poll_meanwhile(*args: object, **kwargs: object) -> str:
+        chosen = choose(*args, **kwargs)  # type: ignore[arg-type]
+        for password in (ATTACKER_PASSWORD, DEVICE_PASSWORD):
+            registration.attempt(USERNAME, password, "", "mqtt")
+        return chosen
+
+    monkeypatch.setattr(requests, "_choose", poll_meanwhile)
+    assert requests.deny(USERNAME, candidate=PAIRING).client_id == "evil"
+    assert requests.approve(USERNAME, candidate=f"{PAIRING}-2").client_id == "dev"
+    assert requests.list_requests() == []
+
+
+def test_an_attempt_renews_a_request_at_most_once_per_step(
+    connection: fakeredis.FakeRedis, registration: Registration, lock: RegistryLock, config: Config
+) -> None:
+    """Renewing touches the watched candidate set: a poll in a tight loop does not, a later one does."""
+    lock.unlock()
+    registration.attempt(USERNAME, DEVICE_PASSWORD, "dev", "mqtt")
+    key = KEYS.request(USERNAME, PAIRING)
+    connection.expire(key, config.pending_ttl - 10)  # renewed 10 s ago
+    registration.attempt(USERNAME, DEVICE_PASSWORD, "dev", "mqtt")
+    assert connection.ttl(key) <= config.pending_ttl - 10
+    connection.expire(key, config.pending_ttl - 61)  # renewed more than a step (60 s) ago
+    registration.attempt(USERNAME, DEVICE_PASSWORD, "dev", "mqtt")
+    assert connection.ttl(key) > config.pending_ttl - 10
+    assert connection.hget(key, "attempts") == "3"
+
+
 # -- floods -------------------------------------------------------------------------
 def test_attempts_while_locked_are_counted_but_never_extend_a_request(
     connection: fakeredis.FakeRedis, registration: Registration, lock: RegistryLock, config: Config
