@@ -10,6 +10,8 @@ nest.
 
 from __future__ import annotations
 
+import hashlib
+
 
 class Keys:
     def __init__(self, prefix: str = "cregistry") -> None:
@@ -112,6 +114,20 @@ class Keys:
     def user_failures(self, username: str) -> str:
         """Counter with a TTL: failed password checks in the current window."""
         return f"{self.prefix}:{{{username}}}:failures"
+
+    def user_client_failures(self, username: str) -> str:
+        """Hash with a TTL: client ID -> failed password checks with it in the current window."""
+        return f"{self.prefix}:{{{username}}}:client-failures"
+
+    def user_known_clients(self, username: str) -> str:
+        """Set with the verified TTL: client IDs that passed a password check (verification.py)."""
+        return f"{self.prefix}:{{{username}}}:known-clients"
+
+    def user_limited_try(self, username: str, client_id: str) -> str:
+        """String with a short TTL: the last occasional try over the guessing limit with this
+        client ID (named by its SHA-256: a client ID may hold any character)."""
+        digest = hashlib.sha256(client_id.encode()).hexdigest()[:32]
+        return f"{self.prefix}:{{{username}}}:limited-try:{digest}"
 
     # -- one role ----------------------------------------------------------
     def role_permissions(self, role: str) -> str:

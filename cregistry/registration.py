@@ -122,7 +122,7 @@ class Registration:
         name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
         checked_context = validate_context(context)
         pairing = passwords.pairing_id(name, secret)
-        verdict = self.verifier.verify(name, secret)
+        verdict = self.verifier.verify(name, secret, client)
         if verdict is not Verdict.UNKNOWN_USER:
             return Attempt(_KNOWN_USER[verdict], pairing)
         try:
