@@ -288,3 +288,38 @@ def test_purge_needs_the_admin_token(flooded_service: ServiceProcess) -> None:
     assert http("DELETE", url, token="wrong").status == 401
     assert len(pending(flooded_service)) == 1
     assert json.loads(admin(flooded_service, "DELETE", "client-registry/requests").body) == {"removed": 1}
+
+
+# -- no lockout by guessing ------------------------------------------------------
+GUESS_LIMIT = 10
+
+
+def test_guessing_never_keeps_a_working_device_out_across_a_restart(redis_process: RedisProcess, cregistry) -> None:  # type: ignore[no-untyped-def]
+    """A service without CREGISTRY_VERIFY_SECRET: a restart voids every
+    verified token. The guesser, over MQTT and REST under client IDs of its
+    own, gets the limit's guesses and no more; the device, on its own client
+    ID, still connects after the restart (on 3f09872 it was refused as 'too
+    many failed attempts' until the window ended)."""
+    env = {"CREGISTRY_FAILURE_LIMIT": str(GUESS_LIMIT), "CREGISTRY_WORKERS": "1"}
+    with running_service(redis_process.url, ADMIN_TOKEN, env) as service:
+        assert "CREGISTRY_VERIFY_SECRET" not in service.env
+        unlock(service)
+        assert register(service, DEVICE, "device-secret", "dev").status == 202
+        assert cregistry("approve", DEVICE).returncode == 0
+        assert mqtt_connect(service, DEVICE, "device-secret", "dev").status == 200  # a token now
+
+        guesses = [mqtt_connect(service, DEVICE, f"guess-{n}", f"guesser-{n % 5}") for n in range(3 * GUESS_LIMIT)]
+        guesses += [register(service, DEVICE, f"guess-rest-{n}", "guesser-rest") for n in range(GUESS_LIMIT)]
+        reasons = [answer.json()["error"] for answer in guesses[: 3 * GUESS_LIMIT]]
+        assert reasons.count("wrong password") == GUESS_LIMIT
+        assert reasons.count("too many failed attempts") == 2 * GUESS_LIMIT
+        assert {answer.status for answer in guesses[3 * GUESS_LIMIT :]} == {429}  # REST: limited too
+        assert mqtt_connect(service, DEVICE, "device-secret", "dev").status == 200  # the token
+
+        service.stop()
+        service.start()  # a new random secret: the token is void
+        assert mqtt_connect(service, DEVICE, "device-secret", "dev").status == 200  # bcrypt, its own client ID
+        assert register(service, DEVICE, "device-secret", "dev").status == 201
+        # The guesser is still limited: no more guesses, no bcrypt.
+        answer = mqtt_connect(service, DEVICE, "guess-after-restart", "guesser-1")
+        assert answer.status == 403 and answer.json()["error"] == "too many failed attempts"
