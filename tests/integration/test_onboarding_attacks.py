@@ -323,3 +323,20 @@ def test_guessing_never_keeps_a_working_device_out_across_a_restart(redis_proces
         # The guesser is still limited: no more guesses, no bcrypt.
         answer = mqtt_connect(service, DEVICE, "guess-after-restart", "guesser-1")
         assert answer.status == 403 and answer.json()["error"] == "too many failed attempts"
+
+
+# -- through a real Mosquitto with cregistry's plugin (the broker tier) ----------
+def test_a_colliding_pairing_id_over_mqtt_does_not_hijack_the_approval(clients, cregistry) -> None:  # type: ignore[no-untyped-def]
+    device_password, attacker_password = colliding_passwords(DEVICE)
+    assert cregistry("unlock").returncode == 0
+    assert clients(DEVICE, attacker_password, "evil").connect() == "Not authorized"
+    assert clients(DEVICE, device_password, "dev").connect() == "Not authorized"
+    listed = {r["clientId"]: r for r in json.loads(cregistry("requests", "--json").stdout)["requests"]}
+    assert set(listed) == {"evil", "dev"} and all(r["contested"] for r in listed.values())
+
+    refused = cregistry("approve", DEVICE, "--request", listed["dev"]["id"])
+    assert refused.returncode != 0 and "contested" in refused.stderr
+    assert cregistry("approve", DEVICE, "--request", listed["dev"]["id"], "--force").returncode == 0
+    assert clients(DEVICE, device_password, "dev").connect() == "Success"
+    assert clients(DEVICE, attacker_password, "evil").connect() == "Not authorized"
+    assert clients(DEVICE, device_password, "dev").connect() == "Success"  # and from the plugin's cache
