@@ -66,6 +66,7 @@ NO_CHANGE_ACTIONS = frozenset(
         "registry.unlock",
         "registry.lock",
         "request.deny",
+        "request.purge",
         "user.failures.clear",
         "enrollment.create",
         "enrollment.delete",

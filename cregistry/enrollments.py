@@ -365,7 +365,7 @@ class Enrollments:
             reason = REMOVED_USER
         if reason:
             return refused(reason)
-        verdict = self.verifier.verify(username, password)
+        verdict = self.verifier.verify(username, password, client_id)
         if verdict is not Verdict.UNKNOWN_USER:
             return EnrolledAttempt(_KNOWN_USER[verdict], pairing, enrollment.name)
         if enrollment.uses_left <= 0:
@@ -381,7 +381,7 @@ class Enrollments:
         if created is None:
             # Created meanwhile (a concurrent attempt of the same device, or an
             # operator): answer as for an existing user.
-            verdict = self.verifier.verify(username, password)
+            verdict = self.verifier.verify(username, password, client_id)
             return EnrolledAttempt(_KNOWN_USER.get(verdict, Outcome.WRONG_PASSWORD), pairing, enrollment.name)
         if created:
             return refused(created)

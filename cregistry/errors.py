@@ -70,6 +70,10 @@ class AmbiguousRequest(CregistryError):
     """Several pending requests match; a pairing ID must say which."""
 
 
+class RequestContested(CregistryError):
+    """Another candidate for the username shares the request's pairing ID; approving needs force."""
+
+
 class PendingLimitReached(CregistryError):
     """The pending-request cap (global or per username) is reached; nothing was recorded."""
 

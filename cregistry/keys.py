@@ -10,6 +10,8 @@ nest.
 
 from __future__ import annotations
 
+import hashlib
+
 
 class Keys:
     def __init__(self, prefix: str = "cregistry") -> None:
@@ -37,7 +39,7 @@ class Keys:
         return f"{self.prefix}:changes"
 
     def pending_index(self) -> str:
-        """Sorted set "username:pairingId" -> expiry time; bounds the pending total."""
+        """Sorted set "username:candidate" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"
 
     def console_signin_failures(self, address: str) -> str:
@@ -81,20 +83,25 @@ class Keys:
         return f"{self.prefix}:{{{username}}}:roles"
 
     def user_requests(self, username: str) -> str:
-        """Set of the pairing IDs of the user's pending requests (pruned lazily)."""
+        """Set of the candidate names of the user's pending requests (pruned lazily):
+        the pairing ID, or "pairingId-N" for a later candidate sharing it (requests.py)."""
         return f"{self.prefix}:{{{username}}}:requests"
 
-    def request(self, username: str, pairing_id: str) -> str:
-        """Hash with a TTL: one pending request (hash, client id, times, attempts)."""
-        return f"{self.prefix}:{{{username}}}:request:{pairing_id}"
+    def request(self, username: str, candidate: str) -> str:
+        """Hash with a TTL: one pending request (hash, credentials digest, client id, times, attempts)."""
+        return f"{self.prefix}:{{{username}}}:request:{candidate}"
 
-    def request_csr(self, username: str, pairing_id: str) -> str:
+    def request_csr(self, username: str, candidate: str) -> str:
         """Hash with the request's TTL: a pending request's CSR (pem, keyType, publicKeySha256; certificates.py)."""
-        return f"{self.prefix}:{{{username}}}:request-csr:{pairing_id}"
+        return f"{self.prefix}:{{{username}}}:request-csr:{candidate}"
 
     def user_denials(self, username: str) -> str:
-        """Hash: pairing ID -> denial time; expires with the pending TTL."""
+        """Hash: keyed credentials digest -> denial time; expires with the pending TTL."""
         return f"{self.prefix}:{{{username}}}:denied"
+
+    def user_refused(self, username: str) -> str:
+        """Counter with the pending TTL: attempts refused over the per-username cap."""
+        return f"{self.prefix}:{{{username}}}:refused"
 
     def user_verified(self, username: str) -> str:
         """String with a TTL: HMAC token of the last verified password (verification.py)."""
@@ -107,6 +114,20 @@ class Keys:
     def user_failures(self, username: str) -> str:
         """Counter with a TTL: failed password checks in the current window."""
         return f"{self.prefix}:{{{username}}}:failures"
+
+    def user_client_failures(self, username: str) -> str:
+        """Hash with a TTL: client ID -> failed password checks with it in the current window."""
+        return f"{self.prefix}:{{{username}}}:client-failures"
+
+    def user_known_clients(self, username: str) -> str:
+        """Set with the verified TTL: client IDs that passed a password check (verification.py)."""
+        return f"{self.prefix}:{{{username}}}:known-clients"
+
+    def user_limited_try(self, username: str, client_id: str) -> str:
+        """String with a short TTL: the last occasional try over the guessing limit with this
+        client ID (named by its SHA-256: a client ID may hold any character)."""
+        digest = hashlib.sha256(client_id.encode()).hexdigest()[:32]
+        return f"{self.prefix}:{{{username}}}:limited-try:{digest}"
 
     # -- one role ----------------------------------------------------------
     def role_permissions(self, role: str) -> str:
@@ -123,12 +144,12 @@ class Keys:
         return f"{self.prefix}:{{role:{role}}}:members"
 
     @staticmethod
-    def pending_member(username: str, pairing_id: str) -> str:
+    def pending_member(username: str, candidate: str) -> str:
         """Member of the pending index (not a key); also the admin API's request id."""
-        return f"{username}:{pairing_id}"
+        return f"{username}:{candidate}"
 
     @staticmethod
     def split_pending_member(member: str) -> tuple[str, str]:
-        """(username, pairing ID) of a pending_member; usernames hold no colon."""
-        username, _, pairing_id = member.partition(":")
-        return username, pairing_id
+        """(username, candidate) of a pending_member; usernames hold no colon."""
+        username, _, candidate = member.partition(":")
+        return username, candidate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hmac
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
 from cregistry.log_throttle import ThrottledWarning
-from cregistry.requests import PendingRequests
+from cregistry.requests import PendingRequests, candidate_names, candidate_pairing_id
 from cregistry.transactions import run_watched
 from cregistry.verification import PasswordVerifier, Verdict
 
@@ -121,7 +122,7 @@ class Registration:
         name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
         checked_context = validate_context(context)
         pairing = passwords.pairing_id(name, secret)
-        verdict = self.verifier.verify(name, secret)
+        verdict = self.verifier.verify(name, secret, client)
         if verdict is not Verdict.UNKNOWN_USER:
             return Attempt(_KNOWN_USER[verdict], pairing)
         try:
@@ -141,27 +142,31 @@ class Registration:
         pairing: str | None = None,
         csr: CheckedCsr | None = None,
     ) -> Attempt:
-        """Record or refresh a pending request.
+        """Record or refresh a pending request (a candidate, requests.py).
 
         The caller has validated the input and knows the user does not exist;
         it may pass the pairing ID it computed already.
         """
         if pairing is None:
             pairing = passwords.pairing_id(username, password)
-        request_key = self.keys.request(username, pairing)
+        digest = self.verifier.credentials_digest(username, password)
         now = self.clock()
         # Everything the decision needs, in one round trip.
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(request_key)
-        pipe.hexists(self.keys.user_denials(username), pairing)
+        pipe.smembers(self.keys.user_requests(username))
+        pipe.hexists(self.keys.user_denials(username), digest)
         pipe.exists(self.keys.unlock())
         pipe.zremrangebyscore(self.keys.pending_index(), "-inf", now)
         pipe.zcard(self.keys.pending_index())
-        pipe.smembers(self.keys.user_requests(username))
-        pending, denied, unlocked, _, pending_total, candidates = pipe.execute()
+        listed, denied, unlocked, _, pending_total = pipe.execute()
         if denied:
             return Attempt(Outcome.DENIED, pairing)
-        if pending and self._touch(username, pairing, now):
+        live = self.requests.existing(username, listed) if listed else []
+        same_pairing = [c for c in live if candidate_pairing_id(c) == pairing]
+        found = self._find_candidate(username, password, digest, same_pairing) if same_pairing else None
+        if found is Outcome.BUSY:
+            return Attempt(Outcome.BUSY, pairing)
+        if isinstance(found, str) and self._touch(username, found, digest, now, bool(unlocked)):
             return Attempt(Outcome.REPEATED, pairing)
         # A request that vanished while counted is gone for good (approved,
         # denied or expired): the next checks treat the attempt as new.
@@ -171,31 +176,46 @@ class Registration:
         if pending_total >= self.config.pending_max:
             _cap_warning.emit(self.config.pending_max)
             return Attempt(Outcome.PENDING_CAP, pairing)
-        if candidates and len(self.requests.existing(username, candidates)) >= self.config.pending_per_username:
+        if len(live) >= self.config.pending_per_username:
+            self.requests.count_refused(username)
             return Attempt(Outcome.PENDING_CAP, pairing)
         password_hash = self.verifier.hash_for_registration(password)
         if password_hash is None:
             return Attempt(Outcome.BUSY, pairing)
-        outcome = self._insert(username, pairing, password_hash, client_id, source, context, now, csr)
+        outcome = self._insert(username, pairing, digest, password_hash, client_id, source, context, now, csr)
+        if outcome is Outcome.PENDING_CAP:
+            self.requests.count_refused(username)
         return Attempt(outcome, pairing)
 
-    def _touch(self, username: str, pairing: str, now: float) -> bool:
+    def _find_candidate(self, username: str, password: str, digest: str, candidates: list[str]) -> str | Outcome | None:
+        """Which of the username's candidates with this pairing ID holds these
+        exact credentials: by the keyed digest, without bcrypt; by bcrypt only
+        for a candidate whose digest was made under another key (a restart
+        without CREGISTRY_VERIFY_SECRET, or recorded before candidates had
+        digests). None: none does; BUSY: that bcrypt could not run now."""
+        stored = self.requests.credentials_of(username, candidates)
+        for candidate, data in stored.items():
+            if data["key"] == self.verifier.candidate_key_id and hmac.compare_digest(data["credentials"], digest):
+                return candidate
+        for candidate, data in stored.items():
+            if data["key"] != self.verifier.candidate_key_id:
+                matches = self.verifier.matches_for_registration(password, data["hash"])
+                if matches is None:
+                    return Outcome.BUSY
+                if matches:
+                    return candidate
+        return None
+
+    def _touch(self, username: str, candidate: str, digest: str, now: float, unlocked: bool) -> bool:
         """Count one more attempt on an existing request; False if it vanished meanwhile."""
-        request_key = self.keys.request(username, pairing)
-
-        def count_attempt(pipe: Pipeline) -> bool:
-            if not pipe.exists(request_key):
-                return False  # approved, denied or expired while we looked
-            pipe.multi()
-            self.requests.count_attempt(pipe, username, pairing, now)
-            return True
-
-        return run_watched(self.redis, [request_key], count_attempt, durable=False)
+        credentials = (digest, self.verifier.candidate_key_id)
+        return self.requests.touch(username, candidate, credentials, now, unlocked=unlocked)
 
     def _insert(
         self,
         username: str,
         pairing: str,
+        digest: str,
         password_hash: str,
         client_id: str,
         source: str,
@@ -203,32 +223,42 @@ class Registration:
         now: float,
         csr: CheckedCsr | None = None,
     ) -> Outcome:
-        request_key = self.keys.request(username, pairing)
         candidates_key = self.keys.user_requests(username)
+        denials_key = self.keys.user_denials(username)
+        key_id = self.verifier.candidate_key_id
 
         def insert(pipe: Pipeline) -> Outcome:
             if pipe.exists(self.keys.user(username)):
                 # Approved while we hashed: no request for an existing user.
                 return Outcome.APPROVED_MEANWHILE
-            if pipe.exists(request_key):
-                # Recorded by a concurrent attempt: count this one in the same
-                # transaction (request_key is watched) instead of a second one.
-                pipe.multi()
-                self.requests.count_attempt(pipe, username, pairing, now)
-                return Outcome.REPEATED
-            if len(self.requests.live_pairing_ids(username)) >= self.config.pending_per_username:
+            # Read under the WATCH: a denial made while we hashed stays a denial.
+            if pipe.hexists(denials_key, digest):
+                return Outcome.DENIED
+            live = self.requests.existing(username, pipe.smembers(candidates_key))
+            same_pairing = [c for c in live if candidate_pairing_id(c) == pairing]
+            for candidate, data in self.requests.credentials_of(username, same_pairing).items():
+                if data["key"] == key_id and hmac.compare_digest(data["credentials"], digest):
+                    # Recorded by a concurrent attempt: count this one in the
+                    # same transaction (the candidate set is watched).
+                    pipe.multi()
+                    self.requests.count_attempt(pipe, username, candidate, now, renew=True)
+                    return Outcome.REPEATED
+            if len(live) >= self.config.pending_per_username:
                 return Outcome.PENDING_CAP
+            name = next(c for c in candidate_names(pairing, self.config.pending_per_username) if c not in live)
+            if pipe.exists(self.keys.request(username, name)):
+                return Outcome.BUSY  # created after we read the set; the device tries again
             pipe.multi()
-            self.requests.add(pipe, username, pairing, password_hash, client_id, source, context, now)
+            self.requests.add(pipe, username, name, (digest, key_id), password_hash, client_id, source, context, now)
             if csr is not None:
-                self.certificates.queue_pending(pipe, username, pairing, csr)
+                self.certificates.queue_pending(pipe, username, name, csr)
             return Outcome.RECORDED
 
-        # Watching the candidate set makes the per-username cap exact; watching
-        # the user key keeps an approval racing this attempt from leaving a
-        # request behind for the user it just created.
+        # Watching the candidate set makes the per-username cap exact; the
+        # denials, that a deny racing this attempt wins; the user key, that an
+        # approval racing it leaves no request behind for the user it created.
         outcome = run_watched(
-            self.redis, [request_key, candidates_key, self.keys.user(username)], insert, durable=False
+            self.redis, [candidates_key, denials_key, self.keys.user(username)], insert, durable=False
         )
         if outcome is Outcome.RECORDED:
             log.info("registration request recorded: user %s pairing %s via %s", username, pairing, source)

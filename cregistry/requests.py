@@ -1,16 +1,25 @@
 """Pending registration requests: how they are stored, listed, approved
 and denied. registration.py records them; operators handle them here.
 
-A pending request is identified by (username, pairing ID); its id in the
-admin API is the pending-index member "username:pairingId" (keys.py). Each
-lives in its own Redis hash with a TTL (the pending TTL, renewed by every
-attempt); a per-username set lists the candidates and a sorted set indexes
-all requests by expiry, which is what the global cap counts.
+A pending request is one *candidate*: a username and the exact credentials
+of its first attempt, identified by a keyed digest of them (verification.py's
+credentials_digest; the key never enters Redis). Its name among the user's
+candidates is its pairing ID, or "pairingId-N" when another candidate of the
+username has that pairing ID already (the pairing ID has 24 bits: anyone who
+saw it finds a colliding password in seconds). Candidates sharing a pairing
+ID are *contested*: approving one needs an explicit override (SPEC §2).
+
+Its id in the admin API is the pending-index member "username:candidate"
+(keys.py). Each lives in its own Redis hash with a TTL (the pending TTL,
+renewed by attempts made while the registry is unlocked); a per-username set
+lists the candidates and a sorted set indexes all requests by expiry, which
+is what the global cap counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +33,7 @@ from cregistry import instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.certificates import Certificates
 from cregistry.config import Config
-from cregistry.errors import AmbiguousRequest, InvalidInput, RequestNotFound, UsernameTaken
+from cregistry.errors import AmbiguousRequest, InvalidInput, RequestContested, RequestNotFound, UsernameTaken
 from cregistry.keys import Keys
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
@@ -34,12 +43,15 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000  # requests listed at once; the listing is paginated beyond
 MAX_OFFSET = 10**9
+# At most this often (seconds; 1 % of the pending TTL if that is less) an
+# attempt restarts a request's life (PendingRequests.touch).
+RENEWAL_STEP = 60
 
 
 @dataclasses.dataclass(frozen=True)
 class PendingRequest:
     username: str
-    pairing_id: str
+    candidate: str  # its name among the username's candidates (module docstring)
     client_id: str
     source: str
     first_seen: float
@@ -47,13 +59,21 @@ class PendingRequest:
     attempts: int
     context: dict[str, Any] | None
     password_hash: str = dataclasses.field(repr=False)
+    credentials: str = dataclasses.field(default="", repr=False)  # keyed digest; "" before candidates had one
+    contested: bool = False
+    refused_attempts: int = 0  # the username's attempts refused over the per-username cap
+
     # The CSR sent with the first attempt, as operators see it (keyType,
     # publicKeySha256; certificates.py), or None: no certificate requested.
     certificate_request: dict[str, str] | None = None
 
     @property
+    def pairing_id(self) -> str:
+        return candidate_pairing_id(self.candidate)
+
+    @property
     def id(self) -> str:
-        return request_id(self.username, self.pairing_id)
+        return request_id(self.username, self.candidate)
 
     def to_dict(self) -> dict[str, Any]:
         """What operators see; never the password hash."""
@@ -67,24 +87,53 @@ class PendingRequest:
             "lastSeen": isoformat(self.last_seen),
             "attempts": self.attempts,
             "context": self.context,
+            "contested": self.contested,
+            "refusedAttempts": self.refused_attempts,
             "certificateRequest": self.certificate_request,
         }
 
 
-def request_id(username: str, pairing_id: str) -> str:
-    """The admin API's id of a request: "username:pairingId", its pending-index member."""
-    return Keys.pending_member(username, pairing_id)
+def request_id(username: str, candidate: str) -> str:
+    """The admin API's id of a request: "username:candidate", its pending-index member."""
+    return Keys.pending_member(username, candidate)
+
+
+def candidate_pairing_id(candidate: str) -> str:
+    """The pairing ID in a candidate's name ("3fa2c1" or "3fa2c1-2")."""
+    return candidate.partition("-")[0]
+
+
+def validate_candidate(value: str) -> str:
+    """A candidate's name as candidate_names makes it, or InvalidInput."""
+    pairing, sep, number = value.partition("-")
+    passwords.validate_pairing_id(pairing)
+    if sep and not (number.isascii() and number.isdigit() and not number.startswith("0") and len(number) <= 3):
+        raise InvalidInput("a candidate is a pairing ID, optionally followed by -N")
+    return value
+
+
+def candidate_names(pairing: str, limit: int) -> list[str]:
+    """The names a new candidate with this pairing ID may take, first free first."""
+    return [pairing] + [f"{pairing}-{n}" for n in range(2, limit + 2)]
+
+
+def contested_names(candidates: list[str]) -> set[str]:
+    """Those of one username's live candidates that share their pairing ID with another."""
+    seen: dict[str, int] = {}
+    for candidate in candidates:
+        seen[candidate_pairing_id(candidate)] = seen.get(candidate_pairing_id(candidate), 0) + 1
+    return {c for c in candidates if seen[candidate_pairing_id(c)] > 1}
 
 
 def parse_request_id(value: str) -> tuple[str, str]:
     """Split an id made by request_id; anything else names no request."""
-    username, pairing_id = Keys.split_pending_member(value)
+    username, candidate = Keys.split_pending_member(value)
     try:
         names.validate_username(username)
-        passwords.validate_pairing_id(pairing_id)
+        validate_candidate(candidate)
     except InvalidInput:
         raise RequestNotFound(f"no pending request {value!r}") from None
-    return username, pairing_id
+    return username, candidate
 
 
 def validate_page(offset: object, limit: object) -> None:
@@ -110,18 +159,23 @@ class PendingRequests:
         self,
         pipe: Pipeline,
         username: str,
-        pairing: str,
+        candidate: str,
+        credentials: tuple[str, str],
         password_hash: str,
         client_id: str,
         source: str,
         context: dict[str, Any] | None,
         now: float,
     ) -> None:
-        """Queue the writes of a new request on `pipe` (after MULTI)."""
+        """Queue the writes of a new request on `pipe` (after MULTI);
+        `credentials`: the keyed digest and the id of its key."""
+        digest, key_id = credentials
         pipe.hset(
-            self.keys.request(username, pairing),
+            self.keys.request(username, candidate),
             mapping={
                 "passwordHash": password_hash,
+                "credentials": digest,
+                "credentialsKey": key_id,
                 "clientId": client_id,
                 "source": source,
                 "firstSeen": repr(now),
@@ -130,39 +184,100 @@ class PendingRequests:
                 "context": json.dumps(context) if context is not None else "",
             },
         )
-        pipe.sadd(self.keys.user_requests(username), pairing)
-        self._keep_alive(pipe, username, pairing, now)
+        pipe.sadd(self.keys.user_requests(username), candidate)
+        self._keep_alive(pipe, username, candidate, now)
 
-    def count_attempt(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
-        """Queue one more attempt on an existing request on `pipe` (after MULTI)."""
-        request_key = self.keys.request(username, pairing)
+    def count_attempt(self, pipe: Pipeline, username: str, candidate: str, now: float, *, renew: bool) -> None:
+        """Queue one more attempt on an existing request on `pipe` (after MULTI),
+        restarting its life when `renew` (a request just recorded by another
+        process; touch counts all other attempts)."""
+        request_key = self.keys.request(username, candidate)
         pipe.hincrby(request_key, "attempts", 1)
         pipe.hset(request_key, "lastSeen", repr(now))
-        self._keep_alive(pipe, username, pairing, now)
+        if renew:
+            self._keep_alive(pipe, username, candidate, now)
 
-    def _keep_alive(self, pipe: Pipeline, username: str, pairing: str, now: float) -> None:
+    def touch(self, username: str, candidate: str, credentials: tuple[str, str], now: float, *, unlocked: bool) -> bool:
+        """Count one more attempt on an existing request; False if it is gone
+        (approved, denied, purged or expired). `credentials`: the attempt's
+        keyed digest and its key id, stated again when the request's digest was
+        made under another key (registration.py's _find_candidate).
+
+        One script, not a WATCH: devices polling fast (or an attacker
+        repeating its attempt) must neither conflict with each other nor with
+        approve and deny, which watch the candidate set. For the same reason
+        the request's life restarts at most once per renewal step (and only
+        while unlocked: otherwise a flood made in one unlock window would keep
+        the pending cap full for good).
+        """
+        digest, key_id = credentials
+        keys = (
+            self.keys.request(username, candidate),
+            self.keys.user_requests(username),
+            self.keys.request_csr(username, candidate),
+            self.keys.pending_index(),
+        )
+        args = (
+            repr(now),
+            self.config.pending_ttl,
+            self.renewal_step(),
+            "1" if unlocked else "0",
+            Keys.pending_member(username, candidate),
+            digest,
+            key_id,
+        )
+        try:  # one round trip on the registration path
+            counted: Any = self.redis.evalsha(_TOUCH_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            counted = self.redis.eval(TOUCH_SCRIPT, len(keys), *keys, *args)
+        return bool(int(counted))
+
+    def renewal_step(self) -> int:
+        """Seconds: an attempt restarts a request's life only when it is older than this."""
+        return max(1, min(RENEWAL_STEP, self.config.pending_ttl // 100))
+
+    def count_refused(self, username: str) -> None:
+        """One more attempt refused over the username's cap (shown with its candidates)."""
+        key = self.keys.user_refused(username)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, self.config.pending_ttl)
+        pipe.execute()
+
+    def _keep_alive(self, pipe: Pipeline, username: str, candidate: str, now: float) -> None:
         """(Re)start the pending TTL of a request, its user's candidate set and its index entry."""
         ttl = self.config.pending_ttl
-        pipe.expire(self.keys.request(username, pairing), ttl)
+        pipe.expire(self.keys.request(username, candidate), ttl)
         pipe.expire(self.keys.user_requests(username), ttl)
-        pipe.expire(self.keys.request_csr(username, pairing), ttl)  # certificates.py; absent without a CSR
-        pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, pairing): now + ttl})
+        pipe.expire(self.keys.request_csr(username, candidate), ttl)  # certificates.py; absent without a CSR
+        pipe.zadd(self.keys.pending_index(), {Keys.pending_member(username, candidate): now + ttl})
 
-    def live_pairing_ids(self, username: str) -> list[str]:
-        """Pairing IDs of the user's requests whose keys still exist (TTL).
+    def live_candidates(self, username: str) -> list[str]:
+        """The user's candidates whose keys still exist (TTL).
 
         Reads go through a separate pipeline even inside a WATCH: WATCH
         notices changes by anyone, so the reads need not share its connection.
         """
         return self.existing(username, self.redis.smembers(self.keys.user_requests(username)))
 
-    def existing(self, username: str, pairings: Any) -> list[str]:
-        """Those of `pairings` whose request keys still exist, sorted."""
-        ordered = sorted(pairings)
+    def existing(self, username: str, candidates: Any) -> list[str]:
+        """Those of `candidates` whose request keys still exist, sorted."""
+        ordered = sorted(candidates)
         pipe = self.redis.pipeline(transaction=False)
-        for pairing in ordered:
-            pipe.exists(self.keys.request(username, pairing))
-        return [p for p, exists in zip(ordered, pipe.execute(), strict=True) if exists]
+        for candidate in ordered:
+            pipe.exists(self.keys.request(username, candidate))
+        return [c for c, exists in zip(ordered, pipe.execute(), strict=True) if exists]
+
+    def credentials_of(self, username: str, candidates: list[str]) -> dict[str, dict[str, str]]:
+        """candidate -> its credentials digest, the digest's key id and its hash (registration.py)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for candidate in candidates:
+            pipe.hmget(self.keys.request(username, candidate), "credentials", "credentialsKey", "passwordHash")
+        found = {}
+        for candidate, (digest, key_id, password_hash) in zip(candidates, pipe.execute(), strict=True):
+            if password_hash is not None:
+                found[candidate] = {"credentials": digest or "", "key": key_id or "", "hash": password_hash}
+        return found
 
     # -- operators ---------------------------------------------------------
     def list_requests(self, offset: int = 0, limit: int = MAX_PAGE) -> list[PendingRequest]:
@@ -175,20 +290,36 @@ class PendingRequests:
         members = pipe.execute()[1]
         pairs = [Keys.split_pending_member(member) for member in members]
         pipe = self.redis.pipeline(transaction=False)
-        for username, pairing in pairs:
-            pipe.hgetall(self.keys.request(username, pairing))
-            pipe.hgetall(self.keys.request_csr(username, pairing))
-        requests = []
+        for username, candidate in pairs:
+            pipe.hgetall(self.keys.request(username, candidate))
+            pipe.hgetall(self.keys.request_csr(username, candidate))
+        found = []
         stale = []
         answers = pipe.execute()
-        for (username, pairing), fields, csr in zip(pairs, answers[::2], answers[1::2], strict=True):
+        for (username, candidate), fields, csr in zip(pairs, answers[::2], answers[1::2], strict=True):
             if fields:
-                requests.append(_request_from(username, pairing, fields, csr))
+                found.append((username, candidate, fields, csr))
             else:
-                stale.append(Keys.pending_member(username, pairing))
+                stale.append(Keys.pending_member(username, candidate))
         if stale:
             self.redis.zrem(self.keys.pending_index(), *stale)
-        return requests
+        marks = self._marks(sorted({username for username, _, _, _ in found}))
+        return [
+            _request_from(username, candidate, fields, csr, candidate in marks[username][0], marks[username][1])
+            for username, candidate, fields, csr in found
+        ]
+
+    def _marks(self, usernames: list[str]) -> dict[str, tuple[set[str], int]]:
+        """Per username: its contested candidates and its refused attempts."""
+        pipe = self.redis.pipeline(transaction=False)
+        for username in usernames:
+            pipe.smembers(self.keys.user_requests(username))
+            pipe.get(self.keys.user_refused(username))
+        answers = pipe.execute()
+        return {
+            username: (contested_names(self.existing(username, answers[2 * i])), int(answers[2 * i + 1] or 0))
+            for i, username in enumerate(usernames)
+        }
 
     def count_requests(self) -> int:
         pipe = self.redis.pipeline(transaction=False)
@@ -199,23 +330,35 @@ class PendingRequests:
     def requests_for(self, username: str) -> list[PendingRequest]:
         names.validate_username(username)
         pipe = self.redis.pipeline(transaction=False)
-        pairings = self.live_pairing_ids(username)
-        for pairing in pairings:
-            pipe.hgetall(self.keys.request(username, pairing))
-            pipe.hgetall(self.keys.request_csr(username, pairing))
-        answers = pipe.execute()
+        candidates = self.live_candidates(username)
+        for candidate in candidates:
+            pipe.hgetall(self.keys.request(username, candidate))
+            pipe.hgetall(self.keys.request_csr(username, candidate))
+        pipe.get(self.keys.user_refused(username))
+        *answers, refused = pipe.execute()
+        contested = contested_names(candidates)
         return [
-            _request_from(username, pairing, fields, csr)
-            for pairing, fields, csr in zip(pairings, answers[::2], answers[1::2], strict=True)
+            _request_from(username, candidate, fields, csr, candidate in contested, int(refused or 0))
+            for candidate, fields, csr in zip(candidates, answers[::2], answers[1::2], strict=True)
             if fields
         ]
 
-    def approve(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> User:
+    def approve(
+        self,
+        username: str,
+        pairing_id: str | None = None,
+        *,
+        candidate: str | None = None,
+        force: bool = False,
+        actor: str = UNNAMED_ACTOR,
+    ) -> User:
         """Create the user with exactly the request's hash and no permissions.
 
-        One transaction writes the user and removes every candidate for the
-        username; WATCH makes concurrent approvals (or an approve racing a
-        deny) end with exactly one winner.
+        Which request: see _choose. One transaction
+        writes the user and removes every candidate for the username; WATCH
+        makes concurrent approvals (or an approve racing a deny or a new
+        colliding candidate) end with exactly one winner. A contested
+        candidate needs `force`.
         """
         names.validate_username(username)
         user_key = self.keys.user(username)
@@ -224,12 +367,16 @@ class PendingRequests:
         def create_user(pipe: Pipeline) -> PendingRequest:
             if pipe.exists(user_key):
                 raise UsernameTaken(f"user {username!r} exists already")
-            request = self._watch_request(pipe, username, pairing_id)
-            pairing = request.pairing_id
-            all_pairings = set(pipe.smembers(candidates_key)) | {pairing}
+            request = self._read_request(pipe, username, pairing_id, candidate)
+            all_candidates = set(pipe.smembers(candidates_key)) | {request.candidate}
+            if not force and request.candidate in contested_names(self.existing(username, all_candidates)):
+                raise RequestContested(
+                    f"request {request.id} is contested: another candidate for {username!r} has pairing ID"
+                    f" {request.pairing_id}; approve it only if you are sure this is the device (force)"
+                )
             # The request's CSR (certificates.py), signed before MULTI; None without one.
             certificate = self.certificates.issue_for_request(
-                username, pipe.hgetall(self.keys.request_csr(username, pairing))
+                username, pipe.hgetall(self.keys.request_csr(username, request.candidate))
             )
             pipe.multi()
             pipe.hset(
@@ -239,15 +386,23 @@ class PendingRequests:
                     "createdAt": repr(self.clock()),
                     "superuser": "0",
                     "clientId": request.client_id,
-                    "pairingId": pairing,
+                    "pairingId": request.pairing_id,
                     "source": request.source,
                 },
             )
             pipe.sadd(self.keys.users(), username)
             pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
-            self._forget_requests(pipe, username, all_pairings)
-            pipe.delete(self.keys.user_denials(username))
-            self.audit.add(pipe, actor, "request.approve", username, pairingId=pairing, clientId=request.client_id)
+            self._forget_requests(pipe, username, all_candidates)
+            pipe.delete(self.keys.user_denials(username), self.keys.user_refused(username))
+            self.audit.add(
+                pipe,
+                actor,
+                "request.approve",
+                username,
+                pairingId=request.pairing_id,
+                clientId=request.client_id,
+                **({"forced": True} if force else {}),
+            )
             self.certificates.queue_issued(pipe, username, certificate, actor)
             return request
 
@@ -258,68 +413,147 @@ class PendingRequests:
             instruments.certificate_changed(instruments.CERTIFICATE_ISSUED)
         return user
 
-    def deny(self, username: str, pairing_id: str | None = None, *, actor: str = UNNAMED_ACTOR) -> PendingRequest:
-        """Remove the request and remember the denial for the pending TTL,
-        so the device's polling gets 403 instead of a fresh request."""
+    def deny(
+        self,
+        username: str,
+        pairing_id: str | None = None,
+        *,
+        candidate: str | None = None,
+        actor: str = UNNAMED_ACTOR,
+    ) -> PendingRequest:
+        """Remove the request and remember the denial of its exact credentials
+        for the pending TTL, so the device's polling gets 403 instead of a
+        fresh request (and a device with the same pairing ID does not)."""
         names.validate_username(username)
         candidates_key = self.keys.user_requests(username)
         denials_key = self.keys.user_denials(username)
 
         def deny_request(pipe: Pipeline) -> PendingRequest:
-            request = self._watch_request(pipe, username, pairing_id)
-            pairing = request.pairing_id
+            request = self._read_request(pipe, username, pairing_id, candidate)
             pipe.multi()
-            self._forget_requests(pipe, username, {pairing})
-            pipe.hset(denials_key, pairing, repr(self.clock()))
-            pipe.expire(denials_key, self.config.pending_ttl)
-            self.audit.add(pipe, actor, "request.deny", username, pairingId=pairing, clientId=request.client_id)
+            self._forget_requests(pipe, username, {request.candidate})
+            if request.credentials:
+                pipe.hset(denials_key, request.credentials, repr(self.clock()))
+                pipe.expire(denials_key, self.config.pending_ttl)
+            self.audit.add(
+                pipe, actor, "request.deny", username, pairingId=request.pairing_id, clientId=request.client_id
+            )
             return request
 
         request = run_watched(self.redis, [candidates_key], deny_request)
-        pairing = request.pairing_id
-        log.info("registration denied: user %s pairing %s by %s", username, pairing, actor)
+        log.info("registration denied: user %s pairing %s by %s", username, request.pairing_id, actor)
         return request
 
-    def _watch_request(self, pipe: Pipeline, username: str, pairing_id: str | None) -> PendingRequest:
-        """Choose the request (see _choose), WATCH it and read it."""
-        pairing = self._choose(username, pairing_id)
-        request_key = self.keys.request(username, pairing)
-        pipe.watch(request_key)
-        fields = pipe.hgetall(request_key)
-        if not fields:
-            raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
-        return _request_from(username, pairing, fields)
+    def deny_all(self, username: str, *, actor: str = UNNAMED_ACTOR) -> list[PendingRequest]:
+        """Deny every candidate of a username (a squatted name, SPEC §2)."""
+        denied = []
+        for candidate in self.live_candidates(username):
+            try:
+                denied.append(self.deny(username, candidate=candidate, actor=actor))
+            except RequestNotFound:
+                continue  # expired or handled meanwhile
+        if not denied:
+            raise RequestNotFound(f"no pending request for {username!r}")
+        # Those refusals were the squatter's doing, handled now: the count starts again.
+        self.redis.delete(self.keys.user_refused(username))
+        return denied
 
-    def _choose(self, username: str, pairing_id: str | None) -> str:
-        live = self.live_pairing_ids(username)
+    def purge(self, *, actor: str = UNNAMED_ACTOR) -> int:
+        """Remove every pending request (a flood); returns how many there were.
+        Nothing is denied: a device that tries again while unlocked is recorded anew."""
+        removed = 0
+        while True:
+            members: list[str] = self.redis.zrange(self.keys.pending_index(), 0, MAX_PAGE - 1)  # type: ignore[assignment]
+            if not members:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for member in members:
+                username, candidate = Keys.split_pending_member(member)
+                pipe.delete(self.keys.request(username, candidate))  # counted: 1 while it had not expired
+                pipe.delete(self.keys.request_csr(username, candidate))
+                pipe.srem(self.keys.user_requests(username), candidate)
+                pipe.delete(self.keys.user_refused(username))
+            pipe.zrem(self.keys.pending_index(), *members)
+            answers = pipe.execute()
+            removed += sum(answers[0:-1:4])
+        pipe = self.redis.pipeline()
+        self.audit.add(pipe, actor, "request.purge", "", removed=removed)
+        pipe.execute()
+        log.info("pending requests purged: %d removed by %s", removed, actor)
+        return removed
+
+    def _read_request(
+        self, pipe: Pipeline, username: str, pairing_id: str | None, candidate: str | None
+    ) -> PendingRequest:
+        """Choose the request (see _choose) and read it.
+
+        The request key is not watched: every change that matters to approve
+        and deny (a new, approved, denied or purged candidate) also changes
+        the username's candidate set, which they watch; what else changes the
+        request (an attempt counted) must not make them conflict, or a device
+        polling fast would keep the operator from approving or denying it.
+        """
+        candidate = self._choose(username, pairing_id, candidate)
+        fields = pipe.hgetall(self.keys.request(username, candidate))
+        if not fields:
+            raise RequestNotFound(_not_found(username, candidate))
+        return _request_from(username, candidate, fields)
+
+    def _choose(self, username: str, pairing_id: str | None, candidate: str | None) -> str:
+        """`candidate` (from a request id) names exactly one request; a
+        pairing ID names the one candidate that has it; neither, the only one."""
+        live = self.live_candidates(username)
+        if candidate is not None:
+            validate_candidate(candidate)
+            if candidate not in live:
+                raise RequestNotFound(_not_found(username, candidate))
+            return candidate
         if pairing_id is not None:
             passwords.validate_pairing_id(pairing_id)
-            if pairing_id not in live:
+            matching = [c for c in live if candidate_pairing_id(c) == pairing_id]
+            if not matching:
                 raise RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing_id}")
-            return pairing_id
+            if len(matching) > 1:
+                raise AmbiguousRequest(
+                    f"{username!r} has {len(matching)} contested requests with pairing ID {pairing_id}"
+                    f" (request ids {', '.join(request_id(username, c) for c in matching)});"
+                    " say which with the request id"
+                )
+            return matching[0]
         if not live:
             raise RequestNotFound(f"no pending request for {username!r}")
         if len(live) > 1:
             raise AmbiguousRequest(
-                f"{username!r} has {len(live)} pending requests (pairing IDs {', '.join(live)});"
-                " say which with the pairing ID"
+                f"{username!r} has {len(live)} pending requests (pairing IDs"
+                f" {', '.join(candidate_pairing_id(c) for c in live)}); say which with the pairing ID"
             )
         return live[0]
 
-    def _forget_requests(self, pipe: Pipeline, username: str, pairings: set[Any]) -> None:
-        for pairing in pairings:
-            pipe.delete(self.keys.request(username, pairing), self.keys.request_csr(username, pairing))
-            pipe.srem(self.keys.user_requests(username), pairing)
-            pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, pairing))
+    def _forget_requests(self, pipe: Pipeline, username: str, candidates: set[Any]) -> None:
+        for candidate in candidates:
+            pipe.delete(self.keys.request(username, candidate), self.keys.request_csr(username, candidate))
+            pipe.srem(self.keys.user_requests(username), candidate)
+            pipe.zrem(self.keys.pending_index(), Keys.pending_member(username, candidate))
+
+
+def _not_found(username: str, candidate: str) -> str:
+    if candidate == candidate_pairing_id(candidate):
+        return f"no pending request for {username!r} with pairing ID {candidate}"
+    return f"no pending request {request_id(username, candidate)}"
 
 
 def _request_from(
-    username: str, pairing: str, fields: dict[Any, Any], csr: dict[Any, Any] | None = None
+    username: str,
+    candidate: str,
+    fields: dict[Any, Any],
+    csr: dict[Any, Any] | None = None,
+    contested: bool = False,
+    refused: int = 0,
 ) -> PendingRequest:
     context = fields.get("context") or ""
     return PendingRequest(
         username=username,
-        pairing_id=pairing,
+        candidate=candidate,
         client_id=fields.get("clientId", ""),
         source=fields.get("source", ""),
         first_seen=float(fields.get("firstSeen") or 0),
@@ -327,7 +561,33 @@ def _request_from(
         attempts=int(fields.get("attempts") or 0),
         context=json.loads(context) if context else None,
         password_hash=fields.get("passwordHash", ""),
+        credentials=fields.get("credentials", ""),
+        contested=contested,
+        refused_attempts=refused,
         certificate_request=(
             {"keyType": csr.get("keyType", ""), "publicKeySha256": csr.get("publicKeySha256", "")} if csr else None
         ),
     )
+
+
+# PendingRequests.touch. KEYS: the request, the username's candidate set, the
+# request's CSR, the pending index. ARGV: now, the pending TTL, the renewal
+# step, "1" while unlocked, the index member, the credentials digest, its key id.
+TOUCH_SCRIPT = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[1])
+if redis.call('HGET', KEYS[1], 'credentialsKey') ~= ARGV[7] then
+  redis.call('HSET', KEYS[1], 'credentials', ARGV[6], 'credentialsKey', ARGV[7])
+end
+local ttl = tonumber(ARGV[2])
+if ARGV[4] == '1' and left < (ttl - tonumber(ARGV[3])) * 1000 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]) + ttl, ARGV[5])
+end
+return 1
+"""
+_TOUCH_SHA = hashlib.sha1(TOUCH_SCRIPT.encode()).hexdigest()

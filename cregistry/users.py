@@ -343,7 +343,8 @@ class UserStore:
         def replace(pipe: Pipeline) -> None:
             pipe.hset(self.keys.user(username), "passwordHash", password_hash)
             pipe.hdel(self.keys.user(username), "pairingId")
-            pipe.delete(self.keys.user_verified(username))
+            # Client IDs that proved the old password prove nothing about the new one.
+            pipe.delete(self.keys.user_verified(username), self.keys.user_known_clients(username))
 
         self._change_user(username, replace, actor, "user.password")
         return self.get(username)
@@ -401,6 +402,8 @@ class UserStore:
                 self.keys.user_roles(username),
                 self.keys.user_verified(username),
                 self.keys.user_failures(username),
+                self.keys.user_client_failures(username),
+                self.keys.user_known_clients(username),
                 self.keys.user_last_connect(username),
             )
             pipe.srem(self.keys.users(), username)

@@ -7,10 +7,19 @@ the bound on bcrypt work.
   same password matches the token without bcrypt; a different stored hash
   (password changed) or a deleted user (its keys gone) invalidates it. Nothing
   in Redis lets anyone recover a password without the secret.
-- Failed checks are counted per username in a window; over the limit an
-  attempt is refused without bcrypt work. The verified token is consulted
-  first, so a device that connected recently keeps connecting while someone
-  guesses its password.
+- The token slides: a match renews its TTL (at most once per TOKEN_RENEWAL
+  of its life, so a CONNECT costs no write), so a device that connects at
+  least once per CREGISTRY_VERIFIED_TTL keeps it for good.
+- Failed checks are counted per username, and per client ID of the username,
+  in a window; over the limit an attempt is refused without bcrypt work. The
+  verified token is consulted first, so a device that connected recently
+  keeps connecting while someone guesses its password. Without a token (it
+  lapsed, or the service restarted without CREGISTRY_VERIFY_SECRET), guessing
+  still cannot keep a working device out: the username's limit does not hold
+  for a client ID the user owns (its registered one, or one that passed a
+  check before), only that client ID's own count does; and over its own
+  count, such a client ID still gets one bcrypt try per
+  failure_window / failure_limit seconds. See docs/threat-model.md.
 - bcrypt runs under a per-process semaphore, and hashing for registrations
   (unknown users) under a separate, smaller one that is never waited for, so
   a flood of unknown users cannot starve known devices.
@@ -42,6 +51,10 @@ from cregistry.keys import Keys
 from cregistry.transactions import run_watched
 
 log = logging.getLogger(__name__)
+
+# At most this often (seconds; 1 % of CREGISTRY_VERIFIED_TTL if that is
+# less) a token match renews the token's TTL.
+TOKEN_RENEWAL = 3600
 
 
 class Verdict(enum.Enum):
@@ -97,13 +110,18 @@ class PasswordVerifier:
         self.audit = audit
         secret = config.verify_secret
         self.secret = bytes.fromhex(secret) if secret else secrets.token_bytes(32)
+        # A key of its own for candidates' credential digests, so that no
+        # digest can ever be replayed as a verified token or the other way.
+        self.candidate_secret = hmac.new(self.secret, b"cregistry candidate credentials", hashlib.sha256).digest()
+        self.candidate_key_id = hmac.new(self.candidate_secret, b"key id", hashlib.sha256).hexdigest()[:12]
 
     def verify_by_cached_token(self, username: str, password: str, seen: str | None) -> bool:
         """True when the token this worker holds accepts the password, for a
         caller at feed position `seen` (no Redis, no bcrypt); False means "ask
         verify_by_token()"."""
         known = self.tokens.get(username, seen) if self.tokens is not None else None
-        if known is None or self.monotonic() >= known.expires_at:
+        # Once its renewal is due, verify_by_token renews it in Redis (and caches it again).
+        if known is None or self.monotonic() >= known.expires_at - self._renewal_due_below():
             return False
         return self._token_accepts(username, password, known.stored_hash, known.verified)
 
@@ -120,8 +138,22 @@ class PasswordVerifier:
         newest, stored_hash, verified, ttl_ms = pipe.execute()
         accepted = self._token_accepts(username, password, stored_hash, verified)
         if accepted:
+            ttl_ms = self._slide_token(username, ttl_ms)
             self._keep_token(username, newest, stored_hash, verified, ttl_ms)
         return accepted
+
+    def _slide_token(self, username: str, ttl_ms: int) -> int:
+        """Renew a matched token's TTL once it is older than the renewal step; its TTL now (ms)."""
+        ttl = self.config.verified_ttl
+        if ttl_ms >= self._renewal_due_below() * 1000:
+            return ttl_ms
+        # EXPIRE, not SET: a token replaced or deleted meanwhile stays as it is.
+        return ttl * 1000 if self.redis.expire(self.keys.user_verified(username), ttl) else ttl_ms
+
+    def _renewal_due_below(self) -> int:
+        """Seconds: a token with less life left than this is renewed at its next match."""
+        ttl = self.config.verified_ttl
+        return ttl - max(1, min(TOKEN_RENEWAL, ttl // 100))
 
     def _keep_token(
         self, username: str, newest: list[tuple[str, object]], stored_hash: str, token: str, ttl_ms: int
@@ -132,19 +164,26 @@ class PasswordVerifier:
             expires_at = self.monotonic() + ttl_ms / 1000
             self.tokens.put(username, str(newest[0][0]), KnownToken(stored_hash, token, expires_at))
 
-    def verify(self, username: str, password: str) -> Verdict:
+    def verify(self, username: str, password: str, client_id: str = "") -> Verdict:
+        """The password check of a CONNECT or a registration attempt with
+        `client_id` ("" for none: then the username's limit alone applies)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xrevrange(self.keys.changes(), count=1)  # first, as in verify_by_token
-        pipe.hget(self.keys.user(username), "passwordHash")
+        pipe.hmget(self.keys.user(username), "passwordHash", "clientId")
         pipe.get(self.keys.user_verified(username))
+        pipe.pttl(self.keys.user_verified(username))
         pipe.get(self.keys.user_failures(username))
-        newest, stored_hash, verified, failures = pipe.execute()
+        pipe.hget(self.keys.user_client_failures(username), client_id)
+        pipe.sismember(self.keys.user_known_clients(username), client_id)
+        newest, (stored_hash, own_client), verified, ttl_ms, failures, client_failures, known = pipe.execute()
         if stored_hash is None:
             return Verdict.UNKNOWN_USER
         if self._token_accepts(username, password, stored_hash, verified):
+            self._slide_token(username, ttl_ms)
             return Verdict.ACCEPTED
         token = self._token(username, password, stored_hash)
-        if failures is not None and int(failures) >= self.config.failure_limit:
+        owned = bool(client_id) and (bool(known) or client_id == own_client)
+        if self._limited(username, client_id, owned, int(failures or 0), int(client_failures or 0)):
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
         with instruments.waiting_for_bcrypt():
@@ -158,11 +197,34 @@ class PasswordVerifier:
             self.limits.verify_slots.release()
         instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
         if accepted:
-            self.redis.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.user_verified(username), token, ex=self.config.verified_ttl)
+            if client_id:
+                pipe.sadd(self.keys.user_known_clients(username), client_id)
+                pipe.expire(self.keys.user_known_clients(username), self.config.verified_ttl)
+            pipe.execute()
             self._keep_token(username, newest, stored_hash, token, self.config.verified_ttl * 1000)
             return Verdict.ACCEPTED
-        self._count_failure(username)
+        self._count_failure(username, client_id)
         return Verdict.REFUSED
+
+    def _limited(self, username: str, client_id: str, owned: bool, failures: int, client_failures: int) -> bool:
+        """Whether this attempt is refused without bcrypt (module docstring).
+
+        Someone guessing with other client IDs fills the username's count,
+        which an owned client ID ignores; guessing with the owned client ID
+        itself fills that client ID's count, over which it still gets one try
+        per interval: the guesser gains one guess per interval, and a device
+        that retries gets its turn.
+        """
+        limit = self.config.failure_limit
+        if not owned:
+            return failures >= limit or client_failures >= limit
+        if client_failures < limit:
+            return False
+        interval = max(1, self.config.failure_window // limit)
+        took_try = self.redis.set(self.keys.user_limited_try(username, client_id), "1", ex=interval, nx=True)
+        return not took_try
 
     def hash_for_registration(self, password: str) -> str | None:
         """bcrypt for a new request, or None when the registration slots are busy."""
@@ -170,6 +232,16 @@ class PasswordVerifier:
             return None
         try:
             return passwords.hash_password(password, self.config.bcrypt_cost)
+        finally:
+            self.limits.registration_slots.release()
+
+    def matches_for_registration(self, password: str, password_hash: str) -> bool | None:
+        """bcrypt against a pending candidate's hash under the registration
+        slots (registration.py); None when they are busy."""
+        if not self.limits.registration_slots.acquire(blocking=False):
+            return None
+        try:
+            return passwords.verify_password(password, password_hash)
         finally:
             self.limits.registration_slots.release()
 
@@ -189,22 +261,34 @@ class PasswordVerifier:
                 raise UserNotFound(f"no user {username!r}")
             count = pipe.get(failures_key)
             pipe.multi()
-            pipe.delete(failures_key)
+            pipe.delete(failures_key, self.keys.user_client_failures(username))
             self.audit.add(pipe, actor, "user.failures.clear", username)
             return int(count or 0)
 
         return run_watched(self.redis, [user_key, failures_key], clear)
 
-    def _count_failure(self, username: str) -> None:
+    def _count_failure(self, username: str, client_id: str) -> None:
         key = self.keys.user_failures(username)
+        client_key = self.keys.user_client_failures(username)
         pipe = self.redis.pipeline()
         # SET NX EX starts the window only for the first failure; INCR keeps
         # the TTL. (EXPIRE NX would do the same but needs Redis 7.)
         pipe.set(key, 0, ex=self.config.failure_window, nx=True)
         pipe.incr(key)
-        count = pipe.execute()[1]
+        pipe.hincrby(client_key, client_id, 1)
+        pipe.pttl(client_key)
+        _, count, _, client_ttl_ms = pipe.execute()
+        if client_ttl_ms == -1:  # its first failure: the window starts now
+            self.redis.expire(client_key, self.config.failure_window)
         if count == self.config.failure_limit:
             log.warning("user %s reached %d failed password checks; refusing without bcrypt", username, count)
+
+    def credentials_digest(self, username: str, password: str) -> str:
+        """The keyed digest that identifies a pending candidate's exact
+        credentials (requests.py); useless without the secret, which never
+        enters Redis."""
+        message = b"\0".join((username.encode(), password.encode()))
+        return hmac.new(self.candidate_secret, message, hashlib.sha256).hexdigest()
 
     def _token_accepts(self, username: str, password: str, stored_hash: str | None, verified: str | None) -> bool:
         if stored_hash is None or verified is None:

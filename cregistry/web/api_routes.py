@@ -127,15 +127,25 @@ def list_requests() -> Response:
     )
 
 
+@admin.delete("/api/client-registry/requests")
+def purge_requests() -> Response:
+    return jsonify({"removed": _domain().requests.purge(actor=g.actor)})
+
+
 @admin.post("/api/client-registry/requests/<request_id>/approve")
 def approve(request_id: str) -> tuple[Response, int]:
-    user = _domain().requests.approve(*parse_request_id(request_id), actor=g.actor)
+    body = json_object(required=False)
+    if set(body) - {"force"} or not isinstance(body.get("force", False), bool):
+        raise InvalidInput('expected no body or {"force": true|false}')
+    username, candidate = parse_request_id(request_id)
+    user = _domain().requests.approve(username, candidate=candidate, force=bool(body.get("force")), actor=g.actor)
     return jsonify(user.to_dict()), 201
 
 
 @admin.post("/api/client-registry/requests/<request_id>/deny")
 def deny(request_id: str) -> Response:
-    denied = _domain().requests.deny(*parse_request_id(request_id), actor=g.actor)
+    username, candidate = parse_request_id(request_id)
+    denied = _domain().requests.deny(username, candidate=candidate, actor=g.actor)
     return jsonify({"denied": denied.to_dict()})
 
 

@@ -37,6 +37,7 @@ STATUS_FOR = {
     errors.PermissionNotFound: 404,
     errors.UsernameTaken: 409,
     errors.AmbiguousRequest: 409,
+    errors.RequestContested: 409,
     errors.RegistryLocked: 423,
     errors.PendingLimitReached: 429,
     errors.TooManyFailures: 429,

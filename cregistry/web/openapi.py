@@ -189,6 +189,8 @@ REQUEST_EXAMPLE = {
     "lastSeen": "2026-12-01T08:00:05Z",
     "attempts": 2,
     "context": {"model": "TH-2"},
+    "contested": False,
+    "refusedAttempts": 0,
     "certificateRequest": None,
 }
 ROLE_EXAMPLE = {"name": "sensors", "permissions": [{"topic": "sensors/#", "access": "write"}], "members": ["sensor-17"]}
@@ -280,9 +282,14 @@ SCHEMAS: Json = {
             "lastSeen",
             "attempts",
             "context",
+            "contested",
         ],
         "properties": {
-            "id": {"type": "string"},
+            "id": {
+                "type": "string",
+                "description": "`username:pairingId`, or `username:pairingId-N` for a later candidate"
+                " sharing the pairing ID.",
+            },
             "username": {"type": "string"},
             "pairingId": PAIRING_ID,
             "clientId": {"type": "string"},
@@ -291,6 +298,15 @@ SCHEMAS: Json = {
             "lastSeen": TIME,
             "attempts": {"type": "integer", "minimum": 1},
             "context": {"type": ["object", "null"]},
+            "contested": {
+                "type": "boolean",
+                "description": "Another candidate for the username has the same pairing ID: approving needs force.",
+            },
+            "refusedAttempts": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The username's attempts refused over the per-username cap (a sign of squatting).",
+            },
             "certificateRequest": {
                 "description": "The CSR sent with the request (a certificate is issued on approval), or null.",
                 "oneOf": [
@@ -528,11 +544,41 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         "registry",
         {
             "201": answer("The new user.", ref("User"), USER_EXAMPLE),
-            **common(404),
-            "409": error("The username is taken."),
+            **common(400, 404, 413),
+            "409": error("The username is taken, or the request is contested and force was not given."),
         },
         operationId="approve",
         parameters=[REQUEST_ID_PARAMETER],
+        requestBody=body(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "force": {
+                        "type": "boolean",
+                        "description": "Approve a contested request (the operator knows it is the device's).",
+                    }
+                },
+            },
+            {"force": True},
+            required=False,
+        ),
+    ),
+    ("DELETE", "/api/client-registry/requests"): admin(
+        "Remove every pending request (a flood); none is denied",
+        "registry",
+        {
+            "200": answer(
+                "How many were removed.",
+                {
+                    "type": "object",
+                    "required": ["removed"],
+                    "properties": {"removed": {"type": "integer", "minimum": 0}},
+                },
+                {"removed": 12},
+            ),
+        },
+        operationId="purgeRequests",
     ),
     ("POST", "/api/client-registry/requests/{request_id}/deny"): admin(
         "Deny a request",

@@ -269,8 +269,8 @@ def test_requests_pagination_over_the_api_and_the_cli(
     assert [r["username"] for r in json.loads(as_json.stdout)["requests"]] == names[2:7]
     text = cregistry("requests", "--limit", "5", "--offset", "2")
     lines = text.stdout.splitlines()
-    assert lines[0].split()[:2] == ["USERNAME", "PAIRING"]
-    assert [line.split()[0] for line in lines[1:]] == names[2:7]
+    assert lines[0].split()[:3] == ["ID", "USERNAME", "PAIRING"]
+    assert [line.split()[1] for line in lines[1:]] == names[2:7]
     assert cregistry("requests", "--limit", "0").returncode == 2
     assert cregistry("requests", "--offset", "-1").returncode == 2
 

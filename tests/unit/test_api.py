@@ -35,6 +35,8 @@ KEYS = Keys("cregistry")
 REGISTER = "/api/client-registry/register"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 REQUEST_KEYS = {
+    "contested",
+    "refusedAttempts",
     "id",
     "username",
     "pairingId",

@@ -168,6 +168,28 @@ def test_a_csr_is_pending_then_issued_at_approval_and_checked_at_connect(
     assert ca_broker.post("/mqtt/user", json={**check, "certfingerprint": new}).status_code == 403
 
 
+def test_each_contested_candidate_keeps_its_own_csr(ca_api: FlaskClient) -> None:
+    """An attacker with a colliding pairing ID (tests/unit/test_candidates.py) sends its own CSR
+    first: the device's request still carries the device's CSR, and approving it issues for that key."""
+    ca_api.post("/api/client-registry/unlock", headers=AUTH)
+    attacker_csr, _ = make_csr("sensor-1")
+    device_csr, device_key = make_csr("sensor-1")
+    attacker = {"username": "sensor-1", "password": "x13401315", "csr": attacker_csr}
+    device = {"username": "sensor-1", "password": "secret1", "csr": device_csr}
+    assert ca_api.post(REGISTER, json=attacker).status_code == 202
+    assert ca_api.post(REGISTER, json=device).status_code == 202
+    listed = ca_api.get("/api/client-registry/requests", headers=AUTH).get_json()["requests"]
+    assert [r["id"] for r in listed] == ["sensor-1:e2d3f8", "sensor-1:e2d3f8-2"]
+    assert listed[0]["certificateRequest"]["publicKeySha256"] != listed[1]["certificateRequest"]["publicKeySha256"]
+    approved = ca_api.post(
+        "/api/client-registry/requests/sensor-1:e2d3f8-2/approve", headers=AUTH, json={"force": True}
+    )
+    assert approved.status_code == 201
+    granted = ca_api.post(REGISTER, json=device)
+    certificate = x509.load_pem_x509_certificate(granted.get_json()["certificate"].encode())
+    assert certificate.public_key() == device_key.public_key()  # type: ignore[attr-defined]
+
+
 def test_renewal_needs_a_current_certificate(ca_api: FlaskClient) -> None:
     ca_api.post("/api/users", headers=AUTH, json={"username": "sensor-1", "password": "secret1"})
     answer = ca_api.post(REGISTER, json={"username": "sensor-1", "password": "secret1", "csr": make_csr("sensor-1")[0]})

@@ -134,10 +134,11 @@ def test_requests_offset_past_the_end_says_how_many_there_are(runner: CliRunner,
 
 
 def test_requests_table(runner: CliRunner, pending: None) -> None:
-    header = "USERNAME  PAIRING ID  CLIENT ID  SOURCE  ATTEMPTS  FIRST SEEN            LAST SEEN"
-    row_1 = f"sensor-1  e2d3f8      client-1   mqtt    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
+    header = "ID               USERNAME  PAIRING ID  CLIENT ID  SOURCE  ATTEMPTS  FIRST SEEN            LAST SEEN"
+    row_1 = f"sensor-1:e2d3f8  sensor-1  e2d3f8      client-1   mqtt    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
     pairing_2 = pairing_id("sensor-2", "secret2")
-    row_2 = f"sensor-2  {pairing_2}      c2         rest    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
+    id_2 = f"sensor-2:{pairing_2}"
+    row_2 = f"{id_2}  sensor-2  {pairing_2}      c2         rest    1         {FAKE_NOW_TEXT}  {FAKE_NOW_TEXT}"
     assert_ok(run(runner, "requests"), f"{header}\n{row_1}\n{row_2}\n")
 
 
@@ -160,6 +161,8 @@ def test_requests_json(runner: CliRunner, pending: None) -> None:
         "lastSeen",
         "attempts",
         "context",
+        "contested",
+        "refusedAttempts",
         "certificateRequest",
     }
 

@@ -37,7 +37,7 @@ def ids(items: list[tuple[tuple[str, ...], click.Command]]) -> list[str]:
 
 
 def test_the_walk_finds_the_whole_tree() -> None:
-    assert {" ".join(path) for path, _ in GROUPS} == {"user", "role", "ca", "enrollment", "device"}
+    assert {" ".join(path) for path, _ in GROUPS} == {"user", "role", "ca", "enrollment", "device", "requests"}
     assert {"status", "user show", "role list", "device pairing-id", "grant"} <= {" ".join(p) for p, _ in LEAVES}
 
 

@@ -137,9 +137,9 @@ def test_no_bookkeeping_when_the_check_was_slow(
     """A check that already took long (bcrypt queue, slow Redis) answers without the extra round trips."""
     original = checker.verifier.verify
 
-    def slow_verify(username: str, password: str) -> object:
+    def slow_verify(username: str, password: str, client_id: str = "") -> object:
         monotonic.advance(1.0)
-        return original(username, password)
+        return original(username, password, client_id)
 
     monkeypatch.setattr(checker.verifier, "verify", slow_verify)
     assert checker.check_user(device, PASSWORD, "client-a").allowed

@@ -609,6 +609,8 @@ def test_to_dict_never_shows_the_password_or_the_hash(
         "lastSeen",
         "attempts",
         "context",
+        "contested",
+        "refusedAttempts",
         "certificateRequest",
     }
     user = requests.approve("sensor-1")
@@ -637,6 +639,8 @@ def test_pending_request_dict_values(
         "lastSeen": "2027-01-15T08:01:01Z",
         "attempts": 2,
         "context": {"a": [1, 2]},
+        "contested": False,
+        "refusedAttempts": 0,
         "certificateRequest": None,
     }
 

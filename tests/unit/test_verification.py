@@ -197,7 +197,8 @@ def test_a_verified_device_keeps_connecting_while_its_username_is_over_the_limit
     verify_calls.clear()
     for _ in range(3):
         assert connect(broker, DEVICE, PASSWORD) == (200, "")
-    status, reason = connect(broker, DEVICE, WRONG)
+    # A guess under any client ID but the device's own (those have a count of their own, see below).
+    status, reason = connect(broker, DEVICE, WRONG, client_id="guesser")
     assert (status, reason) == (403, Verdict.LIMITED.value)
     assert verify_calls == []  # neither the device nor the guess cost bcrypt
 
@@ -230,12 +231,13 @@ def test_api_clear_failures_lifts_the_limit(
     device: str,
 ) -> None:
     push_over_the_limit(verifier_for(connection, config))
-    assert connect(broker, DEVICE, PASSWORD) == (403, Verdict.LIMITED.value)
+    # Under a client ID the user does not own (its own ignores the username's count).
+    assert connect(broker, DEVICE, PASSWORD, client_id="elsewhere") == (403, Verdict.LIMITED.value)
     assert api.delete(f"/api/users/{DEVICE}/failures").status_code == 401
     assert connection.get(KEYS.user_failures(DEVICE)) == str(LIMIT)
     response = api.delete(f"/api/users/{DEVICE}/failures", headers=auth)
     assert (response.status_code, response.get_json()) == (200, {"username": DEVICE, "cleared": LIMIT})
-    assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    assert connect(broker, DEVICE, PASSWORD, client_id="elsewhere") == (200, "")
     assert api.delete("/api/users/a%2Bb/failures", headers=auth).status_code == 400
 
 
@@ -570,3 +572,73 @@ def test_a_password_check_gives_up_on_a_bcrypt_slot_after_its_budget(
     for _ in range(config.bcrypt_concurrency):
         limits.verify_slots.release()
     assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED  # with a slot free the check runs
+
+
+# -- no lockout by guessing (issue 21, item 5) -----------------------------------
+def test_a_token_match_renews_the_token_at_most_once_per_step(
+    connection: fakeredis.FakeRedis, config: Config, device: str
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    key = KEYS.user_verified(DEVICE)
+    connection.expire(key, config.verified_ttl - 10)  # matched 10 s ago: no write now
+    assert verifier.verify_by_token(DEVICE, PASSWORD)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert connection.ttl(key) <= config.verified_ttl - 10
+    for check in (lambda: verifier.verify_by_token(DEVICE, PASSWORD), lambda: verifier.verify(DEVICE, PASSWORD)):
+        connection.expire(key, 60)  # about to lapse: a match keeps it for another verified TTL
+        assert check()
+        assert connection.ttl(key) > config.verified_ttl - 10
+    # A wrong password renews nothing.
+    connection.expire(key, 60)
+    assert verifier.verify_by_token(DEVICE, WRONG) is False
+    assert connection.ttl(key) <= 60
+
+
+def test_guessing_under_other_client_ids_never_keeps_the_device_out(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    """The token lapsed, or the service restarted without VERIFY_SECRET (a
+    verifier with another secret): the guesser fills the username's count,
+    which the device's own client ID ignores. Both sides measured."""
+    guesser = verifier_for(connection, config)
+    verdicts = [guesser.verify(DEVICE, f"guess-{n}", f"guesser-{n % 7}") for n in range(300)]
+    assert verdicts.count(Verdict.REFUSED) == LIMIT and verdicts.count(Verdict.LIMITED) == 300 - LIMIT
+    assert len(verify_calls) == LIMIT  # the guesser's bcrypt work and guesses: the limit, no more
+    assert guesser.verify(DEVICE, PASSWORD, "guesser-1") is Verdict.LIMITED  # even the right one, elsewhere
+    restarted = verifier_for(connection, Config(bcrypt_cost=4, failure_limit=LIMIT, verify_secret="a1" * 32))
+    # The client ID of its approved request is the device's own.
+    assert restarted.verify(DEVICE, PASSWORD, "client-1") is Verdict.ACCEPTED
+    assert restarted.verify(DEVICE, PASSWORD, "") is Verdict.ACCEPTED  # the token it just got
+    assert connection.sismember(KEYS.user_known_clients(DEVICE), "client-1")
+
+
+def test_guessing_under_the_devices_own_client_id_leaves_it_a_try_per_interval(
+    connection: fakeredis.FakeRedis, config: Config, device: str, verify_calls: list[str]
+) -> None:
+    """Whoever wears the device's client ID fills that ID's own count; over
+    it, one bcrypt try per failure_window / failure_limit seconds is left,
+    which the device takes when the guesser has not."""
+    verifier = verifier_for(connection, config)
+    verdicts = [verifier.verify(DEVICE, f"guess-{n}", "client-1") for n in range(200)]
+    # LIMIT guesses, then the interval's one try, then nothing more.
+    assert verdicts.count(Verdict.REFUSED) == LIMIT + 1 and verdicts.count(Verdict.LIMITED) == 200 - LIMIT - 1
+    assert len(verify_calls) == LIMIT + 1
+    assert 0 < connection.ttl(KEYS.user_limited_try(DEVICE, "client-1")) <= config.failure_window // LIMIT
+    assert verifier.verify(DEVICE, PASSWORD, "client-1") is Verdict.LIMITED  # the guesser took this interval's try
+    connection.delete(KEYS.user_limited_try(DEVICE, "client-1"))  # the interval is over
+    assert verifier.verify(DEVICE, PASSWORD, "client-1") is Verdict.ACCEPTED
+    # Other client IDs are still limited by the username's count.
+    assert verifier.verify(DEVICE, f"{WRONG}-x", "guesser") is Verdict.LIMITED
+
+
+def test_a_password_change_forgets_the_client_ids_that_proved_the_old_one(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore
+) -> None:
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD, "laptop") is Verdict.ACCEPTED
+    assert connection.sismember(KEYS.user_known_clients(DEVICE), "laptop")
+    users.set_password(DEVICE, "a-new-secret-1")
+    assert not connection.exists(KEYS.user_known_clients(DEVICE))
+    users.delete(DEVICE)
+    assert [key for key in connection.keys(f"*{{{DEVICE}}}*")] == []

@@ -284,35 +284,80 @@ def lock() -> Any:
 @bp.get("/requests/<request_id>")
 def request_view(request_id: str) -> Any:
     """The Grant access page: what the dialog shows, for a browser without script."""
-    username, pairing = parse_request_id(request_id)
-    found = [r for r in _domain().requests.requests_for(username) if r.pairing_id == pairing]
+    username, candidate = parse_request_id(request_id)
+    found = [r for r in _domain().requests.requests_for(username) if r.candidate == candidate]
     if not found:
-        raise errors.RequestNotFound(f"no pending request for {username!r} with pairing ID {pairing}")
+        raise errors.RequestNotFound(f"no pending request {request_id}")
     return render_template("console/request.html", req=found[0], context_text=_context_text(found[0]))
 
 
 @bp.post("/requests/<request_id>/approve")
 def approve(request_id: str) -> Any:
+    # "Allow anyway" (the second confirmation of a contested request) sends force.
+    force = request.form.get("force") == "1"
+
     def allow() -> Any:
-        return _domain().requests.approve(*parse_request_id(request_id), actor=g.operator.actor)
+        username, candidate = parse_request_id(request_id)
+        return _domain().requests.approve(username, candidate=candidate, force=force, actor=g.operator.actor)
+
+    def failed(error: str, status: int) -> Any:
+        contested = _contested_request(request_id)
+        if contested is None:
+            return _registry_page(error, status)
+        # The second confirmation: the same page, now with "Allow anyway".
+        page = render_template(
+            "console/request.html",
+            req=contested,
+            context_text=_context_text(contested),
+            confirm_force=True,
+            error=error,
+        )
+        return page, status
 
     return _change(
         allow,
         lambda user: f"Allowed {user.username}: the device can connect now. It has no permissions yet.",
-        _registry_page,
+        failed,
         lambda user: url_for(".user_view", username=user.username),
-        hints={errors.UsernameTaken: "another operator may have allowed it already."},
+        hints={
+            errors.UsernameTaken: "another operator may have allowed it already.",
+            errors.RequestContested: "choose Allow anyway only if you know this request is the device's.",
+        },
     )
+
+
+def _contested_request(request_id: str) -> PendingRequest | None:
+    """The request if it is still pending and contested."""
+    username, candidate = parse_request_id(request_id)
+    found = [r for r in _domain().requests.requests_for(username) if r.candidate == candidate and r.contested]
+    return found[0] if found else None
 
 
 @bp.post("/requests/<request_id>/deny")
 def deny(request_id: str) -> Any:
     def refuse() -> Any:
-        return _domain().requests.deny(*parse_request_id(request_id), actor=g.operator.actor)
+        username, candidate = parse_request_id(request_id)
+        return _domain().requests.deny(username, candidate=candidate, actor=g.operator.actor)
 
     return _change(
         refuse,
         lambda req: f"Denied {req.username} (pairing ID {req.pairing_id}): its attempts are refused.",
+        _registry_page,
+        lambda _: url_for(".registry_view"),
+    )
+
+
+@bp.get("/requests/purge")
+def confirm_purge() -> Any:
+    return render_template("console/purge.html", total=_domain().requests.count_requests(), active="registry")
+
+
+@bp.post("/requests/purge")
+def purge_requests() -> Any:
+    """Remove all requests, after confirm_purge's page."""
+    return _change(
+        lambda: _domain().requests.purge(actor=g.operator.actor),
+        lambda removed: f"Removed {removed} pending request{'' if removed == 1 else 's'}.",
         _registry_page,
         lambda _: url_for(".registry_view"),
     )

@@ -113,9 +113,16 @@
       name.append(reviewLink(req, req.username, "review"));
       const action = document.createElement("td");
       action.append(reviewLink(req, "Review", "button review"));
+      const pairing = cell("Pairing ID", req.pairingId, "mono strong");
+      if (req.contested) {
+        const badge = document.createElement("span");
+        badge.className = "badge contested";
+        badge.textContent = "Contested";
+        pairing.append(" ", badge);
+      }
       tr.append(
         name,
-        cell("Pairing ID", req.pairingId, "mono strong"),
+        pairing,
         cell("Client ID", visible(req.clientId), "mono"),
         cell("Source", visible(req.source)),
         cell("First seen", when(req.firstSeen)),
@@ -182,6 +189,7 @@
       }
       element.textContent = text;
     }
+    dialog.querySelector("[data-contested]").hidden = !req.contested;
   }
 
   function markGone(gone) {
