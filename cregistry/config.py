@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,7 @@ CONSOLE_IDLE_TIMEOUT = "CONSOLE_IDLE_TIMEOUT"
 CONSOLE_MAX_AGE = "CONSOLE_MAX_AGE"
 CONSOLE_SIGNIN_LIMIT = "CONSOLE_SIGNIN_LIMIT"
 CONSOLE_SIGNIN_WINDOW = "CONSOLE_SIGNIN_WINDOW"
+CONSOLE_HOSTS = "CONSOLE_HOSTS"
 CA_CERT = "CA_CERT"
 CA_KEY = "CA_KEY"
 CERT_DAYS = "CERT_DAYS"
@@ -69,6 +71,7 @@ MAX_UNLOCK_SECONDS = 3600
 # One floor for CREGISTRY_ADMIN_TOKEN and every token of CREGISTRY_ADMIN_TOKENS.
 MIN_ADMIN_TOKEN_LENGTH = 16
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
+HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,9 @@ class Config:
     console_max_age: int = 12 * 3600
     console_signin_limit: int = 10
     console_signin_window: int = 15 * 60
+    # Host names the console answers to besides IP addresses and localhost
+    # (web/console/auth.py, console_host_allowed); "*" for any name.
+    console_hosts: tuple[str, ...] = ()
     # Certificate onboarding (certificates.py, docs/certificates.md): the registry
     # CA's certificate and key files (both or neither), and the days what it signs is valid.
     ca_cert: str | None = None
@@ -190,6 +196,11 @@ class Config:
                 f"{ENV_PREFIX}{PASSWORD_REQUIRE}: unknown class {sorted(unknown)[0]!r}"
                 f" (choose from {', '.join(PASSWORD_CLASSES)})"
             )
+        for host in self.console_hosts:
+            if host != "*" and not (len(host) <= 253 and all(HOST_LABEL.fullmatch(x) for x in host.split("."))):
+                raise ConfigError(
+                    f"{ENV_PREFIX}{CONSOLE_HOSTS} must be host names (no ports) separated by commas, got {host!r}"
+                )
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: \t\r\n"):
             raise ConfigError(f"{ENV_PREFIX}{KEY_PREFIX} must be non-empty without braces, colons or spaces")
         for name, value in ((API_LISTEN, self.api_listen), (BROKER_LISTEN, self.broker_listen)):
@@ -254,6 +265,8 @@ def _parse(name: str, type_name: object, raw: str) -> bool | int | float | tuple
         raise ConfigError(f"{env_name} must be a number, got {raw!r}") from None
     if name == "password_require":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "console_hosts":  # host names are case-insensitive
+        return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
     return raw
 
 

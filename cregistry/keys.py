@@ -42,9 +42,9 @@ class Keys:
         """Sorted set "username:candidate" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"
 
-    def console_signin_failures(self, address: str) -> str:
-        """Counter with a TTL: failed console sign-ins from one client address."""
-        return f"{self.prefix}:console:signin-failures:{address}"
+    def admin_token_failures(self, address: str) -> str:
+        """Counter with a TTL: wrong admin tokens from one client address (console sign-ins and admin API)."""
+        return f"{self.prefix}:admin-token-failures:{address}"
 
     def enrollments(self) -> str:
         """Set of all enrollment names (enrollments.py; pruned of expired ones lazily)."""

@@ -42,7 +42,8 @@ class Services:
     authorizer: Authorizer
     certificates: Certificates
     enrollments: Enrollments
-    console_signin_limit: AddressLimit
+    # Wrong admin tokens per client address, console sign-ins and admin API requests together.
+    admin_token_limit: AddressLimit
     # Built only where caches may answer without Redis (the service's broker listener); started after the fork.
     follower: FeedFollower | None = None
 
@@ -104,8 +105,8 @@ def build(
         limit=AddressLimit(connection, key=keys.enrollment_failures, limit=config.enrollment_failure_limit,
                            window=config.enrollment_failure_window),
     )  # fmt: skip
-    console_signin_limit = AddressLimit(
-        connection, key=keys.console_signin_failures, limit=config.console_signin_limit,
+    admin_token_limit = AddressLimit(
+        connection, key=keys.admin_token_failures, limit=config.console_signin_limit,
         window=config.console_signin_window,
     )  # fmt: skip
     return Services(
@@ -123,6 +124,6 @@ def build(
         authorizer,
         certificates,
         enrollments,
-        console_signin_limit,
+        admin_token_limit,
         follower,
     )

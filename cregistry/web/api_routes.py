@@ -12,6 +12,7 @@ from cregistry.registration import Outcome
 from cregistry.requests import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
+from cregistry.web.errors import error_body
 from cregistry.web.tokens import admin_token_name
 
 registration = Blueprint("registration", __name__)
@@ -92,13 +93,27 @@ def _client_address() -> str:
 
 # -- operators --------------------------------------------------------------
 @admin.before_request
-def require_token() -> None:
-    """Find the token's name (the actor in the audit trail) or refuse with 401."""
+def require_token() -> Response | None:
+    """Find the token's name (the actor in the audit trail) or refuse: 401 for a
+    missing or wrong token; 429, without looking at the token, once the client's
+    address has sent too many wrong ones (counted with the console's sign-ins)."""
+    limit = _domain().admin_token_limit
+    address = _client_address()
+    blocked = limit.seconds_blocked(address)
+    if blocked:
+        response = error_body("too many wrong admin tokens from this address; try again later", 429)
+        response.headers["Retry-After"] = str(blocked)
+        return response
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     name = admin_token_name(current_app.extensions["cregistry"].config, given.strip())
     if scheme.lower() != "bearer" or name is None:
+        # Only a presented token is a guess; a success does not clear the count
+        # (a guesser behind the same address would reset it with every call).
+        if given.strip():
+            limit.failed(address)
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
     g.actor = f"api:{name}"
+    return None
 
 
 @admin.get("/api/client-registry")

@@ -124,6 +124,7 @@ COMMON_RESPONSES = {
     400: "InvalidInput",
     401: "Unauthorized",
     404: "NotFound",
+    429: "TooManyWrongTokens",
     413: "TooLarge",
     503: "StorageUnavailable",
 }
@@ -162,7 +163,7 @@ def body(schema: Json, example: object, *, required: bool = True) -> Json:
 
 def admin(summary: str, tag: str, responses: dict[str, Json], **extra: object) -> Json:
     """An operation that needs the bearer token."""
-    return {"summary": summary, "tags": [tag], "responses": {**responses, **common(401, 503)}, **extra}
+    return {"summary": summary, "tags": [tag], "responses": {**responses, **common(401, 429, 503)}, **extra}
 
 
 def public(summary: str, tag: str, responses: dict[str, Json], **extra: object) -> Json:
@@ -371,6 +372,12 @@ COMPONENTS: Json = {
             "content": json_content(ref("Error")),
         },
         "NotFound": error("No such user, role or request."),
+        "TooManyWrongTokens": {
+            "description": "Too many wrong admin tokens from this client address (console sign-ins count too): "
+            "refused without looking at the token until the window ends.",
+            "headers": {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+            "content": json_content(ref("Error")),
+        },
         "TooLarge": error("The body is larger than 256 KiB."),
         "MethodNotAllowed": {
             "description": "The path does not support this method (answered on every path).",

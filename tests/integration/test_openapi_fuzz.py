@@ -40,7 +40,8 @@ from schemathesis.specs.openapi.checks import (
 from cregistry.config import Config
 from cregistry.passwords import pairing_id
 from cregistry.web import create_app, openapi
-from harness.service import ServiceProcess, http
+from harness.redis_server import RedisProcess
+from harness.service import ServiceProcess, http, running_service
 from tests.integration.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.fuzz
@@ -69,6 +70,14 @@ FUZZ_SETTINGS = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+
+
+@pytest.fixture(scope="module")
+def service(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
+    """The service, with room for the wrong tokens the fuzz sends: past the
+    per-address limit every answer would be 429 (a unit test covers that)."""
+    with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_CONSOLE_SIGNIN_LIMIT": "10000"}) as service:
+        yield service
 
 
 @pytest.fixture

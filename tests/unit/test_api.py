@@ -151,7 +151,36 @@ def test_admin_routes_need_the_bearer_token(
     response = api.open(path, method=method, headers=headers, json=body)
     assert_error(response, 401)
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    # Nothing changed but the address's count of wrong tokens, which a presented token adds to.
+    after = snapshot(connection)
+    counted = after.pop(KEYS.admin_token_failures("127.0.0.1"), None)
+    assert after == before
+    presented = headers.get("Authorization", "").partition(" ")[2].strip()
+    assert counted == ("1" if presented else None)
+
+
+def test_wrong_admin_tokens_are_limited_per_address(
+    api: FlaskClient, config: Config, connection: fakeredis.FakeRedis
+) -> None:
+    """Guessing the admin token through the API stops at the console's sign-in
+    limit: then even the right token is refused with 429 and Retry-After (the
+    answer must not tell a guess that happens to be right), and a success in
+    between does not reset the count."""
+    wrong = {"Authorization": "Bearer wrong-token"}
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for attempt in range(config.console_signin_limit):
+        assert_error(api.get("/api/users", headers=wrong), 401)
+        if attempt == 0:
+            assert api.get("/api/users", headers=right).status_code == 200
+    before = snapshot(connection)
+    for headers in (wrong, right, {}):
+        response = api.get("/api/users", headers=headers)
+        body = assert_error(response, 429)
+        assert "too many wrong admin tokens" in body["error"]
+        assert 0 < int(response.headers["Retry-After"]) <= config.console_signin_window
     assert snapshot(connection) == before
+    # Another address is not affected.
+    assert api.get("/api/users", headers=right, environ_base={"REMOTE_ADDR": "192.0.2.9"}).status_code == 200
 
 
 def test_every_admin_route_of_the_app_needs_the_token(api: FlaskClient, users: UserStore, pending: str) -> None:

@@ -37,7 +37,13 @@ HOSTILE = '<img src=x onerror="alert(1)">'
 
 @pytest.fixture
 def config() -> Config:
-    return Config(bcrypt_cost=4, admin_token=ADMIN_TOKEN, admin_tokens=f"ops={OPS_TOKEN}", session_secret=SECRET)
+    return Config(
+        bcrypt_cost=4,
+        admin_token=ADMIN_TOKEN,
+        admin_tokens=f"ops={OPS_TOKEN}",
+        session_secret=SECRET,
+        console_hosts=("console.example",),  # the https tests' name
+    )
 
 
 @pytest.fixture
@@ -214,7 +220,7 @@ def test_failed_sign_ins_are_limited_per_address(app: Flask, config: Config, con
     assert response.status_code == 429
     assert alerts(response) == ["Too many failed sign-ins from your address; try again in 15 minutes."]
     assert attacker.get("/console/", **address).status_code == 303
-    key = Keys(config.key_prefix).console_signin_failures("192.0.2.7")
+    key = Keys(config.key_prefix).admin_token_failures("192.0.2.7")
     assert 0 < connection.ttl(key) <= config.console_signin_window
     # Another address is not affected.
     other = app.test_client()
@@ -226,7 +232,18 @@ def test_a_successful_sign_in_clears_the_failures(app: Flask, config: Config, co
     for _ in range(config.console_signin_limit - 1):
         sign_in(client, "guess")
     assert sign_in(client, ADMIN_TOKEN).status_code == 303
-    assert not connection.exists(Keys(config.key_prefix).console_signin_failures("127.0.0.1"))
+    assert not connection.exists(Keys(config.key_prefix).admin_token_failures("127.0.0.1"))
+
+
+def test_console_sign_ins_and_admin_api_tokens_count_together(app: Flask, config: Config) -> None:
+    """Neither door gets guesses of its own: wrong tokens sent to the admin API
+    count against the address's sign-ins, and the other way round."""
+    client = app.test_client()
+    for _ in range(config.console_signin_limit - 1):
+        assert client.get("/api/users", headers={"Authorization": "Bearer guess"}).status_code == 401
+    assert sign_in(client, "guess").status_code == 403
+    assert sign_in(client, ADMIN_TOKEN).status_code == 429
+    assert client.get("/api/users", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 429
 
 
 def test_the_limit_is_shared_by_every_app_on_the_same_redis(
@@ -874,3 +891,60 @@ def test_serve_makes_one_session_secret_before_the_workers_fork(
     assert "CREGISTRY_SESSION_SECRET is not set" in caplog.text
     started, _announced = serve_once(monkeypatch, dataclasses.replace(base, session_secret=SECRET))
     assert started.session_secret == SECRET
+
+
+# -- the Host header (DNS rebinding) -------------------------------------------------
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:8080", "192.0.2.10", "[::1]:8080", "[2001:db8::1]", "localhost:8080", "LOCALHOST", "registry.example"],
+)
+def test_the_console_answers_ip_addresses_localhost_and_listed_names(
+    connection: fakeredis.FakeRedis, clock: FakeClock, host: str
+) -> None:
+    config = Config(admin_token=ADMIN_TOKEN, session_secret=SECRET, console_hosts=("registry.example",))
+    client = create_app(config, listener="api", connection=connection, clock=clock).test_client()
+    assert client.get("/console/sign-in", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/console/sign-in", "/console/", "/console/users", "/console/static/console.js"])
+def test_a_page_under_another_name_gets_no_console(client: FlaskClient, path: str) -> None:
+    """A page on attacker.example that rebinds its name to this service's
+    address reaches it as same-origin, with Host: attacker.example: it gets a
+    400 that names the setting, and no console (no form, no CSRF token, no session)."""
+    response = client.get(path, headers={"Host": "attacker.example:8080"})
+    assert response.status_code == 400
+    assert "CREGISTRY_CONSOLE_HOSTS" in response.text
+    assert "csrf_token" not in response.text
+    assert "Set-Cookie" not in response.headers
+
+
+def test_a_sign_in_posted_under_another_name_is_refused(app: Flask, connection: fakeredis.FakeRedis) -> None:
+    client = app.test_client()
+    form = client.get("/console/sign-in")
+    before = connection.keys("*")
+    response = client.post(
+        "/console/sign-in",
+        data={"csrf_token": csrf_of(form), "token": "guess"},
+        headers={"Host": "attacker.example"},
+    )
+    assert response.status_code == 400
+    assert connection.keys("*") == before  # not even a counted failure
+
+
+def test_star_lets_the_console_answer_any_name(connection: fakeredis.FakeRedis, clock: FakeClock) -> None:
+    config = Config(admin_token=ADMIN_TOKEN, session_secret=SECRET, console_hosts=("*",))
+    client = create_app(config, listener="api", connection=connection, clock=clock).test_client()
+    assert client.get("/console/sign-in", headers={"Host": "anything.example"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["registry.example:8080", "-bad.example", "a b", "under_score.example"])
+def test_console_hosts_must_be_host_names(value: str) -> None:
+    with pytest.raises(ConfigError, match="CREGISTRY_CONSOLE_HOSTS"):
+        Config.from_env({"CREGISTRY_CONSOLE_HOSTS": f"ok.example,{value}"})
+
+
+def test_console_hosts_are_read_case_insensitively() -> None:
+    assert Config.from_env({"CREGISTRY_CONSOLE_HOSTS": " Registry.Example , *"}).console_hosts == (
+        "registry.example",
+        "*",
+    )

@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cregistry import errors, names, services
-from cregistry.config import Config
+from cregistry.config import CONSOLE_HOSTS, Config, env_name
 from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
 from cregistry.requests import PendingRequest, parse_request_id
 from cregistry.users import ACCESS_LEVELS, UserStore
@@ -73,7 +73,14 @@ def init_app(app: Flask, config: Config) -> None:
 
 # -- every request ------------------------------------------------------------
 @bp.before_request
-def require_session() -> BaseResponse | tuple[Response, int] | None:
+def require_session() -> BaseResponse | tuple[Response, int] | tuple[str, int, dict[str, str]] | None:
+    if not auth.console_host_allowed(request.host, _config().console_hosts):
+        return (
+            f"This console does not answer to the host name {request.host!r}: list it in"
+            f" {env_name(CONSOLE_HOSTS)} (comma-separated) to use it.\n",
+            400,
+            {"Content-Type": "text/plain; charset=utf-8"},
+        )
     csrf.protect()
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
@@ -208,9 +215,7 @@ def sign_in_form() -> Any:
 @bp.post("/sign-in")
 def sign_in() -> Any:
     try:
-        auth.sign_in(
-            current_app, _config(), _domain().console_signin_limit, request.form.get("token"), _domain().clock()
-        )
+        auth.sign_in(current_app, _config(), _domain().admin_token_limit, request.form.get("token"), _domain().clock())
     except auth.SignInRefused as refused:
         return render_template("console/sign_in.html", error=str(refused)), refused.status
     return redirect(url_for(".registry_view"), 303)

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import secrets
@@ -89,6 +90,27 @@ def token_fingerprint(app: Flask, token: str) -> str:
     """Tells whether the token behind a session is still the configured one, without being it."""
     key = str(app.secret_key).encode()
     return hmac.new(key, b"console-session-token:" + token.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def console_host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the console answers a request sent to `host` (its Host header).
+    A web page that rebinds its own DNS name to this service's address (DNS
+    rebinding) sends that name, so names must be listed; an IP address or
+    localhost is not a name such a page can own."""
+    if "*" in allowed:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:  # name:port or IPv4:port
+        name = name.partition(":")[0]
+    if name == "localhost" or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def client_address() -> str:
