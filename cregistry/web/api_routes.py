@@ -164,6 +164,14 @@ def deny(request_id: str) -> Response:
     return jsonify({"denied": denied.to_dict()})
 
 
+@admin.post("/api/client-registry/requests/<request_id>/deny-all")
+def deny_all(request_id: str) -> Response:
+    """Every candidate of the request's username, as `cregistry deny USERNAME --all`."""
+    username, _ = parse_request_id(request_id)
+    denied = _domain().requests.deny_all(username, actor=g.actor)
+    return jsonify({"denied": [r.to_dict() for r in denied]})
+
+
 @admin.get("/api/users")
 def list_users() -> Response:
     return jsonify({"users": [u.to_dict() for u in _users().list_users()]})

@@ -601,6 +601,24 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         operationId="deny",
         parameters=[REQUEST_ID_PARAMETER],
     ),
+    ("POST", "/api/client-registry/requests/{request_id}/deny-all"): admin(
+        "Deny every request for this request's username (a squatted username)",
+        "registry",
+        {
+            "200": answer(
+                "The denied requests; the username's count of refused attempts starts again.",
+                {
+                    "type": "object",
+                    "required": ["denied"],
+                    "properties": {"denied": {"type": "array", "items": ref("PendingRequest")}},
+                },
+                {"denied": [REQUEST_EXAMPLE]},
+            ),
+            **common(404),
+        },
+        operationId="denyAll",
+        parameters=[REQUEST_ID_PARAMETER],
+    ),
     # -- users ----------------------------------------------------------------
     ("GET", "/api/users"): admin(
         "Every user",

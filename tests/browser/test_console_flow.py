@@ -154,7 +154,7 @@ def test_the_whole_flow_by_clicking(page: Any, service: ServiceProcess, screensh
     page.get_by_role("link", name="Client Registry").click()
     request_row(page, "camera-2").get_by_role("link", name="Review").click()
     expect(dialog.locator(".pairing-id")).to_have_text(pairing_id("camera-2", "pw-camera-2"))
-    dialog.get_by_role("button", name="Deny").click()
+    dialog.get_by_role("button", name="Deny", exact=True).click()
     expect(page.get_by_role("status")).to_contain_text("Denied camera-2")
     expect(request_row(page, "camera-2")).to_have_count(0)
     denied = http(

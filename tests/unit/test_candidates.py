@@ -278,6 +278,34 @@ def test_api_purge(api: FlaskClient, auth: dict[str, str], registration: Registr
     assert api.get("/api/client-registry/requests", headers=auth).get_json()["requests"] == []
 
 
+def test_api_deny_all_denies_every_candidate_of_a_squatted_username(
+    api: FlaskClient,
+    auth: dict[str, str],
+    registration: Registration,
+    lock: RegistryLock,
+    config: Config,
+    requests: PendingRequests,
+) -> None:
+    """The operator sees refused attempts on a squatted username and denies all of
+    its candidates through any one of them; the real device then gets a request."""
+    lock.unlock()
+    for n in range(config.pending_per_username):
+        registration.attempt(USERNAME, f"junk-{n}", "", "mqtt")
+    assert registration.attempt(USERNAME, DEVICE_PASSWORD, "dev", "mqtt").outcome is Outcome.PENDING_CAP
+    listed = api.get("/api/client-registry/requests", headers=auth).get_json()["requests"]
+    assert {r["refusedAttempts"] for r in listed} == {1}
+    url = f"/api/client-registry/requests/{listed[0]['id']}/deny-all"
+    assert api.post(url).status_code == 401
+    answer = api.post(url, headers=auth)
+    assert answer.status_code == 200
+    assert sorted(r["id"] for r in answer.get_json()["denied"]) == sorted(r["id"] for r in listed)
+    assert requests.requests_for(USERNAME) == []
+    assert api.post(url, headers=auth).status_code == 404
+    assert registration.attempt(USERNAME, "junk-1", "", "mqtt").outcome is Outcome.DENIED
+    assert registration.attempt(USERNAME, DEVICE_PASSWORD, "dev", "mqtt").outcome is Outcome.RECORDED
+    assert [r.refused_attempts for r in requests.requests_for(USERNAME)] == [0]
+
+
 # -- the CLI ------------------------------------------------------------------------
 def run(runner: CliRunner, *args: str, **kwargs: object):  # type: ignore[no-untyped-def]
     return runner.invoke(cregistry.cli.cli, list(args), **kwargs)

@@ -541,6 +541,26 @@ def test_deny(operator: FlaskClient, domain: services.Services, requests: Pendin
     ]
 
 
+def test_deny_all_for_a_squatted_username(
+    operator: FlaskClient, domain: services.Services, requests: PendingRequests, config: Config
+) -> None:
+    domain.lock.unlock()
+    for n in range(config.pending_per_username):
+        domain.registration.attempt("sensor-1", f"junk-{n}", "", "mqtt")
+    domain.registration.attempt("sensor-1", "the-device", "", "mqtt")  # over the cap: refused, counted
+    request_id = requests.requests_for("sensor-1")[0].id
+    page = operator.get(f"/console/requests/{request_id}")
+    assert 'Refused attempts</dt><dd data-field="refusedAttempts">1</dd>' in page.text
+    assert ">Deny all requests for this username</button>" in page.text
+    response = post(operator, f"/console/requests/{request_id}/deny-all", page=f"/console/requests/{request_id}")
+    assert (response.status_code, response.headers["Location"]) == (303, "/console/")
+    assert requests.requests_for("sensor-1") == []
+    assert [a for a in audit_actions(domain) if a[1] == "request.deny"] == [("console:admin", "request.deny")] * 3
+    assert flashes(operator.get("/console/")) == ["Denied all 3 requests for sensor-1: their attempts are refused."]
+    gone = post(operator, f"/console/requests/{request_id}/deny-all")
+    assert gone.status_code == 404
+
+
 # -- Users ---------------------------------------------------------------------------
 def test_the_users_view_links_every_user(operator: FlaskClient, users: UserStore) -> None:
     users.add("gateway-1", "secret1")

@@ -352,6 +352,25 @@ def deny(request_id: str) -> Any:
     )
 
 
+@bp.post("/requests/<request_id>/deny-all")
+def deny_all(request_id: str) -> Any:
+    """Deny every candidate of the request's username (a squatted username)."""
+
+    def refuse_all() -> Any:
+        username, _ = parse_request_id(request_id)
+        return _domain().requests.deny_all(username, actor=g.operator.actor)
+
+    return _change(
+        refuse_all,
+        lambda denied: (
+            f"Denied all {len(denied)} request{'' if len(denied) == 1 else 's'} for {denied[0].username}:"
+            " their attempts are refused."
+        ),
+        _registry_page,
+        lambda _: url_for(".registry_view"),
+    )
+
+
 @bp.get("/requests/purge")
 def confirm_purge() -> Any:
     return render_template("console/purge.html", total=_domain().requests.count_requests(), active="registry")

@@ -190,6 +190,7 @@
       element.textContent = text;
     }
     dialog.querySelector("[data-contested]").hidden = !req.contested;
+    dialog.querySelector("[data-refused]").hidden = !req.refusedAttempts;
   }
 
   function markGone(gone) {
