@@ -26,10 +26,6 @@ class ReplicasUnconfirmed(StorageUnavailable):
     """The change reached the Redis primary but not CREGISTRY_REDIS_MIN_REPLICAS replicas in time."""
 
 
-class RegistryLocked(CregistryError):
-    """The registry is locked and there is no pending request for these credentials."""
-
-
 class RequestDenied(CregistryError):
     """An operator denied the registration request with these credentials."""
 
@@ -74,16 +70,8 @@ class RequestContested(CregistryError):
     """Another candidate for the username shares the request's pairing ID; approving needs force."""
 
 
-class PendingLimitReached(CregistryError):
-    """The pending-request cap (global or per username) is reached; nothing was recorded."""
-
-
 class PermissionNotFound(CregistryError):
     """The user or role has no permission with that topic pattern."""
-
-
-class TooManyFailures(CregistryError):
-    """Too many failed password checks for this username; refused without checking."""
 
 
 # -- the device agent (device/) --------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
-from cregistry import enrollments, errors, names, services
+from cregistry import enrollments, names, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
 from cregistry.registration import Outcome
@@ -20,31 +22,46 @@ admin = Blueprint("admin", __name__)
 
 
 # -- devices ----------------------------------------------------------------
-# The answer to each outcome: 201 or 202 with a body, or the domain error
-# that web/errors.py renders (403 denied, 409 conflict, 423 locked, 429 limited).
-REGISTRATION_ANSWERS: dict[Outcome, int | tuple[type[errors.CregistryError], str]] = {
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """How the route refuses a registration: the status, the word the device
+    acts on ("status" in the body; none for bad input) and the error text."""
+
+    status: int
+    word: str | None
+    message: str  # formatted with the username and the outcome's detail
+
+    def answer(self, username: object, detail: str) -> tuple[Response, int]:
+        body: dict[str, object] = {"ok": False, "error": self.message.format(username=username, detail=detail)}
+        if self.word is not None:
+            body["status"] = self.word
+        return jsonify(body), self.status
+
+
+# The answer to each outcome: 201 or 202 with a body, or a refusal.
+REGISTRATION_ANSWERS: dict[Outcome, int | Refusal] = {
     Outcome.ACCEPTED: 201,
     Outcome.RECORDED: 202,
     Outcome.REPEATED: 202,
     Outcome.APPROVED_MEANWHILE: 202,  # the device's next poll gets 201 (or 409)
-    Outcome.WRONG_PASSWORD: (errors.UsernameTaken, "username {username!r} is registered with other credentials"),
+    Outcome.WRONG_PASSWORD: Refusal(409, "conflict", "username {username!r} is registered with other credentials"),
     # 201/409 make this route a password oracle: it shares the guessing limit.
-    Outcome.TOO_MANY_FAILURES: (errors.TooManyFailures, "too many failed attempts for {username!r}; try again later"),
-    Outcome.WEAK_PASSWORD: (errors.InvalidInput, "{detail}"),
-    Outcome.DENIED: (errors.RequestDenied, "the registration request with these credentials was denied"),
-    Outcome.LOCKED: (errors.RegistryLocked, "the registry is locked; ask the operator to unlock it"),
-    Outcome.PENDING_CAP: (errors.PendingLimitReached, "too many pending registration requests; try again later"),
+    Outcome.TOO_MANY_FAILURES: Refusal(429, "limited", "too many failed attempts for {username!r}; try again later"),
+    Outcome.WEAK_PASSWORD: Refusal(400, None, "{detail}"),
+    Outcome.DENIED: Refusal(403, "denied", "the registration request with these credentials was denied"),
+    Outcome.LOCKED: Refusal(423, "locked", "the registry is locked; ask the operator to unlock it"),
+    Outcome.PENDING_CAP: Refusal(429, "limited", "too many pending registration requests; try again later"),
     # 429 as for the caps: the device backs off and tries again.
-    Outcome.BUSY: (errors.PendingLimitReached, "registration is busy; try again later"),
+    Outcome.BUSY: Refusal(429, "limited", "registration is busy; try again later"),
 }
 
 
 # With an enrollment token: one refusal for every bad token (enrollments.py).
-ENROLLMENT_ANSWERS: dict[enrollments.Outcome, int | tuple[type[errors.CregistryError], str]] = {
+ENROLLMENT_ANSWERS: dict[enrollments.Outcome, int | Refusal] = {
     enrollments.Outcome.GRANTED: 201,
     enrollments.Outcome.REPEATED: 201,
-    enrollments.Outcome.REFUSED: (errors.EnrollmentRefused, enrollments.ONE_REFUSAL),
-    enrollments.Outcome.LIMITED: (errors.TooManyFailures, "too many refused enrollment registrations; try again later"),
+    enrollments.Outcome.REFUSED: Refusal(403, "refused", enrollments.ONE_REFUSAL),
+    enrollments.Outcome.LIMITED: Refusal(429, "limited", "too many refused enrollment registrations; try again later"),
     enrollments.Outcome.WRONG_PASSWORD: REGISTRATION_ANSWERS[Outcome.WRONG_PASSWORD],
     enrollments.Outcome.TOO_MANY_FAILURES: REGISTRATION_ANSWERS[Outcome.TOO_MANY_FAILURES],
     enrollments.Outcome.WEAK_PASSWORD: REGISTRATION_ANSWERS[Outcome.WEAK_PASSWORD],
@@ -64,9 +81,8 @@ def register() -> tuple[Response, int]:
         username, body.get("password"), body.get("clientId"), "rest", body.get("context"), csr
     )
     answer = REGISTRATION_ANSWERS[attempt.outcome]
-    if isinstance(answer, tuple):
-        error, message = answer
-        raise error(message.format(username=username, detail=attempt.detail))
+    if isinstance(answer, Refusal):
+        return answer.answer(username, attempt.detail)
     if answer == 201:
         # The user's certificate (renewed for a CSR with a new key), with the CA's; SPEC §14.
         certificate = domain.certificates.for_granted(str(username), csr)
@@ -81,9 +97,8 @@ def _register_enrolled(body: dict[str, object]) -> tuple[Response, int]:
         body["enrollment"], username, body.get("password"), body.get("clientId"), _client_address(), body.get("context")
     )
     answer = ENROLLMENT_ANSWERS[attempt.outcome]
-    if isinstance(answer, tuple):
-        error, message = answer
-        raise error(message.format(username=username, detail=attempt.detail))
+    if isinstance(answer, Refusal):
+        return answer.answer(username, attempt.detail)
     return jsonify({"status": "granted", "username": username, "pairingId": attempt.pairing_id}), 201
 
 

@@ -26,9 +26,7 @@ V = TypeVar("V")
 # its own answers as its nearest base does.
 STATUS_FOR = {
     errors.InvalidInput: 400,
-    errors.RequestDenied: 403,
     errors.CertificateRefused: 403,
-    errors.EnrollmentRefused: 403,
     errors.EnrollmentNotFound: 404,
     errors.EnrollmentExists: 409,
     errors.UserNotFound: 404,
@@ -38,24 +36,10 @@ STATUS_FOR = {
     errors.UsernameTaken: 409,
     errors.AmbiguousRequest: 409,
     errors.RequestContested: 409,
-    errors.RegistryLocked: 423,
-    errors.PendingLimitReached: 429,
-    errors.TooManyFailures: 429,
     errors.StorageUnavailable: 503,
     errors.PasswordChecksBusy: 503,
     errors.ConfigError: 500,
 }
-
-# The registration route's answers also carry a word for the device.
-REGISTRATION_STATUS_FOR = {
-    errors.RegistryLocked: "locked",
-    errors.RequestDenied: "denied",
-    errors.EnrollmentRefused: "refused",
-    errors.UsernameTaken: "conflict",
-    errors.PendingLimitReached: "limited",
-    errors.TooManyFailures: "limited",
-}
-
 
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
 
@@ -76,11 +60,7 @@ def error_answer(error: Exception, *, unexpected_status: int) -> Answer:
     if isinstance(error, errors.CregistryError):
         if isinstance(error, errors.StorageUnavailable):
             metrics.count_redis_error(error)
-        body: dict[str, Any] = {"ok": False, "error": str(error)}
-        word = _row(REGISTRATION_STATUS_FOR, error)
-        if word is not None:
-            body["status"] = word
-        return status_for(error), body
+        return status_for(error), {"ok": False, "error": str(error)}
     if isinstance(error, redis.RedisError):
         log.warning("Redis unavailable: %s", type(error).__name__)
         metrics.count_redis_error(error)

@@ -27,16 +27,6 @@ def test_an_error_without_any_row_is_bad_input() -> None:
     assert status_for(errors.CregistryError("odd")) == 400
 
 
-def test_registration_words_follow_the_hierarchy_too() -> None:
-    class LockedHarder(errors.RegistryLocked):
-        pass
-
-    assert error_answer(LockedHarder("locked"), unexpected_status=500) == (
-        423,
-        {"ok": False, "error": "locked", "status": "locked"},
-    )
-
-
 def test_storage_http_and_unexpected_errors() -> None:
     assert error_answer(redis.ConnectionError("down"), unexpected_status=500) == (
         503,
