@@ -35,6 +35,9 @@ from a2wsgi import WSGIMiddleware
 from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from cregistry.errors import InvalidInput
 from cregistry.web.broker_wsgi import (
+    ALLOW,
+    NOT_ALLOWED,
+    NOT_ALLOWED_BODY,
     POSITION_HEADER,
     Answer,
     BrokerChecks,
@@ -74,6 +77,12 @@ class BrokerListener:
         route = route_of(scope["method"], scope["path"])
         if route is None:
             await self.fallback(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if route == NOT_ALLOWED:
+            data = NOT_ALLOWED_BODY
+            headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), (b"allow", ALLOW.encode())]
+            await send({"type": "http.response.start", "status": 405, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
             return
         started = time.perf_counter()
         arrived = time.monotonic()

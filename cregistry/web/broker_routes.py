@@ -8,20 +8,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from cregistry.changes import ChangeFeed
 from cregistry.web.deadline import within_deadline
 
+# The checks themselves (/mqtt/user, /mqtt/superuser, /mqtt/acl) are answered
+# in front of this app, whatever the method: by broker_asgi.BrokerListener
+# under `serve`, by broker_wsgi.BrokerChecks where the app runs as WSGI.
 bp = Blueprint("broker", __name__, url_prefix="/mqtt")
-METHODS = ["POST", "PUT", "GET"]  # go-auth's http_method
-
-
-# The checks themselves are answered in front of this app, for every method
-# go-auth uses: by broker_asgi.BrokerListener under `serve`, by
-# broker_wsgi.BrokerChecks where the app runs as WSGI; the rules stay here so
-# that other methods get Flask's 405 with an Allow header.
-def _answered_by_broker_checks() -> Response:
-    raise RuntimeError("broker checks are answered by web/broker_wsgi.py, in front of this app")
-
-
-for _path, _endpoint in (("/user", "check_user"), ("/superuser", "check_superuser"), ("/acl", "check_acl")):
-    bp.add_url_rule(_path, _endpoint, _answered_by_broker_checks, methods=METHODS)
 
 
 @bp.get("/changes")

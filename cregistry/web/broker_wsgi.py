@@ -53,8 +53,12 @@ log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
 Fields = tuple[Any, ...]  # check_fields
-METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method; others go to Flask (405 there)
+METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method
 ROUTES = {"/mqtt/user": "user", "/mqtt/acl": "acl", "/mqtt/superuser": "superuser"}
+# A check path asked with a method go-auth never uses (route_of): 405, with the Allow header.
+NOT_ALLOWED = "not allowed"
+NOT_ALLOWED_BODY = b'{"ok":false,"error":"The method is not allowed for the requested URL."}'
+ALLOW = ", ".join(sorted(METHODS))
 # Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
 INLINE_ROUND_TRIPS = 3
 
@@ -87,6 +91,13 @@ class BrokerChecks:
         route = route_of(environ.get("REQUEST_METHOD") or "", environ.get("PATH_INFO") or "")
         if route is None:
             return self.fallback(environ, start_response)
+        if route == NOT_ALLOWED:
+            data = NOT_ALLOWED_BODY
+            start_response(
+                "405 Method Not Allowed",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Allow", ALLOW)],
+            )
+            return [data]
         started = time.perf_counter()
         try:
             request = Request(environ)
@@ -158,9 +169,12 @@ class BrokerChecks:
 
 
 def route_of(method: str, path: str) -> str | None:
-    """Which check a request asks for; None for everything Flask answers."""
+    """Which check a request asks for (NOT_ALLOWED for a check path with
+    another method); None for everything Flask answers."""
     route = ROUTES.get(path)
-    return route if route is not None and method in METHODS else None
+    if route is None:
+        return None
+    return route if method in METHODS else NOT_ALLOWED
 
 
 def parse_params(content_type: str, body: bytes, query: bytes) -> dict[str, Any]:

@@ -102,6 +102,14 @@ def test_other_routes_and_methods_are_flasks(listener: BrokerListener) -> None:
     assert call(listener, "DELETE", "/mqtt/acl")[0] == 405
 
 
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "HEAD", "OPTIONS"])
+def test_a_check_path_with_another_method_is_405_as_under_wsgi(listener: BrokerListener, method: str) -> None:
+    assert call(listener, method, "/mqtt/user") == (
+        405,
+        {"ok": False, "error": "The method is not allowed for the requested URL."},
+    )
+
+
 def test_a_check_past_the_deadline_is_503(listener: BrokerListener, monkeypatch: pytest.MonkeyPatch) -> None:
     listener.deadline_seconds = 0.2
 

@@ -395,6 +395,18 @@ def test_other_methods_and_routes_answer_json(broker: FlaskClient) -> None:
     assert_answer(broker.post("/mqtt/nothing", json={}), 404)
 
 
+@pytest.mark.parametrize("path", ["/mqtt/user", "/mqtt/superuser", "/mqtt/acl"])
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"])
+def test_a_check_path_with_another_method_is_405_with_allow(broker: FlaskClient, method: str, path: str) -> None:
+    """Answered in front of Flask, as the checks are (HEAD and OPTIONS too,
+    which Flask would have added to a rule of its own)."""
+    response = broker.open(path, method=method, json={"username": "a"})
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST, PUT"
+    if method != "HEAD":
+        assert response.get_json() == {"ok": False, "error": "The method is not allowed for the requested URL."}
+
+
 # -- listeners ------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "path"),
