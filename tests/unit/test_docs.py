@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 import pytest
 
+import cregistry.cli
 import cregistry.config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +124,25 @@ def test_the_module_map_names_every_module() -> None:
     assert module_map is not None
     modules = {path.name for path in (ROOT / "cregistry").rglob("*.py") if path.name != "__main__.py"}
     assert {name for name in modules if name not in module_map.group(0)} == set()
+
+
+def test_the_cli_page_lists_every_command() -> None:
+    def leaves(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found = []
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += leaves(command, (*path, name))
+            else:
+                found.append((*path, name))
+        return found
+
+    listing = FENCE.search((DOCS / "cli.md").read_text())
+    assert listing is not None
+    lines = [line for line in listing.group(0).splitlines() if line.startswith("cregistry ")]
+
+    def listed(*path: str) -> bool:
+        *group, name = path
+        prefix = " ".join(["cregistry", *group])
+        return any(line.startswith(prefix) and re.search(rf"\b{name}\b", line[len(prefix) :]) for line in lines)
+
+    assert {" ".join(path) for path in leaves(cregistry.cli.cli) if not listed(*path)} == set()
