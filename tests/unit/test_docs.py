@@ -3,6 +3,7 @@ somewhere, and the reference pages naming what the code has."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -105,16 +106,45 @@ def test_the_readme_leads_to_every_page() -> None:
     assert {page for page in PAGES if page not in linked} == set()
 
 
+def documented_defaults() -> dict[str, str]:
+    """docs/configuration.md's tables: each variable (without the prefix) and its default as written."""
+    table = (DOCS / "configuration.md").read_text()
+    defaults = {}
+    for names, default in re.findall(r"^\| ([^|]+) \| ([^|]+) \|", table, re.MULTILINE):
+        variables = re.findall(r"`([A-Z_]+)`", names)
+        values = default.split(" / ") if " / " in default else [default] * len(variables)
+        defaults.update(zip(variables, (value.strip().strip("`") for value in values), strict=True))
+    return defaults
+
+
 def test_the_configuration_reference_names_every_setting_and_no_other() -> None:
     names = {
         value
         for name, value in vars(cregistry.config).items()
         if name.isupper() and isinstance(value, str) and value == name
     }
-    table = (DOCS / "configuration.md").read_text()
-    first_cells = re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE)
-    documented = {name for cell in first_cells for name in re.findall(r"`([A-Z_]+)`", cell)}
-    assert names and documented == names
+    assert names and set(documented_defaults()) == names
+
+
+def test_the_configuration_reference_gives_the_defaults_config_has() -> None:
+    defaults = {field.name.upper(): field.default for field in dataclasses.fields(cregistry.config.Config)}
+    unset = {"(none)", "unset", "(random per start)"}
+    wrong = {}
+    for name, written in documented_defaults().items():
+        if name not in defaults:
+            continue  # a name config.py lacks: the test above reports it
+        default = defaults[name]
+        if name == cregistry.config.BCRYPT_CONCURRENCY:
+            right = written == "CPU count"
+        elif default in (None, ()):
+            right = written in unset
+        elif isinstance(default, bool):
+            right = written == str(default).lower()
+        else:
+            right = written == str(default)
+        if not right:
+            wrong[name] = (written, default)
+    assert wrong == {}
 
 
 def test_the_module_map_names_every_module() -> None:
