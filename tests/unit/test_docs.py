@@ -176,3 +176,21 @@ def test_the_cli_page_lists_every_command() -> None:
         return any(line.startswith(prefix) and re.search(rf"\b{name}\b", line[len(prefix) :]) for line in lines)
 
     assert {" ".join(path) for path in leaves(cregistry.cli.cli) if not listed(*path)} == set()
+
+
+def test_the_plugin_page_gives_every_option_with_the_default_and_range_options_c_has() -> None:
+    source = (ROOT / "mosquitto" / "plugin" / "options.c").read_text()
+    numbers = {
+        name: (default, low, high)
+        for name, default, low, high in re.findall(r'\{"(\w+)", offsetof\([^)]*\), (\d+), (\d+), (\d+)\}', source)
+    }
+    texts = set(re.findall(r'strcmp\(key, "(\w+)"\) == 0', source))
+    rows = re.findall(r"^\| `plugin_opt_(\w+)` \| ([^|]+) \| (.+) \|$", (DOCS / "plugin.md").read_text(), re.MULTILINE)
+    assert numbers and texts and {name for name, _, _ in rows} == set(numbers) | texts
+    wrong = []
+    for name, default, meaning in rows:
+        if name in numbers:
+            value, low, high = numbers[name]
+            if default.strip("`") != value or ((low, high) != ("0", "1") and f"{low}–{high}" not in meaning):
+                wrong.append(name)
+    assert wrong == []
