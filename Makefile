@@ -96,7 +96,7 @@ test-failover: $(STAMP) system-deps plugin
 	$(BIN)/python -m pytest tests/failover
 
 # The web console in Debian's headless chromium (apt-get install chromium);
-# CREGISTRY_SCREENSHOTS=docs also rewrites the README's screenshots.
+# CREGISTRY_SCREENSHOTS=docs also rewrites docs/console.md's screenshots.
 test-browser: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/browser
 

@@ -1,4 +1,4 @@
-"""Figures for the README's "Capacity" section, measured on this machine.
+"""Figures for docs/capacity.md, measured on this machine.
 
     python bench/capacity.py [--users 20000] [--permissions 5] [--seconds 10]
 

@@ -4,8 +4,8 @@ A broker plugin caches answers of the broker routes. Every change that can
 make a cached answer wrong is recorded in a capped Redis stream, in the same
 transaction as the change itself (audit.py calls record() for every audit
 entry, so no change can skip it). The plugin polls `GET /mqtt/changes?after=`
-on the broker listener and drops what the entries name; see the README,
-"The change feed".
+on the broker listener and drops what the entries name; see
+docs/change-feed.md.
 
 A position is a stream entry ID and the Redis primary's replication ID
 (`<entry>~<replid>`). Reading from a position first checks that it is this
@@ -159,7 +159,7 @@ class ChangeFeed:
         return _position(str(self._add(self.redis, {"marker": "1"})), epoch)
 
     def _add(self, target: Any, fields: dict[str, str]) -> Any:
-        # Exact trimming: the cap is what the README promises, and changes are rare.
+        # Exact trimming: the cap is what docs/change-feed.md promises, and changes are rare.
         return target.xadd(self.keys.changes(), fields, maxlen=self.config.changes_max, approximate=False)
 
 

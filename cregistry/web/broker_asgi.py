@@ -4,7 +4,7 @@ in each gunicorn worker, on a socket the master opened before the fork.
 Mosquitto waits for every check on its only thread, so the check routes
 must cost as little as possible. Measured on the 2-core machine of
 bench/results.json, an empty app answers at a median of 0.52 ms under
-gunicorn's gthread worker and 0.27 ms under uvicorn (README, Performance).
+gunicorn's gthread worker and 0.27 ms under uvicorn (docs/performance.md).
 The checks' answers are broker_wsgi.BrokerChecks': an answer the worker's
 caches give without I/O (followed_cache.py) is computed on the event loop;
 everything that may wait for Redis or bcrypt runs on a thread pool, under

@@ -143,7 +143,7 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 	}
 	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:
-	 * the README ("Reason codes") says how the plugin keeps that rare. */
+	 * docs/plugin.md ("Reason codes") says how the plugin keeps that rare. */
 	p->delayed.complete(s->client_id, v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_AUTH);
 }
 

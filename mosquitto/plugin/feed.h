@@ -1,4 +1,4 @@
-/* The change feed's answers (the top-level README's "The change feed"), parsed with cJSON. */
+/* The change feed's answers (docs/change-feed.md), parsed with cJSON. */
 #ifndef CR_FEED_H
 #define CR_FEED_H
 

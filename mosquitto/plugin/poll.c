@@ -26,7 +26,7 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 {
 	/* A reset's changes are those recorded after Redis lost the data the old
 	 * position named: dropped anyway with the whole cache, but their kicks
-	 * must still happen (the top-level README, "Positions and resets"). */
+	 * must still happen (docs/change-feed.md, "Positions and resets"). */
 	if(answer->reset){
 		cr_cache_drop_all(&p->cache);
 		if(p->position[0] != '\0'){

@@ -5,7 +5,7 @@ redis-server.
 Never a downloaded browser (no `playwright install`): /usr/bin/chromium, a
 fresh profile per test. Where chromium, Playwright or redis-server is
 missing the tier skips on a developer's machine and fails under CI=true.
-With CREGISTRY_SCREENSHOTS=docs the tests write the README's screenshots
+With CREGISTRY_SCREENSHOTS=docs the tests write docs/console.md's screenshots
 there.
 """
 
@@ -130,7 +130,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def screenshots() -> Path | None:
-    """Where the README's screenshots go (CREGISTRY_SCREENSHOTS=docs), or None."""
+    """Where docs/console.md's screenshots go (CREGISTRY_SCREENSHOTS=docs), or None."""
     if not SCREENSHOTS:
         return None
     directory = (REPO / SCREENSHOTS).resolve()

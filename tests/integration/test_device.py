@@ -349,7 +349,7 @@ def test_an_outage_is_retried_and_not_taken_for_a_refusal(  # type: ignore[no-un
     try:
         redis_process.stop()
         # The service's workers answer what they know from memory while their last read of the
-        # change feed is recent (README, "Faults"); past that, cregistry cannot answer.
+        # change feed is recent (docs/faults.md); past that, cregistry cannot answer.
         time.sleep(FRESH_SECONDS + 0.5)
         try:
             device = devices("--host", "127.0.0.1", "--port", str(fresh.port), "--credentials", str(credentials))

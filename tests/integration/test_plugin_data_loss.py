@@ -1,6 +1,6 @@
 """Redis loses its data (FLUSHALL; a restart without persistence): the
 plugin's next poll is a reset, and every change recorded after the loss still
-reaches the broker, kicks included (the README, "Positions and resets"), so a
+reaches the broker, kicks included (docs/change-feed.md, "Positions and resets"), so a
 user deleted after the loss is disconnected within the 2 s of SPEC §11."""
 
 from __future__ import annotations

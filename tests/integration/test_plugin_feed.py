@@ -1,4 +1,4 @@
-"""The plugin's change-feed client (the README's "The change feed") in a real mosquitto,
+"""The plugin's change-feed client (docs/change-feed.md) in a real mosquitto,
 against a scripted stand-in for cregistry's broker routes: which answers
 drop what, who is kicked, and that a slow feed never holds up the broker.
 (The real /mqtt/changes route is exercised by the broker tests.)"""

@@ -1,4 +1,4 @@
-"""The change feed brokers poll (changes.py; the README's "The change feed"): one entry per
+"""The change feed brokers poll (changes.py; docs/change-feed.md): one entry per
 change in the change's own transaction, exact resets, and no answer a
 broker can provoke is a 500."""
 

@@ -1,4 +1,4 @@
-"""Every command of the `cregistry` tree: `--json` wherever the README says it
+"""Every command of the `cregistry` tree: `--json` wherever docs/cli.md says it
 may go, and an example in every `--help`."""
 
 from __future__ import annotations

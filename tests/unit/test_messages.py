@@ -154,7 +154,7 @@ def test_the_cli_gives_redis_the_services_bound(monkeypatch: pytest.MonkeyPatch,
     assert timeouts == [1.5]
 
 
-# -- the statuses the README lists for the admin API -----------------------------------
+# -- the statuses docs/api.md lists for the admin API ---------------------------------
 def test_the_api_answers_401_405_and_413_as_documented(api: FlaskClient, auth: dict[str, str]) -> None:
     unauthorized = api.get("/api/users")
     assert (unauthorized.status_code, unauthorized.headers["WWW-Authenticate"]) == (401, "Bearer")
