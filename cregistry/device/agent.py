@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cregistry import errors
 from cregistry.device.backoff import Backoff
-from cregistry.device.certificate import CertificateStore, csr_pem, renewal_time
+from cregistry.device.certificate import RENEW_WHEN_LEFT, CertificateStore, csr_pem, renewal_time
 from cregistry.device.credential_file import CredentialStore
 from cregistry.device.credentials import Credentials, new_credentials
 from cregistry.device.logs import describe_os_error, event
@@ -345,10 +345,16 @@ class DeviceAgent:
         else:
             failure = self._store_renewed(status, answer)
         if failure is None:
-            self._renewal_check_at = 0.0
+            not_before, not_after = certificates.validity() or validity
+            # A device clock ahead of the registry's finds the new certificate
+            # due at once: it is not renewed again within a third of its
+            # validity (one renewal per start at most, never a loop).
+            self._renewal_check_at = max(
+                renewal_time(not_before, not_after), now + (not_after - not_before) * RENEW_WHEN_LEFT
+            )
             self._renewal_backoff.reset()
             self._renewal_failure = None
-            new_expiry = isoformat((certificates.validity() or validity)[1])
+            new_expiry = isoformat(not_after)
             message = f"certificate renewed (valid until {new_expiry}), stored in {certificates.cert_path}"
             event(logging.INFO, "certificate-renewed", message, **{**fields, "notAfter": new_expiry})
             return True

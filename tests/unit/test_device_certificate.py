@@ -164,8 +164,9 @@ class Registry:
     (or an OSError) per call, then 201 with a certificate for the call's CSR,
     issued at the agent's clock."""
 
-    def __init__(self, harness: Harness, authority: Any, *failures: Any) -> None:
+    def __init__(self, harness: Harness, authority: Any, *failures: Any, clock: Any = None) -> None:
         self.harness, self.authority, self.failures = harness, authority, list(failures)
+        self.clock = clock or harness.clock  # the registry's, when it is not the device's
         self.calls: list[tuple[float, dict[str, Any]]] = []
         harness.agent.http_post = self.post
 
@@ -176,7 +177,7 @@ class Registry:
             if isinstance(failure, Exception):
                 raise failure
             return failure
-        return 201, granted(self.authority, body["csr"], self.harness.clock())
+        return 201, granted(self.authority, body["csr"], self.clock())
 
 
 def registered(tmp_path: Path, authority: Any) -> tuple[CertificateStore, bytes]:
@@ -240,6 +241,25 @@ def test_a_connected_agent_renews_when_a_third_is_left_stores_the_new_key_and_ce
     ]  # fmt: skip
     assert harness.broker.sessions[0].closed and len(harness.broker.sessions) == 2
     assert harness.waits == []  # reconnected at once, no backoff
+
+
+def test_a_device_clock_ahead_of_the_registrys_renews_once_not_in_a_loop(tmp_path: Path, authority: Any) -> None:
+    files, _first = registered(tmp_path, authority)
+    harness = Harness(tmp_path, ConnectResult(ACCEPTED, "Success"), ConnectResult(ACCEPTED, "Success"), **RENEWING)
+    harness.clock.advance(25 * DAY)  # the device's clock: 25 days ahead; what it is issued is due by it at once
+    registry = Registry(harness, authority, clock=lambda: NOW)
+    pumps = iter(range(5 * 24))  # five days of hourly pumps
+
+    def pump() -> bool:
+        if next(pumps, None) is None:
+            harness.agent.stop()
+        harness.clock.advance(3600.0)
+        return True
+
+    harness.broker.on_pump = pump
+    harness.agent.run()
+    assert len(registry.calls) == 1 and files.ready()
+    assert len(harness.broker.sessions) == 1  # renewed before connecting, then connected once
 
 
 def test_a_certificate_not_due_is_not_renewed(tmp_path: Path, authority: Any) -> None:
