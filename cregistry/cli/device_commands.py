@@ -100,7 +100,7 @@ READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--certificate",
     is_flag=True,
     help="Register with a CSR for a key made here (needs --register-url) and connect with the issued certificate;"
-    " key, certificate and CA are kept beside the credentials file.",
+    " key, certificate and CA are kept beside the credentials file, and the certificate is renewed before expiry.",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
@@ -148,6 +148,8 @@ def run(
     With --certificate (and --register-url) the registration carries a CSR
     for a key made on the device, and the device connects over TLS with the
     certificate the registry issues on approval (--ca-file: the broker's CA).
+    Once a third of the certificate's validity is left it renews it (a new
+    key, no new approval) and reconnects with the new one.
 
     \b
     Example:

@@ -59,7 +59,8 @@ def requests(ctx: click.Context, offset: int, limit: int) -> None:
         # A line each under the table, so that the table's columns stay what scripts read.
         text += "".join(
             f"\n{r.username} (pairing ID {r.pairing_id}) requests a certificate:"
-            f" {r.certificate_request['keyType']} key, SHA-256 {r.certificate_request['publicKeySha256'][:16]}..."
+            # In full: the operator compares it with what the device shows, as in the console.
+            f" {r.certificate_request['keyType']} key, public key SHA-256 {r.certificate_request['publicKeySha256']}"
             for r in pending
             if r.certificate_request is not None
         )

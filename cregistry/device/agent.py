@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cregistry import errors
 from cregistry.device.backoff import Backoff
-from cregistry.device.certificate import CertificateStore, csr_pem
+from cregistry.device.certificate import RENEW_WHEN_LEFT, CertificateStore, csr_pem, renewal_time
 from cregistry.device.credential_file import CredentialStore
 from cregistry.device.credentials import Credentials, new_credentials
 from cregistry.device.logs import describe_os_error, event
@@ -120,6 +120,11 @@ class DeviceAgent:
         self.random = random
         self.hostname = hostname
         self.published = 0
+        # --certificate: when the stored certificate is next looked at for
+        # renewal (self.clock), and the backoff of failed renewals.
+        self._renewal_check_at = 0.0
+        self._renewal_backoff = self.backoff()
+        self._renewal_failure: str | None = None
 
     # -- control ------------------------------------------------------------
     def stop(self) -> None:
@@ -136,7 +141,7 @@ class DeviceAgent:
     def run(self) -> None:
         """Until stop(): raises CregistryError subclasses when the device must give up."""
         credentials, created = self.load_credentials()
-        needs_certificate = self.certificates is not None and not self.certificates.has_certificate()
+        needs_certificate = self.certificates is not None and not self.certificates.ready()
         if not credentials.accepted_before or needs_certificate:
             self.announce(
                 operator_instructions(
@@ -195,7 +200,7 @@ class DeviceAgent:
         if self.settings.enrollment_token is not None:
             body["enrollment"] = self.settings.enrollment_token
         if self.certificates is not None:
-            body["csr"] = csr_pem(self.certificates.load_or_create_key(), credentials.username)
+            body["csr"] = csr_pem(self.certificates.request_key(), credentials.username)
         backoff = self.backoff()
         last_status: int | None = None
         while not self.stopping:
@@ -234,6 +239,7 @@ class DeviceAgent:
         where = f"{settings.host}:{settings.broker_port}"
         backoff = self.backoff()
         while not self.stopping:
+            self.renew_certificate_if_due(credentials)  # a certificate about to expire: renewed before connecting
             session = self.session_factory(credentials, self._client_id(credentials))
             result = session.connect()
             fields = {"username": credentials.username, "broker": where, "reason": result.reason}
@@ -241,10 +247,16 @@ class DeviceAgent:
                 credentials = self._remember_acceptance(credentials)
                 event(logging.INFO, "connected", f"connected as {credentials.username} to {where}", **fields)
                 backoff.reset()
-                self._serve(session, credentials)
+                renewed = self._serve(session, credentials)
                 session.close()
                 if self.stopping:
                     break
+                if renewed:
+                    # The registry disconnects the old certificate's clients
+                    # too (within 2 s): this one goes first, with the new one.
+                    message = f"reconnecting to {where} with the renewed certificate"
+                    event(logging.INFO, "reconnecting-renewed", message, broker=where)
+                    continue
                 reason = session.lost_reason or "closed"
                 message = f"lost the connection to {where} ({reason}); reconnecting"
                 event(logging.WARNING, "connection-lost", message, **{**fields, "reason": reason})
@@ -272,12 +284,15 @@ class DeviceAgent:
                 event(logging.WARNING, "connect-failed", f"cannot connect to {where}: {result.reason}", **fields)
             self._wait(backoff.next_delay())
 
-    def _serve(self, session: BrokerSession, credentials: Credentials) -> None:
-        """Connected: publish when due, otherwise pump the network."""
+    def _serve(self, session: BrokerSession, credentials: Credentials) -> bool:
+        """Connected: publish when due, otherwise pump the network. True when
+        it returns for a renewed certificate, False when the connection is gone."""
         topic = self._publish_topic(credentials)
         interval = self.settings.publish_interval
         next_publish = self.monotonic()
         while not self.stopping:
+            if self.renew_certificate_if_due(credentials):
+                return True
             timeout = PUMP_SECONDS
             if topic is not None:
                 now = self.monotonic()
@@ -289,7 +304,78 @@ class DeviceAgent:
                     next_publish = max(next_publish + interval, now)
                 timeout = max(0.0, min(PUMP_SECONDS, next_publish - self.monotonic()))
             if not session.pump(timeout):
-                return
+                return False
+        return False
+
+    # -- certificate renewal (--certificate) -------------------------------------
+    def renew_certificate_if_due(self, credentials: Credentials) -> bool:
+        """Renew the stored certificate once less than a third of its validity
+        is left (certificate.RENEW_WHEN_LEFT), or when a renewal was started
+        and not finished: one registration with the password and a CSR for a
+        new key, answered at once while the current certificate is valid
+        (SPEC §14). True when a new certificate is stored; a failure is
+        logged and tried again after a backoff, the current certificate
+        being used meanwhile."""
+        certificates = self.certificates
+        now = self.clock()
+        if certificates is None or self.settings.register_url is None or now < self._renewal_check_at:
+            return False
+        validity = certificates.validity()
+        if validity is None:
+            self._renewal_check_at = now + self.settings.max_backoff  # run() registers for a missing certificate
+            return False
+        renew_at = renewal_time(*validity)
+        if now < renew_at and not certificates.renewal_started():
+            self._renewal_check_at = renew_at  # the certificate is written only here, so nothing changes it before
+            return False
+        url = register_endpoint(self.settings.register_url)
+        body = {
+            "username": credentials.username,
+            "password": credentials.password,
+            "clientId": self._client_id(credentials),
+            "csr": csr_pem(certificates.renewal_key(), credentials.username),
+        }
+        expires = isoformat(validity[1])
+        fields = {"username": credentials.username, "notAfter": expires}
+        try:
+            status, answer = self.http_post(url, body)
+        except OSError as error:
+            status, answer = 0, None
+            failure: str | None = f"cannot reach {url}: {describe_os_error(error)}"
+        else:
+            failure = self._store_renewed(status, answer)
+        if failure is None:
+            not_before, not_after = certificates.validity() or validity
+            # A device clock ahead of the registry's finds the new certificate
+            # due at once: it is not renewed again within a third of its
+            # validity (one renewal per start at most, never a loop).
+            self._renewal_check_at = max(
+                renewal_time(not_before, not_after), now + (not_after - not_before) * RENEW_WHEN_LEFT
+            )
+            self._renewal_backoff.reset()
+            self._renewal_failure = None
+            new_expiry = isoformat(not_after)
+            message = f"certificate renewed (valid until {new_expiry}), stored in {certificates.cert_path}"
+            event(logging.INFO, "certificate-renewed", message, **{**fields, "notAfter": new_expiry})
+            return True
+        if failure != self._renewal_failure:  # once per reason, not at every retry
+            message = f"cannot renew the certificate that expires {expires}: {failure}; retrying"
+            event(logging.WARNING, "certificate-renewal-failed", message, status=status, **fields)
+        self._renewal_failure = failure
+        self._renewal_check_at = now + self._renewal_backoff.next_delay()
+        return False
+
+    def _store_renewed(self, status: int, answer: object) -> str | None:
+        """Why a renewal's answer brought no certificate, or None once it is stored."""
+        assert self.certificates is not None
+        if status != 201:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            return f"HTTP {status}" + (f" ({error})" if isinstance(error, str) and error else "")
+        try:
+            self.certificates.save(answer)
+        except (errors.RegistrationFailed, CredentialsFileInvalid) as error:
+            return str(error)
+        return None
 
     def _remember_acceptance(self, credentials: Credentials) -> Credentials:
         try:

@@ -19,12 +19,12 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/x509.h>
 
 #include <mosquitto.h>
 
 #include "answer.h"
+#include "certificate.h"
 #include "state.h"
 
 static void service_state(struct cr_plugin *p, int ok, const char *why)
@@ -151,29 +151,20 @@ static bool cregistry_known_down(struct cr_plugin *p)
 }
 
 /* The client certificate of a TLS listener with require_certificate (SPEC
- * §14): the SHA-256 of its DER in lowercase hex, and its subject CN. 1 with
- * one, 0 without, -1 when it cannot be read. mosquitto_client_certificate
- * returns a copy the caller frees. */
-static int client_certificate(struct mosquitto *client, char fingerprint[2 * 32 + 1], char *cn, size_t cn_size)
+ * §14), through certificate.c: 1 with one, 0 without, -1 when it cannot be
+ * read. mosquitto_client_certificate returns a copy the caller frees. */
+static int client_certificate(struct mosquitto *client, char fingerprint[CR_CERT_FINGERPRINT_LEN + 1], char *cn,
+		size_t cn_size)
 {
 	X509 *cert = mosquitto_client_certificate(client);
-	unsigned char digest[32];
-	unsigned int digest_len = 0;
-	int ok;
+	int read;
 
 	if(cert == NULL){
 		return 0;
 	}
-	ok = X509_digest(cert, EVP_sha256(), digest, &digest_len) == 1 && digest_len == sizeof(digest)
-		&& X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, (int)cn_size) > 0;
+	read = cr_certificate_identity(cert, fingerprint, cn, cn_size);
 	X509_free(cert);
-	if(!ok){
-		return -1;
-	}
-	for(unsigned int i = 0; i < digest_len; i++){
-		snprintf(fingerprint + 2 * i, 3, "%02x", digest[i]);
-	}
-	return 1;
+	return read == 0 ? 1 : -1;
 }
 
 int cr_on_basic_auth(int event, void *event_data, void *userdata)
@@ -189,7 +180,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	cJSON *body;
 	cJSON *pw_item = NULL;
 	enum cr_verdict v;
-	char cert_fingerprint[2 * 32 + 1] = "";
+	char cert_fingerprint[CR_CERT_FINGERPRINT_LEN + 1] = "";
 	char cert_cn[256] = "";
 	int has_cert;
 
@@ -208,28 +199,15 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		p->counters.http_errors++;
 		return cr_connect_fault(ed->client);
 	}
-	memset(&key, 0, sizeof(key));
-	key.user = user;
-	key.user_len = strlen(user);
-	key.kind = CR_KIND_CONNECT;
-	key.part[0] = digest;
-	key.part_len[0] = sizeof(digest);
-	key.part[1] = cert_fingerprint; /* "" without a certificate: a grant is per certificate */
-	key.part_len[1] = strlen(cert_fingerprint);
+	cr_connect_key(&key, user, digest, cert_fingerprint); /* a grant is per certificate */
 	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
 		p->counters.hits++;
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
 	}
 	p->counters.misses++;
 
-	body = cJSON_CreateObject();
-	if(body == NULL || cJSON_AddStringToObject(body, "username", user) == NULL
-			|| (pw_item = cJSON_AddStringToObject(body, "password", password)) == NULL
-			|| cJSON_AddStringToObject(body, "clientid", id) == NULL
-			|| (has_cert && (cJSON_AddStringToObject(body, "certfingerprint", cert_fingerprint) == NULL
-					|| cJSON_AddStringToObject(body, "certcn", cert_cn) == NULL))){
-		wipe_string_item(cJSON_GetObjectItemCaseSensitive(body, "password"));
-		cJSON_Delete(body);
+	body = cr_connect_body(user, password, id, cert_fingerprint, cert_cn, &pw_item);
+	if(body == NULL){
 		p->counters.http_errors++;
 		return cr_connect_fault(ed->client);
 	}

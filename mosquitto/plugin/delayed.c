@@ -5,6 +5,7 @@
 
 #include <mosquitto.h>
 
+#include "certificate.h"
 #include "state.h"
 
 #define POSITION_HEADER "X-Cregistry-Position: "
@@ -132,14 +133,7 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 	}
 	v = cr_judge(p, status, &s->body, s->error);
 	if(v == CR_ALLOW && p->opt.cache_seconds > 0){
-		memset(&key, 0, sizeof(key));
-		key.user = s->user;
-		key.user_len = strlen(s->user);
-		key.kind = CR_KIND_CONNECT;
-		key.part[0] = s->digest;
-		key.part_len[0] = sizeof(s->digest);
-		key.part[1] = s->cert_fingerprint; /* as cr_on_basic_auth keys a grant: per certificate */
-		key.part_len[1] = strlen(s->cert_fingerprint);
+		cr_connect_key(&key, s->user, s->digest, s->cert_fingerprint); /* as cr_on_basic_auth keys it */
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 	}
 	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:

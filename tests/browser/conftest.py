@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cregistry.certificates import init_ca
 from harness.processes import REPO
 from harness.redis_server import RedisProcess
 from harness.service import ServiceProcess, running_service
@@ -63,10 +64,17 @@ def redis_process() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="session")
-def service(redis_process: RedisProcess) -> Iterator[ServiceProcess]:
+def service(redis_process: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     # No CREGISTRY_SESSION_SECRET on purpose: `serve` makes one before the
-    # fork, and two workers must both accept the sessions it signs.
-    with running_service(redis_process.url, ADMIN_TOKEN, {"CREGISTRY_ADMIN_TOKENS": f"ops={OPS_TOKEN}"}) as service:
+    # fork, and two workers must both accept the sessions it signs. A
+    # registry CA, so that devices can ask for certificates (SPEC §14).
+    ca_cert, ca_key = init_ca(tmp_path_factory.mktemp("ca") / "ca")
+    env = {
+        "CREGISTRY_ADMIN_TOKENS": f"ops={OPS_TOKEN}",
+        "CREGISTRY_CA_CERT": str(ca_cert),
+        "CREGISTRY_CA_KEY": str(ca_key),
+    }
+    with running_service(redis_process.url, ADMIN_TOKEN, env) as service:
         yield service
 
 

@@ -7,10 +7,15 @@ the service's own answers are in tests/unit/test_certificates.py."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import itertools
+import json
+import logging
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cregistry.certificates import init_ca
+from cregistry.device.agent import DeviceAgent, DeviceSettings
+from cregistry.device.tls import TlsSettings
 from harness.mosquitto import MosquittoProcess, plugin_env, render_mosquitto_conf
 from harness.mqtt import ClientTls, MqttClient
 from harness.processes import LOOPBACK, free_port
@@ -356,3 +363,104 @@ def test_the_device_agent_registers_with_a_csr_and_connects_with_its_certificate
         assert served.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "sensor-9"
     finally:
         agent.kill()
+
+
+class AgentEvents(logging.Handler):
+    """The events of an in-process device agent, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            self.names.append(fields["event"])
+
+    def wait_for(self, name: str, *, after: int = 0, timeout: float = 30.0) -> int:
+        """The index of the first `name` from index `after` on, polling up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if name in self.names[after:]:
+                return self.names.index(name, after)
+            time.sleep(0.05)
+        raise AssertionError(f"no {name!r} within {timeout} s after #{after}: {self.names}")
+
+
+def test_the_device_agent_renews_its_certificate_before_expiry_and_reconnects_with_it(
+    fleet: Fleet, ca_service: ServiceProcess, tls_files: tuple[Path, ServerTls], tmp_path: Path
+) -> None:
+    """The agent's own loop (PahoSession, urllib) against the real service and
+    broker; only its clock is moved on, to two thirds of the validity (the
+    registry's validity is in days). The registry sees a real renewal: a
+    valid current certificate, a CSR for a new key, 201 at once."""
+    api = ca_service.api
+    watcher = fleet.enroll("watcher", "watcher-secret-1")
+    grant(ca_service, "watcher", "plant/#", "read")
+    watching = connected_with(fleet, watcher)
+    assert watching.subscribe("plant/meter-1/heartbeat") == 1
+    assert http("POST", f"{api}/api/client-registry/unlock", token=ADMIN_TOKEN).status == 200
+
+    credentials = tmp_path / "device" / "meter-1.json"
+    moved_on = [0.0]
+    settings = DeviceSettings(
+        host=LOOPBACK, port=fleet.broker.port, credentials_path=credentials, username="meter-1", register_url=api,
+        tls=TlsSettings(ca_file=tls_files[1].ca_file), certificate=True, publish_topic="plant/%u/heartbeat",
+        publish_interval=0.3, max_backoff=1.0,
+    )  # fmt: skip
+    agent = DeviceAgent(settings, announce=lambda _text: None, clock=lambda: time.time() + moved_on[0])
+    events = AgentEvents()
+    logger = logging.getLogger("cregistry.device")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(events)
+    running = threading.Thread(target=agent.run, daemon=True)
+    running.start()
+    try:
+        events.wait_for("registration-waiting")
+        approved = http("POST", f"{api}/api/client-registry/requests/meter-1:{pairing_of(credentials)}/approve",
+                        token=ADMIN_TOKEN)  # fmt: skip
+        assert approved.status == 201, approved.body
+        grant(ca_service, "meter-1", "plant/meter-1/#")
+        first_connected = events.wait_for("connected")
+        first_serial = http("GET", f"{api}/api/users/meter-1", token=ADMIN_TOKEN).json()["certificate"]["serial"]
+        old = ClientTls(tls_files[1].ca_file, tmp_path / "old.crt", tmp_path / "old.key")
+        shutil.copy(credentials.with_suffix(".crt"), old.cert_file)
+        shutil.copy(credentials.with_suffix(".key"), old.key_file)
+
+        moved_on[0] = 365 * 2 / 3 * 86400 + 3600  # CREGISTRY_CERT_DAYS' default: renewal is due
+        renewed = events.wait_for("certificate-renewed", after=first_connected)
+        events.wait_for("connected", after=renewed)
+
+        user = http("GET", f"{api}/api/users/meter-1", token=ADMIN_TOKEN).json()
+        stored = x509.load_pem_x509_certificate(credentials.with_suffix(".crt").read_bytes())
+        assert user["certificate"]["serial"] == format(stored.serial_number, "x") != first_serial
+        assert not credentials.with_suffix(".next.key").exists()
+        for name in ("meter-1.key", "meter-1.crt", "meter-1.ca.crt"):
+            assert (credentials.parent / name).stat().st_mode & 0o077 == 0
+        assert fleet.connect("meter-1", None, old) == "Not authorized"  # the old certificate is refused
+        # The agent is connected with the new one (after the registry's kick, if it came later, again).
+        while watching.receive(0.1) is not None:
+            pass  # what it published before
+        published_before = agent.published
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            message = watching.receive(1.0)
+            if message is not None and json.loads(message[1])["seq"] > published_before:
+                break
+        else:
+            raise AssertionError("no heartbeat from the agent after the renewal")
+        # Once: the new certificate is due by the agent's moved-on clock too, and is not renewed in a loop.
+        actions = [e["action"] for e in http("GET", f"{api}/api/audit", token=ADMIN_TOKEN).json()["entries"]]
+        assert actions.count("user.certificate.renew") == 1 and events.names.count("certificate-renewed") == 1
+    finally:
+        agent.stop()
+        running.join(15)
+        logger.removeHandler(events)
+        logger.setLevel(level)
+    assert not running.is_alive()
+
+
+def pairing_of(credentials: Path) -> str:
+    stored = json.loads(credentials.read_text())
+    return hashlib.sha256(f"{stored['username']}:{stored['password']}".encode()).hexdigest()[:6]

@@ -9,16 +9,20 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask.testing import FlaskClient
 
+from cregistry import services
 from cregistry.certificates import certificate_fingerprint, init_ca, load_authority
+from cregistry.cli import cli
 from cregistry.config import Config
 from cregistry.errors import ConfigError, InvalidInput
 from cregistry.keys import Keys
+from cregistry.passwords import pairing_id
 from cregistry.web import create_app
 from tests.unit.conftest import ADMIN_TOKEN
 
@@ -214,3 +218,21 @@ def test_revoking_a_certificate_refuses_it_and_is_audited(ca_api: FlaskClient, c
     assert ca_broker.post("/mqtt/user", json=check).status_code == 403
     assert ca_api.get("/api/users/sensor-1", headers=AUTH).get_json()["certificate"] is None
     assert ca_api.get("/api/audit", headers=AUTH).get_json()["entries"][0]["action"] == "user.certificate.revoke"
+
+
+def test_cregistry_requests_shows_the_key_type_and_the_whole_fingerprint(
+    ca_config: Config, connection: fakeredis.FakeRedis, runner: CliRunner
+) -> None:
+    domain = services.build(connection, ca_config)
+    domain.redis.set(domain.keys.unlock(), "1", ex=300)
+    csr = domain.certificates.check_csr(make_csr("sensor-1")[0], "sensor-1")
+    assert csr is not None
+    domain.registration.attempt("sensor-1", "secret1", "", "rest", None, csr=csr)
+    domain.registration.attempt("plain-1", "secret1", "", "rest", None)
+    result = runner.invoke(cli, ["requests"])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if "certificate" in line]
+    assert line == (
+        f"sensor-1 (pairing ID {pairing_id('sensor-1', 'secret1')}) requests a certificate:"
+        f" EC P-256 key, public key SHA-256 {csr.to_dict()['publicKeySha256']}"
+    )

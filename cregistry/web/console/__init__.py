@@ -135,6 +135,15 @@ def visible_lines(text: str) -> str:
     return "\n".join(visible(line) for line in text.split("\n"))
 
 
+@bp.app_template_filter("certificate_request")
+def certificate_request_text(requested: dict[str, str] | None) -> str:
+    """A pending request's CSR in words (console.js writes the same): its key
+    type and the SHA-256 of its public key, the value the API and CLI show."""
+    if not requested:
+        return "Not requested"
+    return f"Requested: {requested.get('keyType', '')} key, public key SHA-256 {requested.get('publicKeySha256', '')}"
+
+
 @bp.app_template_filter("duration")
 def duration(seconds: int) -> str:
     if seconds % 60:
@@ -519,6 +528,24 @@ def delete_user(username: str) -> Any:
         f"Deleted {username}.",
         lambda error, status: _error_page(error, status),
         lambda _: url_for(".users_view"),
+    )
+
+
+@bp.get("/users/<username>/certificate/revoke")
+def confirm_revoke_certificate(username: str) -> Any:
+    user = _users().get(username)
+    if user.certificate is None:
+        raise errors.CertificateRefused(f"{username!r} has no certificate")
+    return render_template("console/revoke_certificate.html", user=user, active="users")
+
+
+@bp.post("/users/<username>/certificate/revoke")
+def revoke_certificate(username: str) -> Any:
+    return _user_change(
+        username,
+        "certificate",
+        lambda: _domain().certificates.revoke(username, actor=g.operator.actor),
+        "Revoked the certificate: it is refused from now on, and the user's clients were disconnected.",
     )
 
 

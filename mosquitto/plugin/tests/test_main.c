@@ -6,7 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "answer.h"
+#include "certificate.h"
 #include "siphash.h"
 #include "state.h"
 
@@ -629,6 +633,165 @@ static void test_options(void)
 	CHECK(opts(&o, 2, "url", "http://h", "url", "nonsense") == -1);
 }
 
+/* -- the client certificate (certificate.c, SPEC §14) ------------------------ */
+/* A self-signed certificate for `cn` (NULL: a subject without a CN) on a new
+ * P-256 key, as a device's would be; the caller frees it. */
+static X509 *test_certificate_len(const char *cn, int cn_len)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *cert = X509_new();
+	X509_NAME *name = X509_get_subject_name(cert);
+
+	CHECK(key != NULL && cert != NULL);
+	ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+	X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+	X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"cregistry tests", -1, -1, 0);
+	if(cn != NULL){
+		/* V_ASN1_UTF8STRING: the bytes as given, a NUL included */
+		CHECK(X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_UTF8STRING, (const unsigned char *)cn, cn_len,
+				-1, 0) == 1);
+	}
+	X509_set_issuer_name(cert, name);
+	X509_set_pubkey(cert, key);
+	CHECK(X509_sign(cert, key, EVP_sha256()) > 0);
+	EVP_PKEY_free(key);
+	return cert;
+}
+
+static X509 *test_certificate(const char *cn)
+{
+	return test_certificate_len(cn, cn == NULL ? 0 : (int)strlen(cn));
+}
+
+/* The SHA-256 of the certificate's DER, the way the service computes it
+ * (over i2d_X509's bytes, not through X509_digest). */
+static void der_sha256_hex(X509 *cert, char out[CR_CERT_FINGERPRINT_LEN + 1])
+{
+	unsigned char *der = NULL;
+	unsigned char digest[32];
+	int len = i2d_X509(cert, &der);
+
+	CHECK(len > 0 && EVP_Digest(der, (size_t)len, digest, NULL, EVP_sha256(), NULL) == 1);
+	for(int i = 0; i < 32; i++){
+		snprintf(out + 2 * i, 3, "%02x", digest[i]);
+	}
+	OPENSSL_free(der);
+}
+
+static void test_certificate_identity(void)
+{
+	char fingerprint[CR_CERT_FINGERPRINT_LEN + 1] = "";
+	char expected[CR_CERT_FINGERPRINT_LEN + 1] = "";
+	char cn[256] = "";
+	char short_buffer[16];
+	X509 *cert;
+
+	begin("certificate: the fingerprint is the DER's SHA-256 in lowercase hex, the CN the subject's");
+	cert = test_certificate("sensor-1");
+	CHECK(cr_certificate_identity(cert, fingerprint, cn, sizeof(cn)) == 0);
+	der_sha256_hex(cert, expected);
+	CHECK(strcmp(fingerprint, expected) == 0);
+	CHECK(strlen(fingerprint) == CR_CERT_FINGERPRINT_LEN);
+	CHECK(strspn(fingerprint, "0123456789abcdef") == CR_CERT_FINGERPRINT_LEN);
+	CHECK(strcmp(cn, "sensor-1") == 0);
+	X509_free(cert);
+
+	begin("certificate: another certificate for the same CN has another fingerprint");
+	cert = test_certificate("sensor-1");
+	CHECK(cr_certificate_identity(cert, expected, cn, sizeof(cn)) == 0);
+	CHECK(strcmp(fingerprint, expected) != 0);
+	X509_free(cert);
+
+	begin("certificate: no CN, a CN too long for the buffer or with a NUL cannot be read (never sent cut short)");
+	cert = test_certificate(NULL);
+	CHECK(cr_certificate_identity(cert, fingerprint, cn, sizeof(cn)) == -1);
+	X509_free(cert);
+	cert = test_certificate("sensor-0123456789");
+	CHECK(cr_certificate_identity(cert, fingerprint, short_buffer, sizeof(short_buffer)) == -1);
+	CHECK(short_buffer[0] == '\0');
+	CHECK(cr_certificate_identity(cert, fingerprint, cn, sizeof(cn)) == 0);
+	X509_free(cert);
+	cert = test_certificate_len("sensor-1\0-other", 15);
+	CHECK(cr_certificate_identity(cert, fingerprint, cn, sizeof(cn)) == -1);
+	X509_free(cert);
+	CHECK(cr_certificate_identity(NULL, fingerprint, cn, sizeof(cn)) == -1);
+}
+
+static const char *body_string(cJSON *body, const char *name)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(body, name);
+
+	return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+static void test_connect_body(void)
+{
+	const char *fingerprint = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	cJSON *password = NULL;
+	cJSON *body;
+
+	begin("connect body: a certificate's fingerprint and CN go with the credentials");
+	body = cr_connect_body("sensor-1", "pw", "client-1", fingerprint, "sensor-1", &password);
+	CHECK(body != NULL);
+	CHECK(body_string(body, "username") && strcmp(body_string(body, "username"), "sensor-1") == 0);
+	CHECK(body_string(body, "clientid") && strcmp(body_string(body, "clientid"), "client-1") == 0);
+	CHECK(body_string(body, "certfingerprint") && strcmp(body_string(body, "certfingerprint"), fingerprint) == 0);
+	CHECK(body_string(body, "certcn") && strcmp(body_string(body, "certcn"), "sensor-1") == 0);
+	CHECK(password != NULL && strcmp(password->valuestring, "pw") == 0);
+	cJSON_Delete(body);
+
+	begin("connect body: without a certificate, no certificate fields (the password is checked)");
+	body = cr_connect_body("sensor-1", "", "client-1", "", "", &password);
+	CHECK(body != NULL);
+	CHECK(cJSON_GetObjectItemCaseSensitive(body, "certfingerprint") == NULL);
+	CHECK(cJSON_GetObjectItemCaseSensitive(body, "certcn") == NULL);
+	CHECK(body_string(body, "password") && strcmp(body_string(body, "password"), "") == 0);
+	cJSON_Delete(body);
+}
+
+static int connect_granted(struct cr_cache *c, const char *user, const unsigned char digest[CR_DIGEST_LEN],
+		const char *fingerprint)
+{
+	struct cr_key key;
+	int result = -12345;
+
+	cr_connect_key(&key, user, digest, fingerprint);
+	return cr_cache_get(c, &key, 1000, &result) && result == 0;
+}
+
+static void test_connect_grant_is_per_certificate(void)
+{
+	const char *cert_a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+	const char *cert_b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+	unsigned char digest_key[CR_DIGEST_KEY_LEN] = {7};
+	unsigned char digest[CR_DIGEST_LEN];
+	struct cr_cache c;
+	struct cr_key key;
+
+	CHECK(cr_connect_digest(digest_key, "sensor-1", "", "client-1", digest) == 0);
+	CHECK(cr_cache_init(&c, 10, HASH_KEY) == 0);
+	cr_connect_key(&key, "sensor-1", digest, cert_a);
+	CHECK(cr_cache_put(&c, &key, 0, 5000) == 0);
+
+	begin("connect cache: a grant for one certificate answers for it only");
+	CHECK(connect_granted(&c, "sensor-1", digest, cert_a));
+	CHECK(!connect_granted(&c, "sensor-1", digest, cert_b)); /* another certificate, same credentials */
+	CHECK(!connect_granted(&c, "sensor-1", digest, ""));     /* the same credentials without a certificate */
+	CHECK(!connect_granted(&c, "sensor-2", digest, cert_a)); /* the certificate under another username */
+
+	begin("connect cache: a grant without a certificate does not answer for one");
+	cr_connect_key(&key, "sensor-1", digest, "");
+	CHECK(cr_cache_put(&c, &key, 0, 5000) == 0);
+	CHECK(connect_granted(&c, "sensor-1", digest, ""));
+	CHECK(!connect_granted(&c, "sensor-1", digest, cert_b));
+
+	begin("connect cache: dropping the user (a renewal or revocation on the feed) ends its certificate's grant");
+	cr_cache_drop_user(&c, "sensor-1");
+	CHECK(!connect_granted(&c, "sensor-1", digest, cert_a));
+	cr_cache_free(&c);
+}
+
 int main(void)
 {
 	test_cache_hit_miss_expiry();
@@ -642,6 +805,9 @@ int main(void)
 	test_tick_names_the_next();
 	test_answer_grants();
 	test_options();
+	test_certificate_identity();
+	test_connect_body();
+	test_connect_grant_is_per_certificate();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
 	return failed ? 1 : 0;

@@ -56,6 +56,14 @@
     return iso ? iso.replace("T", " ").replace("Z", " UTC") : "";
   }
 
+  // The `certificate_request` filter's words.
+  function certificateRequest(requested) {
+    if (!requested) {
+      return "Not requested";
+    }
+    return "Requested: " + requested.keyType + " key, public key SHA-256 " + requested.publicKeySha256;
+  }
+
   function clockText(seconds) {
     const hours = Math.floor(seconds / 3600);
     const minutes = Math.floor((seconds % 3600) / 60);
@@ -111,6 +119,13 @@
       tr.dataset.requestId = req.id;
       const name = cell("Username", "");
       name.append(reviewLink(req, req.username, "review"));
+      if (req.certificateRequest) {
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.title = certificateRequest(req.certificateRequest);
+        tag.textContent = "Certificate requested";
+        name.append(" ", tag);
+      }
       const action = document.createElement("td");
       action.append(reviewLink(req, "Review", "button review"));
       const pairing = cell("Pairing ID", req.pairingId, "mono strong");
@@ -182,6 +197,8 @@
       let text;
       if (field === "firstSeen" || field === "lastSeen") {
         text = when(req[field]);
+      } else if (field === "certificateRequest") {
+        text = certificateRequest(req.certificateRequest);
       } else if (field === "context") {
         text = req.context ? visibleLines(JSON.stringify(req.context, null, 2)) : "(none)";
       } else {
