@@ -7,14 +7,16 @@ is asked again, within the 2 s of SPEC §11)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from harness import mqtt
-from harness.mosquitto import MosquittoProcess
+from harness.mosquitto import MosquittoProcess, PluginMosquittoProcess
 from harness.service import ServiceProcess, http
 
-from .conftest import ADMIN_TOKEN
+from .conftest import ADMIN_TOKEN, finish_broker
 
 pytestmark = pytest.mark.broker
 
@@ -51,9 +53,28 @@ def connack(port: int, username: str, password: str, client_id: str) -> int | No
     return answer[3] if len(answer) == 4 else None
 
 
+@pytest.fixture(params=[{}, {"delayed_auth": "1"}], ids=["default", "delayed-auth"])
+def flooded(
+    request: pytest.FixtureRequest, service: ServiceProcess, cregistry_plugin: Path
+) -> Iterator[MosquittoProcess]:
+    """A broker with the plugin's defaults, and one with delayed basic auth
+    (2.1: the refusal is remembered when the delayed check completes; 2.0
+    has no delayed auth and checks synchronously either way)."""
+    broker = PluginMosquittoProcess(service.broker_port, cregistry_plugin, plugin_options=request.param)
+    broker.start()
+    try:
+        broker.wait_for_feed()
+    except TimeoutError as error:
+        broker.cleanup()
+        pytest.fail(str(error))
+    yield broker
+    finish_broker(broker)
+
+
 def test_a_flood_of_one_wrong_password_costs_cregistry_one_check(  # type: ignore[no-untyped-def]
-    mosquitto: MosquittoProcess, cregistry, service: ServiceProcess
+    flooded: MosquittoProcess, cregistry, service: ServiceProcess
 ) -> None:
+    mosquitto = flooded
     add_user(cregistry, "meter-9", "meter-secret")
     time.sleep(1.2)  # the user's feed entry reaches the broker first (it would end the window)
     before = user_checks_refused(service)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import mqtt
 from harness.mosquitto import PluginMosquittoProcess
 from harness.mqtt import MqttClient, mqtt_clients
-from harness.service import ServiceProcess
+from harness.service import Freezer, ServiceProcess
 
 from .conftest import finish_broker
 
@@ -74,12 +75,12 @@ def start_broker(
 
 
 @pytest.fixture
-def beside(
+def beside_broker(
     service: ServiceProcess, cregistry_plugin: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., MqttClient]]:
-    """Clients of a broker with the password_file beside the plugin; the
-    test's parameter says the plugin's unknown_users (None: the default)
-    and whether the files' lines come before the plugin's."""
+) -> Iterator[PluginMosquittoProcess]:
+    """A broker with the password_file beside the plugin; the test's parameter
+    (through `beside`) says the plugin's unknown_users (None: the default) and
+    whether the files' lines come before the plugin's."""
     unknown_users, files_first = request.param
     # not under pytest's tmp_path (mode 0700): mosquitto may run as its own user
     directory = Path(tempfile.mkdtemp(prefix="cregistry-password-file-"))
@@ -88,15 +89,24 @@ def beside(
         broker = start_broker(
             service, cregistry_plugin, directory, unknown_users=unknown_users, files_first=files_first
         )
-        with mqtt_clients(broker.port) as make:
-            yield make
+        yield broker
         finish_broker(broker)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture
+def beside(beside_broker: PluginMosquittoProcess) -> Iterator[Callable[..., MqttClient]]:
+    """make(username, password, client_id): clients of `beside_broker`."""
+    with mqtt_clients(beside_broker.port) as make:
+        yield make
+
+
 @pytest.mark.parametrize(
-    "beside", [("defer", False), ("defer", True)], indirect=True, ids=["plugin-first", "files-first"]
+    "beside_broker",
+    [("defer", False), ("defer", True)],
+    indirect=["beside_broker"],
+    ids=["plugin-first", "files-first"],
 )
 def test_with_defer_a_password_file_account_works_beside_registry_devices(beside, cregistry) -> None:  # type: ignore[no-untyped-def]
     add_user(cregistry, "dev-1", "device-secret")
@@ -124,7 +134,7 @@ def test_with_defer_a_password_file_account_works_beside_registry_devices(beside
     assert beside("dev-both", "registry-password", "dev-both-client").connect() == "Success"
 
 
-@pytest.mark.parametrize("beside", [("defer", False)], indirect=True)
+@pytest.mark.parametrize("beside_broker", [("defer", False)], indirect=["beside_broker"])
 def test_with_defer_an_unknown_username_is_still_recorded_while_unlocked(beside, cregistry) -> None:  # type: ignore[no-untyped-def]
     cregistry("unlock")
     assert beside(*SERVICE_ACCOUNT, "historian").connect() == "Success"  # the password_file's answer
@@ -132,8 +142,22 @@ def test_with_defer_an_unknown_username_is_still_recorded_while_unlocked(beside,
     assert sorted(requests_of(cregistry)) == sorted([SERVICE_ACCOUNT[0], "new-device"])
 
 
-@pytest.mark.parametrize("beside", [(None, False), ("refuse", False)], indirect=True, ids=["default", "refuse"])
+@pytest.mark.parametrize(
+    "beside_broker", [(None, False), ("refuse", False)], indirect=["beside_broker"], ids=["default", "refuse"]
+)
 def test_with_refuse_the_password_file_account_is_refused(beside, cregistry) -> None:  # type: ignore[no-untyped-def]
     add_user(cregistry, "dev-1", "device-secret")
     assert beside(*SERVICE_ACCOUNT, "historian").connect() == "Not authorized"
     assert beside("dev-1", "device-secret", "dev-1-client").connect() == "Success"
+
+
+@pytest.mark.parametrize("beside_broker", [("defer", False)], indirect=["beside_broker"])
+def test_with_defer_a_fault_is_never_deferred(beside_broker: PluginMosquittoProcess, freezer: Freezer) -> None:
+    """While cregistry cannot answer, the plugin cannot know that a username is
+    unknown: the CONNECT fails closed (no CONNACK for MQTT 3.1.1) instead of
+    going to the password_file, which would then decide for a registry user."""
+    freezer.freeze()
+    answer, seconds = mqtt.raw_connect(beside_broker.port, *SERVICE_ACCOUNT, "historian")
+    assert answer == b""  # closed without a CONNACK: an outage, not "accepted" nor "not authorised"
+    assert seconds < 2.5
+    freezer.thaw()
