@@ -1,9 +1,12 @@
 /* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
  *
  * Answers by HTTP status: 200 with the service's own body ({"ok": true, ...})
- * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
- * statuses, timeout, no connection) is a fault: nothing is cached and the
- * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
+ * allow, 403/400 deny (with "unknown_user": true, a user cregistry lacks:
+ * plugin_opt_unknown_users defer leaves the check to the broker's other
+ * authentication with MOSQ_ERR_PLUGIN_DEFER), anything else (a 200 with
+ * another body, 5xx, other statuses, timeout, no connection) is a fault:
+ * nothing is cached and the broker is told MOSQ_ERR_UNKNOWN, which
+ * mosquitto 2.0.11 handles as
  *   CONNECT   -> socket closed without CONNACK (handle_connect.c; an MQTT 5
  *                CONNECT is told "server unavailable" instead, cr_connect_fault)
  *   PUBLISH   -> handle__publish returns the error: the publisher is
