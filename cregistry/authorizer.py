@@ -39,6 +39,9 @@ ACC_VALUES = (ACC_READ, ACC_WRITE, ACC_READ_WRITE, ACC_SUBSCRIBE)
 class Decision:
     allowed: bool
     reason: str = ""
+    # The registry has no such user: the plugin may leave the check to the
+    # broker's other authentication (plugin_opt_unknown_users defer, SPEC §11).
+    unknown_user: bool = False
 
 
 ALLOW = Decision(True)
@@ -138,8 +141,15 @@ def refuse_malformed_connect(username: str, password: str, client_id: str) -> De
     try:
         validate_fields(username, password, client_id)
     except InvalidInput as error:
-        return Decision(False, str(error))
+        return malformed_refusal(username, error)
     return None
+
+
+def malformed_refusal(username: object, error: InvalidInput) -> Decision:
+    """A refusal for malformed fields; a username the rules refuse can name no
+    user of the registry, so it is unknown (a bad password of a valid name may
+    belong to a user: that refusal is not marked)."""
+    return Decision(False, str(error), unknown_user=not names.is_valid_username(username))
 
 
 # The broker's reason for refusing each outcome of a CONNECT (ACCEPTED is ALLOW).
@@ -155,6 +165,21 @@ REFUSALS = {
     Outcome.REPEATED: "registration request pending (pairing ID {pairing})",
     Outcome.APPROVED_MEANWHILE: "registration approved just now; connect again",
 }
+# The outcomes of an attempt by a username the registry has no user for: the
+# broker may leave those CONNECTs to its other authentication. Not among them:
+# ACCEPTED, WRONG_PASSWORD, TOO_MANY_FAILURES (a user exists) and
+# APPROVED_MEANWHILE (one exists now).
+UNKNOWN_USER_OUTCOMES = frozenset(
+    {
+        Outcome.WEAK_PASSWORD,
+        Outcome.DENIED,
+        Outcome.LOCKED,
+        Outcome.PENDING_CAP,
+        Outcome.BUSY,
+        Outcome.RECORDED,
+        Outcome.REPEATED,
+    }
+)
 
 
 class Authorizer:
@@ -183,11 +208,15 @@ class Authorizer:
         try:
             attempt = self.registration.attempt(username, password, client_id, "mqtt")
         except InvalidInput as error:
-            return Decision(False, str(error))
+            return malformed_refusal(username, error)
         if attempt.outcome is Outcome.ACCEPTED:
             self.last_connects.record(username, client_id, started)
             return ALLOW
-        return Decision(False, REFUSALS[attempt.outcome].format(pairing=attempt.pairing_id, detail=attempt.detail))
+        return Decision(
+            False,
+            REFUSALS[attempt.outcome].format(pairing=attempt.pairing_id, detail=attempt.detail),
+            unknown_user=attempt.outcome in UNKNOWN_USER_OUTCOMES,
+        )
 
     def check_certificate(self, username: str, client_id: str, fingerprint: str, common_name: str) -> Decision:
         """CONNECT with a client certificate Mosquitto verified against the
@@ -233,6 +262,9 @@ class Authorizer:
     ) -> Decision | None:
         try:
             names.validate_username(username)
+        except InvalidInput as error:
+            return Decision(False, str(error), unknown_user=True)
+        try:
             if acc == ACC_SUBSCRIBE:
                 levels = topics.validate_filter(topic)
             else:
@@ -243,7 +275,7 @@ class Authorizer:
         if data is None:
             return None
         if not data.exists:
-            return Decision(False, "unknown user")
+            return Decision(False, "unknown user", unknown_user=True)
         if data.superuser:
             return ALLOW
         readable = []

@@ -31,6 +31,11 @@ def validate_username(username: object) -> str:
     return username
 
 
+def is_valid_username(username: object) -> bool:
+    """Whether validate_username accepts it."""
+    return isinstance(username, str) and USERNAME_RE.fullmatch(username) is not None
+
+
 def validate_role_name(role: object) -> str:
     if not isinstance(role, str) or not ROLE_NAME_RE.fullmatch(role):
         raise InvalidInput(

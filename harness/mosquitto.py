@@ -31,9 +31,11 @@ def render_mosquitto_conf(
     cache_seconds: int | None = None,
     no_auth: bool = False,
     plugin_options: dict[str, str] | None = None,
+    extra_lines: tuple[str, ...] = (),
 ) -> str:
     """A shipped configuration (the plugin's, or go-auth's with `shipped`) with
-    only ports, paths and cache times replaced, and test options added."""
+    only ports, paths and cache times replaced, and test options (and
+    `extra_lines`, such as a password_file beside the plugin) added."""
     lines = []
     for line in shipped.read_text().splitlines():
         option = line.split(" ", 1)[0]
@@ -53,6 +55,7 @@ def render_mosquitto_conf(
             line = f"{option} 0"
         lines.append(line)
     lines += [f"plugin_opt_{name} {value}" for name, value in (plugin_options or {}).items()]
+    lines += extra_lines
     if no_auth:
         lines.append("allow_anonymous true")
     # stderr: unbuffered, so a test that fails can show what mosquitto said up to then.
@@ -210,14 +213,22 @@ class PluginMosquittoProcess(MosquittoProcess):
     """A real mosquitto loading cregistry's own plugin, configured by
     mosquitto/mosquitto.conf, that asks cregistry's broker listener on
     `cregistry_broker_port` (or a stand-in for it); `plugin_options` adds
-    plugin_opt_<name> lines."""
+    plugin_opt_<name> lines, `extra_lines` any other lines."""
 
     def __init__(
-        self, cregistry_broker_port: int, plugin: Path = PLUGIN_SO, plugin_options: dict[str, str] | None = None
+        self,
+        cregistry_broker_port: int,
+        plugin: Path = PLUGIN_SO,
+        plugin_options: dict[str, str] | None = None,
+        extra_lines: tuple[str, ...] = (),
     ) -> None:
         port = free_port()
         conf = render_mosquitto_conf(
-            port=port, plugin=plugin, cregistry_broker_port=cregistry_broker_port, plugin_options=plugin_options
+            port=port,
+            plugin=plugin,
+            cregistry_broker_port=cregistry_broker_port,
+            plugin_options=plugin_options,
+            extra_lines=extra_lines,
         )
         super().__init__(conf, port, env=plugin_env(plugin))
 

@@ -235,7 +235,10 @@ def _field(params: dict[str, Any], name: str) -> str:
 
 
 def _answer(decision: Decision) -> Answer:
-    return (200 if decision.allowed else 403), {"ok": decision.allowed, "error": decision.reason}
+    body: dict[str, Any] = {"ok": decision.allowed, "error": decision.reason}
+    if decision.unknown_user:
+        body["unknown_user"] = True  # the plugin's plugin_opt_unknown_users defer (SPEC §11)
+    return (200 if decision.allowed else 403), body
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -10,4 +10,8 @@
  * grant, and the check is a fault. */
 bool cr_answer_grants(const char *body, size_t len);
 
+/* True only for a JSON object whose "unknown_user" is true: the service's
+ * refusal of a username the registry has no user for (SPEC §11, unknown_users). */
+bool cr_answer_unknown_user(const char *body, size_t len);
+
 #endif

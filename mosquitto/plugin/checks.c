@@ -1,9 +1,12 @@
 /* CONNECT and ACL checks: the cache first, then cregistry's broker routes.
  *
  * Answers by HTTP status: 200 with the service's own body ({"ok": true, ...})
- * allow, 403/400 deny, anything else (a 200 with another body, 5xx, other
- * statuses, timeout, no connection) is a fault: nothing is cached and the
- * broker is told MOSQ_ERR_UNKNOWN, which mosquitto 2.0.11 handles as
+ * allow, 403/400 deny (with "unknown_user": true, a user cregistry lacks:
+ * plugin_opt_unknown_users defer leaves the check to the broker's other
+ * authentication with MOSQ_ERR_PLUGIN_DEFER), anything else (a 200 with
+ * another body, 5xx, other statuses, timeout, no connection) is a fault:
+ * nothing is cached and the broker is told MOSQ_ERR_UNKNOWN, which
+ * mosquitto 2.0.11 handles as
  *   CONNECT   -> socket closed without CONNACK (handle_connect.c; an MQTT 5
  *                CONNECT is told "server unavailable" instead, cr_connect_fault)
  *   PUBLISH   -> handle__publish returns the error: the publisher is
@@ -96,7 +99,7 @@ enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *
 	}
 	if(status == 403 || status == 400){
 		service_state(p, 1, "");
-		return CR_DENY;
+		return cr_answer_unknown_user(body->data, body->len) ? CR_UNKNOWN : CR_DENY;
 	}
 	p->counters.http_errors++;
 	if(status == 200){
@@ -183,6 +186,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	char cert_fingerprint[CR_CERT_FINGERPRINT_LEN + 1] = "";
 	char cert_cn[256] = "";
 	int has_cert;
+	uint64_t refusal_epoch;
 
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
@@ -204,14 +208,23 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		p->counters.hits++;
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
 	}
+	if(!has_cert && cr_refusals_has(&p->refusals, digest, cr_now_ms())){
+		OPENSSL_cleanse(digest, sizeof(digest));
+		p->counters.refusal_hits++;
+		return MOSQ_ERR_AUTH; /* the same credentials cregistry refused moments ago */
+	}
 	p->counters.misses++;
+	refusal_epoch = p->refusals.epoch;
 
 	body = cr_connect_body(user, password, id, cert_fingerprint, cert_cn, &pw_item);
 	if(body == NULL){
 		p->counters.http_errors++;
 		return cr_connect_fault(ed->client);
 	}
-	if(p->delayed.complete != NULL && !cregistry_known_down(p)){
+	/* 2.1.2's mosquitto_complete_basic_auth cannot pass a check on to the
+	 * broker's other authentication (any result but success is "not
+	 * authorised"): with unknown_users defer, every CONNECT is synchronous. */
+	if(p->delayed.complete != NULL && !p->opt.defer_unknown_users && !cregistry_known_down(p)){
 		char *json = cJSON_PrintUnformatted(body);
 		wipe_string_item(pw_item);
 		cJSON_Delete(body);
@@ -236,8 +249,17 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		OPENSSL_cleanse(digest, sizeof(digest));
 		return MOSQ_ERR_SUCCESS;
 	}
+	/* A known user's refusal is remembered briefly (refusals.h); an unknown
+	 * user's never: each attempt may be recorded as a registration request,
+	 * and an unlock reaches no change feed. Faults are never remembered. */
+	if(v == CR_DENY){
+		cr_remember_refusal(p, user, digest, cert_fingerprint, refusal_epoch);
+	}
 	OPENSSL_cleanse(digest, sizeof(digest));
-	return v == CR_DENY ? MOSQ_ERR_AUTH : cr_connect_fault(ed->client); /* refusals are never cached */
+	if(v == CR_UNKNOWN){
+		return p->opt.defer_unknown_users ? MOSQ_ERR_PLUGIN_DEFER : MOSQ_ERR_AUTH;
+	}
+	return v == CR_DENY ? MOSQ_ERR_AUTH : cr_connect_fault(ed->client);
 }
 
 int cr_on_acl_check(int event, void *event_data, void *userdata)
@@ -299,7 +321,15 @@ int cr_on_acl_check(int event, void *event_data, void *userdata)
 	if(v == CR_FAULT){
 		return acc == 1 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_UNKNOWN;
 	}
-	result = v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	/* unknown_users defer: a user cregistry lacks (a password_file account)
+	 * is left to the broker's other ACLs; cached like a denial. */
+	if(v == CR_ALLOW){
+		result = MOSQ_ERR_SUCCESS;
+	}else if(v == CR_UNKNOWN && p->opt.defer_unknown_users){
+		result = MOSQ_ERR_PLUGIN_DEFER;
+	}else{
+		result = MOSQ_ERR_ACL_DENIED;
+	}
 	long lifetime = v == CR_ALLOW ? p->opt.cache_seconds : p->opt.deny_cache_seconds;
 	if(lifetime > 0){
 		(void)cr_cache_put(&p->cache, &key, result, cr_now_ms() + lifetime * 1000);

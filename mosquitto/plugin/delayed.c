@@ -101,6 +101,7 @@ int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const cha
 	s->easy = curl_easy_init();
 	memcpy(s->digest, digest, CR_DIGEST_LEN);
 	snprintf(s->cert_fingerprint, sizeof(s->cert_fingerprint), "%s", cert_fingerprint);
+	s->refusal_epoch = p->refusals.epoch;
 	if(s->easy == NULL || s->client_id == NULL || s->user == NULL || s->headers == NULL
 			|| cr_http_easy_options(s->easy, &s->body, s->error, p->opt.timeout_ms) != 0
 			|| curl_easy_setopt(s->easy, CURLOPT_URL, url) != CURLE_OK
@@ -135,6 +136,9 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 	if(v == CR_ALLOW && p->opt.cache_seconds > 0){
 		cr_connect_key(&key, s->user, s->digest, s->cert_fingerprint); /* as cr_on_basic_auth keys it */
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
+	}
+	if(v == CR_DENY){
+		cr_remember_refusal(p, s->user, s->digest, s->cert_fingerprint, s->refusal_epoch);
 	}
 	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:
 	 * docs/plugin.md ("Reason codes") says how the plugin keeps that rare. */

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <curl/curl.h>
 
@@ -27,6 +28,7 @@ struct cr_pending {
 	char *user;
 	unsigned char digest[CR_DIGEST_LEN];
 	char cert_fingerprint[2 * 32 + 1]; /* "" without a client certificate: part of the cache key */
+	uint64_t refusal_epoch; /* the refusal table's epoch at the start (refusals.h) */
 	struct cr_buf body;
 	char error[CURL_ERROR_SIZE];
 };

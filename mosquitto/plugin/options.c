@@ -29,6 +29,9 @@ static const struct int_option INT_OPTIONS[] = {
 	/* Off by default: a delayed check that fails midway is told "not authorised"
 	 * by 2.1.2, and the CI's fault tests showed that case is not rare enough yet. */
 	{"delayed_auth", offsetof(struct cr_options, delayed_auth), 0, 0, 1},
+	/* A few seconds: a flood of one wrong password costs one bcrypt per window,
+	 * and the user's change-feed entry ends the window early (refusals.h). */
+	{"refusal_cache_seconds", offsetof(struct cr_options, refusal_cache_seconds), 5, 0, 60},
 };
 #define INT_OPTION_COUNT (sizeof(INT_OPTIONS) / sizeof(INT_OPTIONS[0]))
 
@@ -103,6 +106,18 @@ int cr_options_parse(struct cr_options *o, const struct mosquitto_opt *opts, int
 			if(parse_url(value, &o->url) != 0){
 				snprintf(err, errlen, "plugin_opt_url must be an http:// or https:// base URL of at most %d characters (got \"%.100s\")",
 						CR_URL_MAX, value ? value : "");
+				goto fail;
+			}
+			continue;
+		}
+		if(strcmp(key, "unknown_users") == 0){
+			if(value != NULL && strcmp(value, "defer") == 0){
+				o->defer_unknown_users = true;
+			}else if(value != NULL && strcmp(value, "refuse") == 0){
+				o->defer_unknown_users = false;
+			}else{
+				snprintf(err, errlen, "plugin_opt_unknown_users must be defer or refuse (got \"%.100s\")",
+						value ? value : "");
 				goto fail;
 			}
 			continue;

@@ -2,6 +2,7 @@
 #ifndef CR_OPTIONS_H
 #define CR_OPTIONS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define CR_URL_MAX 1024
@@ -18,6 +19,8 @@ struct cr_options {
 	long fault_backoff_ms;  /* after a check got no answer, fail misses at once for this long */
 	long stats_interval;    /* seconds between $SYS/broker/cregistry/... publishes; 0: never */
 	long delayed_auth;      /* 1: delayed basic auth where the broker has it (2.1); 0: synchronous */
+	long refusal_cache_seconds; /* refused CONNECTs of known users (refusals.h); 0: never remembered */
+	bool defer_unknown_users; /* plugin_opt_unknown_users defer: users cregistry lacks go to the broker's other auth */
 };
 
 /* 0, or -1 with a one-line reason in err. On success free with cr_options_free. */

@@ -34,6 +34,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	cr_cache_drop_all(&p->cache);
+	cr_refusals_drop_all(&p->refusals);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: reload: dropped the whole cache");
 	return MOSQ_ERR_SUCCESS;
 }
@@ -46,6 +47,7 @@ static void plugin_free(struct cr_plugin *p)
 	cr_delayed_cleanup(&p->delayed);
 	cr_http_cleanup(&p->http);
 	cr_cache_free(&p->cache);
+	cr_refusals_free(&p->refusals);
 	cr_options_free(&p->opt);
 	free(p->url_user);
 	free(p->url_acl);
@@ -81,6 +83,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 {
 	struct cr_plugin *p;
 	unsigned char hash_key[16];
+	unsigned char refusal_key[16];
 	char err[256];
 	size_t registered = 0;
 	cr_complete_fn complete;
@@ -102,7 +105,8 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		plugin_free(p);
 		return MOSQ_ERR_INVAL;
 	}
-	if(cr_digest_new_key(p->digest_key) != 0 || cr_random_bytes(hash_key, sizeof(hash_key)) != 0){
+	if(cr_digest_new_key(p->digest_key) != 0 || cr_random_bytes(hash_key, sizeof(hash_key)) != 0
+			|| cr_random_bytes(refusal_key, sizeof(refusal_key)) != 0){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: no random bytes for the cache keys");
 		plugin_free(p);
 		return MOSQ_ERR_UNKNOWN;
@@ -115,14 +119,17 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->url_changes = join(p->opt.url, "/mqtt/changes?after=");
 	if(p->url_user == NULL || p->url_acl == NULL || p->url_changes == NULL
 			|| cr_cache_init(&p->cache, (size_t)p->opt.cache_size, hash_key) != 0
+			|| cr_refusals_init(&p->refusals, refusal_key) != 0
 			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0
 			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL) != 0){
 		OPENSSL_cleanse(hash_key, sizeof(hash_key));
+		OPENSSL_cleanse(refusal_key, sizeof(refusal_key));
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: out of memory, or libcurl refused its settings");
 		plugin_free(p);
 		return MOSQ_ERR_NOMEM;
 	}
 	OPENSSL_cleanse(hash_key, sizeof(hash_key));
+	OPENSSL_cleanse(refusal_key, sizeof(refusal_key));
 	p->loaded_ms = cr_now_ms();
 	p->next_feed_ms = p->loaded_ms;
 	p->next_stats_ms = p->loaded_ms;
@@ -148,6 +155,10 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 			" fault backoff %ld ms)",
 			p->opt.url, p->opt.timeout_ms, p->opt.cache_seconds, p->opt.deny_cache_seconds, p->opt.cache_size,
 			p->opt.feed_interval_ms, p->opt.fault_backoff_ms);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: usernames cregistry does not know: %s; refused CONNECTs"
+			" of known users remembered %ld s", p->opt.defer_unknown_users
+			? "deferred to Mosquitto's other authentication (unknown_users defer; CONNECTs checked synchronously)"
+			: "refused (unknown_users refuse)", p->opt.refusal_cache_seconds);
 	return MOSQ_ERR_SUCCESS;
 }
 

@@ -29,6 +29,7 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 	 * must still happen (docs/change-feed.md, "Positions and resets"). */
 	if(answer->reset){
 		cr_cache_drop_all(&p->cache);
+		cr_refusals_drop_all(&p->refusals);
 		if(p->position[0] != '\0'){
 			mosquitto_log_printf(MOSQ_LOG_NOTICE,
 					"cregistry_auth: change feed reset (changes may have been missed): dropped the whole cache,"
@@ -39,8 +40,10 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 		const struct cr_change *c = &answer->changes[i];
 		if(c->type == CR_CHANGE_ALL){
 			cr_cache_drop_all(&p->cache);
+			cr_refusals_drop_all(&p->refusals);
 		}else if(c->type == CR_CHANGE_USER){
 			cr_cache_drop_user(&p->cache, c->user);
+			cr_refusals_drop_user(&p->refusals, c->user);
 			if(c->kick){
 				mosquitto_kick_client_by_username(c->user, false);
 				p->counters.kicks++;
@@ -129,6 +132,7 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("feed/lag_ms", (uint64_t)(now - since));
 	publish_counter("ticks", p->counters.ticks);
 	publish_counter("delayed", p->counters.delayed);
+	publish_counter("refusals/hits", p->counters.refusal_hits);
 }
 
 /* How soon the plugin needs its next tick: soon while the feed's transfer or

@@ -16,6 +16,7 @@
 #include "feed.h"
 #include "http.h"
 #include "options.h"
+#include "refusals.h"
 
 struct cr_counters {
 	uint64_t hits;
@@ -27,6 +28,7 @@ struct cr_counters {
 	uint64_t fast_fails;
 	uint64_t ticks;
 	uint64_t delayed;
+	uint64_t refusal_hits; /* CONNECTs refused from the refusal table, without asking */
 };
 
 struct cr_plugin {
@@ -35,6 +37,7 @@ struct cr_plugin {
 	struct cr_cache cache;
 	struct cr_http http;
 	struct cr_delayed delayed;
+	struct cr_refusals refusals;
 	unsigned char digest_key[CR_DIGEST_KEY_LEN];
 	char *url_user;
 	char *url_acl;
@@ -60,8 +63,22 @@ static inline int64_t cr_now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Remembers a refused CONNECT of a known user (refusals.h); not one with a
+ * client certificate (its digest does not cover the certificate). `epoch`:
+ * p->refusals.epoch when the check began. */
+static inline void cr_remember_refusal(struct cr_plugin *p, const char *user, const unsigned char digest[CR_DIGEST_LEN],
+		const char *cert_fingerprint, uint64_t epoch)
+{
+	if(p->opt.refusal_cache_seconds > 0 && cert_fingerprint[0] == '\0'){
+		cr_refusals_put(&p->refusals, digest, user, cr_now_ms() + p->opt.refusal_cache_seconds * 1000, epoch);
+	}
+}
+
 /* checks.c */
-enum cr_verdict { CR_ALLOW, CR_DENY, CR_FAULT };
+/* CR_DENY: refused; CR_UNKNOWN: refused, and the registry has no such user
+ * (the answer's "unknown_user"), so plugin_opt_unknown_users defer may leave
+ * the check to the broker's other authentication; CR_FAULT: no answer. */
+enum cr_verdict { CR_ALLOW, CR_DENY, CR_UNKNOWN, CR_FAULT };
 enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error);
 bool cr_fault_window(struct cr_plugin *p);
 int cr_connect_fault(const struct mosquitto *client);

@@ -285,7 +285,7 @@ def test_reload_drops_the_cache_and_counters_are_published(broker, scripted) -> 
 
         def counted() -> bool:
             # one round of publishes arrives over several reads: wait for every figure
-            return len(seen) == 12 and seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
+            return len(seen) == 13 and seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
 
         while not counted() and time.monotonic() < deadline:
             message = watcher.receive(0.5)
@@ -304,6 +304,7 @@ def test_reload_drops_the_cache_and_counters_are_published(broker, scripted) -> 
             "feed/lag_ms",
             "ticks",
             "delayed",
+            "refusals/hits",
         }
         assert seen["cache/hits"] >= 1 and seen["cache/misses"] >= 2 and seen["feed/polls"] >= 2
     finally:

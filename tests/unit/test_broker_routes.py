@@ -302,6 +302,55 @@ def test_revoked_permission_and_deleted_user_are_denied(broker: FlaskClient, dev
     assert_answer(send(broker, "/mqtt/user", {"username": device, "password": PASSWORD, "clientid": CLIENT_ID}), 403)
 
 
+# -- "unknown_user": the plugin's plugin_opt_unknown_users defer (SPEC §11) ----
+def connect(broker: FlaskClient, username: str, password: str, client_id: str = CLIENT_ID) -> dict[str, Any]:
+    response = send(broker, "/mqtt/user", {"username": username, "password": password, "clientid": client_id})
+    return assert_answer(response, response.status_code)
+
+
+def test_refusals_of_a_known_user_are_not_marked_unknown(broker: FlaskClient, device: str) -> None:
+    assert "unknown_user" not in connect(broker, USERNAME, PASSWORD)
+    wrong = connect(broker, USERNAME, "secret2")
+    assert wrong["ok"] is False
+    assert "unknown_user" not in wrong
+    # a password the format refuses may still belong to a user: not marked either
+    too_long = connect(broker, USERNAME, "x" * 73)
+    assert too_long["ok"] is False
+    assert "unknown_user" not in too_long
+
+
+def test_refusals_of_an_unknown_user_are_marked_and_still_recorded(
+    broker: FlaskClient, lock: RegistryLock, requests: PendingRequests
+) -> None:
+    locked = connect(broker, "svc-account", "from-a-password-file")
+    assert (locked["ok"], locked.get("unknown_user")) == (False, True)
+    lock.unlock()
+    recorded = connect(broker, "svc-account", "from-a-password-file")
+    repeated = connect(broker, "svc-account", "from-a-password-file")
+    assert (recorded["ok"], recorded.get("unknown_user")) == (False, True)
+    assert (repeated["ok"], repeated.get("unknown_user")) == (False, True)
+    [request] = requests.list_requests()
+    assert (request.username, request.attempts) == ("svc-account", 2)
+    # no user of the registry can have a name the rules refuse
+    invalid = connect(broker, "svc/account", "from-a-password-file")
+    assert (invalid["ok"], invalid.get("unknown_user")) == (False, True)
+
+
+def test_acl_answers_mark_only_users_the_registry_does_not_have(
+    broker: FlaskClient, device: str, users: UserStore
+) -> None:
+    users.grant(device, "a/#", "readWrite")
+    for username, topic, acc, status, unknown in [
+        (USERNAME, "a/b", 2, 200, None),
+        (USERNAME, "b", 2, 403, None),
+        ("svc-account", "a/b", 2, 403, True),
+        ("svc/account", "a/b", 2, 403, True),
+    ]:
+        params = {"username": username, "clientid": CLIENT_ID, "topic": topic, "acc": acc}
+        body = assert_answer(send(broker, "/mqtt/acl", params), status)
+        assert body.get("unknown_user") is unknown, (username, topic, body)
+
+
 # -- malformed input ------------------------------------------------------------
 MALFORMED_PARAMS = [
     ("/mqtt/user", {"password": PASSWORD, "clientid": CLIENT_ID}),

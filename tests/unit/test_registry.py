@@ -652,3 +652,28 @@ def test_each_listener_answers_every_outcome() -> None:
 
     assert set(REFUSALS) == set(Outcome) - {Outcome.ACCEPTED}
     assert set(REGISTRATION_ANSWERS) == set(Outcome)
+
+
+# Which CONNECT refusals say the registry has no such user (plugin_opt_unknown_users defer, SPEC §11).
+UNKNOWN_USER_MARKS = {
+    Outcome.WRONG_PASSWORD: False,
+    Outcome.TOO_MANY_FAILURES: False,
+    Outcome.APPROVED_MEANWHILE: False,
+    Outcome.WEAK_PASSWORD: True,
+    Outcome.DENIED: True,
+    Outcome.LOCKED: True,
+    Outcome.PENDING_CAP: True,
+    Outcome.BUSY: True,
+    Outcome.RECORDED: True,
+    Outcome.REPEATED: True,
+}
+
+
+def test_every_refused_outcome_says_whether_the_user_is_unknown(
+    authorizer: Authorizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(UNKNOWN_USER_MARKS) == set(Outcome) - {Outcome.ACCEPTED}
+    for outcome, unknown in UNKNOWN_USER_MARKS.items():
+        monkeypatch.setattr(authorizer.registration, "attempt", lambda *_a, o=outcome, **_k: Attempt(o, "abcdef"))
+        decision = authorizer.check_user("sensor-1", "secret1", "c")
+        assert (decision.allowed, decision.unknown_user) == (False, unknown), outcome

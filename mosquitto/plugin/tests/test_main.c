@@ -792,6 +792,136 @@ static void test_connect_grant_is_per_certificate(void)
 	cr_cache_free(&c);
 }
 
+/* -- the refusal table (refusals.c) ------------------------------------------ */
+static void digest_of(const char *user, const char *password, const char *id, unsigned char out[CR_DIGEST_LEN])
+{
+	static const unsigned char key[CR_DIGEST_KEY_LEN] = {7};
+
+	CHECK(cr_connect_digest(key, user, password, id, out) == 0);
+}
+
+static void test_refusals(void)
+{
+	struct cr_refusals r;
+	unsigned char alice[CR_DIGEST_LEN], alice2[CR_DIGEST_LEN], bob[CR_DIGEST_LEN];
+	uint64_t epoch;
+
+	begin("refusals: remembered until they expire");
+	CHECK(cr_refusals_init(&r, HASH_KEY) == 0);
+	digest_of("alice", "wrong", "c1", alice);
+	digest_of("alice", "wrong2", "c1", alice2);
+	digest_of("bob", "wrong", "c1", bob);
+	CHECK(!cr_refusals_has(&r, alice, 100));
+	cr_refusals_put(&r, alice, "alice", 1000, r.epoch);
+	CHECK(cr_refusals_has(&r, alice, 100));
+	CHECK(cr_refusals_has(&r, alice, 999));
+	CHECK(!cr_refusals_has(&r, alice2, 100)); /* another password is asked */
+	CHECK(!cr_refusals_has(&r, alice, 1000));
+	CHECK(!cr_refusals_has(&r, alice, 100)); /* expired entries are freed when met */
+	CHECK(r.used == 0);
+
+	begin("refusals: a user's change drops only that user's");
+	cr_refusals_put(&r, alice, "alice", 5000, r.epoch);
+	cr_refusals_put(&r, alice2, "alice", 5000, r.epoch);
+	cr_refusals_put(&r, bob, "bob", 5000, r.epoch);
+	CHECK(r.used == 3);
+	cr_refusals_drop_user(&r, "alice");
+	CHECK(!cr_refusals_has(&r, alice, 100) && !cr_refusals_has(&r, alice2, 100));
+	CHECK(cr_refusals_has(&r, bob, 100));
+	CHECK(r.used == 1);
+	cr_refusals_drop_all(&r);
+	CHECK(!cr_refusals_has(&r, bob, 100) && r.used == 0);
+
+	begin("refusals: a check begun before a drop is not remembered");
+	epoch = r.epoch;
+	cr_refusals_drop_user(&r, "someone");
+	cr_refusals_put(&r, alice, "alice", 5000, epoch);
+	CHECK(!cr_refusals_has(&r, alice, 100));
+	cr_refusals_put(&r, alice, "alice", 5000, r.epoch);
+	CHECK(cr_refusals_has(&r, alice, 100));
+
+	begin("refusals: a bounded table, newer refusals take the slot over");
+	bool digests_ok = true;
+	for(int i = 0; i < 3 * CR_REFUSALS_SLOTS; i++){
+		static const unsigned char key[CR_DIGEST_KEY_LEN] = {7};
+		char password[32];
+		unsigned char d[CR_DIGEST_LEN];
+		snprintf(password, sizeof(password), "guess-%d", i);
+		digests_ok = digests_ok && cr_connect_digest(key, "mallory", password, "c", d) == 0;
+		cr_refusals_put(&r, d, "mallory", 5000, r.epoch);
+	}
+	CHECK(digests_ok);
+	CHECK(r.used <= CR_REFUSALS_SLOTS);
+	cr_refusals_drop_user(&r, "mallory");
+	CHECK(r.used <= 1); /* at most alice's, if no guess took her slot */
+	cr_refusals_free(&r);
+}
+
+static void test_feed_drops_refusals(void)
+{
+	struct cr_plugin p;
+	struct cr_feed_answer a;
+	unsigned char alice[CR_DIGEST_LEN], bob[CR_DIGEST_LEN];
+
+	begin("feed answers drop the refusals of the users they name");
+	memset(&p, 0, sizeof(p));
+	CHECK(cr_cache_init(&p.cache, 100, HASH_KEY) == 0);
+	CHECK(cr_refusals_init(&p.refusals, HASH_KEY) == 0);
+	digest_of("alice", "wrong", "c1", alice);
+	digest_of("bob", "wrong", "c1", bob);
+	cr_refusals_put(&p.refusals, alice, "alice", 5000, p.refusals.epoch);
+	cr_refusals_put(&p.refusals, bob, "bob", 5000, p.refusals.epoch);
+	CHECK(parse("{\"position\":\"3-0\",\"changes\":[{\"user\":\"alice\",\"kick\":true}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(!cr_refusals_has(&p.refusals, alice, 100));
+	CHECK(cr_refusals_has(&p.refusals, bob, 100));
+	CHECK(parse("{\"position\":\"1-0\",\"reset\":true,\"changes\":[]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(!cr_refusals_has(&p.refusals, bob, 100));
+	cr_refusals_free(&p.refusals);
+	cr_cache_free(&p.cache);
+}
+
+static bool unknown_user(const char *body)
+{
+	return cr_answer_unknown_user(body, strlen(body));
+}
+
+static void test_answer_unknown_user(void)
+{
+	begin("answers: unknown_user only when the body says so");
+	CHECK(unknown_user("{\"ok\":false,\"error\":\"x\",\"unknown_user\":true}"));
+	CHECK(!unknown_user("{\"ok\":false,\"error\":\"wrong password\"}"));
+	CHECK(!unknown_user("{\"unknown_user\":1}"));
+	CHECK(!unknown_user("{\"unknown_user\":\"true\"}"));
+	CHECK(!unknown_user("[true]"));
+	CHECK(!unknown_user(""));
+	CHECK(!cr_answer_unknown_user(NULL, 0));
+}
+
+static void test_options_unknown_users(void)
+{
+	struct cr_options o;
+
+	begin("options: unknown_users and refusal_cache_seconds");
+	CHECK(opts(&o, 1, "url", "http://h") == 0);
+	CHECK(!o.defer_unknown_users && o.refusal_cache_seconds == 5); /* the defaults */
+	cr_options_free(&o);
+	CHECK(opts(&o, 3, "url", "http://h", "unknown_users", "defer", "refusal_cache_seconds", "0") == 0);
+	CHECK(o.defer_unknown_users && o.refusal_cache_seconds == 0);
+	cr_options_free(&o);
+	CHECK(opts(&o, 2, "url", "http://h", "unknown_users", "refuse") == 0);
+	CHECK(!o.defer_unknown_users);
+	cr_options_free(&o);
+	CHECK(opts(&o, 2, "url", "http://h", "unknown_users", "Defer") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "unknown_users", "") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "unknown_users", NULL) == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "refusal_cache_seconds", "61") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "refusal_cache_seconds", "-1") == -1);
+}
+
 int main(void)
 {
 	test_cache_hit_miss_expiry();
@@ -808,6 +938,10 @@ int main(void)
 	test_certificate_identity();
 	test_connect_body();
 	test_connect_grant_is_per_certificate();
+	test_refusals();
+	test_feed_drops_refusals();
+	test_answer_unknown_user();
+	test_options_unknown_users();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
 	return failed ? 1 : 0;
