@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,9 +120,14 @@ def cregistry_plugin() -> Path:
     return PLUGIN_SO
 
 
-def start_plugin_broker(service: ServiceProcess, plugin: Path) -> PluginMosquittoProcess:
-    """A mosquitto with `plugin` in front of `service`, once the plugin has its feed position."""
-    broker = PluginMosquittoProcess(service.broker_port, plugin)
+def start_plugin_broker(service: ServiceProcess, plugin: Path, **options: Any) -> PluginMosquittoProcess:
+    """A mosquitto with `plugin` in front of `service` (`options`: PluginMosquittoProcess's),
+    once the plugin has its feed position."""
+    return started(PluginMosquittoProcess(service.broker_port, plugin, **options))
+
+
+def started(broker: PluginMosquittoProcess) -> PluginMosquittoProcess:
+    """`broker` started, once its plugin has its feed position."""
     broker.start()
     try:
         broker.wait_for_feed()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness import mqtt
-from harness.mosquitto import MosquittoProcess, PluginMosquittoProcess
+from harness.mosquitto import MosquittoProcess
 from harness.service import ServiceProcess, http
 
-from .conftest import ADMIN_TOKEN, finish_broker
+from .conftest import ADMIN_TOKEN, finish_broker, start_plugin_broker
 
 pytestmark = pytest.mark.broker
 
@@ -60,13 +60,7 @@ def flooded(
     """A broker with the plugin's defaults, and one with delayed basic auth
     (2.1: the refusal is remembered when the delayed check completes; 2.0
     has no delayed auth and checks synchronously either way)."""
-    broker = PluginMosquittoProcess(service.broker_port, cregistry_plugin, plugin_options=request.param)
-    broker.start()
-    try:
-        broker.wait_for_feed()
-    except TimeoutError as error:
-        broker.cleanup()
-        pytest.fail(str(error))
+    broker = start_plugin_broker(service, cregistry_plugin, plugin_options=request.param)
     yield broker
     finish_broker(broker)
 

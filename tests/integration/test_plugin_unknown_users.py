@@ -20,7 +20,7 @@ from harness.mosquitto import PluginMosquittoProcess
 from harness.mqtt import MqttClient, mqtt_clients
 from harness.service import Freezer, ServiceProcess
 
-from .conftest import finish_broker
+from .conftest import finish_broker, started
 
 pytestmark = pytest.mark.broker
 
@@ -65,13 +65,7 @@ def start_broker(
         lines = [line for line in lines if line not in files]
         at = next(i for i, line in enumerate(lines) if line.startswith("plugin "))
         broker.conf.write_text("\n".join([*lines[:at], *files, *lines[at:]]) + "\n")
-    broker.start()
-    try:
-        broker.wait_for_feed()
-    except TimeoutError as error:
-        broker.cleanup()
-        pytest.fail(str(error))
-    return broker
+    return started(broker)
 
 
 @pytest.fixture

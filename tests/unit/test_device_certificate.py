@@ -243,12 +243,9 @@ def test_a_connected_agent_renews_when_a_third_is_left_stores_the_new_key_and_ce
     assert harness.waits == []  # reconnected at once, no backoff
 
 
-def test_a_device_clock_ahead_of_the_registrys_renews_once_not_in_a_loop(tmp_path: Path, authority: Any) -> None:
-    files, _first = registered(tmp_path, authority)
-    harness = Harness(tmp_path, ConnectResult(ACCEPTED, "Success"), ConnectResult(ACCEPTED, "Success"), **RENEWING)
-    harness.clock.advance(25 * DAY)  # the device's clock: 25 days ahead; what it is issued is due by it at once
-    registry = Registry(harness, authority, clock=lambda: NOW)
-    pumps = iter(range(5 * 24))  # five days of hourly pumps
+def run_for_hours(harness: Harness, hours: int) -> None:
+    """The agent run with one broker pump per hour of the device's clock, then stopped."""
+    pumps = iter(range(hours))
 
     def pump() -> bool:
         if next(pumps, None) is None:
@@ -258,6 +255,14 @@ def test_a_device_clock_ahead_of_the_registrys_renews_once_not_in_a_loop(tmp_pat
 
     harness.broker.on_pump = pump
     harness.agent.run()
+
+
+def test_a_device_clock_ahead_of_the_registrys_renews_once_not_in_a_loop(tmp_path: Path, authority: Any) -> None:
+    files, _first = registered(tmp_path, authority)
+    harness = Harness(tmp_path, ConnectResult(ACCEPTED, "Success"), ConnectResult(ACCEPTED, "Success"), **RENEWING)
+    harness.clock.advance(25 * DAY)  # the device's clock: 25 days ahead; what it is issued is due by it at once
+    registry = Registry(harness, authority, clock=lambda: NOW)
+    run_for_hours(harness, 5 * 24)
     assert len(registry.calls) == 1 and files.ready()
     assert len(harness.broker.sessions) == 1  # renewed before connecting, then connected once
 
@@ -266,16 +271,7 @@ def test_a_certificate_not_due_is_not_renewed(tmp_path: Path, authority: Any) ->
     files, first_certificate = registered(tmp_path, authority)
     harness = Harness(tmp_path, ConnectResult(ACCEPTED, "Success"), **RENEWING)
     registry = Registry(harness, authority)
-    pumps = iter(range(19 * 24))  # 19 days of hourly pumps: 20 days (two thirds of 30) not reached
-
-    def pump() -> bool:
-        if next(pumps, None) is None:
-            harness.agent.stop()
-        harness.clock.advance(3600.0)
-        return True
-
-    harness.broker.on_pump = pump
-    harness.agent.run()
+    run_for_hours(harness, 19 * 24)  # 20 days (two thirds of 30) not reached
     assert registry.calls == [] and files.cert_path.read_bytes() == first_certificate
     assert len(harness.broker.sessions) == 1
 
