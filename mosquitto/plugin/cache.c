@@ -16,15 +16,22 @@ size_t cr_cache_bytes_per_entry(void)
 	return BYTES_PER_ENTRY;
 }
 
+/* Keys no MQTT packet can carry (a part over 65,535 bytes) are never cached:
+ * the lengths then fit the digest's one header word. */
+static bool key_cacheable(const struct cr_key *key)
+{
+	return key->user_len <= UINT16_MAX && key->part_len[0] <= UINT16_MAX && key->part_len[1] <= UINT16_MAX;
+}
+
 static void key_digest(const struct cr_cache *cache, const struct cr_key *key, uint64_t out[2])
 {
 	struct cr_sip s;
 	/* the lengths first, so that no two different keys feed the same bytes */
-	uint64_t header[4] = {key->user_len, key->part_len[0], key->part_len[1],
-		(uint64_t)key->kind | ((uint64_t)key->access << 8)};
+	uint64_t header = (uint64_t)key->user_len | (uint64_t)key->part_len[0] << 16
+		| (uint64_t)key->part_len[1] << 32 | (uint64_t)key->kind << 48 | (uint64_t)key->access << 56;
 
 	cr_sip128_init(&s, cache->hash_key);
-	cr_sip_update(&s, header, sizeof(header));
+	cr_sip_update(&s, &header, sizeof(header));
 	cr_sip_update(&s, key->user, key->user_len);
 	cr_sip_update(&s, key->part[0], key->part_len[0]);
 	cr_sip_update(&s, key->part[1], key->part_len[1]);
@@ -251,6 +258,9 @@ int cr_cache_get(struct cr_cache *cache, const struct cr_key *key, int64_t now_m
 	uint64_t digest[2];
 	uint32_t i;
 
+	if(cache->max_entries == 0 || !key_cacheable(key)){
+		return 0;
+	}
 	key_digest(cache, key, digest);
 	i = entry_find(cache, digest);
 	if(i == NONE){
@@ -275,7 +285,7 @@ int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, i
 	uint32_t i, ui;
 	struct cr_entry *e;
 
-	if(cache->max_entries == 0){
+	if(cache->max_entries == 0 || !key_cacheable(key)){
 		return -1;
 	}
 	key_digest(cache, key, digest);

@@ -1,5 +1,7 @@
 /* SipHash-1-3 and SipHash-2-4 with its 128-bit output (Aumasson and Bernstein),
  * written from the paper's description. */
+#include <string.h>
+
 #include "siphash.h"
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -24,8 +26,21 @@ static void sip_round(struct cr_sip *s)
 
 static uint64_t load64(const unsigned char *p)
 {
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v)); /* one load; SipHash reads little-endian words */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	v = __builtin_bswap64(v);
+#endif
+	return v;
+}
+
+/* len (< 8) bytes as the low bytes of a little-endian word */
+static uint64_t load_partial(const unsigned char *p, size_t len)
+{
 	uint64_t v = 0;
-	for(int i = 7; i >= 0; i--){
+
+	for(size_t i = len; i-- > 0;){
 		v = (v << 8) | p[i];
 	}
 	return v;
@@ -71,27 +86,29 @@ void cr_sip_update(struct cr_sip *s, const void *data, size_t len)
 	const unsigned char *p = data;
 
 	s->total += len;
-	while(len > 0 && s->tail_len > 0){
-		s->tail |= (uint64_t)*p << (8 * s->tail_len);
-		p++;
-		len--;
-		if(++s->tail_len == 8){
-			compress(s, s->tail);
-			s->tail = 0;
-			s->tail_len = 0;
+	if(s->tail_len > 0){
+		size_t fill = 8 - s->tail_len;
+		if(fill > len){
+			fill = len;
 		}
+		s->tail |= load_partial(p, fill) << (8 * s->tail_len);
+		s->tail_len += fill;
+		p += fill;
+		len -= fill;
+		if(s->tail_len < 8){
+			return;
+		}
+		compress(s, s->tail);
+		s->tail = 0;
+		s->tail_len = 0;
 	}
 	while(len >= 8){
 		compress(s, load64(p));
 		p += 8;
 		len -= 8;
 	}
-	while(len > 0){
-		s->tail |= (uint64_t)*p << (8 * s->tail_len);
-		s->tail_len++;
-		p++;
-		len--;
-	}
+	s->tail = load_partial(p, len);
+	s->tail_len = len;
 }
 
 uint64_t cr_sip_final(struct cr_sip *s)

@@ -404,6 +404,78 @@ static void test_cache_bytes_per_entry(void)
 	cr_cache_free(&c);
 }
 
+/* SipHash-2-4-128 against the reference vectors (key 00..0f, messages 00..len-1),
+ * and fed in parts as the cache feeds it. */
+static void test_siphash128(void)
+{
+	static const char *const expected[] = {
+		"a3817f04ba25a8e66df67214c7550293", /* empty */
+		"3b62a9ba6258f5610f83e264f31497b4", /* 8 bytes */
+		"5493e99933b0a8117e08ec0f97cfc3d9", /* 15 bytes */
+	};
+	static const size_t lengths[] = {0, 8, 15};
+	unsigned char key[16], message[64], bytes[16];
+	char hex[33];
+	uint64_t whole[2], split[2];
+	struct cr_sip s;
+
+	begin("SipHash-2-4-128: reference vectors and parts");
+	for(int i = 0; i < 16; i++){
+		key[i] = (unsigned char)i;
+	}
+	for(int i = 0; i < 64; i++){
+		message[i] = (unsigned char)i;
+	}
+	for(size_t v = 0; v < 3; v++){
+		cr_sip128_init(&s, key);
+		cr_sip_update(&s, message, lengths[v]);
+		cr_sip128_final(&s, whole);
+		for(int w = 0; w < 2; w++){
+			for(int b = 0; b < 8; b++){
+				bytes[8 * w + b] = (unsigned char)(whole[w] >> (8 * b));
+			}
+		}
+		for(int b = 0; b < 16; b++){
+			snprintf(hex + 2 * b, 3, "%02x", bytes[b]);
+		}
+		CHECK(strcmp(hex, expected[v]) == 0);
+	}
+	cr_sip128_init(&s, key);
+	cr_sip_update(&s, message, 61);
+	cr_sip128_final(&s, whole);
+	for(size_t cut1 = 0; cut1 <= 61; cut1++){
+		for(size_t cut2 = cut1; cut2 <= 61; cut2 += 3){
+			cr_sip128_init(&s, key);
+			cr_sip_update(&s, message, cut1);
+			cr_sip_update(&s, message + cut1, cut2 - cut1);
+			cr_sip_update(&s, message + cut2, 61 - cut2);
+			cr_sip128_final(&s, split);
+			CHECK(split[0] == whole[0] && split[1] == whole[1]);
+		}
+	}
+}
+
+static void test_cache_key_beyond_mqtt(void)
+{
+	struct cr_cache c;
+	char *topic = malloc(70000);
+
+	begin("cache: a key no MQTT packet can carry is never cached");
+	CHECK(cr_cache_init(&c, 10, HASH_KEY) == 0);
+	memset(topic, 't', 69999);
+	topic[69999] = '\0';
+	struct cr_key k = acl_key("u", "c", topic, 2);
+	CHECK(cr_cache_put(&c, &k, 0, 1000) == -1);
+	CHECK(cr_cache_get(&c, &k, 0, &(int){0}) == 0);
+	CHECK(c.count == 0);
+	topic[65535] = '\0'; /* the longest an MQTT string can be */
+	k = acl_key("u", "c", topic, 2);
+	CHECK(cr_cache_put(&c, &k, 0, 1000) == 0);
+	CHECK(lookup(&c, "u", "c", topic, 2, 0) == 0);
+	cr_cache_free(&c);
+	free(topic);
+}
+
 /* -- digest ------------------------------------------------------------------ */
 static bool contains(const void *hay, size_t haylen, const char *needle)
 {
@@ -833,6 +905,8 @@ int main(void)
 	test_cache_user_share();
 	test_cache_users_by_digest();
 	test_cache_bytes_per_entry();
+	test_cache_key_beyond_mqtt();
+	test_siphash128();
 	test_digest();
 	test_siphash_parts();
 	test_feed_parse();
