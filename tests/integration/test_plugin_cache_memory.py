@@ -55,7 +55,7 @@ def flood(port: int, count: int) -> None:
 
 
 def test_a_big_topic_flood_grows_the_broker_by_less_than_the_bound(  # type: ignore[no-untyped-def]
-    mosquitto: MosquittoProcess, clients, cregistry
+    mosquitto: MosquittoProcess, cregistry_plugin: Path, clients, cregistry
 ) -> None:
     add_user(cregistry, "flooder", "flooder-secret")
     add_user(cregistry, "legit-1", "legit-secret")
@@ -66,7 +66,11 @@ def test_a_big_topic_flood_grows_the_broker_by_less_than_the_bound(  # type: ign
     flood(mosquitto.port, FLOOD_PUBLISHES)
     growth = vm_rss_kib(mosquitto) - before
     print(f"VmRSS {before} KiB, +{growth} KiB after {FLOOD_PUBLISHES} denied publishes of 60 KB topics")
-    assert growth < RSS_GROWTH_BOUND_KIB, growth
+    if not cregistry_plugin.name.endswith("-asan.so"):
+        # Under the preloaded ASan runtime every malloc of mosquitto's too goes
+        # through ASan, whose quarantine keeps the freed 60 KB packet buffers
+        # (+128 MiB here): the sanitizer run checks the flood for memory errors only.
+        assert growth < RSS_GROWTH_BOUND_KIB, growth
 
     legit = clients("legit-1", "legit-secret", "legit-client")
     assert legit.connect() == "Success"
