@@ -4,21 +4,42 @@
 #include "cache.h"
 #include "siphash.h"
 
-static uint64_t key_hash(const struct cr_cache *cache, const struct cr_key *key)
+#define NONE 0u
+/* entry, user record and a bucket in each table: what one entry may cost, at most */
+#define BYTES_PER_ENTRY (sizeof(struct cr_entry) + sizeof(struct cr_user) + 2 * sizeof(uint32_t))
+
+_Static_assert(sizeof(struct cr_entry) == 64, "an entry is 64 bytes whatever its key");
+_Static_assert(sizeof(struct cr_user) == 32, "a user record is 32 bytes whatever the name");
+
+size_t cr_cache_bytes_per_entry(void)
+{
+	return BYTES_PER_ENTRY;
+}
+
+/* Keys no MQTT packet can carry (a part over 65,535 bytes) are never cached:
+ * the lengths then fit the digest's one header word. */
+static bool key_cacheable(const struct cr_key *key)
+{
+	return key->user_len <= UINT16_MAX && key->part_len[0] <= UINT16_MAX && key->part_len[1] <= UINT16_MAX;
+}
+
+static void key_digest(const struct cr_cache *cache, const struct cr_key *key, uint64_t out[2])
 {
 	struct cr_sip s;
 	/* the lengths first, so that no two different keys feed the same bytes */
-	uint64_t header[4] = {key->user_len, key->part_len[0], key->part_len[1],
-		(uint64_t)key->kind | ((uint64_t)key->access << 8)};
+	uint64_t header = (uint64_t)key->user_len | (uint64_t)key->part_len[0] << 16
+		| (uint64_t)key->part_len[1] << 32 | (uint64_t)key->kind << 48 | (uint64_t)key->access << 56;
 
-	cr_sip_init(&s, cache->hash_key);
-	cr_sip_update(&s, header, sizeof(header));
+	cr_sip128_init(&s, cache->hash_key);
+	cr_sip_update(&s, &header, sizeof(header));
 	cr_sip_update(&s, key->user, key->user_len);
 	cr_sip_update(&s, key->part[0], key->part_len[0]);
 	cr_sip_update(&s, key->part[1], key->part_len[1]);
-	return cr_sip_final(&s);
+	cr_sip128_final(&s, out);
 }
 
+/* Two names with one hash share a record: dropping either drops both, and they
+ * share the bound per user; the key is secret, so nobody can choose such a pair. */
 static uint64_t name_hash(const struct cr_cache *cache, const char *name, size_t len)
 {
 	struct cr_sip s;
@@ -28,231 +49,297 @@ static uint64_t name_hash(const struct cr_cache *cache, const char *name, size_t
 	return cr_sip_final(&s);
 }
 
-static bool entry_matches(const struct cr_entry *e, uint64_t hash, const struct cr_key *key)
+static size_t floor_pow2(size_t n)
 {
-	if(e->hash != hash || e->kind != key->kind || e->access != key->access){
-		return false;
+	size_t p = 1;
+
+	while(p <= n / 2){
+		p <<= 1;
 	}
-	if(e->user->len != key->user_len || memcmp(e->user->name, key->user, key->user_len) != 0){
-		return false;
-	}
-	if(e->part_len[0] != key->part_len[0] || e->part_len[1] != key->part_len[1]){
-		return false;
-	}
-	if(memcmp(e->data, key->part[0], key->part_len[0]) != 0){
-		return false;
-	}
-	return memcmp(e->data + e->part_len[0], key->part[1], key->part_len[1]) == 0;
+	return p;
 }
 
-int cr_cache_init(struct cr_cache *cache, size_t max_entries, const unsigned char hash_key[16])
+int cr_cache_init_limits(struct cr_cache *cache, const struct cr_cache_limits *limits,
+		const unsigned char hash_key[16])
 {
-	size_t nbuckets = 16;
+	const size_t record = sizeof(struct cr_entry) + sizeof(struct cr_user);
+	size_t capacity, nbuckets;
 
 	memset(cache, 0, sizeof(*cache));
-	if(max_entries == 0){
+	if(limits->max_bytes < record || limits->user_percent < 1 || limits->user_percent > 100){
 		return -1;
 	}
-	while(nbuckets < max_entries && nbuckets < ((size_t)1 << 30)){
-		nbuckets <<= 1;
+	/* slot 0 of both arrays is never used; a bucket of each table per entry at most */
+	capacity = (limits->max_bytes - record) / BYTES_PER_ENTRY;
+	if(limits->max_entries != 0 && limits->max_entries < capacity){
+		capacity = limits->max_entries;
 	}
+	if(capacity > UINT32_MAX - 1){
+		capacity = UINT32_MAX - 1;
+	}
+	if(capacity == 0){
+		return -1;
+	}
+	nbuckets = floor_pow2(capacity); /* chains of two at most on average */
+	cache->entries = malloc((capacity + 1) * sizeof(*cache->entries));
+	cache->users = malloc((capacity + 1) * sizeof(*cache->users));
 	cache->buckets = calloc(nbuckets, sizeof(*cache->buckets));
 	cache->user_buckets = calloc(nbuckets, sizeof(*cache->user_buckets));
-	if(cache->buckets == NULL || cache->user_buckets == NULL){
-		free(cache->buckets);
-		free(cache->user_buckets);
-		memset(cache, 0, sizeof(*cache));
+	if(cache->entries == NULL || cache->users == NULL || cache->buckets == NULL || cache->user_buckets == NULL){
+		cr_cache_free(cache);
 		return -1;
 	}
 	cache->mask = nbuckets - 1;
-	cache->max_entries = max_entries;
+	cache->max_entries = capacity;
+	cache->user_max = capacity * limits->user_percent / 100;
+	if(cache->user_max == 0){
+		cache->user_max = 1;
+	}
+	cache->bytes = (capacity + 1) * record + 2 * nbuckets * sizeof(uint32_t);
+	cache->entry_unused = 1;
+	cache->user_unused = 1;
 	memcpy(cache->hash_key, hash_key, sizeof(cache->hash_key));
 	return 0;
 }
 
-static struct cr_user *user_find(struct cr_cache *cache, const char *name, size_t len, uint64_t hash)
+int cr_cache_init(struct cr_cache *cache, size_t max_entries, const unsigned char hash_key[16])
 {
-	struct cr_user *u;
+	struct cr_cache_limits limits = {SIZE_MAX, max_entries, 100};
 
-	for(u = cache->user_buckets[hash & cache->mask]; u; u = u->hnext){
-		if(u->hash == hash && u->len == len && memcmp(u->name, name, len) == 0){
-			return u;
+	if(max_entries == 0){
+		memset(cache, 0, sizeof(*cache));
+		return -1;
+	}
+	return cr_cache_init_limits(cache, &limits, hash_key);
+}
+
+static uint32_t user_find(const struct cr_cache *cache, uint64_t hash)
+{
+	uint32_t i;
+
+	for(i = cache->user_buckets[hash & cache->mask]; i != NONE; i = cache->users[i].hnext){
+		if(cache->users[i].hash == hash){
+			return i;
 		}
 	}
-	return NULL;
+	return NONE;
 }
 
-static struct cr_user *user_get(struct cr_cache *cache, const char *name, size_t len)
+/* A new record holding one reference; a slot is free: users never outnumber entries. */
+static uint32_t user_new(struct cr_cache *cache, uint64_t hash)
 {
-	uint64_t hash = name_hash(cache, name, len);
-	struct cr_user *u = user_find(cache, name, len, hash);
-	struct cr_user **head;
+	uint32_t i = cache->user_free;
+	struct cr_user *u;
 
-	if(u){
-		return u;
+	if(i != NONE){
+		cache->user_free = cache->users[i].hnext;
+	}else{
+		i = cache->user_unused++;
 	}
-	u = malloc(sizeof(*u) + len + 1);
-	if(u == NULL){
-		return NULL;
-	}
+	u = &cache->users[i];
 	u->hash = hash;
 	u->gen = 0;
-	u->refs = 0;
-	u->len = len;
-	memcpy(u->name, name, len);
-	u->name[len] = '\0';
-	head = &cache->user_buckets[hash & cache->mask];
-	u->hnext = *head;
-	*head = u;
+	u->refs = 1;
+	u->lru_head = u->lru_tail = NONE;
+	u->hnext = cache->user_buckets[hash & cache->mask];
+	cache->user_buckets[hash & cache->mask] = i;
 	cache->user_count++;
-	return u;
+	return i;
 }
 
-static void user_release(struct cr_cache *cache, struct cr_user *u)
+static void user_release(struct cr_cache *cache, uint32_t i)
 {
-	struct cr_user **pp;
+	struct cr_user *u = &cache->users[i];
+	uint32_t *pp;
 
 	if(--u->refs > 0){
 		return;
 	}
-	for(pp = &cache->user_buckets[u->hash & cache->mask]; *pp; pp = &(*pp)->hnext){
-		if(*pp == u){
+	for(pp = &cache->user_buckets[u->hash & cache->mask]; *pp != NONE; pp = &cache->users[*pp].hnext){
+		if(*pp == i){
 			*pp = u->hnext;
 			break;
 		}
 	}
+	u->hnext = cache->user_free;
+	cache->user_free = i;
 	cache->user_count--;
-	free(u);
 }
 
-static void lru_unlink(struct cr_cache *cache, struct cr_entry *e)
+static void lru_unlink(struct cr_cache *cache, uint32_t i)
 {
-	if(e->lru_prev){
-		e->lru_prev->lru_next = e->lru_next;
+	struct cr_entry *e = &cache->entries[i];
+	struct cr_user *u = &cache->users[e->user];
+
+	if(e->lru_prev != NONE){
+		cache->entries[e->lru_prev].lru_next = e->lru_next;
 	}else{
 		cache->lru_head = e->lru_next;
 	}
-	if(e->lru_next){
-		e->lru_next->lru_prev = e->lru_prev;
+	if(e->lru_next != NONE){
+		cache->entries[e->lru_next].lru_prev = e->lru_prev;
 	}else{
 		cache->lru_tail = e->lru_prev;
 	}
-	e->lru_prev = e->lru_next = NULL;
-}
-
-static void lru_push_front(struct cr_cache *cache, struct cr_entry *e)
-{
-	e->lru_prev = NULL;
-	e->lru_next = cache->lru_head;
-	if(cache->lru_head){
-		cache->lru_head->lru_prev = e;
+	if(e->ulru_prev != NONE){
+		cache->entries[e->ulru_prev].ulru_next = e->ulru_next;
 	}else{
-		cache->lru_tail = e;
+		u->lru_head = e->ulru_next;
 	}
-	cache->lru_head = e;
+	if(e->ulru_next != NONE){
+		cache->entries[e->ulru_next].ulru_prev = e->ulru_prev;
+	}else{
+		u->lru_tail = e->ulru_prev;
+	}
 }
 
-static void entry_remove(struct cr_cache *cache, struct cr_entry *e)
+static void lru_push_front(struct cr_cache *cache, uint32_t i)
 {
-	*e->hpprev = e->hnext;
-	if(e->hnext){
-		e->hnext->hpprev = e->hpprev;
+	struct cr_entry *e = &cache->entries[i];
+	struct cr_user *u = &cache->users[e->user];
+
+	e->lru_prev = NONE;
+	e->lru_next = cache->lru_head;
+	if(cache->lru_head != NONE){
+		cache->entries[cache->lru_head].lru_prev = i;
+	}else{
+		cache->lru_tail = i;
 	}
-	lru_unlink(cache, e);
+	cache->lru_head = i;
+	e->ulru_prev = NONE;
+	e->ulru_next = u->lru_head;
+	if(u->lru_head != NONE){
+		cache->entries[u->lru_head].ulru_prev = i;
+	}else{
+		u->lru_tail = i;
+	}
+	u->lru_head = i;
+}
+
+static void entry_remove(struct cr_cache *cache, uint32_t i)
+{
+	struct cr_entry *e = &cache->entries[i];
+	uint32_t *pp;
+
+	for(pp = &cache->buckets[e->digest[0] & cache->mask]; *pp != NONE; pp = &cache->entries[*pp].hnext){
+		if(*pp == i){
+			*pp = e->hnext;
+			break;
+		}
+	}
+	lru_unlink(cache, i);
 	user_release(cache, e->user);
+	e->hnext = cache->entry_free;
+	cache->entry_free = i;
 	cache->count--;
-	free(e);
 }
 
 static bool entry_fresh(const struct cr_cache *cache, const struct cr_entry *e, int64_t now_ms)
 {
-	return e->expires_ms > now_ms && e->global_gen == cache->global_gen && e->user_gen == e->user->gen;
+	return e->expires_ms > now_ms && e->global_gen == cache->global_gen
+		&& e->user_gen == cache->users[e->user].gen;
+}
+
+static uint32_t entry_find(const struct cr_cache *cache, const uint64_t digest[2])
+{
+	uint32_t i;
+
+	for(i = cache->buckets[digest[0] & cache->mask]; i != NONE; i = cache->entries[i].hnext){
+		const struct cr_entry *e = &cache->entries[i];
+		if(e->digest[0] == digest[0] && e->digest[1] == digest[1]){
+			return i;
+		}
+	}
+	return NONE;
 }
 
 int cr_cache_get(struct cr_cache *cache, const struct cr_key *key, int64_t now_ms, int *result)
 {
-	uint64_t hash = key_hash(cache, key);
-	struct cr_entry *e;
+	uint64_t digest[2];
+	uint32_t i;
 
-	for(e = cache->buckets[hash & cache->mask]; e; e = e->hnext){
-		if(!entry_matches(e, hash, key)){
-			continue;
-		}
-		if(!entry_fresh(cache, e, now_ms)){
-			entry_remove(cache, e);
-			return 0;
-		}
-		if(cache->lru_head != e){
-			lru_unlink(cache, e);
-			lru_push_front(cache, e);
-		}
-		*result = e->result;
-		return 1;
+	if(cache->max_entries == 0 || !key_cacheable(key)){
+		return 0;
 	}
-	return 0;
+	key_digest(cache, key, digest);
+	i = entry_find(cache, digest);
+	if(i == NONE){
+		return 0;
+	}
+	if(!entry_fresh(cache, &cache->entries[i], now_ms)){
+		entry_remove(cache, i);
+		return 0;
+	}
+	if(cache->lru_head != i || cache->users[cache->entries[i].user].lru_head != i){
+		lru_unlink(cache, i);
+		lru_push_front(cache, i);
+	}
+	*result = cache->entries[i].result;
+	return 1;
 }
 
 int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, int64_t expires_ms)
 {
-	uint64_t hash = key_hash(cache, key);
-	struct cr_entry *e, **head;
-	struct cr_user *u;
+	uint64_t digest[2];
+	uint64_t uhash;
+	uint32_t i, ui;
+	struct cr_entry *e;
 
-	for(e = cache->buckets[hash & cache->mask]; e; e = e->hnext){
-		if(entry_matches(e, hash, key)){
-			entry_remove(cache, e);
-			break;
+	if(cache->max_entries == 0 || !key_cacheable(key)){
+		return -1;
+	}
+	key_digest(cache, key, digest);
+	i = entry_find(cache, digest);
+	if(i != NONE){
+		entry_remove(cache, i);
+	}
+	uhash = name_hash(cache, key->user, key->user_len);
+	ui = user_find(cache, uhash);
+	if(ui != NONE){
+		cache->users[ui].refs++; /* held: making room below cannot free it; the new entry's reference */
+		if(cache->users[ui].refs - 1 >= cache->user_max){
+			entry_remove(cache, cache->users[ui].lru_tail);
+			cache->user_evictions++;
 		}
 	}
-	while(cache->count >= cache->max_entries && cache->lru_tail){
+	while(cache->count >= cache->max_entries && cache->lru_tail != NONE){
 		entry_remove(cache, cache->lru_tail);
 		cache->evictions++;
 	}
-	e = malloc(sizeof(*e) + key->part_len[0] + key->part_len[1]);
-	if(e == NULL){
-		return -1;
+	if(ui == NONE){
+		ui = user_new(cache, uhash);
 	}
-	u = user_get(cache, key->user, key->user_len);
-	if(u == NULL){
-		free(e);
-		return -1;
+	i = cache->entry_free;
+	if(i != NONE){
+		cache->entry_free = cache->entries[i].hnext;
+	}else{
+		i = cache->entry_unused++;
 	}
-	u->refs++;
-	e->user = u;
-	e->hash = hash;
+	e = &cache->entries[i];
+	e->digest[0] = digest[0];
+	e->digest[1] = digest[1];
 	e->expires_ms = expires_ms;
-	e->user_gen = u->gen;
+	e->user = ui;
+	e->user_gen = cache->users[ui].gen;
 	e->global_gen = cache->global_gen;
 	e->result = result;
-	e->kind = key->kind;
-	e->access = key->access;
-	e->part_len[0] = key->part_len[0];
-	e->part_len[1] = key->part_len[1];
-	if(key->part_len[0]){
-		memcpy(e->data, key->part[0], key->part_len[0]);
-	}
-	if(key->part_len[1]){
-		memcpy(e->data + key->part_len[0], key->part[1], key->part_len[1]);
-	}
-	head = &cache->buckets[hash & cache->mask];
-	e->hnext = *head;
-	if(*head){
-		(*head)->hpprev = &e->hnext;
-	}
-	e->hpprev = head;
-	*head = e;
-	lru_push_front(cache, e);
+	e->hnext = cache->buckets[digest[0] & cache->mask];
+	cache->buckets[digest[0] & cache->mask] = i;
+	lru_push_front(cache, i);
 	cache->count++;
 	return 0;
 }
 
 void cr_cache_drop_user(struct cr_cache *cache, const char *user)
 {
-	size_t len = strlen(user);
-	struct cr_user *u = user_find(cache, user, len, name_hash(cache, user, len));
+	uint32_t ui;
 
-	if(u){
-		u->gen++;
+	if(cache->max_entries == 0){
+		return;
+	}
+	ui = user_find(cache, name_hash(cache, user, strlen(user)));
+	if(ui != NONE){
+		cache->users[ui].gen++;
 	}
 }
 
@@ -263,9 +350,8 @@ void cr_cache_drop_all(struct cr_cache *cache)
 
 void cr_cache_free(struct cr_cache *cache)
 {
-	while(cache->lru_head){
-		entry_remove(cache, cache->lru_head);
-	}
+	free(cache->entries);
+	free(cache->users);
 	free(cache->buckets);
 	free(cache->user_buckets);
 	memset(cache, 0, sizeof(*cache));

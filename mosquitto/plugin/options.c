@@ -22,7 +22,10 @@ static const struct int_option INT_OPTIONS[] = {
 	{"timeout_ms", offsetof(struct cr_options, timeout_ms), 1750, 50, 2000},
 	{"cache_seconds", offsetof(struct cr_options, cache_seconds), 300, 0, 86400},
 	{"deny_cache_seconds", offsetof(struct cr_options, deny_cache_seconds), 60, 0, 86400},
-	{"cache_size", offsetof(struct cr_options, cache_size), 100000, 1, 10000000},
+	/* 64 MiB: about 645,000 entries at 104 bytes (docs/plugin.md, "Cache memory") */
+	{"cache_bytes", offsetof(struct cr_options, cache_bytes), 64L << 20, 64L << 10, 64L << 30},
+	{"cache_size", offsetof(struct cr_options, cache_size), 0, 0, 10000000},
+	{"cache_user_percent", offsetof(struct cr_options, cache_user_percent), 25, 1, 100},
 	{"feed_interval_ms", offsetof(struct cr_options, feed_interval_ms), 500, 50, 1500},
 	{"fault_backoff_ms", offsetof(struct cr_options, fault_backoff_ms), 1000, 0, 10000},
 	{"stats_interval", offsetof(struct cr_options, stats_interval), 10, 0, 86400},

@@ -14,7 +14,9 @@ struct cr_options {
 	long timeout_ms;        /* one whole HTTP check (connect + answer) */
 	long cache_seconds;     /* CONNECT grants and ACL allows */
 	long deny_cache_seconds; /* ACL denials (refused CONNECTs are never cached) */
-	long cache_size;        /* entries of both kinds together */
+	long cache_bytes;       /* the whole cache: entries, user records, buckets */
+	long cache_size;        /* entries of both kinds together; 0: as many as cache_bytes holds */
+	long cache_user_percent; /* the share of the cache's entries one user may hold */
 	long feed_interval_ms;
 	long fault_backoff_ms;  /* after a check got no answer, fail misses at once for this long */
 	long stats_interval;    /* seconds between $SYS/broker/cregistry/... publishes; 0: never */

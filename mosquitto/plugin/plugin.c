@@ -87,6 +87,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	char err[256];
 	size_t registered = 0;
 	cr_complete_fn complete;
+	struct cr_cache_limits limits;
 
 	if(curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: libcurl could not be initialised");
@@ -117,8 +118,11 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->url_user = join(p->opt.url, "/mqtt/user");
 	p->url_acl = join(p->opt.url, "/mqtt/acl");
 	p->url_changes = join(p->opt.url, "/mqtt/changes?after=");
+	limits.max_bytes = (size_t)p->opt.cache_bytes;
+	limits.max_entries = (size_t)p->opt.cache_size;
+	limits.user_percent = (unsigned)p->opt.cache_user_percent;
 	if(p->url_user == NULL || p->url_acl == NULL || p->url_changes == NULL
-			|| cr_cache_init(&p->cache, (size_t)p->opt.cache_size, hash_key) != 0
+			|| cr_cache_init_limits(&p->cache, &limits, hash_key) != 0
 			|| cr_refusals_init(&p->refusals, refusal_key) != 0
 			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0
 			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL) != 0){
@@ -151,10 +155,10 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 			? "2.1 or newer (mosquitto_complete_basic_auth found; ticks named by the plugin)"
 			: "2.0 (no mosquitto_complete_basic_auth; ticks on every pass of its loop)");
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %ld entries, feed every %ld ms,"
-			" fault backoff %ld ms)",
-			p->opt.url, p->opt.timeout_ms, p->opt.cache_seconds, p->opt.deny_cache_seconds, p->opt.cache_size,
-			p->opt.feed_interval_ms, p->opt.fault_backoff_ms);
+			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %zu entries in %zu bytes,"
+			" %zu per user, feed every %ld ms, fault backoff %ld ms)",
+			p->opt.url, p->opt.timeout_ms, p->opt.cache_seconds, p->opt.deny_cache_seconds, p->cache.max_entries,
+			p->cache.bytes, p->cache.user_max, p->opt.feed_interval_ms, p->opt.fault_backoff_ms);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: usernames cregistry does not know: %s; refused CONNECTs"
 			" of known users remembered %ld s", p->opt.defer_unknown_users
 			? "deferred to Mosquitto's other authentication (unknown_users defer; CONNECTs checked synchronously)"

@@ -1,4 +1,7 @@
-/* SipHash-1-3 (Aumasson and Bernstein), written from the paper's description. */
+/* SipHash-1-3 and SipHash-2-4 with its 128-bit output (Aumasson and Bernstein),
+ * written from the paper's description. */
+#include <string.h>
+
 #include "siphash.h"
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -23,8 +26,21 @@ static void sip_round(struct cr_sip *s)
 
 static uint64_t load64(const unsigned char *p)
 {
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v)); /* one load; SipHash reads little-endian words */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	v = __builtin_bswap64(v);
+#endif
+	return v;
+}
+
+/* len (< 8) bytes as the low bytes of a little-endian word */
+static uint64_t load_partial(const unsigned char *p, size_t len)
+{
 	uint64_t v = 0;
-	for(int i = 7; i >= 0; i--){
+
+	for(size_t i = len; i-- > 0;){
 		v = (v << 8) | p[i];
 	}
 	return v;
@@ -33,11 +49,13 @@ static uint64_t load64(const unsigned char *p)
 static void compress(struct cr_sip *s, uint64_t m)
 {
 	s->v3 ^= m;
-	sip_round(s);
+	for(unsigned i = 0; i < s->c_rounds; i++){
+		sip_round(s);
+	}
 	s->v0 ^= m;
 }
 
-void cr_sip_init(struct cr_sip *s, const unsigned char key[16])
+static void sip_start(struct cr_sip *s, const unsigned char key[16], unsigned c_rounds)
 {
 	uint64_t k0 = load64(key);
 	uint64_t k1 = load64(key + 8);
@@ -49,6 +67,18 @@ void cr_sip_init(struct cr_sip *s, const unsigned char key[16])
 	s->tail = 0;
 	s->tail_len = 0;
 	s->total = 0;
+	s->c_rounds = c_rounds;
+}
+
+void cr_sip_init(struct cr_sip *s, const unsigned char key[16])
+{
+	sip_start(s, key, 1);
+}
+
+void cr_sip128_init(struct cr_sip *s, const unsigned char key[16])
+{
+	sip_start(s, key, 2);
+	s->v1 ^= 0xee; /* the 128-bit output variant */
 }
 
 void cr_sip_update(struct cr_sip *s, const void *data, size_t len)
@@ -56,27 +86,29 @@ void cr_sip_update(struct cr_sip *s, const void *data, size_t len)
 	const unsigned char *p = data;
 
 	s->total += len;
-	while(len > 0 && s->tail_len > 0){
-		s->tail |= (uint64_t)*p << (8 * s->tail_len);
-		p++;
-		len--;
-		if(++s->tail_len == 8){
-			compress(s, s->tail);
-			s->tail = 0;
-			s->tail_len = 0;
+	if(s->tail_len > 0){
+		size_t fill = 8 - s->tail_len;
+		if(fill > len){
+			fill = len;
 		}
+		s->tail |= load_partial(p, fill) << (8 * s->tail_len);
+		s->tail_len += fill;
+		p += fill;
+		len -= fill;
+		if(s->tail_len < 8){
+			return;
+		}
+		compress(s, s->tail);
+		s->tail = 0;
+		s->tail_len = 0;
 	}
 	while(len >= 8){
 		compress(s, load64(p));
 		p += 8;
 		len -= 8;
 	}
-	while(len > 0){
-		s->tail |= (uint64_t)*p << (8 * s->tail_len);
-		s->tail_len++;
-		p++;
-		len--;
-	}
+	s->tail = load_partial(p, len);
+	s->tail_len = len;
 }
 
 uint64_t cr_sip_final(struct cr_sip *s)
@@ -89,4 +121,21 @@ uint64_t cr_sip_final(struct cr_sip *s)
 	sip_round(s);
 	sip_round(s);
 	return s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+}
+
+void cr_sip128_final(struct cr_sip *s, uint64_t out[2])
+{
+	uint64_t b = (s->total << 56) | s->tail;
+
+	compress(s, b);
+	s->v2 ^= 0xee;
+	for(int i = 0; i < 4; i++){
+		sip_round(s);
+	}
+	out[0] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+	s->v1 ^= 0xdd;
+	for(int i = 0; i < 4; i++){
+		sip_round(s);
+	}
+	out[1] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
 }

@@ -222,6 +222,264 @@ static void test_cache_invalidation(void)
 	cr_cache_free(&c);
 }
 
+/* -- cache bounded in bytes ----------------------------------------------------- */
+#define BIG (60 * 1024) /* the attack of issue 25: a 60 KB client ID, distinct 60 KB topics */
+
+/* "<prefix><n>" padded with 'x' to len bytes */
+static void big_string(char *buf, size_t len, const char *prefix, int n)
+{
+	int head = snprintf(buf, len + 1, "%s%d/", prefix, n);
+
+	memset(buf + head, 'x', len - (size_t)head);
+	buf[len] = '\0';
+}
+
+static long resident_kib(void)
+{
+	long pages_total = 0, pages_resident = -1;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if(f == NULL){
+		return -1;
+	}
+	if(fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2){
+		pages_resident = -1;
+	}
+	fclose(f);
+	return pages_resident < 0 ? -1 : pages_resident * 4;
+}
+
+static void test_cache_bytes_bound(void)
+{
+	struct cr_cache c;
+	struct cr_cache_limits limits = {1 << 20, 0, 100};
+	char *client = malloc(BIG + 1);
+	char *topic = malloc(BIG + 1);
+	size_t bytes;
+
+	begin("cache bounded in bytes: 60 KB client IDs and topics are never stored");
+	CHECK(cr_cache_bytes_per_entry() <= 150); /* issue 26: at most 150 bytes an entry */
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0);
+	CHECK(c.bytes <= limits.max_bytes);
+	CHECK(c.max_entries == (limits.max_bytes - 96) / cr_cache_bytes_per_entry());
+	bytes = c.bytes;
+	big_string(client, BIG, "device-", 0);
+	for(int i = 0; i < 3 * (int)c.max_entries; i++){
+		big_string(topic, BIG, "flood/", i);
+		put(&c, "flooder", client, topic, 2, 12, 1000);
+		CHECK(c.count <= c.max_entries);
+	}
+	CHECK(c.count == c.max_entries);
+	CHECK(c.bytes == bytes); /* nothing allocated per entry */
+	CHECK(c.evictions + c.user_evictions == 2 * c.max_entries); /* its own oldest, at the whole bound */
+	CHECK(lookup(&c, "flooder", client, topic, 2, 0) == 12); /* the newest is there, by its digest */
+	topic[BIG - 1] = 'y';
+	CHECK(lookup(&c, "flooder", client, topic, 2, 0) == -1); /* its last byte counts */
+	client[BIG - 1] = 'y';
+	topic[BIG - 1] = 'x';
+	CHECK(lookup(&c, "flooder", client, topic, 2, 0) == -1); /* so does the client ID's */
+	cr_cache_free(&c);
+
+	limits.max_bytes = 1000;
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0 && c.max_entries == 8 && c.bytes <= 1000);
+	cr_cache_free(&c);
+	limits.max_bytes = 150;
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == -1); /* room for no entry */
+	limits.max_bytes = 1 << 20;
+	limits.user_percent = 0;
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == -1);
+	free(client);
+	free(topic);
+}
+
+/* Legitimate users fill 90 of 100 entries; one approved device then floods
+ * 10,000 distinct topics. */
+static int flood_survivors(unsigned user_percent, size_t *flooder_entries)
+{
+	struct cr_cache c;
+	struct cr_cache_limits limits = {SIZE_MAX, 100, user_percent};
+	char topic[32], user[16];
+	int survivors = 0;
+
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0);
+	for(int i = 0; i < 90; i++){
+		snprintf(user, sizeof(user), "dev-%d", i % 10);
+		snprintf(topic, sizeof(topic), "legit/%d", i);
+		put(&c, user, "c", topic, 2, 0, 1000);
+	}
+	for(int i = 0; i < 10000; i++){
+		snprintf(topic, sizeof(topic), "flood/%d", i);
+		put(&c, "flooder", "f", topic, 2, 12, 1000);
+		CHECK(c.count <= 100);
+	}
+	*flooder_entries = c.count;
+	for(int i = 0; i < 90; i++){
+		snprintf(user, sizeof(user), "dev-%d", i % 10);
+		snprintf(topic, sizeof(topic), "legit/%d", i);
+		if(lookup(&c, user, "c", topic, 2, 0) == 0){
+			survivors++;
+		}
+	}
+	*flooder_entries -= (size_t)survivors;
+	CHECK(c.user_count <= c.count);
+	CHECK(lookup(&c, "flooder", "f", "flood/9999", 2, 0) == 12);
+	cr_cache_free(&c);
+	return survivors;
+}
+
+static void test_cache_user_share(void)
+{
+	size_t flooder;
+
+	begin("one user's flood evicts at most its share of the others' entries");
+	/* 25 %: the flooder takes the 10 free entries, then 15 of the oldest
+	 * others', then replaces its own least recently used */
+	CHECK(flood_survivors(25, &flooder) == 75);
+	CHECK(flooder == 25);
+	/* without the share (the old cache), the same flood evicts everyone */
+	CHECK(flood_survivors(100, &flooder) == 0);
+	CHECK(flooder == 100);
+}
+
+static void test_cache_users_by_digest(void)
+{
+	struct cr_cache c;
+	struct cr_cache_limits limits = {SIZE_MAX, 64, 25};
+	char topic[32], user[16];
+
+	begin("invalidation by user with digests, and the user records stay bounded");
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0);
+	CHECK(c.user_max == 16);
+	for(int i = 0; i < 40; i++){ /* over alice's share: her oldest go, bob's stay */
+		snprintf(topic, sizeof(topic), "a/%d", i);
+		put(&c, "alice", "a1", topic, 2, 0, 1000);
+	}
+	put(&c, "bob", "b1", "t", 2, 0, 1000);
+	CHECK(c.count == 17 && c.user_evictions == 24);
+	CHECK(lookup(&c, "alice", "a1", "a/39", 2, 0) == 0);
+	CHECK(lookup(&c, "alice", "a1", "a/24", 2, 0) == 0);
+	CHECK(lookup(&c, "alice", "a1", "a/23", 2, 0) == -1);
+	cr_cache_drop_user(&c, "alice");
+	for(int i = 24; i < 40; i++){
+		snprintf(topic, sizeof(topic), "a/%d", i);
+		CHECK(lookup(&c, "alice", "a1", topic, 2, 0) == -1);
+	}
+	CHECK(lookup(&c, "bob", "b1", "t", 2, 0) == 0);
+	CHECK(c.count == 1 && c.user_count == 1); /* alice's stale entries freed when met, and her record */
+	/* 10,000 users of one entry each: records are reused, never more than entries */
+	for(int i = 0; i < 10000; i++){
+		snprintf(user, sizeof(user), "u%d", i);
+		put(&c, user, "c", "t", 1, 0, 1000);
+		CHECK(c.user_count <= c.count && c.count <= 64);
+	}
+	CHECK(c.user_count == 64);
+	CHECK(lookup(&c, "u9999", "c", "t", 1, 0) == 0);
+	cr_cache_drop_user(&c, "u9999");
+	CHECK(lookup(&c, "u9999", "c", "t", 1, 0) == -1);
+	CHECK(lookup(&c, "u9998", "c", "t", 1, 0) == 0);
+	cr_cache_free(&c);
+}
+
+/* Issue 26's figure: what 100,000 entries cost, as allocated (the bound) and
+ * as resident (pages touched; the plain build only: ASan adds its shadow). */
+static void test_cache_bytes_per_entry(void)
+{
+	struct cr_cache c;
+	struct cr_cache_limits limits = {SIZE_MAX, 100000, 100};
+	char topic[48], user[16];
+	long before, after;
+
+	begin("100,000 entries: at most 150 bytes each, allocated and resident");
+	before = resident_kib();
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0);
+	for(int i = 0; i < 100000; i++){
+		snprintf(user, sizeof(user), "dev-%d", i % 1000);
+		snprintf(topic, sizeof(topic), "devices/%d/telemetry/%d", i % 1000, i);
+		put(&c, user, "client-of-that-device", topic, 2, 0, 1000);
+	}
+	after = resident_kib();
+	CHECK(c.count == 100000 && c.evictions == 0);
+	CHECK(c.bytes / 100000 <= 150);
+	printf("cache: 100,000 entries, %zu bytes allocated (%.1f an entry), resident growth %ld KiB (%.1f an entry)\n",
+			c.bytes, c.bytes / 100000.0, after - before, (after - before) * 1024.0 / 100000);
+#ifndef __SANITIZE_ADDRESS__
+	CHECK(before > 0 && after > before && (after - before) * 1024 / 100000 <= 150);
+#endif
+	cr_cache_free(&c);
+}
+
+/* SipHash-2-4-128 against the reference vectors (key 00..0f, messages 00..len-1),
+ * and fed in parts as the cache feeds it. */
+static void test_siphash128(void)
+{
+	static const char *const expected[] = {
+		"a3817f04ba25a8e66df67214c7550293", /* empty */
+		"3b62a9ba6258f5610f83e264f31497b4", /* 8 bytes */
+		"5493e99933b0a8117e08ec0f97cfc3d9", /* 15 bytes */
+	};
+	static const size_t lengths[] = {0, 8, 15};
+	unsigned char key[16], message[64], bytes[16];
+	char hex[33];
+	uint64_t whole[2], split[2];
+	struct cr_sip s;
+
+	begin("SipHash-2-4-128: reference vectors and parts");
+	for(int i = 0; i < 16; i++){
+		key[i] = (unsigned char)i;
+	}
+	for(int i = 0; i < 64; i++){
+		message[i] = (unsigned char)i;
+	}
+	for(size_t v = 0; v < 3; v++){
+		cr_sip128_init(&s, key);
+		cr_sip_update(&s, message, lengths[v]);
+		cr_sip128_final(&s, whole);
+		for(int w = 0; w < 2; w++){
+			for(int b = 0; b < 8; b++){
+				bytes[8 * w + b] = (unsigned char)(whole[w] >> (8 * b));
+			}
+		}
+		for(int b = 0; b < 16; b++){
+			snprintf(hex + 2 * b, 3, "%02x", bytes[b]);
+		}
+		CHECK(strcmp(hex, expected[v]) == 0);
+	}
+	cr_sip128_init(&s, key);
+	cr_sip_update(&s, message, 61);
+	cr_sip128_final(&s, whole);
+	for(size_t cut1 = 0; cut1 <= 61; cut1++){
+		for(size_t cut2 = cut1; cut2 <= 61; cut2 += 3){
+			cr_sip128_init(&s, key);
+			cr_sip_update(&s, message, cut1);
+			cr_sip_update(&s, message + cut1, cut2 - cut1);
+			cr_sip_update(&s, message + cut2, 61 - cut2);
+			cr_sip128_final(&s, split);
+			CHECK(split[0] == whole[0] && split[1] == whole[1]);
+		}
+	}
+}
+
+static void test_cache_key_beyond_mqtt(void)
+{
+	struct cr_cache c;
+	char *topic = malloc(70000);
+
+	begin("cache: a key no MQTT packet can carry is never cached");
+	CHECK(cr_cache_init(&c, 10, HASH_KEY) == 0);
+	memset(topic, 't', 69999);
+	topic[69999] = '\0';
+	struct cr_key k = acl_key("u", "c", topic, 2);
+	CHECK(cr_cache_put(&c, &k, 0, 1000) == -1);
+	CHECK(cr_cache_get(&c, &k, 0, &(int){0}) == 0);
+	CHECK(c.count == 0);
+	topic[65535] = '\0'; /* the longest an MQTT string can be */
+	k = acl_key("u", "c", topic, 2);
+	CHECK(cr_cache_put(&c, &k, 0, 1000) == 0);
+	CHECK(lookup(&c, "u", "c", topic, 2, 0) == 0);
+	cr_cache_free(&c);
+	free(topic);
+}
+
 /* -- digest ------------------------------------------------------------------ */
 static bool contains(const void *hay, size_t haylen, const char *needle)
 {
@@ -264,7 +522,7 @@ static void test_digest(void)
 	CHECK(cr_connect_digest(key, "a", NULL, "d", b) == 0);
 	CHECK(memcmp(a, b, sizeof(a)) == 0);
 
-	/* what the cache keeps of a CONNECT: the user name and the digest only */
+	/* what the cache keeps of a CONNECT: a digest of the key, not the user name, the password's HMAC or the id */
 	CHECK(cr_cache_init(&c, 10, HASH_KEY) == 0);
 	CHECK(cr_connect_digest(key, "alice", password, "c1", a) == 0);
 	memset(&k, 0, sizeof(k));
@@ -276,12 +534,13 @@ static void test_digest(void)
 	k.part[1] = "";
 	CHECK(cr_cache_put(&c, &k, 0, 1000) == 0);
 	CHECK(cr_cache_get(&c, &k, 0, &result) == 1);
-	struct cr_entry *e = c.lru_head;
-	size_t size = sizeof(*e) + e->part_len[0] + e->part_len[1];
-	CHECK(!contains(e, size, password));
-	CHECK(!contains(e, size, "horse"));
-	CHECK(contains(e->user->name, e->user->len, "alice"));
-	CHECK(memcmp(e->data, a, sizeof(a)) == 0);
+	struct cr_entry *e = &c.entries[c.lru_head];
+	CHECK(c.lru_head != 0);
+	CHECK(!contains(e, sizeof(*e), password));
+	CHECK(!contains(e, sizeof(*e), "horse"));
+	CHECK(!contains(e, sizeof(*e), "alice"));
+	CHECK(!contains(&c.users[e->user], sizeof(c.users[0]), "alice"));
+	CHECK(memcmp(e->digest, a, 16) != 0); /* not the HMAC itself either */
 	cr_connect_digest(key, "alice", "wrong", "c1", b);
 	k.part[0] = b;
 	CHECK(cr_cache_get(&c, &k, 0, &result) == 0); /* another password never matches */
@@ -580,7 +839,8 @@ static void test_options(void)
 	CHECK(opts(&o, 1, "url", "http://127.0.0.1:8081") == 0);
 	CHECK(strcmp(o.url, "http://127.0.0.1:8081") == 0);
 	CHECK(o.timeout_ms == 1750 && o.cache_seconds == 300 && o.deny_cache_seconds == 60);
-	CHECK(o.cache_size == 100000 && o.feed_interval_ms == 500 && o.stats_interval == 10);
+	CHECK(o.cache_size == 0 && o.feed_interval_ms == 500 && o.stats_interval == 10);
+	CHECK(o.cache_bytes == 64L << 20 && o.cache_user_percent == 25);
 	CHECK(o.fault_backoff_ms == 1000);
 	cr_options_free(&o);
 
@@ -590,6 +850,9 @@ static void test_options(void)
 	CHECK(strcmp(o.url, "https://broker.example:8081") == 0);
 	CHECK(o.timeout_ms == 2000 && o.cache_seconds == 0 && o.deny_cache_seconds == 5);
 	CHECK(o.cache_size == 10 && o.feed_interval_ms == 100 && o.stats_interval == 0);
+	cr_options_free(&o);
+	CHECK(opts(&o, 3, "url", "http://h", "cache_bytes", "65536", "cache_user_percent", "100") == 0);
+	CHECK(o.cache_bytes == 65536 && o.cache_user_percent == 100);
 	cr_options_free(&o);
 
 	begin("options: refused");
@@ -620,7 +883,11 @@ static void test_options(void)
 	CHECK(opts(&o, 2, "url", "http://h", "timeout_ms", "+100") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "timeout_ms", NULL) == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "cache_seconds", "-1") == -1);
-	CHECK(opts(&o, 2, "url", "http://h", "cache_size", "0") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "cache_size", "-1") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "cache_bytes", "65535") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "cache_bytes", "68719476737") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "cache_user_percent", "0") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "cache_user_percent", "101") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "cache_size", "99999999999999999999999") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "feed_interval_ms", "10") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "feed_interval_ms", "1501") == -1);
@@ -927,6 +1194,12 @@ int main(void)
 	test_cache_hit_miss_expiry();
 	test_cache_eviction_at_bound();
 	test_cache_invalidation();
+	test_cache_bytes_bound();
+	test_cache_user_share();
+	test_cache_users_by_digest();
+	test_cache_bytes_per_entry();
+	test_cache_key_beyond_mqtt();
+	test_siphash128();
 	test_digest();
 	test_siphash_parts();
 	test_feed_parse();
