@@ -18,6 +18,7 @@ struct cr_options {
 	long fault_backoff_ms;  /* after a check got no answer, fail misses at once for this long */
 	long stats_interval;    /* seconds between $SYS/broker/cregistry/... publishes; 0: never */
 	long delayed_auth;      /* 1: delayed basic auth where the broker has it (2.1); 0: synchronous */
+	long delayed_max;       /* delayed CONNECT checks in flight at most */
 };
 
 /* 0, or -1 with a one-line reason in err. On success free with cr_options_free. */

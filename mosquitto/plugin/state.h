@@ -45,6 +45,7 @@ struct cr_plugin {
 	int64_t last_feed_ok_ms; /* 0: never */
 	int64_t next_stats_ms;
 	int64_t fault_until_ms; /* checks that miss the cache fail without asking until then */
+	int64_t last_fault_ms; /* the last check that got no answer or a fault's answer; 0: none */
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
 	bool warned_no_tick;
@@ -61,6 +62,9 @@ static inline int64_t cr_now_ms(void)
 }
 
 /* checks.c */
+/* After a check's fault, CONNECTs are checked synchronously for this long (a
+ * delayed check that fails could not be answered as a fault, delayed.c). */
+#define CR_KNOWN_DOWN_MS 2000
 enum cr_verdict { CR_ALLOW, CR_DENY, CR_FAULT };
 enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *body, const char *error);
 bool cr_fault_window(struct cr_plugin *p);
