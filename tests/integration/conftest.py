@@ -119,9 +119,12 @@ def cregistry_plugin() -> Path:
     return PLUGIN_SO
 
 
-def start_plugin_broker(service: ServiceProcess, plugin: Path) -> PluginMosquittoProcess:
-    """A mosquitto with `plugin` in front of `service`, once the plugin has its feed position."""
-    broker = PluginMosquittoProcess(service.broker_port, plugin)
+def start_plugin_broker(
+    service: ServiceProcess, plugin: Path, plugin_options: dict[str, str] | None = None
+) -> PluginMosquittoProcess:
+    """A mosquitto with `plugin` (and plugin_opt_<name> `plugin_options`) in
+    front of `service`, once the plugin has its feed position."""
+    broker = PluginMosquittoProcess(service.broker_port, plugin, plugin_options)
     broker.start()
     try:
         broker.wait_for_feed()
