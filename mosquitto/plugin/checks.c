@@ -141,14 +141,13 @@ static void wipe_string_item(cJSON *item)
 /* Whether cregistry is known to be unreachable just now: the change feed is
  * failing, or a check failed moments ago (CR_KNOWN_DOWN_MS). A CONNECT is then
  * answered synchronously (within the fault backoff at once; MQTT 5: 0x88),
- * never delayed: 2.1.2's mosquitto_complete_basic_auth could only say "not
- * authorised" for a fault (delayed.c). */
+ * never delayed: a delayed check that fails can be closed without a CONNACK or,
+ * at worst, told "not authorised", never "server unavailable" (delayed.c). */
 static bool cregistry_known_down(struct cr_plugin *p)
 {
 	if(cr_fault_window(p) || p->feed_state == 0
 			|| (p->last_fault_ms != 0 && cr_now_ms() - p->last_fault_ms < CR_KNOWN_DOWN_MS)){
-		p->counters.fast_fails++;
-		return true;
+		return true; /* not a fast fail yet: ask() counts those it fails without asking */
 	}
 	return false;
 }
