@@ -140,3 +140,26 @@ def test_an_answer_never_reaches_a_newcomer_with_the_same_client_id(mosquitto, c
         freezer.thaw()  # both answers come: the first a grant, the newcomer's a refusal
         answer, _seconds = newcomer.result(timeout=10)
     assert answer == b" \x02\x00\x05"  # CONNACK 5: not authorised
+
+
+def test_a_failed_delayed_check_never_closes_the_users_connected_clients(mosquitto, cregistry, freezer) -> None:  # type: ignore[no-untyped-def]
+    """A delayed check that fails is closed by a kick of its username only
+    while no session of that username is on the broker; with one connected,
+    2.1.2's only other answer is "not authorised" (docs/plugin.md, "Reason
+    codes": the one case where a fault gets it), and the connected client
+    stays."""
+    if not on_mosquitto_21(mosquitto):
+        pytest.skip("Mosquitto 2.0 has no delayed basic auth")
+    add_user(cregistry, "pair-1", "pair-secret")
+    time.sleep(2.0)  # the setup's changes reach the broker before the grant is cached
+    connected = RawSession(mosquitto.port, "pair-1", "pair-secret", "pair-1-a")
+    try:
+        assert connected.connack == 0
+        freezer.freeze()
+        # another client ID: a cache miss, delayed (nothing says cregistry is down yet)
+        answer, seconds = raw_connect(mosquitto.port, "pair-1", "pair-secret", "pair-1-b")
+        freezer.thaw()
+        assert answer == b" \x02\x00\x05" and seconds < CHECK_BOUND_SECONDS
+        assert ping_round_trip(connected.sock) < ROUND_TRIP_BOUND_SECONDS  # still connected
+    finally:
+        connected.close()
