@@ -7,7 +7,9 @@ the broker has closed that user's connection.
 Starts its own redis-server, `cregistry serve` and a mosquitto (Debian's, or
 the one CREGISTRY_MOSQUITTO names) with cregistry_auth.so (`make plugin`).
 Each sample: one device connected (a bare MQTT 3.1.1 session, nothing else on
-the broker), `--idle` seconds of silence, then `DELETE /api/users/<name>`; the
+the broker), `--idle` seconds of silence plus a random part of a second (so
+the deletions fall at every point of the plugin's 500 ms poll cycle, not in
+step with it), then `DELETE /api/users/<name>`; the
 time runs from the admin API's answer to the broker closing the socket. Prints
 every sample, the median and the maximum. A measurement, not a test.
 """
@@ -15,6 +17,7 @@ every sample, the median and the maximum. A measurement, not a test.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -74,7 +77,7 @@ def sample(port: int, api: str, name: str, idle: float) -> float | None:
     try:
         if session.connack != 0:
             raise SystemExit(f"{name} could not connect (CONNACK {session.connack})")
-        time.sleep(idle)
+        time.sleep(idle + random.uniform(0.0, 1.0))
         answer = http("DELETE", f"{api}/api/users/{name}", token=ADMIN_TOKEN)
         if answer.status != 200:
             raise SystemExit(f"DELETE {name}: {answer.status} {answer.body[:200]!r}")
