@@ -6,6 +6,9 @@ mosquitto/plugin/options.c; a unit test holds the two equal); the service
 answers 503 at SERVICE_DEADLINE_SECONDS, ANSWER_MARGIN_SECONDS earlier, so
 that a slow check reaches the plugin as cregistry's own "unavailable" (an
 answer: no fault backoff, the reason logged) instead of as a timeout.
+On Mosquitto 2.1 a CONNECT check is delayed (the broker serves others while it
+runs) and bounded by the same timeout, so it too is answered or closed within
+CHECK_BOUND_SECONDS (docs/plugin.md, "Delayed basic auth").
 """
 
 from __future__ import annotations

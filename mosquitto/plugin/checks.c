@@ -102,6 +102,7 @@ enum cr_verdict cr_judge(struct cr_plugin *p, long status, const struct cr_buf *
 		return cr_answer_unknown_user(body->data, body->len) ? CR_UNKNOWN : CR_DENY;
 	}
 	p->counters.http_errors++;
+	p->last_fault_ms = cr_now_ms();
 	if(status == 200){
 		service_state(p, 0, "HTTP 200 without {\"ok\": true}: not cregistry's answer");
 		return CR_FAULT;
@@ -141,14 +142,15 @@ static void wipe_string_item(cJSON *item)
 }
 
 /* Whether cregistry is known to be unreachable just now: the change feed is
- * failing, or a check got no answer moments ago (the fault backoff). A CONNECT
- * is then answered at once, synchronously (MQTT 5: 0x88), never delayed: 2.1's
- * mosquitto_complete_basic_auth could only say "not authorised". */
+ * failing, or a check failed moments ago (CR_KNOWN_DOWN_MS). A CONNECT is then
+ * answered synchronously (within the fault backoff at once; MQTT 5: 0x88),
+ * never delayed: a delayed check that fails can be closed without a CONNACK or,
+ * at worst, told "not authorised", never "server unavailable" (delayed.c). */
 static bool cregistry_known_down(struct cr_plugin *p)
 {
-	if(cr_fault_window(p) || p->feed_state == 0){
-		p->counters.fast_fails++;
-		return true;
+	if(cr_fault_window(p) || p->feed_state == 0
+			|| (p->last_fault_ms != 0 && cr_now_ms() - p->last_fault_ms < CR_KNOWN_DOWN_MS)){
+		return true; /* not a fast fail yet: ask() counts those it fails without asking */
 	}
 	return false;
 }
@@ -191,6 +193,9 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
 		return MOSQ_ERR_AUTH;
+	}
+	if(p->delayed.in_flight > 0){
+		cr_delayed_forget(&p->delayed, id); /* its client has gone: its answer is not this one's */
 	}
 	if(strpbrk(user, "+#") || strpbrk(id, "+#")){
 		return MOSQ_ERR_AUTH; /* mosquitto leaves this check to version 5 plugins */

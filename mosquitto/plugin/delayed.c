@@ -10,17 +10,25 @@
 
 #define POSITION_HEADER "X-Cregistry-Position: "
 
-int cr_delayed_init(struct cr_delayed *d, cr_complete_fn complete)
+int cr_delayed_init(struct cr_delayed *d, cr_complete_fn complete, cr_apply_fn apply_on_all_clients, size_t max)
 {
 	memset(d, 0, sizeof(*d));
 	if(complete == NULL){
 		return 0;
 	}
+	d->slots = calloc(max, sizeof(*d->slots));
 	d->multi = curl_multi_init();
-	if(d->multi == NULL){
+	if(d->slots == NULL || d->multi == NULL){
+		free(d->slots);
+		if(d->multi){
+			curl_multi_cleanup(d->multi);
+		}
+		memset(d, 0, sizeof(*d));
 		return -1;
 	}
+	d->slot_count = max;
 	d->complete = complete;
+	d->apply_on_all_clients = apply_on_all_clients;
 	return 0;
 }
 
@@ -46,12 +54,13 @@ static void slot_free(struct cr_delayed *d, struct cr_pending *s)
 void cr_delayed_cleanup(struct cr_delayed *d)
 {
 	/* At the broker's shutdown: its clients go with it, so none is answered. */
-	for(size_t i = 0; i < CR_DELAYED_MAX; i++){
+	for(size_t i = 0; i < d->slot_count; i++){
 		slot_free(d, &d->slots[i]);
 	}
 	if(d->multi){
 		curl_multi_cleanup(d->multi);
 	}
+	free(d->slots);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -83,7 +92,7 @@ int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const cha
 	struct cr_pending *s = NULL;
 	int running = 0;
 
-	for(size_t i = 0; i < CR_DELAYED_MAX && s == NULL; i++){
+	for(size_t i = 0; i < d->slot_count && s == NULL; i++){
 		if(d->slots[i].easy == NULL){
 			s = &d->slots[i];
 		}
@@ -121,6 +130,55 @@ int cr_delayed_start(struct cr_plugin *p, const char *url, char *json, const cha
 	return 0;
 }
 
+struct user_search {
+	const char *user;
+	bool found;
+};
+
+static int find_user(const struct mosquitto *client, void *context)
+{
+	struct user_search *search = context;
+	const char *name = mosquitto_client_username(client);
+
+	if(name != NULL && strcmp(name, search->user) == 0){
+		search->found = true;
+		return MOSQ_ERR_NOT_FOUND; /* anything but success ends the walk */
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* 2.1.2's mosquitto_complete_basic_auth sends "not authorised" for every
+ * result but success (src/plugin_public.c), a fault too, which a device takes
+ * for refused credentials (SPEC §11). So a delayed CONNECT whose check failed
+ * is closed without a CONNACK instead, by kicking its username -- only when no
+ * client of that username has a session (a kick would close those too, while
+ * the cache keeps them working). Every delayed CONNECT of that username is
+ * closed by the kick: none of them may be completed. */
+static void answer_fault(struct cr_delayed *d, struct cr_pending *s)
+{
+	struct user_search search = {s->user, false};
+
+	if(d->apply_on_all_clients == NULL || (d->apply_on_all_clients(find_user, &search), search.found)){
+		d->complete(s->client_id, MOSQ_ERR_AUTH);
+		return;
+	}
+	mosquitto_kick_client_by_username(s->user, false);
+	for(size_t i = 0; i < d->slot_count; i++){
+		if(d->slots[i].easy != NULL && strcmp(d->slots[i].user, s->user) == 0){
+			d->slots[i].gone = true;
+		}
+	}
+}
+
+void cr_delayed_forget(struct cr_delayed *d, const char *client_id)
+{
+	for(size_t i = 0; i < d->slot_count && d->in_flight > 0; i++){
+		if(d->slots[i].easy != NULL && strcmp(d->slots[i].client_id, client_id) == 0){
+			slot_free(d, &d->slots[i]);
+		}
+	}
+}
+
 static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 {
 	long status = 0;
@@ -140,9 +198,12 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 	if(v == CR_DENY){
 		cr_remember_refusal(p, s->user, s->digest, s->cert_fingerprint, s->refusal_epoch);
 	}
-	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:
-	 * docs/plugin.md ("Reason codes") says how the plugin keeps that rare. */
-	p->delayed.complete(s->client_id, v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_AUTH);
+	if(v == CR_FAULT){
+		answer_fault(&p->delayed, s);
+	}else{
+		/* CR_UNKNOWN is a refusal here: with unknown_users defer nothing is delayed */
+		p->delayed.complete(s->client_id, v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_AUTH);
+	}
 }
 
 void cr_delayed_poll(struct cr_plugin *p)
@@ -164,7 +225,9 @@ void cr_delayed_poll(struct cr_plugin *p)
 		if(s == NULL){
 			continue;
 		}
-		finish(p, s, msg->data.result);
+		if(!s->gone){
+			finish(p, s, msg->data.result);
+		}
 		slot_free(d, s);
 	}
 }

@@ -29,9 +29,10 @@ static const struct int_option INT_OPTIONS[] = {
 	{"feed_interval_ms", offsetof(struct cr_options, feed_interval_ms), 500, 50, 1500},
 	{"fault_backoff_ms", offsetof(struct cr_options, fault_backoff_ms), 1000, 0, 10000},
 	{"stats_interval", offsetof(struct cr_options, stats_interval), 10, 0, 86400},
-	/* Off by default: a delayed check that fails midway is told "not authorised"
-	 * by 2.1.2, and the CI's fault tests showed that case is not rare enough yet. */
-	{"delayed_auth", offsetof(struct cr_options, delayed_auth), 0, 0, 1},
+	/* On where the broker has it (2.1, found at load); 0: synchronous checks, as on 2.0 */
+	{"delayed_auth", offsetof(struct cr_options, delayed_auth), 1, 0, 1},
+	/* CONNECT checks in flight at once (2.1); beyond, a CONNECT is answered as a fault */
+	{"delayed_max", offsetof(struct cr_options, delayed_max), 64, 1, 1024},
 	/* A few seconds: a flood of one wrong password costs one bcrypt per window,
 	 * and the user's change-feed entry ends the window early (refusals.h). */
 	{"refusal_cache_seconds", offsetof(struct cr_options, refusal_cache_seconds), 5, 0, 60},

@@ -23,6 +23,7 @@ struct cr_options {
 	long delayed_auth;      /* 1: delayed basic auth where the broker has it (2.1); 0: synchronous */
 	long refusal_cache_seconds; /* refused CONNECTs of known users (refusals.h); 0: never remembered */
 	bool defer_unknown_users; /* plugin_opt_unknown_users defer: users cregistry lacks go to the broker's other auth */
+	long delayed_max;       /* delayed CONNECT checks in flight at most */
 };
 
 /* 0, or -1 with a one-line reason in err. On success free with cr_options_free. */

@@ -88,6 +88,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	size_t registered = 0;
 	cr_complete_fn complete;
 	struct cr_cache_limits limits;
+	cr_apply_fn apply_on_all_clients;
 
 	if(curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: libcurl could not be initialised");
@@ -114,6 +115,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	}
 	/* Found at run time, so that one build loads on 2.0 and 2.1 alike. */
 	complete = (cr_complete_fn)dlsym(RTLD_DEFAULT, "mosquitto_complete_basic_auth");
+	apply_on_all_clients = (cr_apply_fn)dlsym(RTLD_DEFAULT, "mosquitto_apply_on_all_clients");
 	p->broker_21 = complete != NULL;
 	p->url_user = join(p->opt.url, "/mqtt/user");
 	p->url_acl = join(p->opt.url, "/mqtt/acl");
@@ -125,7 +127,8 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 			|| cr_cache_init_limits(&p->cache, &limits, hash_key) != 0
 			|| cr_refusals_init(&p->refusals, refusal_key) != 0
 			|| cr_http_init(&p->http, p->opt.timeout_ms) != 0
-			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL) != 0){
+			|| cr_delayed_init(&p->delayed, p->opt.delayed_auth ? complete : NULL, apply_on_all_clients,
+					(size_t)p->opt.delayed_max) != 0){
 		OPENSSL_cleanse(hash_key, sizeof(hash_key));
 		OPENSSL_cleanse(refusal_key, sizeof(refusal_key));
 		mosquitto_log_printf(MOSQ_LOG_ERR, "cregistry_auth: out of memory, or libcurl refused its settings");
@@ -154,6 +157,8 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: loaded by Mosquitto %s", p->broker_21
 			? "2.1 or newer (mosquitto_complete_basic_auth found; ticks named by the plugin)"
 			: "2.0 (no mosquitto_complete_basic_auth; ticks on every pass of its loop)");
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: CONNECT checks %s",
+			p->delayed.complete ? "delayed (the broker serves other clients meanwhile)" : "synchronous");
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"cregistry_auth: asking %s (timeout %ld ms, cache %ld s / denials %ld s, %zu entries in %zu bytes,"
 			" %zu per user, feed every %ld ms, fault backoff %ld ms)",

@@ -48,6 +48,7 @@ struct cr_plugin {
 	int64_t last_feed_ok_ms; /* 0: never */
 	int64_t next_stats_ms;
 	int64_t fault_until_ms; /* checks that miss the cache fail without asking until then */
+	int64_t last_fault_ms; /* the last check that got no answer or a fault's answer; 0: none */
 	int service_state; /* -1 unknown, 0 failing, 1 answering */
 	int feed_state;
 	bool warned_no_tick;
@@ -75,6 +76,9 @@ static inline void cr_remember_refusal(struct cr_plugin *p, const char *user, co
 }
 
 /* checks.c */
+/* After a check's fault, CONNECTs are checked synchronously for this long (a
+ * delayed check that fails could not be answered as a fault, delayed.c). */
+#define CR_KNOWN_DOWN_MS 2000
 /* CR_DENY: refused; CR_UNKNOWN: refused, and the registry has no such user
  * (the answer's "unknown_user"), so plugin_opt_unknown_users defer may leave
  * the check to the broker's other authentication; CR_FAULT: no answer. */

@@ -46,5 +46,8 @@ def test_a_fault_is_never_told_not_authorised(mosquitto, cregistry, freezer) -> 
     v5 = [connect(mosquitto, 5, "code-2", "code-secret", f"code-v5-{n}") for n in range(2)]
     v311 = [connect(mosquitto, 4, "code-2", "code-secret", f"code-v311-{n}") for n in range(2)]
     freezer.thaw()
-    assert v5 == ["Server unavailable"] * 2 if on_mosquitto_21(mosquitto) else ["no CONNACK"] * 2
+    # On 2.1 the first was delayed (nothing said cregistry was down yet) and is
+    # closed without a CONNACK when its check fails (2.1.2 could only complete
+    # it as "not authorised"); the next is answered at once: server unavailable.
+    assert v5 == ["no CONNACK", "Server unavailable"] if on_mosquitto_21(mosquitto) else ["no CONNACK"] * 2
     assert v311 == ["no CONNACK"] * 2

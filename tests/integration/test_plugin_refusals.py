@@ -53,13 +53,13 @@ def connack(port: int, username: str, password: str, client_id: str) -> int | No
     return answer[3] if len(answer) == 4 else None
 
 
-@pytest.fixture(params=[{}, {"delayed_auth": "1"}], ids=["default", "delayed-auth"])
+@pytest.fixture(params=[{}, {"delayed_auth": "0"}], ids=["default", "synchronous"])
 def flooded(
     request: pytest.FixtureRequest, service: ServiceProcess, cregistry_plugin: Path
 ) -> Iterator[MosquittoProcess]:
-    """A broker with the plugin's defaults, and one with delayed basic auth
-    (2.1: the refusal is remembered when the delayed check completes; 2.0
-    has no delayed auth and checks synchronously either way)."""
+    """A broker with the plugin's defaults (2.1: delayed basic auth, the refusal
+    remembered when the delayed check completes), and one checking synchronously
+    (2.0 has no delayed auth and checks synchronously either way)."""
     broker = start_plugin_broker(service, cregistry_plugin, plugin_options=request.param)
     yield broker
     finish_broker(broker)

@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <mosquitto.h>
 
 #include "answer.h"
 #include "certificate.h"
@@ -80,6 +81,45 @@ int mosquitto_broker_publish_copy(const char *clientid, const char *topic, int p
 	(void)properties;
 	published++;
 	return 0;
+}
+
+/* a client of the broker, as the stand-ins below see it */
+struct mosquitto {
+	const char *username;
+};
+
+const char *mosquitto_client_username(const struct mosquitto *client)
+{
+	return client->username;
+}
+
+/* the broker's connected clients (mosquitto_apply_on_all_clients walks them) */
+static struct mosquitto connected[4];
+static int connected_count;
+
+static int apply_on_all_clients(int (*functor)(const struct mosquitto *, void *), void *context)
+{
+	for(int i = 0; i < connected_count; i++){
+		int rc = functor(&connected[i], context);
+		if(rc != 0){
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/* mosquitto_complete_basic_auth, recorded */
+static char completed[8][64];
+static int completed_result[8];
+static int complete_count;
+
+static void complete_basic_auth(const char *clientid, int result)
+{
+	if(complete_count < 8){
+		snprintf(completed[complete_count], sizeof(completed[0]), "%s", clientid);
+		completed_result[complete_count] = result;
+	}
+	complete_count++;
 }
 
 /* the verdict of a delayed check (checks.c, not linked here) */
@@ -842,6 +882,7 @@ static void test_options(void)
 	CHECK(o.cache_size == 0 && o.feed_interval_ms == 500 && o.stats_interval == 10);
 	CHECK(o.cache_bytes == 64L << 20 && o.cache_user_percent == 25);
 	CHECK(o.fault_backoff_ms == 1000);
+	CHECK(o.delayed_auth == 1 && o.delayed_max == 64); /* delayed where the broker has it (2.1) */
 	cr_options_free(&o);
 
 	begin("options: values");
@@ -895,6 +936,12 @@ static void test_options(void)
 	CHECK(opts(&o, 2, "url", "http://h", "fault_backoff_ms", "10001") == -1);
 	CHECK(opts(&o, 2, "url", "http://h", "fault_backoff_ms", "0") == 0);
 	CHECK(o.fault_backoff_ms == 0);
+	cr_options_free(&o);
+	CHECK(opts(&o, 2, "url", "http://h", "delayed_auth", "2") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "delayed_max", "0") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "delayed_max", "1025") == -1);
+	CHECK(opts(&o, 3, "url", "http://h", "delayed_auth", "0", "delayed_max", "1") == 0);
+	CHECK(o.delayed_auth == 0 && o.delayed_max == 1);
 	cr_options_free(&o);
 	CHECK(opts(&o, 2, "url", "http://h", "cache_secs", "10") == -1);   /* a typo is not ignored */
 	CHECK(opts(&o, 2, "url", "http://h", "url", "nonsense") == -1);
@@ -1189,6 +1236,76 @@ static void test_options_unknown_users(void)
 	CHECK(opts(&o, 2, "url", "http://h", "refusal_cache_seconds", "-1") == -1);
 }
 
+/* -- delayed checks (2.1) -------------------------------------------------------- */
+/* Nothing listens on port 1 of the loopback: each check fails at once, a fault. */
+#define REFUSED_URL "http://127.0.0.1:1/mqtt/user"
+
+static int start(struct cr_plugin *p, const char *client_id, const char *user)
+{
+	unsigned char digest[CR_DIGEST_LEN] = {0};
+
+	return cr_delayed_start(p, REFUSED_URL, strdup("{}"), client_id, user, digest, "");
+}
+
+static void run_until_done(struct cr_plugin *p)
+{
+	for(int i = 0; i < 100000 && p->delayed.in_flight > 0; i++){
+		cr_delayed_poll(p);
+	}
+}
+
+static void test_delayed(void)
+{
+	struct cr_plugin p;
+
+	memset(&p, 0, sizeof(p));
+	p.opt.timeout_ms = 1000;
+	CHECK(cr_cache_init(&p.cache, 100, HASH_KEY) == 0);
+
+	begin("delayed: at most delayed_max in flight");
+	CHECK(cr_delayed_init(&p.delayed, complete_basic_auth, apply_on_all_clients, 2) == 0);
+	CHECK(start(&p, "c1", "u1") == 0 && start(&p, "c2", "u2") == 0);
+	CHECK(start(&p, "c3", "u3") == -1); /* the caller answers it at once, as a fault */
+	CHECK(p.delayed.in_flight == 2);
+
+	begin("delayed: a new CONNECT with a waiting client ID drops that check, unanswered");
+	cr_delayed_forget(&p.delayed, "c1");
+	CHECK(p.delayed.in_flight == 1);
+	complete_count = 0;
+	kick_count = 0;
+	run_until_done(&p);
+	CHECK(p.delayed.in_flight == 0);
+	/* c2's fault: closed by a kick of its username (no client of u2 connected), never completed */
+	CHECK(complete_count == 0);
+	CHECK(kick_count == 1 && strcmp(kicked[0], "u2") == 0);
+	cr_delayed_cleanup(&p.delayed);
+
+	begin("delayed: a fault is never completed as \"not authorised\" while nothing else holds the username");
+	CHECK(cr_delayed_init(&p.delayed, complete_basic_auth, apply_on_all_clients, 8) == 0);
+	connected_count = 1;
+	connected[0].username = "busy";
+	CHECK(start(&p, "a1", "alone") == 0 && start(&p, "a2", "alone") == 0 && start(&p, "b1", "busy") == 0);
+	complete_count = 0;
+	kick_count = 0;
+	run_until_done(&p);
+	/* one kick closed both of "alone"'s CONNECTs: neither is completed after it */
+	CHECK(kick_count == 1 && strcmp(kicked[0], "alone") == 0);
+	/* "busy" has a connected client that a kick would close too: 2.1.2's only other answer */
+	CHECK(complete_count == 1 && strcmp(completed[0], "b1") == 0 && completed_result[0] == MOSQ_ERR_AUTH);
+	cr_delayed_cleanup(&p.delayed);
+
+	begin("delayed: without mosquitto_apply_on_all_clients, a fault is completed");
+	CHECK(cr_delayed_init(&p.delayed, complete_basic_auth, NULL, 8) == 0);
+	CHECK(start(&p, "d1", "someone") == 0);
+	complete_count = 0;
+	kick_count = 0;
+	run_until_done(&p);
+	CHECK(kick_count == 0 && complete_count == 1 && completed_result[0] == MOSQ_ERR_AUTH);
+	cr_delayed_cleanup(&p.delayed);
+	connected_count = 0;
+	cr_cache_free(&p.cache);
+}
+
 int main(void)
 {
 	test_cache_hit_miss_expiry();
@@ -1215,6 +1332,7 @@ int main(void)
 	test_feed_drops_refusals();
 	test_answer_unknown_user();
 	test_options_unknown_users();
+	test_delayed();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
 	return failed ? 1 : 0;
