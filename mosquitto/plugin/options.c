@@ -4,8 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include <mosquitto_broker.h>
-#include <mosquitto_plugin.h>
+#include "broker_api.h"
 
 #include "options.h"
 

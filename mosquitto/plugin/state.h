@@ -7,8 +7,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include <mosquitto_broker.h>
-#include <mosquitto_plugin.h>
+#include "broker_api.h"
 
 #include "cache.h"
 #include "delayed.h"
