@@ -36,6 +36,7 @@ STATUS_FOR = {
     errors.RequestNotFound: 404,
     errors.PermissionNotFound: 404,
     errors.UsernameTaken: 409,
+    errors.ClientIdTaken: 409,
     errors.AmbiguousRequest: 409,
     errors.RequestContested: 409,
     errors.RegistryLocked: 423,
@@ -52,6 +53,7 @@ REGISTRATION_STATUS_FOR = {
     errors.RequestDenied: "denied",
     errors.EnrollmentRefused: "refused",
     errors.UsernameTaken: "conflict",
+    errors.ClientIdTaken: "conflict",
     errors.PendingLimitReached: "limited",
     errors.TooManyFailures: "limited",
 }

@@ -174,6 +174,7 @@ USER_EXAMPLE = {
     "createdAt": "2026-12-01T08:00:00Z",
     "superuser": False,
     "clientId": "sensor-17",
+    "clientIds": ["sensor-17"],
     "pairingId": "48ff1f",
     "source": "mqtt",
     "roles": [],
@@ -251,7 +252,12 @@ SCHEMAS: Json = {
             "username": {"type": "string"},
             "createdAt": TIME,
             "superuser": {"type": "boolean"},
-            "clientId": {"type": ["string", "null"]},
+            "clientId": {"type": ["string", "null"], "description": "The client ID the user registered with."},
+            "clientIds": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The user's own client IDs: another user may not connect with them (SPEC §4).",
+            },
             "pairingId": {"type": ["string", "null"]},
             "source": {"type": "string", "description": "`mqtt`, `rest` (approved requests) or `operator`"},
             "roles": {"type": "array", "items": {"type": "string"}},
@@ -681,6 +687,26 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         operationId="setUserPermissions",
         parameters=[USERNAME_PARAMETER],
         requestBody=body(ref("Permissions"), PERMISSIONS_EXAMPLE),
+    ),
+    ("PUT", "/api/users/{username}/client-ids"): admin(
+        "Replace the user's own client IDs",
+        "users",
+        {
+            "200": USER_ANSWER,
+            "409": answer("A client ID belongs to another user (it is never taken from it).", ref("Error")),
+            **common(400, 404, 413),
+        },
+        operationId="setUserClientIds",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body(
+            {
+                "type": "array",
+                "maxItems": 100,
+                "uniqueItems": True,
+                "items": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^+#]*$"},
+            },
+            ["sensor-17", "sensor-17-backup"],
+        ),
     ),
     ("PUT", "/api/users/{username}/password"): admin(
         "Give the user a new password; the old one stops working everywhere",

@@ -45,6 +45,13 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 				mosquitto_kick_client_by_username(c->user, false);
 				p->counters.kicks++;
 			}
+			if(c->client_id != NULL){
+				/* Owned by c->user now: no grant of another user may stay cached
+				 * for it, and no client of another user stays connected with it. */
+				cr_cache_drop_all(&p->cache);
+				mosquitto_kick_client_by_clientid(c->client_id, false);
+				p->counters.kicks++;
+			}
 		}
 	}
 	if(strcmp(p->position, answer->position) != 0){
