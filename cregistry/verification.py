@@ -148,7 +148,7 @@ class PasswordVerifier:
         pipe.hget(self.keys.client_owners(), client_id)
         pipe.smembers(self.keys.user_client_ids(username))
         newest, stored_hash, verified, ttl_ms, owner, own = pipe.execute()
-        if not client_ids.may_connect(self.config.client_id_policy, username, client_id, owner):
+        if client_id and not client_ids.may_connect(self.config.client_id_policy, username, client_id, owner):
             return False
         accepted = self._token_accepts(username, password, stored_hash, verified)
         if accepted:
@@ -205,8 +205,10 @@ class PasswordVerifier:
         if stored_hash is None:
             # Wearing another user's client ID, a registration records nothing.
             return Verdict.CLIENT_ID_REFUSED if client_ids.refuses_registration(policy, owner) else Verdict.UNKNOWN_USER
-        # Before any password work: such a CONNECT could take over another's session.
-        if not client_ids.may_connect(policy, username, client_id, owner):
+        # Before any password work: such a CONNECT could take over another's
+        # session. "" names no client ID (a REST registration's poll): brokers
+        # always send one (Mosquitto assigns one to a client that sends none).
+        if client_id and not client_ids.may_connect(policy, username, client_id, owner):
             return Verdict.CLIENT_ID_REFUSED
         if self._token_accepts(username, password, stored_hash, verified):
             self._slide_token(username, ttl_ms)

@@ -452,7 +452,10 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                 " approval).",
                 ref("RegistrationError"),
             ),
-            "409": answer("The username exists with other credentials.", ref("RegistrationError")),
+            "409": answer(
+                "The username exists with other credentials, or the client ID is another user's own (SPEC §4).",
+                ref("RegistrationError"),
+            ),
             **common(413),
             "423": answer("Locked, and no pending request with these credentials.", ref("RegistrationError")),
             "429": answer(
@@ -551,7 +554,10 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         {
             "201": answer("The new user.", ref("User"), USER_EXAMPLE),
             **common(400, 404, 413),
-            "409": error("The username is taken, or the request is contested and force was not given."),
+            "409": error(
+                "The username is taken, the request is contested and force was not given, or the request's"
+                " client ID is another user's own."
+            ),
         },
         operationId="approve",
         parameters=[REQUEST_ID_PARAMETER],
