@@ -143,6 +143,9 @@ def test_strict_allows_only_the_users_own_client_ids(
     assert not strict.check_user(OTHER, OTHER_PASSWORD, OWNER_CLIENT).allowed
     refused = strict.check_user(OTHER, OTHER_PASSWORD, "nobody-s")
     assert not refused.allowed and REFUSAL in refused.reason
+    # A REST poll that names no client ID connects nothing: it is answered as before.
+    polled = policy_domain(connection, "strict").registration.attempt(OTHER, OTHER_PASSWORD, None, "rest")
+    assert polled.outcome.value == "accepted"
 
 
 def test_any_binds_nothing(two_devices: services.Services, connection: fakeredis.FakeRedis) -> None:
@@ -154,6 +157,20 @@ def test_any_binds_nothing(two_devices: services.Services, connection: fakeredis
 def test_a_wrong_password_with_another_users_client_id_is_refused_the_same(two_devices: services.Services) -> None:
     refused = two_devices.authorizer.check_user(OTHER, "a-wrong-password", OWNER_CLIENT)
     assert not refused.allowed
+
+
+def test_go_auths_routes_refuse_the_same(two_devices: services.Services, connection: fakeredis.FakeRedis) -> None:
+    """go-auth asks the broker routes that the plugin asks: the same answers, form or JSON."""
+    two_devices.users.grant(OTHER, "clients/%c/#", "readWrite")
+    broker = create_app(two_devices.config, listener="broker", connection=connection).test_client()
+    wearing = {"username": OTHER, "password": OTHER_PASSWORD, "clientid": OWNER_CLIENT}
+    assert broker.post("/mqtt/user", json=wearing).status_code == 403
+    assert broker.post("/mqtt/user", data=wearing).status_code == 403
+    assert broker.post("/mqtt/user", json={**wearing, "clientid": OTHER_CLIENT}).status_code == 200
+    acl = {"username": OTHER, "clientid": OWNER_CLIENT, "topic": f"clients/{OWNER_CLIENT}/x", "acc": 2}
+    assert broker.post("/mqtt/acl", json=acl).status_code == 403
+    own = {**acl, "clientid": OTHER_CLIENT, "topic": f"clients/{OTHER_CLIENT}/x"}
+    assert broker.post("/mqtt/acl", json=own).status_code == 200
 
 
 # -- %c -----------------------------------------------------------------------------
