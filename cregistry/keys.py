@@ -74,8 +74,9 @@ class Keys:
 
     # -- one user ----------------------------------------------------------
     def user(self, username: str) -> str:
-        """Hash: passwordHash, createdAt, superuser, clientId, source; the current
-        certificate's certSerial, certNotAfter, certFingerprint, certKey, certPem."""
+        """Hash: passwordHash, createdAt, superuser, clientId (the one it registered
+        with), ownsClientIds (users.py), source; the current certificate's
+        certSerial, certNotAfter, certFingerprint, certKey, certPem."""
         """Hash: passwordHash, createdAt, superuser, clientId, source (and enrollment, for enrolled users)."""
         return f"{self.prefix}:{{{username}}}:user"
 

@@ -218,6 +218,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	key.part_len[1] = strlen(cert_fingerprint);
 	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
 		p->counters.hits++;
+		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
 	}
 	p->counters.misses++;
@@ -256,6 +257,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 		}
 		OPENSSL_cleanse(digest, sizeof(digest));
+		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS;
 	}
 	OPENSSL_cleanse(digest, sizeof(digest));

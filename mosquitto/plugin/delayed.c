@@ -144,6 +144,9 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 	}
 	/* 2.1.2 answers every failed delayed check "not authorised", a fault too:
 	 * the README ("Reason codes") says how the plugin keeps that rare. */
+	if(v == CR_ALLOW){
+		cr_wearer_granted(p, s->client_id, s->user);
+	}
 	p->delayed.complete(s->client_id, v == CR_ALLOW ? MOSQ_ERR_SUCCESS : MOSQ_ERR_AUTH);
 }
 

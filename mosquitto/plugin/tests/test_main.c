@@ -495,7 +495,7 @@ static void test_feed_apply(void)
 	CHECK(kick_count == 2 && strcmp(kicked[1], "erin") == 0);
 
 	/* A client ID given to alice: every cached grant goes (bob's with it among
-	 * them) and whoever wears it is disconnected (an alice client too: it reconnects). */
+	 * them) and whoever wears it is disconnected, unless alice was the last granted it. */
 	put(&p.cache, "bob", "b", "t", 2, 0, 1000);
 	put(&p.cache, "carol", "c", "t", 2, 0, 1000);
 	kick_id_count = 0;
@@ -507,6 +507,20 @@ static void test_feed_apply(void)
 	CHECK(lookup(&p.cache, "carol", "c", "t", 2, 0) == -1);
 	CHECK(kick_id_count == 1 && strcmp(kicked_ids[0], "x-1") == 0);
 	CHECK(kick_count == 2);
+
+	/* The new owner itself was the last granted with it: not kicked; anyone else is. */
+	cr_wearer_granted(&p, "y-1", "alice");
+	cr_wearer_granted(&p, "z-1", "bob");
+	CHECK(parse("{\"position\":\"11-0\",\"changes\":[{\"user\":\"alice\",\"clientId\":\"y-1\"},"
+			"{\"user\":\"alice\",\"clientId\":\"z-1\"}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(kick_id_count == 2 && strcmp(kicked_ids[1], "z-1") == 0);
+	cr_wearer_granted(&p, "z-1", "alice"); /* alice took over z-1 since */
+	CHECK(parse("{\"position\":\"12-0\",\"changes\":[{\"user\":\"alice\",\"clientId\":\"z-1\"}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(kick_id_count == 2);
 	cr_cache_free(&p.cache);
 }
 
