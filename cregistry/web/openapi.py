@@ -247,7 +247,17 @@ SCHEMAS: Json = {
     },
     "User": {
         "type": "object",
-        "required": ["username", "createdAt", "superuser", "clientId", "pairingId", "source", "roles", "permissions"],
+        "required": [
+            "username",
+            "createdAt",
+            "superuser",
+            "clientId",
+            "clientIds",
+            "pairingId",
+            "source",
+            "roles",
+            "permissions",
+        ],
         "properties": {
             "username": {"type": "string"},
             "createdAt": TIME,
