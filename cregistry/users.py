@@ -507,7 +507,13 @@ class UserStore:
         it already; idempotent (OWNS_CLIENT_IDS_FIELD marks users done).
         Returns how many client IDs were given."""
         given = 0
-        for username in sorted(cast("set[str]", self.redis.smembers(self.keys.users()))):
+        names = sorted(cast("set[str]", self.redis.smembers(self.keys.users())))
+        pipe = self.redis.pipeline(transaction=False)
+        for username in names:
+            pipe.hexists(self.keys.user(username), OWNS_CLIENT_IDS_FIELD)
+        # One round trip for the users done already (every user, after the first start).
+        waiting = [username for username, done in zip(names, pipe.execute(), strict=True) if not done]
+        for username in waiting:
             user_key = self.keys.user(username)
 
             def adopt(pipe: Pipeline, username: str = username, user_key: str = user_key) -> int:
