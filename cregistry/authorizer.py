@@ -17,6 +17,7 @@ import redis
 
 from cregistry import instruments, names, topics
 from cregistry.certificates import Certificates
+from cregistry.config import CLIENT_ID_ANY, CLIENT_ID_STRICT
 from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
 from cregistry.log_throttle import ThrottledWarning
@@ -156,6 +157,7 @@ def malformed_refusal(username: object, error: InvalidInput) -> Decision:
 REFUSALS = {
     Outcome.WRONG_PASSWORD: "wrong password",
     Outcome.TOO_MANY_FAILURES: "too many failed attempts",
+    Outcome.CLIENT_ID_REFUSED: "client id not allowed for this user (another user's own)",
     Outcome.WEAK_PASSWORD: "unknown user; not recorded: {detail}",
     Outcome.DENIED: "the registration request with these credentials was denied",
     Outcome.LOCKED: "unknown user; the registry is locked",
@@ -167,8 +169,9 @@ REFUSALS = {
 }
 # The outcomes of an attempt by a username the registry has no user for: the
 # broker may leave those CONNECTs to its other authentication. Not among them:
-# ACCEPTED, WRONG_PASSWORD, TOO_MANY_FAILURES (a user exists) and
-# APPROVED_MEANWHILE (one exists now).
+# ACCEPTED, WRONG_PASSWORD, TOO_MANY_FAILURES (a user exists),
+# APPROVED_MEANWHILE (one exists now) and CLIENT_ID_REFUSED (the client ID is a
+# registry user's own: the other authentication must not hand its session over).
 UNKNOWN_USER_OUTCOMES = frozenset(
     {
         Outcome.WEAK_PASSWORD,
@@ -247,7 +250,9 @@ class Authorizer:
     def check_acl(self, username: str, client_id: str, topic: str, acc: int, seen: str | None = None) -> Decision:
         """Superusers pass here too, so go-auth's superuser URI is optional.
         `seen`: the caller's change feed position (permission_cache.py)."""
-        decision = self._decide_acl(username, client_id, topic, acc, lambda: self.permissions.acl_data(username, seen))
+        decision = self._decide_acl(
+            username, client_id, topic, acc, lambda: self.permissions.acl_data(username, seen), cached=False
+        )
         assert decision is not None  # acl_data always has the data
         return decision
 
@@ -255,10 +260,31 @@ class Authorizer:
         self, username: str, client_id: str, topic: str, acc: int, seen: str | None
     ) -> Decision | None:
         """check_acl from this worker's cache alone (no Redis), or None: ask check_acl."""
-        return self._decide_acl(username, client_id, topic, acc, lambda: self.permissions.cached(username, seen))
+        return self._decide_acl(
+            username, client_id, topic, acc, lambda: self.permissions.cached(username, seen), cached=True
+        )
+
+    def _own_client_id(self, username: str, client_id: str, data: AclData, *, cached: bool) -> bool | None:
+        """Whether %c may expand to `client_id` for this user (SPEC §4): never to
+        another user's own client ID. None: only Redis can tell (cached)."""
+        policy = self.verifier.config.client_id_policy
+        if policy == CLIENT_ID_ANY or client_id in data.client_ids:
+            return True
+        if policy == CLIENT_ID_STRICT:
+            return False
+        if cached:
+            return None
+        return self.users.client_id_owner(client_id) in (None, username)
 
     def _decide_acl(
-        self, username: str, client_id: str, topic: str, acc: int, read: Callable[[], AclData | None]
+        self,
+        username: str,
+        client_id: str,
+        topic: str,
+        acc: int,
+        read: Callable[[], AclData | None],
+        *,
+        cached: bool,
     ) -> Decision | None:
         try:
             names.validate_username(username)
@@ -280,8 +306,15 @@ class Authorizer:
             return ALLOW
         readable = []
         writable = []
+        own: bool | None = True
+        if any("%c" in permission.topic for permission in data.permissions):
+            own = self._own_client_id(username, client_id, data, cached=cached)
+            if own is None:
+                return None
+        # "" makes every %c pattern inapplicable (topics.expand_pattern).
+        expanded_client_id = client_id if own else ""
         for permission in data.permissions:
-            pattern = topics.expand_pattern(permission.topic, username, client_id)
+            pattern = topics.expand_pattern(permission.topic, username, expanded_client_id)
             if pattern is None:
                 continue
             if permission.access in READ_ACCESS:

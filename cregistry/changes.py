@@ -48,6 +48,8 @@ CHANGE_FOR_ACTION = {
     "user.roles": FORGET_USER,
     "user.role.assign": FORGET_USER,
     "user.role.unassign": FORGET_USER,
+    # Client IDs given also have entries of their own (record_client_id).
+    "user.client-ids": FORGET_USER,
     "user.delete": KICK_USER,
     "user.password": KICK_USER,
     # A new certificate at approval: the user is new. Renewal and revocation
@@ -106,6 +108,13 @@ class ChangeFeed:
             return
         fields = {"all": "1"} if kind == FORGET_ALL else {"user": target, "kick": "1" if kind == KICK_USER else "0"}
         self._add(pipe, fields)
+
+    def record_client_id(self, pipe: Pipeline, owner: str, client_id: str) -> None:
+        """Queue on `pipe` the entry for `client_id` becoming `owner`'s own:
+        brokers drop the owner's answers, every cached CONNECT grant (one of
+        another user with this client ID may be among them), and disconnect
+        whoever is connected with it (the owner's own client reconnects)."""
+        self._add(pipe, {"user": owner, "kick": "0", "clientId": client_id})
 
     def read(self, after: str | None) -> FeedPage:
         """The changes after position `after` (oldest first, at most MAX_PAGE),
@@ -198,5 +207,8 @@ def _change(fields: dict[Any, Any]) -> dict[str, Any] | None:
         return {"all": True}
     user = fields.get("user")
     if user:
-        return {"user": user, "kick": fields.get("kick") == "1"}
+        change = {"user": user, "kick": fields.get("kick") == "1"}
+        if fields.get("clientId"):
+            change["clientId"] = fields["clientId"]
+        return change
     return None  # a marker

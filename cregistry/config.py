@@ -60,6 +60,7 @@ CA_KEY = "CA_KEY"
 CERT_DAYS = "CERT_DAYS"
 ENROLLMENT_FAILURE_LIMIT = "ENROLLMENT_FAILURE_LIMIT"
 ENROLLMENT_FAILURE_WINDOW = "ENROLLMENT_FAILURE_WINDOW"
+CLIENT_ID_POLICY = "CLIENT_ID_POLICY"
 
 
 def env_name(name: str) -> str:
@@ -72,6 +73,13 @@ MAX_UNLOCK_SECONDS = 3600
 MIN_ADMIN_TOKEN_LENGTH = 16
 PASSWORD_CLASSES = ("lower", "upper", "digit", "symbol")
 HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# Who may CONNECT with a client ID (SPEC §4, docs/threat-model.md): "owned"
+# refuses another user's own client ID; "strict" allows only the user's own;
+# "any" binds nothing.
+CLIENT_ID_OWNED = "owned"
+CLIENT_ID_STRICT = "strict"
+CLIENT_ID_ANY = "any"
+CLIENT_ID_POLICIES = (CLIENT_ID_OWNED, CLIENT_ID_STRICT, CLIENT_ID_ANY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +146,7 @@ class Config:
     # pattern) per client address and window; over it, tokens are not looked at.
     enrollment_failure_limit: int = 20
     enrollment_failure_window: int = 15 * 60
+    client_id_policy: str = CLIENT_ID_OWNED
 
     def __post_init__(self) -> None:
         _check_range(UNLOCK_SECONDS, self.unlock_seconds, 1, MAX_UNLOCK_SECONDS)
@@ -190,6 +199,11 @@ class Config:
                 also = f" (the name of {ENV_PREFIX}{ADMIN_TOKEN})" if name == "admin" and self.admin_token else ""
                 raise ConfigError(f"{ENV_PREFIX}{ADMIN_TOKENS} names {name!r} twice{also}")
             token_names.append(name)
+        if self.client_id_policy not in CLIENT_ID_POLICIES:
+            raise ConfigError(
+                f"{ENV_PREFIX}{CLIENT_ID_POLICY} must be one of {', '.join(CLIENT_ID_POLICIES)},"
+                f" got {self.client_id_policy!r}"
+            )
         unknown = set(self.password_require) - set(PASSWORD_CLASSES)
         if unknown:
             raise ConfigError(

@@ -136,6 +136,7 @@ class Outcome(enum.Enum):
     LIMITED = "limited"  # too many refusals from this address: the token was not looked at
     WRONG_PASSWORD = "conflict"  # the user exists with other credentials
     TOO_MANY_FAILURES = "too many failures"  # the user's own guessing limit
+    CLIENT_ID_REFUSED = "client id refused"  # another user's own client ID: nothing recorded
     WEAK_PASSWORD = "weak password"
     BUSY = "busy"  # every registration bcrypt slot is taken
 
@@ -146,6 +147,7 @@ EXPIRED = "expired"
 USED_UP = "used up"
 OUTSIDE_PATTERN = "outside pattern"
 REMOVED_USER = "removed user"
+CLIENT_ID_TAKEN = "client id taken"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +408,8 @@ class Enrollments:
                 return USED_UP  # the last use went to another device while we hashed
             if pipe.hexists(removed_key, username):
                 return REMOVED_USER
+            if self.users.client_id_owners(pipe, [client_id] if client_id else []):
+                return CLIENT_ID_TAKEN  # given to another user while we hashed
             roles = set(json.loads(fields["roles"])) & cast("set[str]", pipe.smembers(self.keys.roles()))
             now = self.clock()
             pipe.multi()
@@ -420,7 +424,8 @@ class Enrollments:
             )  # fmt: skip
             return ""
 
-        return run_watched(self.redis, [enrollment_key, removed_key, user_key, self.keys.roles()], create)
+        watched = [enrollment_key, removed_key, user_key, self.keys.roles(), self.keys.client_owners()]
+        return run_watched(self.redis, watched, create)
 
     def _counted(self, attempt: EnrolledAttempt, username: str, address: str) -> EnrolledAttempt:
         instruments.enrollment_registration(attempt.enrollment, _metric_result(attempt))
@@ -475,6 +480,7 @@ _KNOWN_USER = {
     Verdict.ACCEPTED: Outcome.REPEATED,
     Verdict.REFUSED: Outcome.WRONG_PASSWORD,
     Verdict.LIMITED: Outcome.TOO_MANY_FAILURES,
+    Verdict.CLIENT_ID_REFUSED: Outcome.CLIENT_ID_REFUSED,
 }
 
 

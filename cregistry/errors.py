@@ -66,6 +66,10 @@ class AmbiguousRequest(CregistryError):
     """Several pending requests match; a pairing ID must say which."""
 
 
+class ClientIdTaken(CregistryError):
+    """A client ID belongs to another user; an owned client ID is never taken from its owner."""
+
+
 class RequestContested(CregistryError):
     """Another candidate for the username shares the request's pairing ID; approving needs force."""
 

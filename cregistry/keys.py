@@ -42,6 +42,11 @@ class Keys:
         """Sorted set "username:candidate" -> expiry time; bounds the pending total."""
         return f"{self.prefix}:pending"
 
+    def client_owners(self) -> str:
+        """Hash: client ID -> the username that owns it (users.py; SPEC §4). A
+        hash, not a key per client ID: client IDs may hold any character."""
+        return f"{self.prefix}:client-owners"
+
     def admin_token_failures(self, address: str) -> str:
         """Counter with a TTL: wrong admin tokens from one client address (console sign-ins and admin API)."""
         return f"{self.prefix}:admin-token-failures:{address}"
@@ -69,10 +74,15 @@ class Keys:
 
     # -- one user ----------------------------------------------------------
     def user(self, username: str) -> str:
-        """Hash: passwordHash, createdAt, superuser, clientId, source; the current
-        certificate's certSerial, certNotAfter, certFingerprint, certKey, certPem."""
+        """Hash: passwordHash, createdAt, superuser, clientId (the one it registered
+        with), ownsClientIds (users.py), source; the current certificate's
+        certSerial, certNotAfter, certFingerprint, certKey, certPem."""
         """Hash: passwordHash, createdAt, superuser, clientId, source (and enrollment, for enrolled users)."""
         return f"{self.prefix}:{{{username}}}:user"
+
+    def user_client_ids(self, username: str) -> str:
+        """Set of the user's own client IDs (each also in client_owners)."""
+        return f"{self.prefix}:{{{username}}}:client-ids"
 
     def user_permissions(self, username: str) -> str:
         """Hash: topic pattern -> access, the user's direct permissions."""

@@ -46,6 +46,7 @@ class Outcome(enum.Enum):
     ACCEPTED = "accepted"  # a known user with the right password
     WRONG_PASSWORD = "wrong password"  # a known user, other credentials
     TOO_MANY_FAILURES = "too many failures"  # the guessing limit refused without checking
+    CLIENT_ID_REFUSED = "client id refused"  # another user's own client ID (client_ids.py)
     WEAK_PASSWORD = "weak password"  # an unknown user whose password breaks the policy
     DENIED = "denied"  # an operator denied these credentials
     LOCKED = "locked"  # the registry is locked and no request has these credentials
@@ -60,6 +61,7 @@ _KNOWN_USER = {
     Verdict.ACCEPTED: Outcome.ACCEPTED,
     Verdict.REFUSED: Outcome.WRONG_PASSWORD,
     Verdict.LIMITED: Outcome.TOO_MANY_FAILURES,
+    Verdict.CLIENT_ID_REFUSED: Outcome.CLIENT_ID_REFUSED,
 }
 
 

@@ -29,11 +29,18 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from cregistry import instruments, names, passwords
+from cregistry import client_ids, instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.certificates import Certificates
-from cregistry.config import Config
-from cregistry.errors import AmbiguousRequest, InvalidInput, RequestContested, RequestNotFound, UsernameTaken
+from cregistry.config import CLIENT_ID_ANY, Config
+from cregistry.errors import (
+    AmbiguousRequest,
+    ClientIdTaken,
+    InvalidInput,
+    RequestContested,
+    RequestNotFound,
+    UsernameTaken,
+)
 from cregistry.keys import Keys
 from cregistry.timestamps import isoformat
 from cregistry.transactions import run_watched
@@ -374,6 +381,7 @@ class PendingRequests:
                     f"request {request.id} is contested: another candidate for {username!r} has pairing ID"
                     f" {request.pairing_id}; approve it only if you are sure this is the device (force)"
                 )
+            given = self._client_ids_to_give(pipe, username, request.client_id)
             # The request's CSR (certificates.py), signed before MULTI; None without one.
             certificate = self.certificates.issue_for_request(
                 username, pipe.hgetall(self.keys.request_csr(username, request.candidate))
@@ -391,6 +399,7 @@ class PendingRequests:
                 },
             )
             pipe.sadd(self.keys.users(), username)
+            self.users.queue_client_ids(pipe, username, given)
             pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
             self._forget_requests(pipe, username, all_candidates)
             pipe.delete(self.keys.user_denials(username), self.keys.user_refused(username))
@@ -406,12 +415,30 @@ class PendingRequests:
             self.certificates.queue_issued(pipe, username, certificate, actor)
             return request
 
-        pairing = run_watched(self.redis, [user_key, candidates_key], create_user).pairing_id
+        watched = [user_key, candidates_key, self.keys.client_owners()]
+        pairing = run_watched(self.redis, watched, create_user).pairing_id
         log.info("registration approved: user %s pairing %s by %s", username, pairing, actor)
         user = self.users.get(username)
         if user.certificate is not None:
             instruments.certificate_changed(instruments.CERTIFICATE_ISSUED)
         return user
+
+    def _client_ids_to_give(self, pipe: Pipeline, username: str, client_id: str) -> list[str]:
+        """The approved request's client ID as the user's own (SPEC §4), read
+        under the WATCH of the owner index. One that another user owns is
+        never taken from it: under CLIENT_ID_POLICY any the user is created
+        without it, otherwise the approval is refused (ClientIdTaken)."""
+        if not client_ids.ownable(client_id):
+            return []
+        owner = self.users.client_id_owners(pipe, [client_id]).get(client_id)
+        if owner is None:
+            return [client_id]
+        if self.config.client_id_policy == CLIENT_ID_ANY:
+            return []
+        raise ClientIdTaken(
+            f"client id {client_id!r} of this request belongs to user {owner!r}: free it there"
+            " (PUT /api/users/<name>/client-ids) or deny the request"
+        )
 
     def deny(
         self,

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from gunicorn.app.base import BaseApplication
 
+from cregistry import services
 from cregistry.api_listener import ApiListener, ApiWorker
-from cregistry.certificates import load_authority
+from cregistry.certificates import Authority, load_authority
 from cregistry.config import (
     ADMIN_TOKEN,
     ADMIN_TOKENS,
@@ -194,7 +195,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             f"{env_name(SESSION_SECRET)} is not set: web console sessions end when this process does;"
             " set it (the same on every instance) to keep them"
         )
-    _check_redis(config)
+    if _check_redis(config):
+        _adopt_registered_client_ids(config, authority, announce)
     announce(
         f"cregistry API on http://{config.api_listen} (web console at /console/),"
         f" broker routes on http://{config.broker_listen}"
@@ -223,8 +225,23 @@ def open_listener(listen: str) -> Iterator[socket.socket]:
         sock.close()
 
 
-def _check_redis(config: Config) -> None:
-    """Warn, do not fail: the service must come up and recover by itself."""
+def _adopt_registered_client_ids(config: Config, authority: Authority | None, announce: Callable[[str], None]) -> None:
+    """Users created before client IDs had owners gain the client ID they
+    registered with (users.py, adopt_registered_client_ids; once per user)."""
+    assert config.redis_url is not None
+    connection = connect(config.redis_url, max(config.redis_timeout, 2.0))
+    try:
+        given = services.build(connection, config, authority=authority).users.adopt_registered_client_ids()
+    except redis.RedisError as error:
+        log.warning("could not give users their registered client IDs (%s); the next start tries again", error)
+        return
+    if given:
+        announce(f"{given} user(s) created before client IDs had owners now own the client ID they registered with")
+
+
+def _check_redis(config: Config) -> bool:
+    """Warn, do not fail: the service must come up and recover by itself.
+    True when Redis answered."""
     assert config.redis_url is not None
     connection = connect(config.redis_url, max(config.redis_timeout, 2.0))
     try:
@@ -234,9 +251,10 @@ def _check_redis(config: Config) -> None:
         if problem is not None:
             raise ConfigError(problem) from None  # no retry fixes it: refuse to start
         log.warning("Redis is not reachable yet (%s); broker routes answer 503 until it is", type(error).__name__)
-        return
+        return False
     for warning in redis_durability_warnings(connection):
         log.warning("%s", warning)
+    return True
 
 
 def redis_durability_warnings(connection: redis.Redis) -> list[str]:

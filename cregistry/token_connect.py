@@ -23,7 +23,7 @@ def check_user_by_cached_token(
     malformed = refuse_malformed_connect(username, password, client_id)
     if malformed is not None:
         return malformed
-    if not authorizer.verifier.verify_by_cached_token(username, password, seen):
+    if not authorizer.verifier.verify_by_cached_token(username, password, seen, client_id):
         return None
     authorizer.last_connects.record_later(username, client_id)
     return ALLOW
@@ -36,7 +36,7 @@ def check_user_by_token(authorizer: Authorizer, username: str, password: str, cl
     malformed = refuse_malformed_connect(username, password, client_id)
     if malformed is not None:
         return malformed
-    if not authorizer.verifier.verify_by_token(username, password):
+    if not authorizer.verifier.verify_by_token(username, password, client_id):
         return None
     # Runs only if the check above took less than LAST_CONNECT_BUDGET (authorizer.py).
     authorizer.last_connects.record(username, client_id, started)

@@ -12,11 +12,12 @@ import redis
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from cregistry import names, passwords
+from cregistry import client_ids, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.certificates import CurrentCertificate, current_from
 from cregistry.config import Config
 from cregistry.errors import (
+    ClientIdTaken,
     InvalidInput,
     PermissionNotFound,
     RoleNotFound,
@@ -35,6 +36,10 @@ MAX_PERMISSIONS = 1000  # per user or role; ACL checks read them all
 # The field of a user's hash that names the enrollment which created it
 # (enrollments.py): deleting such a user is remembered by that enrollment.
 ENROLLMENT_FIELD = "enrollment"
+# Set in a user's hash once its client-ids set is what it owns: users created
+# before client IDs had owners gain their registered "clientId" at start-up
+# (adopt_registered_client_ids), once, so that an operator's later change stays.
+OWNS_CLIENT_IDS_FIELD = "ownsClientIds"
 
 
 class PermissionDict(TypedDict):
@@ -49,6 +54,7 @@ class UserDict(TypedDict):
     createdAt: str | None
     superuser: bool
     clientId: str | None
+    clientIds: list[str]
     pairingId: str | None
     source: str
     roles: list[str]
@@ -88,6 +94,7 @@ class User:
     last_connect: float | None = None
     last_client_id: str | None = None
     certificate: CurrentCertificate | None = None
+    client_ids: tuple[str, ...] = ()  # the user's own (SPEC §4; client_ids.py)
 
     def to_dict(self) -> UserDict:
         """What the API and CLI show; never the password hash."""
@@ -96,6 +103,7 @@ class User:
             "createdAt": isoformat(self.created_at),
             "superuser": self.superuser,
             "clientId": self.client_id,
+            "clientIds": list(self.client_ids),
             "pairingId": self.pairing_id,
             "source": self.source,
             "roles": list(self.roles),
@@ -145,6 +153,7 @@ class AclData:
     exists: bool
     superuser: bool
     permissions: tuple[Permission, ...]
+    client_ids: frozenset[str] = frozenset()  # the user's own: %c expands to them (authorizer.py)
 
 
 def parse_permission(topic: object, access: object) -> Permission:
@@ -213,10 +222,11 @@ class UserStore:
         pipe.hgetall(self.keys.user_permissions(username))
         pipe.smembers(self.keys.user_roles(username))
         pipe.hgetall(self.keys.user_last_connect(username))
-        fields, permissions, roles, last_connect = pipe.execute()
+        pipe.smembers(self.keys.user_client_ids(username))
+        fields, permissions, roles, last_connect, own_client_ids = pipe.execute()
         if not fields:
             raise UserNotFound(f"no user {username!r}")
-        return _user_from(username, fields, permissions, roles, last_connect)
+        return _user_from(username, fields, permissions, roles, last_connect, own_client_ids)
 
     def list_users(self, *, not_connected_since: float | None = None) -> list[User]:
         """Every user; with `not_connected_since`, only those whose last CONNECT
@@ -234,12 +244,13 @@ class UserStore:
             pipe.hgetall(self.keys.user_permissions(name))
             pipe.smembers(self.keys.user_roles(name))
             pipe.hgetall(self.keys.user_last_connect(name))
+            pipe.smembers(self.keys.user_client_ids(name))
         results = pipe.execute()
         users = []
         for index, name in enumerate(names):
-            fields, permissions, roles, last_connect = results[4 * index : 4 * index + 4]
+            fields, permissions, roles, last_connect, own_client_ids = results[5 * index : 5 * index + 5]
             if fields:  # the index can briefly name a user being deleted
-                users.append(_user_from(name, fields, permissions, roles, last_connect))
+                users.append(_user_from(name, fields, permissions, roles, last_connect, own_client_ids))
         return users
 
     def record_connect(self, username: str, client_id: str, now: float, interval: float) -> bool:
@@ -263,7 +274,8 @@ class UserStore:
         pipe.hmget(self.keys.user(username), ["passwordHash", "superuser"])
         pipe.hgetall(self.keys.user_permissions(username))
         pipe.smembers(self.keys.user_roles(username))
-        (password_hash, superuser), direct, roles = pipe.execute()
+        pipe.smembers(self.keys.user_client_ids(username))
+        (password_hash, superuser), direct, roles, own_client_ids = pipe.execute()
         if password_hash is None:
             return AclData(False, False, ())
         permissions = _permissions_from(direct)
@@ -274,7 +286,7 @@ class UserStore:
                 pipe.hgetall(self.keys.role_permissions(role))
             for role_permissions in pipe.execute():
                 permissions += _permissions_from(role_permissions)
-        return AclData(True, superuser == "1", tuple(permissions))
+        return AclData(True, superuser == "1", tuple(permissions), frozenset(own_client_ids))
 
     def acl_snapshot(self, username: str, known_position: str) -> tuple[str, AclData | None]:
         """The change feed's newest position, and the user's AclData read in
@@ -284,7 +296,7 @@ class UserStore:
         while the feed is empty."""
         before, after = self.keys.role_permissions_affixes()
         keys = [self.keys.changes(), self.keys.user(username), self.keys.user_permissions(username)]
-        keys.append(self.keys.user_roles(username))
+        keys += [self.keys.user_roles(username), self.keys.user_client_ids(username)]
         args = [known_position, before, after]
         try:
             reply: Any = self.redis.evalsha(_ACL_SNAPSHOT_SHA, len(keys), *keys, *args)
@@ -296,9 +308,9 @@ class UserStore:
         if not int(reply[1]):
             return position, AclData(False, False, ())
         permissions = _permissions_from(_pairs(reply[3]))
-        for role_permissions in reply[5:]:
+        for role_permissions in reply[6:]:
             permissions += _permissions_from(_pairs(role_permissions))
-        return position, AclData(True, reply[2] == "1", tuple(permissions))
+        return position, AclData(True, reply[2] == "1", tuple(permissions), frozenset(reply[5]))
 
     # -- users -------------------------------------------------------------
     # Every change takes the `actor` for the audit trail and writes its audit
@@ -378,6 +390,7 @@ class UserStore:
                 ENROLLMENT_FIELD: enrollment,
             },
         )
+        self.queue_client_ids(pipe, username, [client_id] if client_ids.ownable(client_id) else [])
         pipe.sadd(self.keys.users(), username)
         pipe.delete(self.keys.user_last_connect(username))  # a predecessor's, if any
         for role in roles:
@@ -389,11 +402,12 @@ class UserStore:
         it (the enrollment remembers the deletion for as long as it lives)."""
         names.validate_username(username)
         enrollment = cast("str | None", self.redis.hget(self.keys.user(username), ENROLLMENT_FIELD))
-        watch = [self.keys.user_roles(username)]
+        watch = [self.keys.user_roles(username), self.keys.user_client_ids(username), self.keys.client_owners()]
         if enrollment:
             watch.append(self.keys.enrollment(enrollment))
 
         def delete_all(pipe: Pipeline) -> None:
+            self._free_client_ids(pipe, username, self._own_client_ids(username))
             if enrollment:
                 self._remember_enrolled_removal(pipe, enrollment, username)
             pipe.delete(
@@ -405,6 +419,7 @@ class UserStore:
                 self.keys.user_client_failures(username),
                 self.keys.user_known_clients(username),
                 self.keys.user_last_connect(username),
+                self.keys.user_client_ids(username),
             )
             pipe.srem(self.keys.users(), username)
             for role in cast("set[str]", self.redis.smembers(self.keys.user_roles(username))):
@@ -421,6 +436,98 @@ class UserStore:
         removed_key = self.keys.enrollment_removed(enrollment)
         pipe.hset(removed_key, username, repr(self.clock()))
         pipe.pexpire(removed_key, milliseconds_left)
+
+    # -- client IDs (client_ids.py) -----------------------------------------
+    def client_id_owners(self, reader: redis.Redis | Pipeline, wanted: Iterable[str]) -> dict[str, str]:
+        """Client ID -> owner for those of `wanted` that someone owns (with
+        `reader` a pipeline in WATCH mode, the read is watched)."""
+        wanted = list(wanted)
+        if not wanted:
+            return {}
+        owners = cast("list[str | None]", reader.hmget(self.keys.client_owners(), wanted))
+        return {client_id: owner for client_id, owner in zip(wanted, owners, strict=True) if owner is not None}
+
+    def client_id_owner(self, client_id: str) -> str | None:
+        return cast("str | None", self.redis.hget(self.keys.client_owners(), client_id))
+
+    def queue_client_ids(self, pipe: Pipeline, username: str, given: Iterable[str]) -> None:
+        """Queue on `pipe` (after MULTI) client IDs becoming `username`'s own.
+        The caller has checked, watching keys.client_owners, that nobody else
+        owns them. Each one gets a feed entry of its own: brokers then drop
+        cached CONNECT grants and disconnect anyone else connected with it."""
+        pipe.hset(self.keys.user(username), OWNS_CLIENT_IDS_FIELD, "1")
+        for client_id in given:
+            pipe.sadd(self.keys.user_client_ids(username), client_id)
+            pipe.hset(self.keys.client_owners(), client_id, username)
+            self.audit.changes.record_client_id(pipe, username, client_id)
+
+    def _own_client_ids(self, username: str) -> set[str]:
+        return cast("set[str]", self.redis.smembers(self.keys.user_client_ids(username)))
+
+    def _free_client_ids(self, pipe: Pipeline, username: str, freed: Iterable[str]) -> None:
+        """Queue (after MULTI) the release of the user's client IDs `freed`."""
+        freed = list(freed)
+        if freed:
+            pipe.srem(self.keys.user_client_ids(username), *freed)
+            pipe.hdel(self.keys.client_owners(), *freed)
+
+    def set_client_ids(self, username: str, items: object, *, actor: str = UNNAMED_ACTOR) -> User:
+        """Replace the user's own client IDs with the JSON list `items`. A
+        client ID that another user owns is refused (ClientIdTaken), never
+        taken from it: the operator frees it there first."""
+        wanted = client_ids.validate_client_id_list(items)
+        set_key = self.keys.user_client_ids(username)
+
+        def check(pipe: Pipeline) -> dict[str, object]:
+            taken = {c: o for c, o in self.client_id_owners(pipe, wanted).items() if o != username}
+            if taken:
+                client_id, owner = sorted(taken.items())[0]
+                raise ClientIdTaken(f"client id {client_id!r} belongs to user {owner!r}; change that user's first")
+            return {}
+
+        def replace(pipe: Pipeline) -> None:
+            current = self._own_client_ids(username)
+            self._free_client_ids(pipe, username, current - set(wanted))
+            self.queue_client_ids(pipe, username, [c for c in wanted if c not in current])
+
+        self._change_user(
+            username,
+            replace,
+            actor,
+            "user.client-ids",
+            watch=[set_key, self.keys.client_owners()],
+            precheck=check,
+            clientIds=wanted,
+        )
+        return self.get(username)
+
+    def adopt_registered_client_ids(self) -> int:
+        """Give every user created before client IDs had owners the client ID
+        it registered with (its hash's "clientId"), unless another user owns
+        it already; idempotent (OWNS_CLIENT_IDS_FIELD marks users done).
+        Returns how many client IDs were given."""
+        given = 0
+        names = sorted(cast("set[str]", self.redis.smembers(self.keys.users())))
+        pipe = self.redis.pipeline(transaction=False)
+        for username in names:
+            pipe.hexists(self.keys.user(username), OWNS_CLIENT_IDS_FIELD)
+        # One round trip for the users done already (every user, after the first start).
+        waiting = [username for username, done in zip(names, pipe.execute(), strict=True) if not done]
+        for username in waiting:
+            user_key = self.keys.user(username)
+
+            def adopt(pipe: Pipeline, username: str = username, user_key: str = user_key) -> int:
+                registered, done = cast("list[str | None]", pipe.hmget(user_key, "clientId", OWNS_CLIENT_IDS_FIELD))
+                if done or not pipe.exists(user_key):
+                    return 0
+                client_id = registered if registered and client_ids.ownable(registered) else ""
+                free = bool(client_id) and not self.client_id_owners(pipe, [client_id])
+                pipe.multi()
+                self.queue_client_ids(pipe, username, [client_id] if free else [])
+                return 1 if free else 0
+
+            given += run_watched(self.redis, [user_key, self.keys.client_owners()], adopt)
+        return given
 
     def set_superuser(self, username: str, superuser: bool, *, actor: str = UNNAMED_ACTOR) -> User:
         self._change_user(
@@ -667,6 +774,7 @@ def _user_from(
     permissions: Mapping[str, str],
     roles: Iterable[str],
     connect: Mapping[str, str],
+    own_client_ids: Iterable[str] = (),
 ) -> User:
     """A user from its hashes and its set of roles, as HGETALL and SMEMBERS answer them."""
     return User(
@@ -681,13 +789,14 @@ def _user_from(
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
         certificate=current_from(dict(data)),
+        client_ids=tuple(sorted(own_client_ids)),
     )
 
 
-# KEYS: changes, user, user permissions, user roles; ARGV: the caller's known
+# KEYS: changes, user, user permissions, user roles, user client ids; ARGV: the caller's known
 # position, and the affixes of a role's permissions key (keys.py).
 # Answers {position} when nothing changed, {position, 0} for no such user, or
-# {position, 1, superuser, direct permissions, roles, each role's permissions}.
+# {position, 1, superuser, direct permissions, roles, own client ids, each role's permissions}.
 ACL_SNAPSHOT_SCRIPT = """
 local position = ''
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -697,7 +806,7 @@ local user = redis.call('HMGET', KEYS[2], 'passwordHash', 'superuser')
 if not user[1] then return {position, 0} end
 local roles = redis.call('SMEMBERS', KEYS[4])
 table.sort(roles)
-local answer = {position, 1, user[2] or '', redis.call('HGETALL', KEYS[3]), roles}
+local answer = {position, 1, user[2] or '', redis.call('HGETALL', KEYS[3]), roles, redis.call('SMEMBERS', KEYS[5])}
 for _, role in ipairs(roles) do
     answer[#answer + 1] = redis.call('HGETALL', ARGV[2] .. role .. ARGV[3])
 end

@@ -40,10 +40,10 @@ from collections.abc import Callable
 import redis
 from redis.client import Pipeline
 
-from cregistry import instruments, names, passwords
+from cregistry import client_ids, instruments, names, passwords
 from cregistry.audit import UNNAMED_ACTOR, AuditLog
 from cregistry.budget import SERVICE_DEADLINE_SECONDS
-from cregistry.config import BCRYPT_CONCURRENCY, Config, env_name
+from cregistry.config import BCRYPT_CONCURRENCY, CLIENT_ID_ANY, Config, env_name
 from cregistry.errors import PasswordChecksBusy, UserNotFound
 from cregistry.feed_follower import FeedFollower
 from cregistry.followed_cache import FollowedCache
@@ -62,6 +62,9 @@ class Verdict(enum.Enum):
     ACCEPTED = "accepted"
     REFUSED = "wrong password"
     LIMITED = "too many failed attempts"
+    # Another user's own client ID (or, under policy strict, not the user's
+    # own); for an unknown user, a registration wearing another's (client_ids.py).
+    CLIENT_ID_REFUSED = "client id not allowed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,9 @@ class KnownToken:
     stored_hash: str
     verified: str
     expires_at: float  # monotonic time at which the token's TTL ends
+    # The user's own client IDs when the token was read: only a CONNECT with
+    # one of them is answered from memory (others may be another user's own).
+    client_ids: frozenset[str] = frozenset()
 
 
 class WorkLimits:
@@ -115,19 +121,23 @@ class PasswordVerifier:
         self.candidate_secret = hmac.new(self.secret, b"cregistry candidate credentials", hashlib.sha256).digest()
         self.candidate_key_id = hmac.new(self.candidate_secret, b"key id", hashlib.sha256).hexdigest()[:12]
 
-    def verify_by_cached_token(self, username: str, password: str, seen: str | None) -> bool:
+    def verify_by_cached_token(self, username: str, password: str, seen: str | None, client_id: str = "") -> bool:
         """True when the token this worker holds accepts the password, for a
-        caller at feed position `seen` (no Redis, no bcrypt); False means "ask
-        verify_by_token()"."""
+        caller at feed position `seen` with `client_id` (no Redis, no bcrypt);
+        False means "ask verify_by_token()"."""
         known = self.tokens.get(username, seen) if self.tokens is not None else None
         # Once its renewal is due, verify_by_token renews it in Redis (and caches it again).
         if known is None or self.monotonic() >= known.expires_at - self._renewal_due_below():
             return False
+        # A client ID not the user's own may be someone else's: only Redis knows.
+        if self.config.client_id_policy != CLIENT_ID_ANY and client_id not in known.client_ids:
+            return False
         return self._token_accepts(username, password, known.stored_hash, known.verified)
 
-    def verify_by_token(self, username: str, password: str) -> bool:
-        """True when the verified token accepts the password (one round trip,
-        no bcrypt); False means "ask verify()", not "wrong password"."""
+    def verify_by_token(self, username: str, password: str, client_id: str = "") -> bool:
+        """True when the verified token accepts the password and the client ID
+        policy lets the user connect with `client_id` (one round trip, no
+        bcrypt); False means "ask verify()", not "wrong password"."""
         verified_key = self.keys.user_verified(username)
         pipe = self.redis.pipeline(transaction=False)
         # The feed's newest entry first: what is read after it is at least as new.
@@ -135,11 +145,15 @@ class PasswordVerifier:
         pipe.hget(self.keys.user(username), "passwordHash")
         pipe.get(verified_key)
         pipe.pttl(verified_key)
-        newest, stored_hash, verified, ttl_ms = pipe.execute()
+        pipe.hget(self.keys.client_owners(), client_id)
+        pipe.smembers(self.keys.user_client_ids(username))
+        newest, stored_hash, verified, ttl_ms, owner, own = pipe.execute()
+        if client_id and not client_ids.may_connect(self.config.client_id_policy, username, client_id, owner):
+            return False
         accepted = self._token_accepts(username, password, stored_hash, verified)
         if accepted:
             ttl_ms = self._slide_token(username, ttl_ms)
-            self._keep_token(username, newest, stored_hash, verified, ttl_ms)
+            self._keep_token(username, newest, stored_hash, verified, ttl_ms, own)
         return accepted
 
     def _slide_token(self, username: str, ttl_ms: int) -> int:
@@ -156,13 +170,20 @@ class PasswordVerifier:
         return ttl - max(1, min(TOKEN_RENEWAL, ttl // 100))
 
     def _keep_token(
-        self, username: str, newest: list[tuple[str, object]], stored_hash: str, token: str, ttl_ms: int
+        self,
+        username: str,
+        newest: list[tuple[str, object]],
+        stored_hash: str,
+        token: str,
+        ttl_ms: int,
+        own_client_ids: set[str],
     ) -> None:
         """Cache an accepted token (verify_by_cached_token); `newest` is the
         feed's newest entry read before the user's data."""
         if self.tokens is not None and newest and ttl_ms > 0:
             expires_at = self.monotonic() + ttl_ms / 1000
-            self.tokens.put(username, str(newest[0][0]), KnownToken(stored_hash, token, expires_at))
+            known = KnownToken(stored_hash, token, expires_at, frozenset(own_client_ids))
+            self.tokens.put(username, str(newest[0][0]), known)
 
     def verify(self, username: str, password: str, client_id: str = "") -> Verdict:
         """The password check of a CONNECT or a registration attempt with
@@ -175,14 +196,25 @@ class PasswordVerifier:
         pipe.get(self.keys.user_failures(username))
         pipe.hget(self.keys.user_client_failures(username), client_id)
         pipe.sismember(self.keys.user_known_clients(username), client_id)
-        newest, (stored_hash, own_client), verified, ttl_ms, failures, client_failures, known = pipe.execute()
+        pipe.hget(self.keys.client_owners(), client_id)
+        pipe.smembers(self.keys.user_client_ids(username))
+        (newest, (stored_hash, own_client), verified, ttl_ms, failures, client_failures, known, owner, own) = (
+            pipe.execute()
+        )
+        policy = self.config.client_id_policy
         if stored_hash is None:
-            return Verdict.UNKNOWN_USER
+            # Wearing another user's client ID, a registration records nothing.
+            return Verdict.CLIENT_ID_REFUSED if client_ids.refuses_registration(policy, owner) else Verdict.UNKNOWN_USER
+        # Before any password work: such a CONNECT could take over another's
+        # session. "" names no client ID (a REST registration's poll): brokers
+        # always send one (Mosquitto assigns one to a client that sends none).
+        if client_id and not client_ids.may_connect(policy, username, client_id, owner):
+            return Verdict.CLIENT_ID_REFUSED
         if self._token_accepts(username, password, stored_hash, verified):
             self._slide_token(username, ttl_ms)
             return Verdict.ACCEPTED
         token = self._token(username, password, stored_hash)
-        owned = bool(client_id) and (bool(known) or client_id == own_client)
+        owned = bool(client_id) and (bool(known) or client_id == own_client or owner == username)
         if self._limited(username, client_id, owned, int(failures or 0), int(client_failures or 0)):
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
@@ -203,7 +235,7 @@ class PasswordVerifier:
                 pipe.sadd(self.keys.user_known_clients(username), client_id)
                 pipe.expire(self.keys.user_known_clients(username), self.config.verified_ttl)
             pipe.execute()
-            self._keep_token(username, newest, stored_hash, token, self.config.verified_ttl * 1000)
+            self._keep_token(username, newest, stored_hash, token, self.config.verified_ttl * 1000, own)
             return Verdict.ACCEPTED
         self._count_failure(username, client_id)
         return Verdict.REFUSED

@@ -30,6 +30,7 @@ EXIT_CODE_FOR = {
     errors.EnrollmentRefused: EXIT_REFUSED,
     errors.PermissionNotFound: EXIT_NOT_FOUND,
     errors.UsernameTaken: EXIT_CONFLICT,
+    errors.ClientIdTaken: EXIT_CONFLICT,
     errors.AmbiguousRequest: EXIT_CONFLICT,
     errors.RequestDenied: EXIT_REFUSED,
     errors.CertificateRefused: EXIT_REFUSED,

@@ -156,6 +156,31 @@ def user_revoke_certificate(obj: CliContext, username: str) -> None:
     emit({"username": username, "revoked": serial}, f"revoked the certificate {serial} of {username}", obj.json_output)
 
 
+@user.command("client-ids")
+@click.argument("username")
+@click.argument("client_ids", nargs=-1)
+@click.option("--none", "no_client_ids", is_flag=True, help="Take every client ID away from USERNAME.")
+@json_option
+@pass_cli
+def user_client_ids(obj: CliContext, username: str, client_ids: tuple[str, ...], no_client_ids: bool) -> None:
+    """Show USERNAME's own client IDs, or replace them with CLIENT_IDS: no
+    other user may connect with them (CREGISTRY_CLIENT_ID_POLICY, docs/threat-model.md).
+    A client ID that another user owns is refused; free it there first.
+
+    
+    Example:
+        cregistry user client-ids sensor-17 sensor-17 sensor-17-backup
+    """
+    if no_client_ids and client_ids:
+        raise click.UsageError("give client IDs or --none, not both")
+    if not client_ids and not no_client_ids:
+        found = obj.users.get(username)
+    else:
+        found = obj.users.set_client_ids(username, list(client_ids), actor=obj.actor)
+    text = "\n".join(display(c) for c in found.client_ids) if found.client_ids else f"{username}: no client IDs"
+    emit({"username": username, "clientIds": list(found.client_ids)}, text, obj.json_output)
+
+
 @user.command("superuser")
 @click.argument("username")
 @click.argument("state", type=click.Choice(["on", "off"]))
@@ -199,6 +224,7 @@ def _user_text(found: User) -> str:
         ("created", data["createdAt"]),
         ("source", found.source),
         ("client id", display(found.client_id)),
+        ("client IDs", ", ".join(display(c) for c in found.client_ids) or "-"),
         ("pairing ID", found.pairing_id or "-"),
         ("superuser", "yes" if found.superuser else "no"),
         ("last connect", last_connect),

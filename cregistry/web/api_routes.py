@@ -48,6 +48,7 @@ REGISTRATION_ANSWERS: dict[Outcome, int | Refusal] = {
     # 201/409 make this route a password oracle: it shares the guessing limit.
     Outcome.TOO_MANY_FAILURES: Refusal(429, "limited", "too many failed attempts for {username!r}; try again later"),
     Outcome.WEAK_PASSWORD: Refusal(400, None, "{detail}"),
+    Outcome.CLIENT_ID_REFUSED: Refusal(409, "conflict", "this client id is another device's; use the device's own"),
     Outcome.DENIED: Refusal(403, "denied", "the registration request with these credentials was denied"),
     Outcome.LOCKED: Refusal(423, "locked", "the registry is locked; ask the operator to unlock it"),
     Outcome.PENDING_CAP: Refusal(429, "limited", "too many pending registration requests; try again later"),
@@ -65,6 +66,7 @@ ENROLLMENT_ANSWERS: dict[enrollments.Outcome, int | Refusal] = {
     enrollments.Outcome.WRONG_PASSWORD: REGISTRATION_ANSWERS[Outcome.WRONG_PASSWORD],
     enrollments.Outcome.TOO_MANY_FAILURES: REGISTRATION_ANSWERS[Outcome.TOO_MANY_FAILURES],
     enrollments.Outcome.WEAK_PASSWORD: REGISTRATION_ANSWERS[Outcome.WEAK_PASSWORD],
+    enrollments.Outcome.CLIENT_ID_REFUSED: REGISTRATION_ANSWERS[Outcome.CLIENT_ID_REFUSED],
     enrollments.Outcome.BUSY: REGISTRATION_ANSWERS[Outcome.BUSY],
 }
 
@@ -223,6 +225,11 @@ def revoke_certificate(username: str) -> Response:
 @admin.put("/api/users/<username>/permissions")
 def set_user_permissions(username: str) -> Response:
     return jsonify(_users().set_permissions(username, json_body(), actor=g.actor).to_dict())
+
+
+@admin.put("/api/users/<username>/client-ids")
+def set_user_client_ids(username: str) -> Response:
+    return jsonify(_users().set_client_ids(username, json_body(), actor=g.actor).to_dict())
 
 
 @admin.put("/api/users/<username>/password")

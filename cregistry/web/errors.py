@@ -34,6 +34,7 @@ STATUS_FOR = {
     errors.RequestNotFound: 404,
     errors.PermissionNotFound: 404,
     errors.UsernameTaken: 409,
+    errors.ClientIdTaken: 409,
     errors.AmbiguousRequest: 409,
     errors.RequestContested: 409,
     errors.StorageUnavailable: 503,

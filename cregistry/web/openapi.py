@@ -175,6 +175,7 @@ USER_EXAMPLE = {
     "createdAt": "2026-12-01T08:00:00Z",
     "superuser": False,
     "clientId": "sensor-17",
+    "clientIds": ["sensor-17"],
     "pairingId": "48ff1f",
     "source": "mqtt",
     "roles": [],
@@ -247,12 +248,27 @@ SCHEMAS: Json = {
     },
     "User": {
         "type": "object",
-        "required": ["username", "createdAt", "superuser", "clientId", "pairingId", "source", "roles", "permissions"],
+        "required": [
+            "username",
+            "createdAt",
+            "superuser",
+            "clientId",
+            "clientIds",
+            "pairingId",
+            "source",
+            "roles",
+            "permissions",
+        ],
         "properties": {
             "username": {"type": "string"},
             "createdAt": TIME,
             "superuser": {"type": "boolean"},
-            "clientId": {"type": ["string", "null"]},
+            "clientId": {"type": ["string", "null"], "description": "The client ID the user registered with."},
+            "clientIds": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The user's own client IDs: another user may not connect with them (SPEC §4).",
+            },
             "pairingId": {"type": ["string", "null"]},
             "source": {"type": "string", "description": "`mqtt`, `rest` (approved requests) or `operator`"},
             "roles": {"type": "array", "items": {"type": "string"}},
@@ -453,7 +469,10 @@ OPERATIONS: dict[tuple[str, str], Json] = {
                 " approval).",
                 ref("RegistrationError"),
             ),
-            "409": answer("The username exists with other credentials.", ref("RegistrationError")),
+            "409": answer(
+                "The username exists with other credentials, or the client ID is another user's own (SPEC §4).",
+                ref("RegistrationError"),
+            ),
             **common(413),
             "423": answer("Locked, and no pending request with these credentials.", ref("RegistrationError")),
             "429": answer(
@@ -552,7 +571,10 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         {
             "201": answer("The new user.", ref("User"), USER_EXAMPLE),
             **common(400, 404, 413),
-            "409": error("The username is taken, or the request is contested and force was not given."),
+            "409": error(
+                "The username is taken, the request is contested and force was not given, or the request's"
+                " client ID is another user's own."
+            ),
         },
         operationId="approve",
         parameters=[REQUEST_ID_PARAMETER],
@@ -706,6 +728,26 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         operationId="setUserPermissions",
         parameters=[USERNAME_PARAMETER],
         requestBody=body(ref("Permissions"), PERMISSIONS_EXAMPLE),
+    ),
+    ("PUT", "/api/users/{username}/client-ids"): admin(
+        "Replace the user's own client IDs",
+        "users",
+        {
+            "200": USER_ANSWER,
+            "409": answer("A client ID belongs to another user (it is never taken from it).", ref("Error")),
+            **common(400, 404, 413),
+        },
+        operationId="setUserClientIds",
+        parameters=[USERNAME_PARAMETER],
+        requestBody=body(
+            {
+                "type": "array",
+                "maxItems": 100,
+                "uniqueItems": True,
+                "items": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^+#]*$"},
+            },
+            ["sensor-17", "sensor-17-backup"],
+        ),
     ),
     ("PUT", "/api/users/{username}/password"): admin(
         "Give the user a new password; the old one stops working everywhere",

@@ -211,6 +211,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	cr_connect_key(&key, user, digest, cert_fingerprint); /* a grant is per certificate */
 	if(cr_cache_get(&p->cache, &key, cr_now_ms(), &cached)){
 		p->counters.hits++;
+		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
 	}
 	if(!has_cert && cr_refusals_has(&p->refusals, digest, cr_now_ms())){
@@ -252,6 +253,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 		}
 		OPENSSL_cleanse(digest, sizeof(digest));
+		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS;
 	}
 	/* A known user's refusal is remembered briefly (refusals.h); an unknown

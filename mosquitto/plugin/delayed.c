@@ -195,6 +195,9 @@ static void finish(struct cr_plugin *p, struct cr_pending *s, CURLcode result)
 		cr_connect_key(&key, s->user, s->digest, s->cert_fingerprint); /* as cr_on_basic_auth keys it */
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
 	}
+	if(v == CR_ALLOW){
+		cr_wearer_granted(p, s->client_id, s->user);
+	}
 	if(v == CR_DENY){
 		cr_remember_refusal(p, s->user, s->digest, s->cert_fingerprint, s->refusal_epoch);
 	}

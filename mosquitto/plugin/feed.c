@@ -25,7 +25,7 @@ static bool position_valid(const char *p)
 
 static int parse_change(const cJSON *item, struct cr_change *out)
 {
-	const cJSON *user, *all, *kick;
+	const cJSON *user, *all, *kick, *client_id;
 
 	if(!cJSON_IsObject(item)){
 		return 0;
@@ -35,6 +35,7 @@ static int parse_change(const cJSON *item, struct cr_change *out)
 		out->type = CR_CHANGE_ALL;
 		out->kick = false;
 		out->user = NULL;
+		out->client_id = NULL;
 		return 1;
 	}
 	user = cJSON_GetObjectItemCaseSensitive(item, "user");
@@ -45,7 +46,19 @@ static int parse_change(const cJSON *item, struct cr_change *out)
 	out->type = CR_CHANGE_USER;
 	out->kick = cJSON_IsTrue(kick);
 	out->user = strdup(user->valuestring);
-	return out->user ? 1 : -1;
+	if(out->user == NULL){
+		return -1;
+	}
+	out->client_id = NULL;
+	client_id = cJSON_GetObjectItemCaseSensitive(item, "clientId");
+	if(cJSON_IsString(client_id) && client_id->valuestring != NULL && client_id->valuestring[0] != '\0'){
+		out->client_id = strdup(client_id->valuestring);
+		if(out->client_id == NULL){
+			free(out->user);
+			return -1;
+		}
+	}
+	return 1;
 }
 
 int cr_feed_parse(const char *body, size_t len, struct cr_feed_answer *out, char *err, size_t errlen)
@@ -113,6 +126,7 @@ void cr_feed_answer_free(struct cr_feed_answer *answer)
 {
 	for(size_t i = 0; i < answer->count; i++){
 		free(answer->changes[i].user);
+		free(answer->changes[i].client_id);
 	}
 	free(answer->changes);
 	answer->changes = NULL;

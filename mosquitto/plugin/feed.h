@@ -17,6 +17,10 @@ struct cr_change {
 	enum cr_change_type type;
 	bool kick;
 	char *user;
+	/* CR_CHANGE_USER only, or NULL: a client ID that became this user's own.
+	 * Every cached CONNECT grant goes (another user's with it may be among
+	 * them), and whoever is connected with it is disconnected. */
+	char *client_id;
 };
 
 struct cr_feed_answer {

@@ -6,6 +6,7 @@
 
 #include <mosquitto.h>
 
+#include "siphash.h"
 #include "state.h"
 
 static void feed_state(struct cr_plugin *p, int ok, const char *why)
@@ -20,6 +21,34 @@ static void feed_state(struct cr_plugin *p, int ok, const char *why)
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
 				"cregistry_auth: change feed failing (%s): keeping the cache until entries expire", why);
 	}
+}
+
+static uint64_t wearer_hash(const struct cr_plugin *p, const char *client_id, const char *user)
+{
+	struct cr_sip s;
+
+	cr_sip_init(&s, p->cache.hash_key);
+	cr_sip_update(&s, client_id, strlen(client_id) + 1); /* with its NUL: no two pairs feed the same bytes */
+	if(user != NULL){
+		cr_sip_update(&s, user, strlen(user));
+	}
+	return cr_sip_final(&s) | 1; /* never 0, the empty slot */
+}
+
+static struct cr_wearer *wearer_slot(struct cr_plugin *p, const char *client_id)
+{
+	return &p->wearers[wearer_hash(p, client_id, NULL) % CR_WEARER_SLOTS];
+}
+
+void cr_wearer_granted(struct cr_plugin *p, const char *client_id, const char *user)
+{
+	wearer_slot(p, client_id)->pair = wearer_hash(p, client_id, user);
+}
+
+/* Whether the last CONNECT granted with client_id was user's; false when not known. */
+static bool worn_by(struct cr_plugin *p, const char *client_id, const char *user)
+{
+	return wearer_slot(p, client_id)->pair == wearer_hash(p, client_id, user);
 }
 
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer)
@@ -47,6 +76,17 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 			if(c->kick){
 				mosquitto_kick_client_by_username(c->user, false);
 				p->counters.kicks++;
+			}
+			if(c->client_id != NULL){
+				/* Owned by c->user now: no grant of another user may stay cached
+				 * for it, and no client of another user stays connected with it. */
+				cr_cache_drop_all(&p->cache);
+				/* Unless the new owner itself wears it now (it connected with it
+				 * just before the entry came): not known means someone else. */
+				if(!worn_by(p, c->client_id, c->user)){
+					mosquitto_kick_client_by_clientid(c->client_id, false);
+					p->counters.kicks++;
+				}
 			}
 		}
 	}

@@ -30,6 +30,14 @@ struct cr_counters {
 	uint64_t refusal_hits; /* CONNECTs refused from the refusal table, without asking */
 };
 
+/* Who was last granted a CONNECT with a client ID (keyed hashes, a slot per
+ * hash of the client ID, overwritten by the next): so that a client ID given to
+ * a user disconnects another user wearing it, not the new owner itself. */
+#define CR_WEARER_SLOTS 4096
+struct cr_wearer {
+	uint64_t pair; /* keyed hash of client ID and username; 0: none */
+};
+
 struct cr_plugin {
 	mosquitto_plugin_id_t *pid;
 	struct cr_options opt;
@@ -53,6 +61,7 @@ struct cr_plugin {
 	bool warned_no_tick;
 	bool broker_21; /* Mosquitto 2.1 or newer: mosquitto_complete_basic_auth found at load */
 	struct cr_counters counters;
+	struct cr_wearer wearers[CR_WEARER_SLOTS];
 };
 
 static inline int64_t cr_now_ms(void)
@@ -94,5 +103,6 @@ int cr_on_acl_check(int event, void *event_data, void *userdata);
 void cr_tick_ask_next(struct mosquitto_evt_tick *tick, long ms);
 int cr_on_tick(int event, void *event_data, void *userdata);
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
+void cr_wearer_granted(struct cr_plugin *p, const char *client_id, const char *user);
 
 #endif

@@ -195,8 +195,10 @@ def test_an_attacker_polling_in_a_tight_loop_cannot_stall_the_operator(service: 
     for round_number in range(5):
         username = f"sensor-{round_number}"
         device_password, attacker_password = colliding_passwords(username)
-        assert register(service, username, attacker_password, "evil").status == 202
-        assert register(service, username, device_password, "dev").status == 202
+        # Client IDs of their own each round: an approved device owns its client ID.
+        evil, dev = f"evil-{round_number}", f"dev-{round_number}"
+        assert register(service, username, attacker_password, evil).status == 202
+        assert register(service, username, device_password, dev).status == 202
         by_client = {r["clientId"]: r["id"] for r in pending(service)}
         stop = threading.Event()
         statuses: list[int] = []
@@ -206,22 +208,22 @@ def test_an_attacker_polling_in_a_tight_loop_cannot_stall_the_operator(service: 
                 statuses.append(attempt().status)
 
         attempts = [
-            functools.partial(register, service, username, attacker_password, "evil"),
-            functools.partial(mqtt_connect, service, username, attacker_password, "evil"),
+            functools.partial(register, service, username, attacker_password, evil),
+            functools.partial(mqtt_connect, service, username, attacker_password, evil),
         ]
         attackers = [threading.Thread(target=hammer, args=(attempts[n % 2], stop, statuses)) for n in range(6)]
         for attacker in attackers:
             attacker.start()
         try:
             time.sleep(0.1)
-            assert admin(service, "POST", f"client-registry/requests/{by_client['evil']}/deny").status == 200
-            assert admin(service, "POST", f"client-registry/requests/{by_client['dev']}/approve").status == 201
+            assert admin(service, "POST", f"client-registry/requests/{by_client[evil]}/deny").status == 200
+            assert admin(service, "POST", f"client-registry/requests/{by_client[dev]}/approve").status == 201
         finally:
             stop.set()
             for attacker in attackers:
                 attacker.join()
         assert statuses and set(statuses) <= {202, 403, 409, 429}, statuses  # 409: approved meanwhile
-        assert mqtt_connect(service, username, device_password, "dev").status == 200
+        assert mqtt_connect(service, username, device_password, dev).status == 200
         assert pending(service) == []
 
 

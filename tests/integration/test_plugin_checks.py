@@ -78,6 +78,8 @@ def test_workers_answer_the_plugin_from_their_caches(clients, cregistry, service
     whose follower covers it answers without Redis; the answers stay exact."""
     add_user(cregistry, "cached-1", "cached-secret")
     cregistry("grant", "cached-1", "c/%u/#", "readWrite")
+    # Workers answer a CONNECT from memory only with the user's own client IDs (docs/threat-model.md).
+    cregistry("user", "client-ids", "cached-1", *(f"cached-client-{turn}" for turn in range(4)))
     time.sleep(1.2)  # the plugin reads the feed every 500 ms, the workers every 100 ms
     before = _answered_without_redis(service)
     for turn in range(4):

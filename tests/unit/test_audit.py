@@ -405,7 +405,8 @@ def test_logs_show_no_password_hash_or_token(
         api.post(f"/api/client-registry/requests/{username}:{pairing_id(username, password)}/approve", headers=auth)
     api.post("/api/users", json={"username": "backend", "password": secrets[2]}, headers=auth)
     hashes += [str(domain.users.password_hash(name)) for name in ("dev-1", "dev-2", "backend")]
-    assert broker.post("/mqtt/user", json={"username": "dev-1", "password": secrets[0], "clientid": "c"}).status_code
+    # Not "c": that client ID is dev-2's own since its approval.
+    assert broker.post("/mqtt/user", json={"username": "dev-1", "password": secrets[0], "clientid": "c1"}).status_code
     for _ in range(Config().failure_limit + 1):  # up to the warning about the limit
         broker.post("/mqtt/user", json={"username": "dev-2", "password": secrets[3], "clientid": "c"})
     api.delete("/api/users/dev-2/failures", headers=auth)

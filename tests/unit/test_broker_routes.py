@@ -70,10 +70,12 @@ def acl(client: FlaskClient, topic: str, acc: int, username: str = USERNAME, cli
 
 
 def make_device(domain: services.Services, username: str = USERNAME, password: str = PASSWORD) -> str:
-    """A device that registered itself and was approved (no permissions)."""
+    """A device that registered itself and was approved (no permissions); it
+    owns CLIENT_ID if it is USERNAME, else a client ID named after it."""
     was_locked = domain.lock.status().locked
     domain.lock.unlock()
-    domain.registration.record_attempt(username, password, CLIENT_ID, "mqtt")
+    client_id = CLIENT_ID if username == USERNAME else f"{username}-client"
+    domain.registration.record_attempt(username, password, client_id, "mqtt")
     domain.requests.approve(username)
     if was_locked:
         domain.lock.lock()

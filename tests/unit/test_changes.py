@@ -64,7 +64,7 @@ def changes_after(feed: ChangeFeed, position: str) -> list[dict[str, Any]]:
 
 def make_device(domain: services.Services, username: str) -> None:
     domain.lock.unlock(actor="setup")
-    domain.registration.record_attempt(username, f"{username}-secret", "client-1", "mqtt")
+    domain.registration.record_attempt(username, f"{username}-secret", f"{username}-client", "mqtt")
     domain.requests.approve(username)
 
 
@@ -75,7 +75,7 @@ def test_every_audited_action_is_in_exactly_one_table() -> None:
     assert not set(CHANGE_FOR_ACTION) & NO_CHANGE_ACTIONS
     audited = set()
     for path in PACKAGE.rglob("*.py"):
-        audited |= set(re.findall(r'"((?:user|role|request|registry|enrollment)\.[a-z.]+)"', path.read_text()))
+        audited |= set(re.findall(r'"((?:user|role|request|registry|enrollment)\.[a-z.-]+)"', path.read_text()))
     assert audited <= set(CHANGE_FOR_ACTION) | NO_CHANGE_ACTIONS, audited - set(CHANGE_FOR_ACTION) - NO_CHANGE_ACTIONS
     assert set(CHANGE_FOR_ACTION) | NO_CHANGE_ACTIONS <= audited
 
@@ -95,7 +95,17 @@ ALL = {"all": True}
 # (what the operator does, what the feed then says); "sensor-1" exists, has
 # role-1 and a permission on a/#, "role-1" and "role-2" exist.
 STEPS: list[tuple[str, Callable[[services.Services, UserStore], Any], list[dict[str, Any]]]] = [
-    ("request.approve", lambda d, u: make_device(d, "sensor-2"), [{"user": "sensor-2", **FORGET}]),
+    (
+        "request.approve",
+        lambda d, u: make_device(d, "sensor-2"),
+        # The approved request's client ID becomes the user's own: brokers disconnect anyone else wearing it.
+        [{"user": "sensor-2", **FORGET, "clientId": "sensor-2-client"}, {"user": "sensor-2", **FORGET}],
+    ),
+    (
+        "user.client-ids",
+        lambda d, u: u.set_client_ids("sensor-1", ["sensor-1-client", "spare"]),
+        [{"user": "sensor-1", **FORGET, "clientId": "spare"}, {"user": "sensor-1", **FORGET}],
+    ),
     ("user.add", lambda d, u: u.add("backend", "backend-secret"), [{"user": "backend", **FORGET}]),
     ("user.superuser", lambda d, u: u.set_superuser("sensor-1", True), [{"user": "sensor-1", **FORGET}]),
     (

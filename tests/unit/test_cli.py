@@ -263,6 +263,7 @@ def test_user_show(runner: CliRunner, users: UserStore, pending: None, requests:
         f"created:      {FAKE_NOW_TEXT}\n"
         "source:       mqtt\n"
         "client id:    client-1\n"
+        "client IDs:   client-1\n"
         "pairing ID:   e2d3f8\n"
         "superuser:    no\n"
         "last connect: never\n"
@@ -274,6 +275,22 @@ def test_user_show(runner: CliRunner, users: UserStore, pending: None, requests:
     assert_ok(run(runner, "user", "show", "sensor-1"), expected)
     assert json.loads(run(runner, "user", "show", "sensor-1", "--json").stdout)["clientId"] == "client-1"
     assert_one_line_error(run(runner, "user", "show", "nobody"), 3)
+
+
+def test_user_client_ids(runner: CliRunner, users: UserStore, pending: None, requests: PendingRequests) -> None:
+    requests.approve("sensor-1")
+    assert_ok(run(runner, "user", "client-ids", "sensor-1"), "client-1\n")
+    assert_ok(run(runner, "user", "client-ids", "sensor-1", "client-1", "spare\x1b[2J"), "client-1\nspare\\x1b[2J\n")
+    assert users.get("sensor-1").client_ids == ("client-1", "spare\x1b[2J")
+    shown = json.loads(run(runner, "user", "client-ids", "sensor-1", "--json").stdout)
+    assert shown == {"username": "sensor-1", "clientIds": ["client-1", "spare\x1b[2J"]}
+    users.add("backend", "backend-password")
+    assert_one_line_error(run(runner, "user", "client-ids", "backend", "client-1"), 4)  # sensor-1's: refused
+    assert_one_line_error(run(runner, "user", "client-ids", "backend", "a+b"), 2)
+    assert_one_line_error(run(runner, "user", "client-ids", "nobody", "x"), 3)
+    assert users.get("backend").client_ids == ()
+    assert_ok(run(runner, "user", "client-ids", "sensor-1", "--none"), "sensor-1: no client IDs\n")
+    assert users.get("sensor-1").client_ids == ()
 
 
 def test_user_add_delete(runner: CliRunner, users: UserStore) -> None:

@@ -616,6 +616,16 @@ def test_the_user_page(operator: FlaskClient, users: UserStore) -> None:
     assert ">Delete user</a>" in page.text
 
 
+def test_the_user_page_lists_its_own_client_ids_as_text(operator: FlaskClient, users: UserStore) -> None:
+    users.add("gateway-1", "secret1")
+    assert '<dd class="mono" id="client-ids">–</dd>' in operator.get("/console/users/gateway-1").text
+    users.set_client_ids("gateway-1", ["gw-1", "<b>x</b>\u202e"])
+    page = operator.get("/console/users/gateway-1").text
+    assert "<dt>Own client IDs</dt>" in page
+    assert '<dd class="mono" id="client-ids">&lt;b&gt;x&lt;/b&gt;\\u202e, gw-1</dd>' in page
+    assert "<b>x</b>" not in page
+
+
 def test_an_unknown_user_page_is_one_sentence(operator: FlaskClient) -> None:
     page = operator.get("/console/users/nobody")
     assert page.status_code == 404

@@ -39,6 +39,7 @@ def followed(
     domain = services.build(connection, config, clock=clock, monotonic=monotonic, follow_changes=True)
     domain.users.add(USERNAME, PASSWORD)
     domain.users.grant(USERNAME, "a/%u/#", "write")
+    domain.users.set_client_ids(USERNAME, ["c", "c-1", "c-2"])  # the cache answers for the user's own only
     assert domain.follower is not None
     domain.follower.follow_once()
     return domain
@@ -203,17 +204,17 @@ def test_an_accepted_password_is_kept_until_its_token_ends_or_the_password_chang
     verifier = followed.verifier
     seen = _position(followed)
     assert followed.authorizer.check_user(USERNAME, PASSWORD, "c").allowed  # bcrypt, then the token
-    assert verifier.verify_by_cached_token(USERNAME, PASSWORD, seen)
-    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD + "x", seen)
-    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, None)
+    assert verifier.verify_by_cached_token(USERNAME, PASSWORD, seen, "c")
+    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD + "x", seen, "c")
+    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, None, "c")
     monotonic.advance(config.verified_ttl + 1)
     followed.follower.follow_once()  # type: ignore[union-attr]
-    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed))
-    assert verifier.verify_by_token(USERNAME, PASSWORD)  # fakeredis's TTL runs on real time: still there
-    assert verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed))
+    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed), "c")
+    assert verifier.verify_by_token(USERNAME, PASSWORD, "c")  # fakeredis's TTL runs on real time: still there
+    assert verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed), "c")
     followed.users.set_password(USERNAME, "another-password-1")
     followed.follower.follow_once()  # type: ignore[union-attr]
-    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed))
+    assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, _position(followed), "c")
 
 
 def test_a_connect_from_the_cache_records_the_last_connect_in_the_background(followed: services.Services) -> None:

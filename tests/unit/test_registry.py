@@ -659,6 +659,7 @@ UNKNOWN_USER_MARKS = {
     Outcome.WRONG_PASSWORD: False,
     Outcome.TOO_MANY_FAILURES: False,
     Outcome.APPROVED_MEANWHILE: False,
+    Outcome.CLIENT_ID_REFUSED: False,  # a registry user's own client ID is never deferred
     Outcome.WEAK_PASSWORD: True,
     Outcome.DENIED: True,
     Outcome.LOCKED: True,

@@ -405,18 +405,18 @@ def test_nothing_in_redis_holds_a_plaintext_password(
 ) -> None:
     passwords = {"sensor-7": "plain-device-7", "sensor-8": "plain-device-8", "sensor-9": "plain-device-9"}
     assert api.post("/api/client-registry/unlock", headers=auth).status_code == 200
-    assert connect(broker, "sensor-7", passwords["sensor-7"])[0] == 403
+    assert connect(broker, "sensor-7", passwords["sensor-7"], "sensor-7")[0] == 403
     assert api.post(REGISTER, json={"username": "sensor-8", "password": passwords["sensor-8"]}).status_code == 202
-    assert connect(broker, "sensor-9", passwords["sensor-9"])[0] == 403
+    assert connect(broker, "sensor-9", passwords["sensor-9"], "sensor-9")[0] == 403
     for username in ("sensor-7", "sensor-8"):
         request_id = f"{username}:{pairing_id(username, passwords[username])}"
         assert api.post(f"/api/client-registry/requests/{request_id}/approve", headers=auth).status_code == 201
     added = api.post("/api/users", json={"username": "backend", "password": "plain-operator-1"}, headers=auth)
     assert added.status_code == 201
     passwords["backend"] = "plain-operator-1"
-    assert connect(broker, "sensor-7", passwords["sensor-7"])[0] == 200
+    assert connect(broker, "sensor-7", passwords["sensor-7"], "sensor-7")[0] == 200
     assert api.post(REGISTER, json={"username": "sensor-8", "password": passwords["sensor-8"]}).status_code == 201
-    assert connect(broker, "backend", passwords["backend"])[0] == 200
+    assert connect(broker, "backend", passwords["backend"], "backend")[0] == 200
     for attempt in range(LIMIT + 1):
         assert connect(broker, "sensor-8", f"plain-guess-{attempt}")[0] == 403
     assert connection.exists(KEYS.user_verified("sensor-7"), KEYS.user_failures("sensor-8")) == 2
@@ -477,7 +477,7 @@ def test_busy_registration_slots_through_the_routes(
     hash_calls.clear()
     assert limits.registration_slots.acquire(blocking=False)
     try:
-        status, reason = connect(broker, "newcomer", "newcomer-secret")
+        status, reason = connect(broker, "newcomer", "newcomer-secret", "newcomer-1")
         assert status == 403 and "not recorded" in reason
         response = api.post(REGISTER, json={"username": "newcomer", "password": "newcomer-secret"})
         assert (response.status_code, response.get_json()["status"]) == (429, "limited")

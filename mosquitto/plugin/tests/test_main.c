@@ -63,6 +63,19 @@ int mosquitto_kick_client_by_username(const char *username, bool with_will)
 	return 0;
 }
 
+static char kicked_ids[8][64];
+static int kick_id_count;
+
+int mosquitto_kick_client_by_clientid(const char *clientid, bool with_will)
+{
+	(void)with_will;
+	if(kick_id_count < 8){
+		snprintf(kicked_ids[kick_id_count], sizeof(kicked_ids[0]), "%s", clientid);
+	}
+	kick_id_count++;
+	return 0;
+}
+
 void mosquitto_log_printf(int level, const char *fmt, ...)
 {
 	(void)level;
@@ -637,6 +650,15 @@ static void test_feed_parse(void)
 	CHECK(a.changes[0].type == CR_CHANGE_USER && strcmp(a.changes[0].user, "alice") == 0 && !a.changes[0].kick);
 	CHECK(a.changes[1].type == CR_CHANGE_USER && strcmp(a.changes[1].user, "bob") == 0 && a.changes[1].kick);
 	CHECK(a.changes[2].type == CR_CHANGE_ALL);
+	CHECK(a.changes[0].client_id == NULL && a.changes[1].client_id == NULL);
+	cr_feed_answer_free(&a);
+
+	begin("feed answer: a client ID given to a user");
+	CHECK(parse("{\"position\":\"2-0\",\"changes\":[{\"user\":\"alice\",\"kick\":false,\"clientId\":\"a-1\"},"
+			"{\"user\":\"bob\",\"clientId\":\"\"},{\"user\":\"carol\",\"clientId\":7}]}", &a) == 0);
+	CHECK(a.count == 3);
+	CHECK(a.changes[0].client_id != NULL && strcmp(a.changes[0].client_id, "a-1") == 0);
+	CHECK(a.changes[1].client_id == NULL && a.changes[2].client_id == NULL); /* empty or not text: none */
 	cr_feed_answer_free(&a);
 
 	begin("feed answer: reset, empty, missing fields");
@@ -774,6 +796,34 @@ static void test_feed_apply(void)
 	CHECK(lookup(&p.cache, "dave", "d", "t", 2, 0) == -1);
 	CHECK(strcmp(p.position, "9-0") == 0);
 	CHECK(kick_count == 2 && strcmp(kicked[1], "erin") == 0);
+
+	/* A client ID given to alice: every cached grant goes (bob's with it among
+	 * them) and whoever wears it is disconnected, unless alice was the last granted it. */
+	put(&p.cache, "bob", "b", "t", 2, 0, 1000);
+	put(&p.cache, "carol", "c", "t", 2, 0, 1000);
+	kick_id_count = 0;
+	CHECK(parse("{\"position\":\"10-0\",\"changes\":[{\"user\":\"alice\",\"kick\":false,\"clientId\":\"x-1\"}]}",
+			&a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(lookup(&p.cache, "bob", "b", "t", 2, 0) == -1);
+	CHECK(lookup(&p.cache, "carol", "c", "t", 2, 0) == -1);
+	CHECK(kick_id_count == 1 && strcmp(kicked_ids[0], "x-1") == 0);
+	CHECK(kick_count == 2);
+
+	/* The new owner itself was the last granted with it: not kicked; anyone else is. */
+	cr_wearer_granted(&p, "y-1", "alice");
+	cr_wearer_granted(&p, "z-1", "bob");
+	CHECK(parse("{\"position\":\"11-0\",\"changes\":[{\"user\":\"alice\",\"clientId\":\"y-1\"},"
+			"{\"user\":\"alice\",\"clientId\":\"z-1\"}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(kick_id_count == 2 && strcmp(kicked_ids[1], "z-1") == 0);
+	cr_wearer_granted(&p, "z-1", "alice"); /* alice took over z-1 since */
+	CHECK(parse("{\"position\":\"12-0\",\"changes\":[{\"user\":\"alice\",\"clientId\":\"z-1\"}]}", &a) == 0);
+	cr_apply_feed_answer(&p, &a);
+	cr_feed_answer_free(&a);
+	CHECK(kick_id_count == 2);
 	cr_cache_free(&p.cache);
 }
 
