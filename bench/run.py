@@ -702,6 +702,18 @@ class Bench:
         self.figures["plugin_rss_mib_per_100k_entries"] = round(per_entry * 100_000 / 2**20, 1)
 
 
+def source_commit() -> str:
+    """The tree that was measured: its commit, "+changes" when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def plugin_provenance(versions: list[Broker]) -> dict[str, str]:
     found = {name: setup.provenance() for name, setup in SETUPS.items() if name != DYNSEC}
     return found | {f"{DYNSEC} {broker.version}": broker.setup(DYNSEC).provenance() for broker in versions}
@@ -765,6 +777,7 @@ def main() -> int:
         "mode": mode,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
+        "commit": source_commit(),
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_before": [round(v, 2) for v in load_before],
