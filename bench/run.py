@@ -237,13 +237,16 @@ class Bench:
         if top is not None and bottom:
             self.figures[name] = round(top / bottom, digits)
 
-    def create_users(self, names: list[str], grants: list[tuple[str, str]] | None = None) -> None:
+    def create_users(
+        self, names: list[str], grants: list[tuple[str, str]] | None = None, password_hash: str | None = None
+    ) -> None:
         """Users as an approval leaves them (without an audit entry each), then
         their permissions through the domain, as an operator sets them."""
         pipe = self.connection.pipeline(transaction=False)
         for name in names:
             pipe.hset(
-                self.keys.user(name), mapping={"passwordHash": self.stored_hash, "createdAt": "0", "superuser": "0"}
+                self.keys.user(name),
+                mapping={"passwordHash": password_hash or self.stored_hash, "createdAt": "0", "superuser": "0"},
             )
             pipe.sadd(self.keys.users(), name)
         pipe.execute()
@@ -266,11 +269,11 @@ class Bench:
             list(pool.map(check, missing))
         self.verified.update(missing)
 
-    def devices(self, prefix: str, count: int) -> list[str]:
+    def devices(self, prefix: str, count: int, password_hash: str | None = None) -> list[str]:
         """Known, verified devices (in Redis and in the dynsec file), named as loadgen names them."""
         names = [f"{prefix}{i:05d}" for i in range(count)]
         fresh = [n for n in names if n not in self.verified]
-        self.create_users(fresh, [("bench/#", "readWrite")])
+        self.create_users(fresh, [("bench/#", "readWrite")], password_hash)
         self.verify(fresh)
         if self.dynsec is None:
             assert self.broker is not None
@@ -501,7 +504,8 @@ class Bench:
         while unknown usernames arrive at 500 CONNECTs/s, and while wrong
         passwords for known usernames arrive at 20/s; each flood's p99 over the
         unflooded p99 of the same configuration."""
-        known = self.devices("flood-", FLOOD_KNOWN_USERS)
+        # Hashed at the production cost: every wrong password costs the service what it costs in production.
+        known = self.devices("flood-", FLOOD_KNOWN_USERS, hash_password(DEVICE_PASSWORD, BCRYPT_COST))
         if PROBE_USER not in self.verified:
             self.create_users([PROBE_USER])
             self.verify([PROBE_USER])
