@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.brokers import (
     ALLOW_ALL,
     COMMON_LINES,
@@ -16,6 +18,8 @@ from bench.brokers import (
     SETUPS,
     Broker,
     conf_lines,
+    mosquitto_21,
+    world_readable,
 )
 from bench.output import GOALS, evaluate_goals, report
 
@@ -156,3 +160,19 @@ def test_dynamic_security_is_the_brokers_own_and_go_auth_only_on_debians_2_0(tmp
     assert (debian.supports(GO_AUTH), built.supports(GO_AUTH), built.supports(CREGISTRY)) == (True, False, True)
     assert debian.env() == {}
     assert built.env()["LD_LIBRARY_PATH"].split(":")[0] == str(tmp_path / "lib")
+
+
+def test_a_missing_2_1_broker_is_skipped_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREGISTRY_BENCH_MOSQUITTO_21", str(tmp_path / "sbin" / "mosquitto"))
+    broker, why = mosquitto_21()
+    assert broker is None
+    assert why == f"Mosquitto 2.1.2 is not available: {tmp_path / 'sbin' / 'mosquitto'} does not exist"
+
+
+def test_a_plugin_mosquittos_own_user_cannot_reach_is_seen_as_such(tmp_path: Path) -> None:
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    (hidden / "plugin.so").write_bytes(b"")
+    (hidden / "plugin.so").chmod(0o644)
+    assert not world_readable(hidden / "plugin.so")  # as under /root/.cache: the directory cannot be entered
+    assert world_readable(Path("/bin/sh"))
