@@ -24,6 +24,22 @@ from harness.processes import LOOPBACK, REPO, free_port
 PLUGIN_SO = Path(os.environ.get("CREGISTRY_PLUGIN_SO", REPO / "mosquitto" / "cregistry_auth.so"))
 ALLOW_ALL_SO = Path(os.environ.get("CREGISTRY_ALLOW_ALL_SO", REPO / "bench" / "build" / "allow_all.so"))
 MOSQUITTO_21_BUILD = REPO / "mosquitto" / "build-mosquitto-2.1.sh"
+
+
+def parse_plugin_options(text: str) -> dict[str, str]:
+    """ "delayed_auth=1,cache_size=50000" -> {"delayed_auth": "1", "cache_size": "50000"}."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ValueError(f"CREGISTRY_BENCH_PLUGIN_OPTIONS: {item!r} is not name=value")
+        options[name.strip()] = value.strip()
+    return options
+
+
+# cregistry's plugin options for a run (plugin_opt_<name> <value>), say delayed_auth=1
+# to measure 2.1's delayed basic auth; none by default: the plugin as it ships.
+PLUGIN_OPTIONS = parse_plugin_options(os.environ.get("CREGISTRY_BENCH_PLUGIN_OPTIONS", ""))
 DYNSEC_SO_CANDIDATES = (
     Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"),  # Debian's mosquitto package
     Path("/usr/lib/mosquitto_dynamic_security.so"),
@@ -194,7 +210,9 @@ class DynsecUsers:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def conf_lines(setup: Setup, port: int, directory: Path, service_broker_port: int) -> list[str]:
+def conf_lines(
+    setup: Setup, port: int, directory: Path, service_broker_port: int, plugin_options: dict[str, str] | None = None
+) -> list[str]:
     lines = ["per_listener_settings false", f"listener {port} {LOOPBACK}"]
     if setup.name == NO_AUTH:
         lines.append("allow_anonymous true")
@@ -209,6 +227,8 @@ def conf_lines(setup: Setup, port: int, directory: Path, service_broker_port: in
     elif setup.name == CREGISTRY:
         lines += ["allow_anonymous false", f"plugin {setup.plugin}"]
         lines.append(f"plugin_opt_url http://{LOOPBACK}:{service_broker_port}")
+        options = PLUGIN_OPTIONS if plugin_options is None else plugin_options
+        lines += [f"plugin_opt_{name} {value}" for name, value in options.items()]
     elif setup.name == GO_AUTH:
         # The settings that mosquitto/mosquitto.conf shipped for go-auth.
         lines += [

@@ -193,6 +193,11 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", "## The service (no broker)", "", "| figure | value |", "| --- | --- |"]
         lines += [f"| `{k}` | {_cell(v)} |" for k, v in service.items()]
     lines += ["", "Plugins: " + "; ".join(f"{k}: `{v}`" for k, v in results["plugins"].items()) + "."]
+    options = results.get("plugin_options") or {}
+    lines += [
+        "",
+        "cregistry's plugin options: " + (", ".join(f"`{k} {v}`" for k, v in options.items()) or "its defaults") + ".",
+    ]
     if results["notes"]:
         lines += ["", "Notes:", *[f"- {note}" for note in results["notes"]]]
     if results["errors"]:

@@ -790,6 +790,7 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "plugins": plugin_provenance(versions),
+        "plugin_options": brokers.PLUGIN_OPTIONS,
         "bcrypt_cost": BCRYPT_COST,
         "sizes": SIZES[mode],
         "service": service_figures,

@@ -19,6 +19,7 @@ from bench.brokers import (
     Broker,
     conf_lines,
     mosquitto_21,
+    parse_plugin_options,
     world_readable,
 )
 from bench.output import GOALS, evaluate_goals, report
@@ -133,7 +134,7 @@ def test_a_skipped_version_is_named_with_its_reason() -> None:
 
 def test_the_configurations_differ_only_in_authentication(tmp_path: Path) -> None:
     names = (NO_AUTH, DYNSEC, CREGISTRY, ALLOW_ALL)
-    confs = {name: conf_lines(SETUPS[name], 1883, tmp_path, 8081) for name in names}
+    confs = {name: conf_lines(SETUPS[name], 1883, tmp_path, 8081, {}) for name in names}
     for lines in confs.values():
         assert lines[:2] == ["per_listener_settings false", "listener 1883 127.0.0.1"]
         assert lines[-len(COMMON_LINES) :] == COMMON_LINES
@@ -176,3 +177,16 @@ def test_a_plugin_mosquittos_own_user_cannot_reach_is_seen_as_such(tmp_path: Pat
     (hidden / "plugin.so").chmod(0o644)
     assert not world_readable(hidden / "plugin.so")  # as under /root/.cache: the directory cannot be entered
     assert world_readable(Path("/bin/sh"))
+
+
+def test_plugin_options_reach_cregistrys_plugin_alone(tmp_path: Path) -> None:
+    options = parse_plugin_options(" delayed_auth=1, cache_size=50000,")
+    assert options == {"delayed_auth": "1", "cache_size": "50000"}
+    lines = conf_lines(SETUPS[CREGISTRY], 1883, tmp_path, 8081, options)
+    assert lines[-len(COMMON_LINES) - 2 : -len(COMMON_LINES)] == [
+        "plugin_opt_delayed_auth 1",
+        "plugin_opt_cache_size 50000",
+    ]
+    assert not any("delayed_auth" in line for line in conf_lines(SETUPS[ALLOW_ALL], 1883, tmp_path, 8081, options))
+    with pytest.raises(ValueError, match="'delayed_auth' is not name=value"):
+        parse_plugin_options("delayed_auth")
