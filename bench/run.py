@@ -806,6 +806,7 @@ def main() -> int:
         "errors": bench.errors,
         "runs": bench.runs,
     }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     text = report(results)
