@@ -104,7 +104,8 @@ test-browser: $(STAMP) system-deps
 ## bench/results.json and bench/out/{report.md,chart-<version>.png}
 # (bench-quick: the same with small counts, a few minutes; it fails only when
 # something could not be measured, never because a goal was missed; where 2.1.2
-# cannot be had, its figures are skipped with the reason in the results)
+# cannot be had, its figures are skipped with the reason in the results, except
+# in CI or under CREGISTRY_REQUIRE_BROKER=1; docs/performance.md)
 LOADGEN := bench/build/loadgen
 ALLOW_ALL_SO := bench/build/allow_all.so
 BENCH_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror
