@@ -7,6 +7,10 @@
  *                   [--broker-pid PID]   (its CPU share during the timed phase)
  *   loadgen connect --port P --user-prefix PREFIX --count N [--first I] --password W
  *                   [--concurrency C] [--probe-user U --probe-password W]
+ *   loadgen flood   --port P --user-prefix PREFIX --password W --rate R --seconds S
+ *                   --probe-user U --probe-password W [--users K] [--concurrency C]
+ *                   (R CONNECTs/s of PREFIX<i>, or of the K known PREFIX00000.. with a wrong
+ *                   password; R 0: the probe alone, the unflooded baseline)
  *   loadgen http    --url URL --user-prefix PREFIX [--users K] [--concurrency C]
  *                   [--samples N] [--position P]   (sent as X-Cregistry-Position, as the plugin does)
  *
@@ -49,7 +53,7 @@ struct options {
 	const char *user_prefix, *probe_user, *probe_password;
 	const char *url, *prefix, *position;
 	int subscribers, topics, messages, qos, inflight, window, payload;
-	int first, count, concurrency, samples, users, probe_interval_ms, broker_pid;
+	int first, count, concurrency, samples, users, probe_interval_ms, broker_pid, rate, seconds;
 	double stall_seconds;
 };
 
@@ -629,6 +633,96 @@ static int run_connect(const struct options *o)
 }
 
 /* ------------------------------------------------------------------------
+ * flood: R CONNECTs per second that the broker refuses, for S seconds, while
+ * a connected probe times its PINGREQs. At most C of them wait for their
+ * CONNACK at once (a broker that falls behind makes the flood queue here,
+ * not grow without bound).
+ * ---------------------------------------------------------------------- */
+
+static int run_flood(const struct options *o)
+{
+	struct probe probe = {.port = o->port, .user = o->probe_user, .password = o->probe_password,
+			.interval_ms = o->probe_interval_ms, .fd = -1, .capacity = 1000000};
+	probe.rtts = xcalloc((size_t)probe.capacity, sizeof(double));
+	probe_connect(&probe);
+	int c = o->concurrency;
+	struct mosquitto **clients = xcalloc((size_t)c, sizeof(*clients));
+	struct slot *slots = xcalloc((size_t)c, sizeof(*slots));
+	int sent = 0, ok = 0, refused = 0, lost = 0, active = 0, queued_behind = 0;
+	struct pump pump;
+	pump_init(&pump, c);
+	if(pthread_create(&probe.thread, NULL, probe_run, &probe) != 0){
+		fail("cannot start the probe thread");
+	}
+	double started = now();
+	double end = started + o->seconds;
+	for(double t = started; t < end || active > 0; t = now()){
+		int due = t < end ? (int)((t - started) * o->rate) : sent;
+		for(int i = 0; i < c && sent < due; i++){
+			if(clients[i] != NULL){
+				continue;
+			}
+			char name[128], client_id[64];
+			if(o->users > 0){
+				snprintf(name, sizeof(name), "%s%05d", o->user_prefix, sent % o->users);
+			}else{
+				snprintf(name, sizeof(name), "%s%07d", o->user_prefix, sent);
+			}
+			snprintf(client_id, sizeof(client_id), "flood-%d-%d", (int)getpid(), sent);
+			slots[i].device = sent++;
+			clients[i] = new_client(client_id, name, o->password, &slots[i].state);
+			slots[i].state.lost = false;
+			slots[i].started = t;
+			if(mosquitto_connect(clients[i], HOST, o->port, KEEPALIVE) != MOSQ_ERR_SUCCESS){
+				lost++; /* the listener's backlog is full: counted, not fatal */
+				mosquitto_destroy(clients[i]);
+				clients[i] = NULL;
+				continue;
+			}
+			active++;
+		}
+		if(sent < due){
+			queued_behind = due - sent > queued_behind ? due - sent : queued_behind;
+		}
+		pump_once(&pump, clients, c, 1);
+		t = now();
+		for(int i = 0; i < c; i++){
+			struct slot *s = &slots[i];
+			if(clients[i] == NULL){
+				continue;
+			}
+			bool finished = true;
+			if(s->state.connack == 0){
+				ok++;
+			}else if(s->state.connack > 0){
+				refused++;
+			}else if(s->state.lost || mosquitto_socket(clients[i]) < 0 || t - s->started > o->stall_seconds){
+				lost++;
+			}else{
+				finished = false;
+			}
+			if(finished){
+				mosquitto_disconnect(clients[i]);
+				mosquitto_destroy(clients[i]);
+				clients[i] = NULL;
+				active--;
+			}
+		}
+	}
+	double seconds = now() - started;
+	probe.stop = true;
+	pthread_join(probe.thread, NULL);
+	close(probe.fd);
+	printf("{\"rate\": %d, \"sent\": %d, \"ok\": %d, \"refused\": %d, \"lost\": %d, \"most_behind\": %d, "
+			"\"seconds\": %.6f, \"sent_per_s\": %.1f, \"probe_pings\": %d, ",
+			o->rate, sent, ok, refused, lost, queued_behind, seconds, o->seconds > 0 ? sent / (double)o->seconds : 0.0,
+			probe.count);
+	print_latencies("probe", probe.rtts, probe.count < 0 ? 0 : probe.count);
+	printf("}\n");
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
  * http: uncached ACL checks at the service, as the plugin makes them.
  * ---------------------------------------------------------------------- */
 
@@ -772,9 +866,10 @@ int main(int argc, char *argv[])
 			{"url", required_argument, NULL, 'H'}, {"users", required_argument, NULL, 'K'},
 			{"samples", required_argument, NULL, 'S'}, {"stall-seconds", required_argument, NULL, 'T'},
 			{"broker-pid", required_argument, NULL, 'B'}, {"position", required_argument, NULL, 'O'},
+			{"rate", required_argument, NULL, 'Q'}, {"seconds", required_argument, NULL, 'D'},
 			{NULL, 0, NULL, 0}};
 	if(argc < 2){
-		fail("usage: loadgen publish|connect|http [options] (see the comment at the top of loadgen.c)");
+		fail("usage: loadgen publish|connect|flood|http [options] (see the comment at the top of loadgen.c)");
 	}
 	o.mode = argv[1];
 	optind = 2;
@@ -807,6 +902,8 @@ int main(int argc, char *argv[])
 			case 'S': o.samples = positive("samples", optarg); break;
 			case 'T': o.stall_seconds = positive("stall-seconds", optarg); break;
 			case 'B': o.broker_pid = positive("broker-pid", optarg); break;
+			case 'Q': o.rate = positive("rate", optarg); break;
+			case 'D': o.seconds = positive("seconds", optarg); break;
 			default: fail("unknown option");
 		}
 	}
@@ -826,6 +923,12 @@ int main(int argc, char *argv[])
 			fail("connect needs --port, --user-prefix, --password, --concurrency >= 1");
 		}
 		rc = run_connect(&o);
+	}else if(strcmp(o.mode, "flood") == 0){
+		if(o.port == 0 || o.user_prefix == NULL || o.password == NULL || o.probe_user == NULL ||
+				o.probe_password == NULL || o.concurrency < 1 || o.seconds < 1){
+			fail("flood needs --port, --user-prefix, --password, --probe-user, --probe-password, --seconds >= 1");
+		}
+		rc = run_flood(&o);
 	}else if(strcmp(o.mode, "http") == 0){
 		if(o.url == NULL || o.user_prefix == NULL || o.concurrency < 1 || o.users < 1 || o.samples < 1){
 			fail("http needs --url, --user-prefix, --concurrency >= 1, --users >= 1, --samples >= 1");

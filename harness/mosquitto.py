@@ -73,15 +73,20 @@ def render_mosquitto_conf(
 class MosquittoProcess:
     """A real mosquitto configured from mosquitto/, with its output kept.
 
-    `env` reaches mosquitto only (a sanitizer runtime to preload, its options)."""
+    `env` reaches mosquitto only (a sanitizer runtime to preload, its options).
+    `binary` names another broker than the tests' one (the benchmark runs both
+    versions in one process); `env` then carries what that broker needs."""
 
-    def __init__(self, conf_text: str, port: int, env: dict[str, str] | None = None) -> None:
-        binary = mosquitto_binary()
+    def __init__(
+        self, conf_text: str, port: int, env: dict[str, str] | None = None, binary: Path | None = None
+    ) -> None:
+        library_env = {} if binary is not None else mosquitto_library_env(mosquitto_binary())
+        binary = binary or mosquitto_binary()
         if not binary.exists():
             raise FileNotFoundError(f"mosquitto is not installed ({binary})")
         self.binary = str(binary)
         self.port = port
-        self.env = {**os.environ, **mosquitto_library_env(binary), **(env or {})}
+        self.env = {**os.environ, **library_env, **(env or {})}
         self.directory = tempfile.mkdtemp(prefix="cregistry-mosquitto-")
         os.chmod(self.directory, 0o755)
         self.conf = Path(self.directory) / "mosquitto.conf"
