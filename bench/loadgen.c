@@ -57,6 +57,15 @@ struct options {
 	double stall_seconds;
 };
 
+/* A finished CONNECT's client gone, outside a callback so the DISCONNECT goes out now. */
+static void close_slot(struct mosquitto **client, int *active)
+{
+	mosquitto_disconnect(*client);
+	mosquitto_destroy(*client);
+	*client = NULL;
+	(*active)--;
+}
+
 static double now(void)
 {
 	struct timespec ts;
@@ -605,11 +614,7 @@ static int run_connect(const struct options *o)
 				finished = false;
 			}
 			if(finished){
-				/* Outside a callback, so the DISCONNECT goes out now. */
-				mosquitto_disconnect(clients[i]);
-				mosquitto_destroy(clients[i]);
-				clients[i] = NULL;
-				active--;
+				close_slot(&clients[i], &active);
 			}
 		}
 	}
@@ -702,10 +707,7 @@ static int run_flood(const struct options *o)
 				finished = false;
 			}
 			if(finished){
-				mosquitto_disconnect(clients[i]);
-				mosquitto_destroy(clients[i]);
-				clients[i] = NULL;
-				active--;
+				close_slot(&clients[i], &active);
 			}
 		}
 	}
