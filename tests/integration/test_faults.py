@@ -925,8 +925,8 @@ def _drive_a_logged_flow(service: ServiceProcess, redis_process: RedisProcess, p
     )
     assert added.status == 201
     assert connect_check(service, f"{prefix}-dev-1", secrets[f"{prefix}-dev-1"]).status == 200
-    for n in range(101):  # past the default limit, which logs a warning
-        assert connect_check(service, f"{prefix}-dev-2", f"log-guess-{n}").status == 403
+    for n in range(101):  # past the default limit, which logs a warning; from a client ID nobody owns
+        assert connect_check(service, f"{prefix}-dev-2", f"log-guess-{n}", "guesser").status == 403
     query = f"username={prefix}-dev-1&password=log-secret-query-4&clientid=c"
     assert http("GET", f"{service.broker}/mqtt/user?{query}").status == 403
     assert http("GET", f"{api}/users", token="log-wrong-token-5").status == 401
