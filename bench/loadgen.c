@@ -553,6 +553,24 @@ struct slot {
 	int device;
 };
 
+enum connect_outcome { CONNECT_WAITING, CONNECT_ACCEPTED, CONNECT_REFUSED, CONNECT_LOST };
+
+/* Where a slot's CONNECT stands at `t`: answered, lost (closed, or no CONNACK
+ * within `stall_seconds`), or still waiting. */
+static enum connect_outcome connect_outcome(const struct slot *s, struct mosquitto *client, double t, double stall_seconds)
+{
+	if(s->state.connack == 0){
+		return CONNECT_ACCEPTED;
+	}
+	if(s->state.connack > 0){
+		return CONNECT_REFUSED;
+	}
+	if(s->state.lost || mosquitto_socket(client) < 0 || t - s->started > stall_seconds){
+		return CONNECT_LOST;
+	}
+	return CONNECT_WAITING;
+}
+
 static int run_connect(const struct options *o)
 {
 	struct probe probe = {.port = o->port, .user = o->probe_user, .password = o->probe_password,
@@ -599,23 +617,24 @@ static int run_connect(const struct options *o)
 			if(clients[i] == NULL){
 				continue;
 			}
-			bool finished = true;
-			if(s->state.connack == 0){
+			switch(connect_outcome(s, clients[i], t, o->stall_seconds)){
+			case CONNECT_WAITING:
+				continue;
+			case CONNECT_ACCEPTED:
 				latencies[ok++] = t - s->started;
 				last_connack = t;
-			}else if(s->state.connack > 0){
+				break;
+			case CONNECT_REFUSED:
 				refused++;
 				if(first_refusal < 0){
 					first_refusal = s->state.connack;
 				}
-			}else if(s->state.lost || mosquitto_socket(clients[i]) < 0 || t - s->started > o->stall_seconds){
+				break;
+			case CONNECT_LOST:
 				lost++;
-			}else{
-				finished = false;
+				break;
 			}
-			if(finished){
-				close_slot(&clients[i], &active);
-			}
+			close_slot(&clients[i], &active);
 		}
 	}
 	double seconds = last_connack - started;
@@ -696,19 +715,20 @@ static int run_flood(const struct options *o)
 			if(clients[i] == NULL){
 				continue;
 			}
-			bool finished = true;
-			if(s->state.connack == 0){
+			switch(connect_outcome(s, clients[i], t, o->stall_seconds)){
+			case CONNECT_WAITING:
+				continue;
+			case CONNECT_ACCEPTED:
 				ok++;
-			}else if(s->state.connack > 0){
+				break;
+			case CONNECT_REFUSED:
 				refused++;
-			}else if(s->state.lost || mosquitto_socket(clients[i]) < 0 || t - s->started > o->stall_seconds){
+				break;
+			case CONNECT_LOST:
 				lost++;
-			}else{
-				finished = false;
+				break;
 			}
-			if(finished){
-				close_slot(&clients[i], &active);
-			}
+			close_slot(&clients[i], &active);
 		}
 	}
 	double seconds = now() - started;
