@@ -36,6 +36,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from redis.client import Pipeline
@@ -51,6 +52,7 @@ from cregistry.keys import Keys
 from cregistry.transactions import run_watched
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # At most this often (seconds; 1 % of CREGISTRY_VERIFIED_TTL if that is
 # less) a token match renews the token's TTL.
@@ -260,20 +262,19 @@ class PasswordVerifier:
 
     def hash_for_registration(self, password: str) -> str | None:
         """bcrypt for a new request, or None when the registration slots are busy."""
-        if not self.limits.registration_slots.acquire(blocking=False):
-            return None
-        try:
-            return passwords.hash_password(password, self.config.bcrypt_cost)
-        finally:
-            self.limits.registration_slots.release()
+        return self._in_registration_slot(passwords.hash_password, password, self.config.bcrypt_cost)
 
     def matches_for_registration(self, password: str, password_hash: str) -> bool | None:
         """bcrypt against a pending candidate's hash under the registration
         slots (registration.py); None when they are busy."""
+        return self._in_registration_slot(passwords.verify_password, password, password_hash)
+
+    def _in_registration_slot(self, work: Callable[..., R], *args: object) -> R | None:
+        """`work(*args)` in a registration slot, never waited for: None when they are all busy."""
         if not self.limits.registration_slots.acquire(blocking=False):
             return None
         try:
-            return passwords.verify_password(password, password_hash)
+            return work(*args)
         finally:
             self.limits.registration_slots.release()
 
