@@ -383,7 +383,7 @@ class UserStore:
                 "createdAt": repr(now),
                 "superuser": "0",
                 # The registering device's client ID as the user's own: the
-                # field an approval writes (requests.py, approve).
+                # field an approval writes (pending.py, approve).
                 "clientId": client_id,
                 "pairingId": pairing_id,
                 "source": "enrollment",

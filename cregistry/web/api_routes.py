@@ -10,8 +10,8 @@ from werkzeug.exceptions import Unauthorized
 from cregistry import enrollments, names, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
+from cregistry.pending import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.registration import Outcome
-from cregistry.requests import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.errors import error_body

@@ -23,7 +23,7 @@ from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 

@@ -18,7 +18,7 @@ from cregistry import services
 from cregistry.config import Config
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 

@@ -25,8 +25,8 @@ from cregistry.config import Config
 from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 

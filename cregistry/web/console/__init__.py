@@ -35,7 +35,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from cregistry import errors, names, services
 from cregistry.config import CONSOLE_HOSTS, Config, env_name
 from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
-from cregistry.requests import PendingRequest, parse_request_id
+from cregistry.pending import PendingRequest, parse_request_id
 from cregistry.users import ACCESS_LEVELS, UserStore
 from cregistry.web.console import auth
 from cregistry.web.errors import status_for
