@@ -22,6 +22,7 @@ from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
+from cregistry.roles import RoleStore
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, WorkLimits
 
@@ -34,6 +35,7 @@ class Services:
     keys: Keys
     changes: ChangeFeed
     audit: AuditLog
+    roles: RoleStore
     users: UserStore
     verifier: PasswordVerifier
     lock: RegistryLock
@@ -66,7 +68,8 @@ def build(
     keys = Keys(config.key_prefix)
     changes = ChangeFeed(connection, config, keys=keys)
     audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
-    users = UserStore(connection, config, clock, keys=keys, audit=audit)
+    roles = RoleStore(connection, keys=keys, audit=audit)
+    users = UserStore(connection, config, clock, keys=keys, audit=audit, roles=roles)
     limits = limits if limits is not None else WorkLimits(config)
     certificates = Certificates(
         connection,
@@ -116,6 +119,7 @@ def build(
         keys,
         changes,
         audit,
+        roles,
         users,
         verifier,
         lock,

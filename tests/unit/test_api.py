@@ -145,7 +145,7 @@ def test_admin_routes_need_the_bearer_token(
     headers: dict[str, str],
 ) -> None:
     users.add("sensor-2", "secret2")
-    users.grant_role("role-1", "a/#", "read")
+    users.roles.grant("role-1", "a/#", "read")
     before = snapshot(connection)
     body = [{"topic": "a", "access": "read"}] if path.endswith(("permissions", "roles")) else {"seconds": 60}
     response = api.open(path, method=method, headers=headers, json=body)

@@ -281,7 +281,7 @@ def test_client_id_placeholder(broker: FlaskClient, device: str, users: UserStor
 def test_permissions_through_a_role(broker: FlaskClient, users: UserStore, domain: services.Services) -> None:
     first = make_device(domain, "sensor-1", "secret1")
     second = make_device(domain, "sensor-2", "secret2")
-    users.grant_role("devices", "devices/%u/#", "readWrite")
+    users.roles.grant("devices", "devices/%u/#", "readWrite")
     users.assign_role(first, "devices")
     assert acl(broker, "devices/sensor-1/t", 2, username=first) == 200
     assert acl(broker, "devices/sensor-1/#", 4, username=first) == 200

@@ -36,7 +36,8 @@ from cregistry import errors, names, services
 from cregistry.config import CONSOLE_HOSTS, Config, env_name
 from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
 from cregistry.pending import PendingRequest, parse_request_id
-from cregistry.users import ACCESS_LEVELS, UserStore
+from cregistry.permissions import ACCESS_LEVELS
+from cregistry.users import UserStore
 from cregistry.web.console import auth
 from cregistry.web.errors import status_for
 
@@ -441,7 +442,7 @@ def _user_page(
         render_template(
             "console/user.html",
             user=user,
-            other_roles=[r.name for r in users.list_roles() if r.name not in held],
+            other_roles=[r.name for r in _domain().roles.list_roles() if r.name not in held],
             errors=errors_by_form or {},
             values=values,
             active="users",
@@ -562,7 +563,7 @@ def _enrollments_page(
         render_template(
             "console/enrollments.html",
             enrollments=_domain().enrollments.list_enrollments(),
-            role_names=[r.name for r in _users().list_roles()],
+            role_names=[r.name for r in _domain().roles.list_roles()],
             error=error,
             values=values or {},
             created=created,
