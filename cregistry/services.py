@@ -20,6 +20,7 @@ from cregistry.enrollments import Enrollments
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
+from cregistry.passwords import PasswordPolicy
 from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
 from cregistry.roles import RoleStore
@@ -69,7 +70,9 @@ def build(
     changes = ChangeFeed(connection, config, keys=keys)
     audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
     roles = RoleStore(connection, keys=keys, audit=audit)
-    users = UserStore(connection, config, clock, keys=keys, audit=audit, roles=roles)
+    # One password policy (CREGISTRY_PASSWORD_*) for the operator's passwords and the devices' own.
+    policy = PasswordPolicy(config.password_min_length, config.password_require)
+    users = UserStore(connection, config, clock, keys=keys, audit=audit, roles=roles, policy=policy)
     limits = limits if limits is not None else WorkLimits(config)
     certificates = Certificates(
         connection,
@@ -93,7 +96,7 @@ def build(
         clock,
         keys=keys,
         verifier=verifier,
-        policy=users.policy,
+        policy=policy,
         requests=requests,
         certificates=certificates,
     )

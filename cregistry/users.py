@@ -127,12 +127,13 @@ class UserStore:
         keys: Keys,
         audit: AuditLog,
         roles: RoleStore,
+        policy: passwords.PasswordPolicy,
     ):
         self.redis = connection
         self.config = config
         self.keys = keys
         self.clock = clock
-        self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
+        self.policy = policy  # what add() and set_password() ask of a password
         self.audit = audit
         self.roles = roles  # the roles a user is given must exist
 
