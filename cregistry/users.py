@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict, cast
+from typing import TypedDict, cast
 
 import redis
 from redis.client import Pipeline
@@ -38,7 +37,7 @@ from cregistry.permissions import (
 from cregistry.roles import RoleStore
 from cregistry.timestamps import isoformat
 from cregistry.topics import validate_pattern
-from cregistry.transactions import run_watched
+from cregistry.transactions import ServerScript, run_watched
 
 # The field of a user's hash that names the enrollment which created it
 # (enrollments.py): deleting such a user is remembered by that enrollment.
@@ -183,13 +182,12 @@ class UserStore:
         return users
 
     # KEYS: the user's last-connect hash; ARGV: now, client id, interval (record_connect).
-    _RECORD_CONNECT_SCRIPT = """
+    _RECORD_CONNECT = ServerScript("""
 local last = redis.call('HMGET', KEYS[1], 'time', 'clientId')
 if last[1] and last[2] == ARGV[2] and tonumber(ARGV[1]) - tonumber(last[1]) < tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'time', ARGV[1], 'clientId', ARGV[2])
 return 1
-"""
-    _RECORD_CONNECT_SHA = hashlib.sha1(_RECORD_CONNECT_SCRIPT.encode()).hexdigest()
+""")
 
     def record_connect(self, username: str, client_id: str, now: float, interval: float) -> bool:
         """Remember a successful CONNECT unless one with the same client id was
@@ -201,10 +199,7 @@ return 1
         """
         key = self.keys.user_last_connect(username)
         args = (repr(now), client_id, repr(interval))
-        try:  # one round trip on the connect path
-            written: Any = self.redis.evalsha(self._RECORD_CONNECT_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            written = self.redis.eval(self._RECORD_CONNECT_SCRIPT, 1, key, *args)
+        written = self._RECORD_CONNECT.run(self.redis, [key], args)  # one round trip on the connect path
         return bool(int(written))
 
     def acl_data(self, username: str) -> AclData:
@@ -230,7 +225,7 @@ return 1
     # position, and the affixes of a role's permissions key (keys.py).
     # Answers {position} when nothing changed, {position, 0} for no such user, or
     # {position, 1, superuser, direct permissions, roles, own client ids, each role's permissions}.
-    _ACL_SNAPSHOT_SCRIPT = """
+    _ACL_SNAPSHOT = ServerScript("""
 local position = ''
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if newest[1] then position = newest[1][1] end
@@ -244,8 +239,7 @@ for _, role in ipairs(roles) do
     answer[#answer + 1] = redis.call('HGETALL', ARGV[2] .. role .. ARGV[3])
 end
 return answer
-"""
-    _ACL_SNAPSHOT_SHA = hashlib.sha1(_ACL_SNAPSHOT_SCRIPT.encode()).hexdigest()
+""")
 
     def acl_snapshot(self, username: str, known_position: str) -> tuple[str, AclData | None]:
         """The change feed's newest position, and the user's AclData read in
@@ -257,10 +251,7 @@ return answer
         keys = [self.keys.changes(), self.keys.user(username), self.keys.user_permissions(username)]
         keys += [self.keys.user_roles(username), self.keys.user_client_ids(username)]
         args = [known_position, before, after]
-        try:
-            reply: Any = self.redis.evalsha(self._ACL_SNAPSHOT_SHA, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            reply = self.redis.eval(self._ACL_SNAPSHOT_SCRIPT, len(keys), *keys, *args)
+        reply = self._ACL_SNAPSHOT.run(self.redis, keys, args)
         position = str(reply[0])
         if len(reply) == 1:
             return position, None
