@@ -22,8 +22,9 @@ from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
 from cregistry.log_throttle import ThrottledWarning
 from cregistry.permission_cache import PermissionCache
+from cregistry.permissions import READ_ACCESS, WRITE_ACCESS
 from cregistry.registration import Outcome, Registration, validate_fields
-from cregistry.users import READ_ACCESS, WRITE_ACCESS, AclData, UserStore
+from cregistry.users import AclData, UserStore
 from cregistry.verification import PasswordVerifier
 
 log = logging.getLogger(__name__)

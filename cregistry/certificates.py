@@ -374,9 +374,9 @@ class Certificates:
             raise InvalidInput("certificates are not configured on this registry (no CA); register without a csr")
         return check_csr(value, username if isinstance(username, str) else "")
 
-    # -- pending requests (requests.py, registration.py) -----------------
+    # -- pending requests (pending.py, registration.py) -----------------
     def queue_pending(self, pipe: Pipeline, username: str, candidate: str, csr: CheckedCsr) -> None:
-        """Store a new request's CSR beside it (after MULTI); requests.py keeps its TTL."""
+        """Store a new request's CSR beside it (after MULTI); pending.py keeps its TTL."""
         key = self.keys.request_csr(username, candidate)
         pipe.hset(key, mapping={"pem": csr.pem, "keyType": csr.key_type, "publicKeySha256": csr.key_fingerprint})
         pipe.expire(key, self.config.pending_ttl)

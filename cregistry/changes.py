@@ -16,6 +16,9 @@ happened and may have lost entries), the answer is a reset: the plugin drops
 its whole cache, and every change recorded after the position still reaches
 it (ChangeFeed._reset). So that every answer can name an existing entry, an
 empty stream is seeded with a marker entry.
+
+The service's own workers follow the feed too (feed_follower.py): why their
+caches may then answer without Redis is said in followed_cache.py.
 """
 
 from __future__ import annotations

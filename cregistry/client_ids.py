@@ -3,7 +3,7 @@
 A user's own client IDs are a set beside the user, and an index (one hash,
 keys.client_owners) names the owner of each; both change in the same MULTI
 as whatever gives or takes client IDs (approval, enrollment, PUT
-/api/users/<name>/client-ids, deletion: users.py and requests.py). The
+/api/users/<name>/client-ids, deletion: users.py and pending.py). The
 CONNECT check reads the owner of the client ID in the round trip it makes
 anyway (verification.py), and CREGISTRY_CLIENT_ID_POLICY decides:
 

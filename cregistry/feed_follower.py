@@ -2,22 +2,12 @@
 answer a broker check without asking Redis.
 
 A thread reads the feed (changes.py) every FOLLOW_INTERVAL and hands every
-page to the caches that registered (followed_cache.py), which drop what the
-page names, or everything on a reset. `covers(seen)` says whether a cached
-answer may be given to a caller that has itself read the feed up to `seen`
-(the plugin sends its position with every check): only when this process
-has applied every change up to that position, and read the feed less than
-FRESH_SECONDS ago. So
-
-- a caller never gets an answer older than what it already knows: the
-  plugin, having dropped a user's answers for a change, asks again with the
-  new position, and a worker that has not applied that change yet asks
-  Redis instead of answering from its cache;
-- when Redis stops answering, the follower stops confirming: at once when
-  a read fails (a dead Redis refuses the connection within the next
-  FOLLOW_INTERVAL), after FRESH_SECONDS when a read hangs (a paused Redis);
-  then every check asks Redis again (and fails, 503) like one without a
-  cache: nothing cached is granted for long without Redis.
+page to the caches that subscribed, which drop what the page names, or
+everything on a reset. `covers(seen)` is true when this process has applied
+every change up to the caller's position `seen` and read the feed less than
+FRESH_SECONDS ago, its last read having succeeded; `admits(entry)` says
+whether data read at a feed entry may be cached. The invariant these keep,
+and why it is exact: followed_cache.py.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ class Keys:
 
     def user_requests(self, username: str) -> str:
         """Set of the candidate names of the user's pending requests (pruned lazily):
-        the pairing ID, or "pairingId-N" for a later candidate sharing it (requests.py)."""
+        the pairing ID, or "pairingId-N" for a later candidate sharing it (pending.py)."""
         return f"{self.prefix}:{{{username}}}:requests"
 
     def request(self, username: str, candidate: str) -> str:

@@ -9,7 +9,7 @@ Two ways to use what is cached:
 
 - A caller that sends its own feed position (the plugin does, with every
   check) gets the cached data without any Redis round trip when the worker's
-  feed follower covers that position (followed_cache.py, feed_follower.py).
+  feed follower covers that position (the invariant: followed_cache.py).
 - Any other check asks Redis, in one round trip (UserStore.acl_snapshot, a
   server-side script), "has the feed moved past the position of my cached
   entry?". If not, the cached data answers; if it has, the same round trip

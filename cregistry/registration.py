@@ -29,7 +29,7 @@ from cregistry.config import Config
 from cregistry.errors import InvalidInput
 from cregistry.keys import Keys
 from cregistry.log_throttle import ThrottledWarning
-from cregistry.requests import PendingRequests, candidate_names, candidate_pairing_id
+from cregistry.pending import PendingRequests, candidate_names, candidate_pairing_id
 from cregistry.transactions import run_watched
 from cregistry.verification import PasswordVerifier, Verdict
 

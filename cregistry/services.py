@@ -20,8 +20,10 @@ from cregistry.enrollments import Enrollments
 from cregistry.feed_follower import FeedFollower
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
+from cregistry.passwords import PasswordPolicy
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
+from cregistry.roles import RoleStore
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, WorkLimits
 
@@ -34,6 +36,7 @@ class Services:
     keys: Keys
     changes: ChangeFeed
     audit: AuditLog
+    roles: RoleStore
     users: UserStore
     verifier: PasswordVerifier
     lock: RegistryLock
@@ -66,7 +69,10 @@ def build(
     keys = Keys(config.key_prefix)
     changes = ChangeFeed(connection, config, keys=keys)
     audit = AuditLog(connection, config, clock, keys=keys, changes=changes)
-    users = UserStore(connection, config, clock, keys=keys, audit=audit)
+    roles = RoleStore(connection, keys=keys, audit=audit)
+    # One password policy (CREGISTRY_PASSWORD_*) for the operator's passwords and the devices' own.
+    policy = PasswordPolicy(config.password_min_length, config.password_require)
+    users = UserStore(connection, config, clock, keys=keys, audit=audit, roles=roles, policy=policy)
     limits = limits if limits is not None else WorkLimits(config)
     certificates = Certificates(
         connection,
@@ -90,7 +96,7 @@ def build(
         clock,
         keys=keys,
         verifier=verifier,
-        policy=users.policy,
+        policy=policy,
         requests=requests,
         certificates=certificates,
     )
@@ -116,6 +122,7 @@ def build(
         keys,
         changes,
         audit,
+        roles,
         users,
         verifier,
         lock,

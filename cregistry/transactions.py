@@ -1,5 +1,6 @@
 """Optimistic Redis transactions (WATCH, then MULTI/EXEC) with one retry
-policy, and the one place where an operator change waits for replicas.
+policy, server-side scripts (the other atomic step: ServerScript), and the
+one place where an operator change waits for replicas.
 
 redis-py reports two different things as WatchError: a watched key that
 changed (retry: someone else was quicker) and a connection that died while
@@ -16,7 +17,8 @@ after EXEC, in the same round of the same connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -69,6 +71,22 @@ def run_watched(connection: redis.Redis, keys: Iterable[str], body: Callable[[An
                     ) from error
                 pipe.reset()
     raise StorageUnavailable(f"a change kept conflicting with others ({MAX_ATTEMPTS} tries); nothing was changed")
+
+
+class ServerScript:
+    """A Lua script that Redis runs as one atomic step, in one round trip:
+    sent by its digest, and whole only when Redis does not have it (its
+    script cache is empty after a restart or SCRIPT FLUSH)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def run(self, connection: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return connection.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return connection.eval(self.source, len(keys), *keys, *args)
 
 
 def _connection_lost(error: redis.WatchError) -> bool:

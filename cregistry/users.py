@@ -1,12 +1,12 @@
-"""Users, their permissions and roles, and superuser flags."""
+"""Users: their passwords, permissions, roles held, client IDs and superuser flags
+(roles themselves: roles.py; permissions: permissions.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict, cast
+from typing import TypedDict, cast
 
 import redis
 from redis.client import Pipeline
@@ -25,14 +25,20 @@ from cregistry.errors import (
     UserNotFound,
 )
 from cregistry.keys import Keys
+from cregistry.permissions import (
+    Permission,
+    PermissionChange,
+    PermissionDict,
+    parse_permission,
+    parse_permission_list,
+    permissions_from,
+    replace_permissions,
+)
+from cregistry.roles import RoleStore
 from cregistry.timestamps import isoformat
 from cregistry.topics import validate_pattern
-from cregistry.transactions import run_watched
+from cregistry.transactions import ServerScript, run_watched
 
-ACCESS_LEVELS = ("read", "write", "readWrite")
-READ_ACCESS = ("read", "readWrite")
-WRITE_ACCESS = ("write", "readWrite")
-MAX_PERMISSIONS = 1000  # per user or role; ACL checks read them all
 # The field of a user's hash that names the enrollment which created it
 # (enrollments.py): deleting such a user is remembered by that enrollment.
 ENROLLMENT_FIELD = "enrollment"
@@ -40,11 +46,6 @@ ENROLLMENT_FIELD = "enrollment"
 # before client IDs had owners gain their registered "clientId" at start-up
 # (adopt_registered_client_ids), once, so that an operator's later change stays.
 OWNS_CLIENT_IDS_FIELD = "ownsClientIds"
-
-
-class PermissionDict(TypedDict):
-    topic: str
-    access: str
 
 
 class UserDict(TypedDict):
@@ -62,21 +63,6 @@ class UserDict(TypedDict):
     lastConnect: str | None
     lastClientId: str | None
     certificate: dict[str, str | None] | None  # {"serial", "notAfter"} (certificates.py)
-
-
-class RoleDict(TypedDict):
-    name: str
-    permissions: list[PermissionDict]
-    members: list[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Permission:
-    topic: str
-    access: str
-
-    def to_dict(self) -> PermissionDict:
-        return {"topic": self.topic, "access": self.access}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,38 +101,6 @@ class User:
 
 
 @dataclasses.dataclass(frozen=True)
-class Role:
-    name: str
-    permissions: tuple[Permission, ...]
-    members: tuple[str, ...]
-
-    def to_dict(self) -> RoleDict:
-        return {
-            "name": self.name,
-            "permissions": [p.to_dict() for p in self.permissions],
-            "members": list(self.members),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class PermissionChange:
-    """What one grant did. A grant replaces the access on that exact pattern
-    (it never merges read and write into readWrite); `previous` is the access
-    it replaced, None for a new pattern."""
-
-    permission: Permission
-    previous: str | None
-
-    def describe(self) -> str:
-        """ "read → write", "new", or "unchanged"."""
-        if self.previous is None:
-            return "new"
-        if self.previous == self.permission.access:
-            return "unchanged"
-        return f"{self.previous} → {self.permission.access}"
-
-
-@dataclasses.dataclass(frozen=True)
 class AclData:
     """What an ACL check needs about one user, read in as few round trips as possible."""
 
@@ -156,37 +110,8 @@ class AclData:
     client_ids: frozenset[str] = frozenset()  # the user's own: %c expands to them (authorizer.py)
 
 
-def parse_permission(topic: object, access: object) -> Permission:
-    pattern = validate_pattern(topic)
-    if not isinstance(access, str) or access not in ACCESS_LEVELS:
-        raise InvalidInput(f"access must be one of {', '.join(ACCESS_LEVELS)}")
-    return Permission(pattern, access)
-
-
-def parse_permission_list(items: object) -> list[Permission]:
-    """A JSON list of {"topic", "access"}; the whole list is checked before any write."""
-    if not isinstance(items, list):
-        raise InvalidInput('permissions must be a JSON list of {"topic": ..., "access": ...}')
-    if len(items) > MAX_PERMISSIONS:
-        raise InvalidInput(f"at most {MAX_PERMISSIONS} permissions")
-    permissions: list[Permission] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != {"topic", "access"}:
-            raise InvalidInput(f'permission {index}: expected exactly {{"topic": ..., "access": ...}}')
-        try:
-            permission = parse_permission(item["topic"], item["access"])
-        except InvalidInput as error:
-            raise InvalidInput(f"permission {index}: {error}") from None
-        if permission.topic in seen:
-            raise InvalidInput(f"permission {index}: topic {permission.topic!r} is listed twice")
-        seen.add(permission.topic)
-        permissions.append(permission)
-    return permissions
-
-
 class UserStore:
-    """Users and roles in Redis. Takes its connection; knows nothing of HTTP.
+    """Users in Redis. Takes its connection; knows nothing of HTTP.
 
     The connection decodes every answer (decode_responses=True wherever one
     is built, connections.py): redis-py's types say bytes or str, the casts
@@ -200,13 +125,16 @@ class UserStore:
         *,
         keys: Keys,
         audit: AuditLog,
+        roles: RoleStore,
+        policy: passwords.PasswordPolicy,
     ):
         self.redis = connection
         self.config = config
         self.keys = keys
         self.clock = clock
-        self.policy = passwords.PasswordPolicy(config.password_min_length, config.password_require)
+        self.policy = policy  # what add() and set_password() ask of a password
         self.audit = audit
+        self.roles = roles  # the roles a user is given must exist
 
     # -- reading -----------------------------------------------------------
     def password_hash(self, username: str) -> str | None:
@@ -253,6 +181,14 @@ class UserStore:
                 users.append(_user_from(name, fields, permissions, roles, last_connect, own_client_ids))
         return users
 
+    # KEYS: the user's last-connect hash; ARGV: now, client id, interval (record_connect).
+    _RECORD_CONNECT = ServerScript("""
+local last = redis.call('HMGET', KEYS[1], 'time', 'clientId')
+if last[1] and last[2] == ARGV[2] and tonumber(ARGV[1]) - tonumber(last[1]) < tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'time', ARGV[1], 'clientId', ARGV[2])
+return 1
+""")
+
     def record_connect(self, username: str, client_id: str, now: float, interval: float) -> bool:
         """Remember a successful CONNECT unless one with the same client id was
         recorded less than `interval` seconds ago (by any process); True if written.
@@ -263,10 +199,7 @@ class UserStore:
         """
         key = self.keys.user_last_connect(username)
         args = (repr(now), client_id, repr(interval))
-        try:  # one round trip on the connect path
-            written: Any = self.redis.evalsha(_RECORD_CONNECT_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            written = self.redis.eval(RECORD_CONNECT_SCRIPT, 1, key, *args)
+        written = self._RECORD_CONNECT.run(self.redis, [key], args)  # one round trip on the connect path
         return bool(int(written))
 
     def acl_data(self, username: str) -> AclData:
@@ -278,15 +211,35 @@ class UserStore:
         (password_hash, superuser), direct, roles, own_client_ids = pipe.execute()
         if password_hash is None:
             return AclData(False, False, ())
-        permissions = _permissions_from(direct)
+        permissions = permissions_from(direct)
         role_names = sorted(roles)
         if role_names:
             pipe = self.redis.pipeline(transaction=False)
             for role in role_names:
                 pipe.hgetall(self.keys.role_permissions(role))
             for role_permissions in pipe.execute():
-                permissions += _permissions_from(role_permissions)
+                permissions += permissions_from(role_permissions)
         return AclData(True, superuser == "1", tuple(permissions), frozenset(own_client_ids))
+
+    # KEYS: changes, user, user permissions, user roles, user client ids; ARGV: the caller's known
+    # position, and the affixes of a role's permissions key (keys.py).
+    # Answers {position} when nothing changed, {position, 0} for no such user, or
+    # {position, 1, superuser, direct permissions, roles, own client ids, each role's permissions}.
+    _ACL_SNAPSHOT = ServerScript("""
+local position = ''
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then position = newest[1][1] end
+if position ~= '' and position == ARGV[1] then return {position} end
+local user = redis.call('HMGET', KEYS[2], 'passwordHash', 'superuser')
+if not user[1] then return {position, 0} end
+local roles = redis.call('SMEMBERS', KEYS[4])
+table.sort(roles)
+local answer = {position, 1, user[2] or '', redis.call('HGETALL', KEYS[3]), roles, redis.call('SMEMBERS', KEYS[5])}
+for _, role in ipairs(roles) do
+    answer[#answer + 1] = redis.call('HGETALL', ARGV[2] .. role .. ARGV[3])
+end
+return answer
+""")
 
     def acl_snapshot(self, username: str, known_position: str) -> tuple[str, AclData | None]:
         """The change feed's newest position, and the user's AclData read in
@@ -298,18 +251,15 @@ class UserStore:
         keys = [self.keys.changes(), self.keys.user(username), self.keys.user_permissions(username)]
         keys += [self.keys.user_roles(username), self.keys.user_client_ids(username)]
         args = [known_position, before, after]
-        try:
-            reply: Any = self.redis.evalsha(_ACL_SNAPSHOT_SHA, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            reply = self.redis.eval(ACL_SNAPSHOT_SCRIPT, len(keys), *keys, *args)
+        reply = self._ACL_SNAPSHOT.run(self.redis, keys, args)
         position = str(reply[0])
         if len(reply) == 1:
             return position, None
         if not int(reply[1]):
             return position, AclData(False, False, ())
-        permissions = _permissions_from(_pairs(reply[3]))
+        permissions = permissions_from(_pairs(reply[3]))
         for role_permissions in reply[6:]:
-            permissions += _permissions_from(_pairs(role_permissions))
+            permissions += permissions_from(_pairs(role_permissions))
         return position, AclData(True, reply[2] == "1", tuple(permissions), frozenset(reply[5]))
 
     # -- users -------------------------------------------------------------
@@ -383,7 +333,7 @@ class UserStore:
                 "createdAt": repr(now),
                 "superuser": "0",
                 # The registering device's client ID as the user's own: the
-                # field an approval writes (requests.py, approve).
+                # field an approval writes (pending.py, approve).
                 "clientId": client_id,
                 "pairingId": pairing_id,
                 "source": "enrollment",
@@ -544,7 +494,7 @@ class UserStore:
         key = self.keys.user_permissions(username)
         self._change_user(
             username,
-            lambda pipe: _replace_hash(pipe, key, permissions),
+            lambda pipe: replace_permissions(pipe, key, permissions),
             actor,
             "user.permissions",
             permissions=[p.to_dict() for p in permissions],
@@ -602,7 +552,7 @@ class UserStore:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidInput("roles must be a JSON list of role names")
         for role in roles:
-            self._require_role(role)
+            self.roles.require(role)
         roles_key = self.keys.user_roles(username)
 
         def replace(pipe: Pipeline) -> None:
@@ -619,7 +569,7 @@ class UserStore:
         return self.get(username)
 
     def assign_role(self, username: str, role: str, *, actor: str = UNNAMED_ACTOR) -> User:
-        self._require_role(role)
+        self.roles.require(role)
 
         def assign(pipe: Pipeline) -> None:
             pipe.sadd(self.keys.user_roles(username), role)
@@ -645,93 +595,7 @@ class UserStore:
         )
         return self.get(username)
 
-    # -- roles -------------------------------------------------------------
-    def get_role(self, role: str) -> Role:
-        self._require_role(role)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.role_permissions(role))
-        pipe.smembers(self.keys.role_members(role))
-        permissions, members = pipe.execute()
-        return Role(role, tuple(_permissions_from(permissions)), tuple(sorted(members)))
-
-    def list_roles(self) -> list[Role]:
-        return [self.get_role(name) for name in sorted(cast("set[str]", self.redis.smembers(self.keys.roles())))]
-
-    def set_role_permissions(self, role: str, items: object, *, actor: str = UNNAMED_ACTOR) -> Role:
-        """Create the role if needed and replace its permissions."""
-        names.validate_role_name(role)
-        permissions = parse_permission_list(items)
-
-        def replace(pipe: Pipeline) -> None:
-            pipe.multi()
-            pipe.sadd(self.keys.roles(), role)
-            _replace_hash(pipe, self.keys.role_permissions(role), permissions)
-            self.audit.add(pipe, actor, "role.permissions", role, permissions=[p.to_dict() for p in permissions])
-
-        run_watched(self.redis, [], replace)
-        return self.get_role(role)
-
-    def grant_role(self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR) -> Role:
-        """Create the role if needed and set its access on `topic` (replacing, as grant() does)."""
-        return self.grant_role_permission(role, topic, access, actor=actor)[0]
-
-    def grant_role_permission(
-        self, role: str, topic: str, access: str, *, actor: str = UNNAMED_ACTOR
-    ) -> tuple[Role, PermissionChange]:
-        names.validate_role_name(role)
-        permission = parse_permission(topic, access)
-        key = self.keys.role_permissions(role)
-
-        def replace(pipe: Pipeline) -> PermissionChange:
-            change = PermissionChange(permission, cast("str | None", pipe.hget(key, permission.topic)))
-            pipe.multi()
-            pipe.sadd(self.keys.roles(), role)
-            pipe.hset(key, permission.topic, permission.access)
-            self.audit.add(
-                pipe, actor, "role.grant", role, topic=permission.topic, access=permission.access,
-                previous=change.previous,
-            )  # fmt: skip
-            return change
-
-        change = run_watched(self.redis, [key], replace)
-        return self.get_role(role), change
-
-    def revoke_role(self, role: str, topic: str, *, actor: str = UNNAMED_ACTOR) -> Role:
-        self._require_role(role)
-        validate_pattern(topic)
-        key = self.keys.role_permissions(role)
-
-        def remove(pipe: Pipeline) -> None:
-            if not pipe.hexists(key, topic):
-                raise PermissionNotFound(f"role {role!r} has no permission on {topic!r}")
-            pipe.multi()
-            pipe.hdel(key, topic)
-            self.audit.add(pipe, actor, "role.revoke", role, topic=topic)
-
-        run_watched(self.redis, [key], remove)
-        return self.get_role(role)
-
-    def delete_role(self, role: str, *, actor: str = UNNAMED_ACTOR) -> None:
-        self._require_role(role)
-        members_key = self.keys.role_members(role)
-
-        def remove(pipe: Pipeline) -> None:
-            members = cast("set[str]", pipe.smembers(members_key))
-            pipe.multi()
-            pipe.srem(self.keys.roles(), role)
-            pipe.delete(self.keys.role_permissions(role), members_key)
-            for username in members:
-                pipe.srem(self.keys.user_roles(username), role)
-            self.audit.add(pipe, actor, "role.delete", role)
-
-        run_watched(self.redis, [members_key], remove)
-
     # -- helpers -----------------------------------------------------------
-    def _require_role(self, role: str) -> None:
-        names.validate_role_name(role)
-        if not self.redis.sismember(self.keys.roles(), role):
-            raise RoleNotFound(f"no role {role!r}")
-
     def _change_user(
         self,
         username: str,
@@ -761,13 +625,6 @@ class UserStore:
         run_watched(self.redis, [user_key, *watch], apply)
 
 
-def _replace_hash(pipe: Pipeline, key: str, permissions: Iterable[Permission]) -> None:
-    pipe.delete(key)
-    mapping: dict[FieldT, EncodableT] = {p.topic: p.access for p in permissions}
-    if mapping:
-        pipe.hset(key, mapping=mapping)
-
-
 def _user_from(
     username: str,
     data: Mapping[str, str],
@@ -785,7 +642,7 @@ def _user_from(
         pairing_id=data.get("pairingId"),
         source=data.get("source") or "operator",
         roles=tuple(sorted(roles)),
-        permissions=tuple(_permissions_from(permissions)),
+        permissions=tuple(permissions_from(permissions)),
         last_connect=float(connect["time"]) if connect.get("time") else None,
         last_client_id=connect.get("clientId"),
         certificate=current_from(dict(data)),
@@ -793,42 +650,6 @@ def _user_from(
     )
 
 
-# KEYS: changes, user, user permissions, user roles, user client ids; ARGV: the caller's known
-# position, and the affixes of a role's permissions key (keys.py).
-# Answers {position} when nothing changed, {position, 0} for no such user, or
-# {position, 1, superuser, direct permissions, roles, own client ids, each role's permissions}.
-ACL_SNAPSHOT_SCRIPT = """
-local position = ''
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if newest[1] then position = newest[1][1] end
-if position ~= '' and position == ARGV[1] then return {position} end
-local user = redis.call('HMGET', KEYS[2], 'passwordHash', 'superuser')
-if not user[1] then return {position, 0} end
-local roles = redis.call('SMEMBERS', KEYS[4])
-table.sort(roles)
-local answer = {position, 1, user[2] or '', redis.call('HGETALL', KEYS[3]), roles, redis.call('SMEMBERS', KEYS[5])}
-for _, role in ipairs(roles) do
-    answer[#answer + 1] = redis.call('HGETALL', ARGV[2] .. role .. ARGV[3])
-end
-return answer
-"""
-_ACL_SNAPSHOT_SHA = hashlib.sha1(ACL_SNAPSHOT_SCRIPT.encode()).hexdigest()
-
-
-# KEYS: the user's last-connect hash; ARGV: now, client id, interval (record_connect).
-RECORD_CONNECT_SCRIPT = """
-local last = redis.call('HMGET', KEYS[1], 'time', 'clientId')
-if last[1] and last[2] == ARGV[2] and tonumber(ARGV[1]) - tonumber(last[1]) < tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[1], 'time', ARGV[1], 'clientId', ARGV[2])
-return 1
-"""
-_RECORD_CONNECT_SHA = hashlib.sha1(RECORD_CONNECT_SCRIPT.encode()).hexdigest()
-
-
 def _pairs(flat: list[str]) -> dict[str, str]:
     """HGETALL's answer inside a script: [field, value, field, value, ...]."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _permissions_from(mapping: Mapping[str, str]) -> list[Permission]:
-    return sorted((Permission(topic, access) for topic, access in mapping.items()), key=lambda p: p.topic)

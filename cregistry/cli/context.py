@@ -15,6 +15,7 @@ from cregistry import embedded, services
 from cregistry.budget import SERVICE_DEADLINE_SECONDS
 from cregistry.config import REDIS_URL, Config, env_name
 from cregistry.connections import connect
+from cregistry.roles import RoleStore
 from cregistry.users import UserStore
 
 # Per Redis operation: the service's deadline (budget.py), so a command
@@ -57,6 +58,10 @@ class CliContext:
     @property
     def users(self) -> UserStore:
         return self.domain.users
+
+    @property
+    def roles(self) -> RoleStore:
+        return self.domain.roles
 
     def redis_hint(self) -> str:
         if self.config.redis_url:

@@ -8,7 +8,7 @@ import click
 
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import display, emit, help_from, json_option
-from cregistry.users import ACCESS_LEVELS, Permission, PermissionChange
+from cregistry.permissions import ACCESS_LEVELS, Permission, PermissionChange
 
 ACCESS_CHOICE = click.Choice(ACCESS_LEVELS)
 

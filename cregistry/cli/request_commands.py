@@ -9,7 +9,7 @@ import click
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.errors import EXIT_INVALID, command_error
 from cregistry.cli.output import emit, json_option, table
-from cregistry.requests import MAX_PAGE, PendingRequest, parse_request_id
+from cregistry.pending import MAX_PAGE, PendingRequest, parse_request_id
 
 # approve and deny: which of USERNAME's requests.
 pairing_id_option = click.option("--pairing-id", help="Which request, when USERNAME has several.")

@@ -7,7 +7,7 @@ import click
 from cregistry.cli.context import CliContext, pass_cli
 from cregistry.cli.output import display, emit, json_option, table
 from cregistry.cli.permission_commands import ACCESS_CHOICE, change_note, permission_lines
-from cregistry.users import Role
+from cregistry.roles import Role
 
 
 @click.group()
@@ -31,7 +31,7 @@ def role_list(obj: CliContext) -> None:
     Example:
         cregistry role list
     """
-    found = obj.users.list_roles()
+    found = obj.roles.list_roles()
     text = (
         table(["ROLE", "PERMISSIONS", "MEMBERS"], [[r.name, len(r.permissions), len(r.members)] for r in found])
         if found
@@ -51,7 +51,7 @@ def role_show(obj: CliContext, name: str) -> None:
     Example:
         cregistry role show devices
     """
-    found = obj.users.get_role(name)
+    found = obj.roles.get(name)
     emit(found.to_dict(), _role_text(found), obj.json_output)
 
 
@@ -69,7 +69,7 @@ def role_grant(obj: CliContext, name: str, pattern: str, access: str) -> None:
     Example:
         cregistry role grant device 'devices/%u/#' readWrite
     """
-    changed, change = obj.users.grant_role_permission(name, pattern, access, actor=obj.actor)
+    changed, change = obj.roles.grant_permission(name, pattern, access, actor=obj.actor)
     emit(
         changed.to_dict(),
         f"role {name}: granted {access} on {display(pattern)}{change_note(change)}",
@@ -89,7 +89,7 @@ def role_revoke(obj: CliContext, name: str, pattern: str) -> None:
     Example:
         cregistry role revoke devices 'devices/%u/#'
     """
-    changed = obj.users.revoke_role(name, pattern, actor=obj.actor)
+    changed = obj.roles.revoke(name, pattern, actor=obj.actor)
     emit(changed.to_dict(), f"role {name}: revoked {display(pattern)}", obj.json_output)
 
 
@@ -104,7 +104,7 @@ def role_delete(obj: CliContext, name: str) -> None:
     Example:
         cregistry role delete devices
     """
-    obj.users.delete_role(name, actor=obj.actor)
+    obj.roles.delete(name, actor=obj.actor)
     emit({"deleted": name}, f"deleted role {name}", obj.json_output)
 
 

@@ -10,8 +10,9 @@ from werkzeug.exceptions import Unauthorized
 from cregistry import enrollments, names, services
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.errors import InvalidInput
+from cregistry.pending import MAX_OFFSET, MAX_PAGE, parse_request_id
 from cregistry.registration import Outcome
-from cregistry.requests import MAX_OFFSET, MAX_PAGE, parse_request_id
+from cregistry.roles import RoleStore
 from cregistry.users import UserStore
 from cregistry.web.bodies import json_body, json_object
 from cregistry.web.errors import error_body
@@ -255,22 +256,22 @@ def set_superuser(username: str) -> Response:
 
 @admin.get("/api/roles")
 def list_roles() -> Response:
-    return jsonify({"roles": [r.to_dict() for r in _users().list_roles()]})
+    return jsonify({"roles": [r.to_dict() for r in _roles().list_roles()]})
 
 
 @admin.get("/api/roles/<role>")
 def show_role(role: str) -> Response:
-    return jsonify(_users().get_role(role).to_dict())
+    return jsonify(_roles().get(role).to_dict())
 
 
 @admin.put("/api/roles/<role>/permissions")
 def set_role_permissions(role: str) -> Response:
-    return jsonify(_users().set_role_permissions(role, json_body(), actor=g.actor).to_dict())
+    return jsonify(_roles().set_permissions(role, json_body(), actor=g.actor).to_dict())
 
 
 @admin.delete("/api/roles/<role>")
 def delete_role(role: str) -> Response:
-    _users().delete_role(role, actor=g.actor)
+    _roles().delete(role, actor=g.actor)
     return jsonify({"deleted": role})
 
 
@@ -324,6 +325,10 @@ def forget_removed_user(name: str, username: str) -> Response:
 # -- helpers ----------------------------------------------------------------
 def _domain() -> services.Services:
     return current_app.extensions["cregistry"].domain
+
+
+def _roles() -> RoleStore:
+    return _domain().roles
 
 
 def _users() -> UserStore:

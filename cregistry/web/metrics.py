@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from cregistry import instruments
 from cregistry.lock import RegistryLock
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -16,8 +16,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from cregistry import enrollments
 from cregistry.audit import MAX_LISTED as MAX_AUDIT_LISTED
 from cregistry.config import MAX_UNLOCK_SECONDS
+from cregistry.pending import MAX_PAGE
 from cregistry.registration import MAX_CONTEXT_BYTES
-from cregistry.requests import MAX_PAGE
 
 bp = Blueprint("openapi", __name__)
 

@@ -270,12 +270,12 @@ def test_superuser_flag_takes_effect_on_an_open_connection(clients, store) -> No
 
 def test_a_role_change_reaches_its_members(clients, store) -> None:  # type: ignore[no-untyped-def]
     password = add_user(store, "member-1")
-    store.grant_role("fleet", "fleet/%u/#", "readWrite", actor="test")
+    store.roles.grant("fleet", "fleet/%u/#", "readWrite", actor="test")
     store.assign_role("member-1", "fleet", actor="test")
     client = connected(clients, "member-1", password, "member-1")
     assert client.subscribe("fleet/member-1/#") == 1
     assert client.subscribe("shared/#") == 0x80
-    store.grant_role("fleet", "shared/#", "read", actor="test")
+    store.roles.grant("fleet", "shared/#", "read", actor="test")
     within(CHANGE_BOUND, lambda: client.subscribe("shared/#") == 1)
 
 

@@ -556,14 +556,14 @@ def test_a_revocation_takes_effect_at_the_next_acl_check(service: ServiceProcess
     domain = domain_on(redis_process)
     domain.users.add("revoked-dev", "revoked-secret")
     domain.users.grant("revoked-dev", "own/#", "readWrite")
-    domain.users.set_role_permissions("revoked-role", [{"topic": "role/#", "access": "readWrite"}])
+    domain.roles.set_permissions("revoked-role", [{"topic": "role/#", "access": "readWrite"}])
     domain.users.assign_role("revoked-dev", "revoked-role")
     for _ in range(6):
         for topic in ("own/t", "role/t"):
             allowed = acl_check(service, "revoked-dev", topic)
             assert allowed is not None and allowed.status == 200, topic
     domain.users.revoke("revoked-dev", "own/#")
-    domain.users.revoke_role("revoked-role", "role/#")
+    domain.roles.revoke("revoked-role", "role/#")
     for _ in range(6):
         for topic in ("own/t", "role/t"):
             refused = acl_check(service, "revoked-dev", topic)

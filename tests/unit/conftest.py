@@ -18,8 +18,8 @@ from cregistry import services
 from cregistry.authorizer import Authorizer
 from cregistry.config import Config
 from cregistry.lock import RegistryLock
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 

@@ -24,8 +24,8 @@ from cregistry.errors import ConfigError
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -145,7 +145,7 @@ def test_admin_routes_need_the_bearer_token(
     headers: dict[str, str],
 ) -> None:
     users.add("sensor-2", "secret2")
-    users.grant_role("role-1", "a/#", "read")
+    users.roles.grant("role-1", "a/#", "read")
     before = snapshot(connection)
     body = [{"topic": "a", "access": "read"}] if path.endswith(("permissions", "roles")) else {"seconds": 60}
     response = api.open(path, method=method, headers=headers, json=body)

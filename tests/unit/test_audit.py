@@ -23,7 +23,7 @@ from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -83,7 +83,7 @@ def test_every_api_change_writes_one_entry_with_its_actor(
 ) -> None:
     first = make_pending(domain, "sensor-1", "secret-one")
     second = make_pending(domain, "sensor-2", "secret-two")
-    users.grant_role("role-1", "a/#", "read", actor="setup")
+    users.roles.grant("role-1", "a/#", "read", actor="setup")
     steps: list[tuple[str, str, dict[str, Any], str, str, dict[str, Any]]] = [
         ("POST", "/api/client-registry/unlock", {"seconds": 60}, "registry.unlock", "registry", {"seconds": 60}),
         ("POST", "/api/client-registry/lock", {}, "registry.lock", "registry", {}),

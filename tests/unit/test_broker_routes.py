@@ -18,7 +18,7 @@ from cregistry import services
 from cregistry.config import Config
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -281,7 +281,7 @@ def test_client_id_placeholder(broker: FlaskClient, device: str, users: UserStor
 def test_permissions_through_a_role(broker: FlaskClient, users: UserStore, domain: services.Services) -> None:
     first = make_device(domain, "sensor-1", "secret1")
     second = make_device(domain, "sensor-2", "secret2")
-    users.grant_role("devices", "devices/%u/#", "readWrite")
+    users.roles.grant("devices", "devices/%u/#", "readWrite")
     users.assign_role(first, "devices")
     assert acl(broker, "devices/sensor-1/t", 2, username=first) == 200
     assert acl(broker, "devices/sensor-1/#", 4, username=first) == 200

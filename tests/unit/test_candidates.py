@@ -19,8 +19,8 @@ from cregistry.errors import AmbiguousRequest, RequestContested
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id, verify_password
+from cregistry.pending import PendingRequests
 from cregistry.registration import Outcome, Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 
 from .conftest import FakeClock

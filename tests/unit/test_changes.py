@@ -25,8 +25,8 @@ from cregistry.config import Config
 from cregistry.errors import UserNotFound
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 
@@ -120,10 +120,10 @@ STEPS: list[tuple[str, Callable[[services.Services, UserStore], Any], list[dict[
     ("user.role.unassign", lambda d, u: u.unassign_role("sensor-1", "role-1"), [{"user": "sensor-1", **FORGET}]),
     ("user.delete", lambda d, u: u.delete("sensor-1"), [{"user": "sensor-1", **KICK}]),
     ("user.password", lambda d, u: u.set_password("sensor-1", "new-secret"), [{"user": "sensor-1", **KICK}]),
-    ("role.permissions", lambda d, u: u.set_role_permissions("role-2", [{"topic": "x", "access": "read"}]), [ALL]),
-    ("role.grant", lambda d, u: u.grant_role("role-1", "y/#", "read"), [ALL]),
-    ("role.revoke", lambda d, u: u.revoke_role("role-1", "r/#"), [ALL]),
-    ("role.delete", lambda d, u: u.delete_role("role-1"), [ALL]),
+    ("role.permissions", lambda d, u: u.roles.set_permissions("role-2", [{"topic": "x", "access": "read"}]), [ALL]),
+    ("role.grant", lambda d, u: u.roles.grant("role-1", "y/#", "read"), [ALL]),
+    ("role.revoke", lambda d, u: u.roles.revoke("role-1", "r/#"), [ALL]),
+    ("role.delete", lambda d, u: u.roles.delete("role-1"), [ALL]),
     ("registry.unlock", lambda d, u: d.lock.unlock(), []),
     ("registry.lock", lambda d, u: d.lock.lock(), []),
     ("user.failures.clear", lambda d, u: d.verifier.clear_failures("sensor-1"), []),
@@ -140,8 +140,8 @@ def test_each_action_writes_what_brokers_must_forget(
     expected: list[Any],
 ) -> None:
     make_device(domain, "sensor-1")
-    users.grant_role("role-1", "r/#", "read")
-    users.grant_role("role-2", "s/#", "read")
+    users.roles.grant("role-1", "r/#", "read")
+    users.roles.grant("role-2", "s/#", "read")
     users.assign_role("sensor-1", "role-1")
     users.grant("sensor-1", "a/#", "read")
     position = feed.read(None).position
@@ -207,7 +207,7 @@ def test_polling_follows_changes_in_order(broker: FlaskClient, users: UserStore)
     position = poll(broker)["position"]
     users.add("first-1", "first-secret")
     users.delete("first-1")
-    users.grant_role("role-1", "a", "read")
+    users.roles.grant("role-1", "a", "read")
     page = poll(broker, position)
     assert page["reset"] is False
     assert page["changes"] == [{"user": "first-1", "kick": False}, {"user": "first-1", "kick": True}, {"all": True}]

@@ -20,8 +20,8 @@ from cregistry import services
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id, verify_password
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 
 KEYS = Keys("cregistry")
@@ -242,7 +242,7 @@ def test_users(runner: CliRunner, users: UserStore, pending: None, requests: Pen
     requests.approve("sensor-1")
     users.add("backend", "backend-password", superuser=True)
     users.grant("sensor-1", "devices/%u/#", "readWrite")
-    users.grant_role("devices", "a/#", "read")
+    users.roles.grant("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
     expected = (
         "USERNAME  SUPERUSER  ROLES    PERMISSIONS  CREATED               LAST CONNECT (CLIENT ID)\n"
@@ -397,7 +397,7 @@ def test_a_second_role_grant_replaces_and_says_what_changed(
         run(runner, "role", "grant", "devices", "a/#", "read"),
         "role devices: granted read on a/# (readWrite → read)\n",
     )
-    assert [p.to_dict() for p in users.get_role("devices").permissions] == [{"topic": "a/#", "access": "read"}]
+    assert [p.to_dict() for p in users.roles.get("devices").permissions] == [{"topic": "a/#", "access": "read"}]
     assert domain.audit.entries(1)[0]["details"]["previous"] == "readWrite"
 
 

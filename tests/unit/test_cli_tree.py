@@ -82,7 +82,7 @@ def test_json_anywhere_in_a_user_command(runner: CliRunner, users: UserStore, ar
 
 @pytest.mark.parametrize("args", [["--json", "role", "list"], ["role", "--json", "list"], ["role", "list", "--json"]])
 def test_json_anywhere_in_a_role_command(runner: CliRunner, users: UserStore, args: list[str]) -> None:
-    users.grant_role("devices", "a/#", "read")
+    users.roles.grant("devices", "a/#", "read")
     result = runner.invoke(cregistry.cli.cli, args)
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     assert [r["name"] for r in json.loads(result.stdout)["roles"]] == ["devices"]

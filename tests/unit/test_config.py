@@ -182,7 +182,7 @@ def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeR
     requests.approve("sensor-1", requests.requests_for("sensor-1")[0].pairing_id)
     users.add("backend", "backend-password", superuser=True)
     users.grant("sensor-1", "devices/%u/#", "readWrite")
-    users.grant_role("devices", "a/#", "read")
+    users.roles.grant("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
     assert domain.authorizer.check_acl("sensor-1", "c", "devices/sensor-1/x", 2).allowed
     keys = connection.keys("*")

@@ -23,7 +23,7 @@ from cregistry.config import Config
 from cregistry.errors import ConfigError
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
-from cregistry.requests import PendingRequests
+from cregistry.pending import PendingRequests
 from cregistry.users import UserStore
 from cregistry.web import create_app
 from cregistry.web.console import CONTENT_SECURITY_POLICY
@@ -597,8 +597,8 @@ def test_bad_user_input_is_one_sentence(operator: FlaskClient, username: str, pa
 def test_the_user_page(operator: FlaskClient, users: UserStore) -> None:
     users.add("gateway-1", "secret1")
     users.grant("gateway-1", "devices/%u/#", "readWrite")
-    users.grant_role("fleet", "fleet/#", "read")
-    users.grant_role("ops", "ops/#", "write")
+    users.roles.grant("fleet", "fleet/#", "read")
+    users.roles.grant("ops", "ops/#", "write")
     users.assign_role("gateway-1", "fleet")
     page = operator.get("/console/users/gateway-1")
     assert page.status_code == 200
@@ -675,7 +675,7 @@ def test_removing_a_permission_the_user_lacks_is_one_sentence(operator: FlaskCli
 
 def test_give_and_take_a_role(operator: FlaskClient, users: UserStore) -> None:
     users.add("gateway-1", "secret1")
-    users.grant_role("fleet", "fleet/#", "read")
+    users.roles.grant("fleet", "fleet/#", "read")
     page = "/console/users/gateway-1"
     assert post(operator, page + "/roles", {"role": "fleet"}, page).status_code == 303
     assert users.get("gateway-1").roles == ("fleet",)

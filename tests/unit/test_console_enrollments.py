@@ -25,7 +25,7 @@ def config() -> Config:
 
 @pytest.fixture
 def sensors(domain: services.Services) -> str:  # noqa: F811
-    domain.users.grant_role("sensors", "sensors/%u/#", "readWrite")
+    domain.roles.grant("sensors", "sensors/%u/#", "readWrite")
     return "sensors"
 
 

@@ -29,7 +29,7 @@ def cli(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, clock: FakeClock, us
     monkeypatch.setattr(services, "build", functools.partial(services.build, clock=clock))
     monkeypatch.setattr(cregistry.enrollments.secrets, "token_urlsafe", lambda _n: TOKEN)
     monkeypatch.setattr(getpass, "getuser", lambda: "ops")
-    users.grant_role("sensors", "sensors/%u/#", "readWrite")
+    users.roles.grant("sensors", "sensors/%u/#", "readWrite")
     return runner
 
 

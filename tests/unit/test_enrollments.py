@@ -47,7 +47,7 @@ def enrollments(domain: services.Services) -> Enrollments:
 
 @pytest.fixture
 def sensors_role(users: UserStore) -> str:
-    users.grant_role("sensors", "sensors/%u/#", "readWrite")
+    users.roles.grant("sensors", "sensors/%u/#", "readWrite")
     return "sensors"
 
 
@@ -157,7 +157,7 @@ def test_a_valid_token_registers_at_once_while_locked(
     assert user.pairing_id == pairing_id("line3-001", "secret-1")
     assert connection.hget(KEYS.user("line3-001"), "enrollment") == "line-3"
     assert domain.verifier.verify("line3-001", "secret-1").value == "accepted"
-    assert users.get_role("sensors").members == ("line3-001",)
+    assert users.roles.get("sensors").members == ("line3-001",)
     assert enrollments.get("line-3").uses_left == 1
     assert domain.requests.count_requests() == 0
     entry = domain.audit.entries(1)[0]
@@ -205,7 +205,7 @@ def test_the_password_policy_still_applies(enrollments: Enrollments, token: str,
 
 
 def test_a_deleted_role_is_not_given(enrollments: Enrollments, token: str, users: UserStore) -> None:
-    users.delete_role("sensors")
+    users.roles.delete("sensors")
     register(enrollments, token)
     assert users.get("line3-001").roles == ()
 

@@ -101,7 +101,7 @@ def test_the_follower_drops_what_the_feed_names(followed: services.Services) -> 
     seen = _position(followed)
     assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
     assert authorizer.check_acl_cached("other-1", "c", "o/x", ACC_WRITE, seen) is not None  # not named: kept
-    followed.users.set_role_permissions("team", [{"topic": "t/#", "access": "read"}])  # a role: everything
+    followed.roles.set_permissions("team", [{"topic": "t/#", "access": "read"}])  # a role: everything
     followed.follower.follow_once()  # type: ignore[union-attr]
     assert authorizer.check_acl_cached("other-1", "c", "o/x", ACC_WRITE, _position(followed)) is None
 

@@ -18,7 +18,14 @@ def module_name(path: Path) -> str:
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The cregistry modules `path` imports anywhere in its text (TYPE_CHECKING blocks aside)."""
-    tree = ast.parse(path.read_text())
+    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py", modules)
+
+
+def imports_in(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The modules among `modules` that the source of module `name` imports,
+    relative imports resolved against it."""
+    tree = ast.parse(source)
+    package = name if is_package else name.rpartition(".")[0]
     typing_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -30,8 +37,12 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from . import x`, `from ..web import y`
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         found.update(name for name in names if name in modules)
     return found
 
@@ -76,3 +87,21 @@ def test_the_package_imports_form_no_cycle() -> None:
 def test_the_cycle_finder_finds_a_loop() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_are_found_in_functions_and_relative_ones_resolved_but_not_typing_only_ones() -> None:
+    modules = {"cregistry", "cregistry.web", "cregistry.web.a", "cregistry.web.b", "cregistry.users", "cregistry.keys"}
+    source = """
+from typing import TYPE_CHECKING
+from . import b
+if TYPE_CHECKING:
+    from cregistry.keys import Keys
+def later():
+    from ..users import UserStore
+"""
+    assert imports_in(source, "cregistry.web.a", False, modules) == {
+        "cregistry.web",
+        "cregistry.web.b",
+        "cregistry.users",
+    }
+    assert imports_in("from .a import x", "cregistry.web", True, modules) == {"cregistry.web.a"}

@@ -18,8 +18,8 @@ from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer
 from cregistry.config import Config
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.timestamps import isoformat
 from cregistry.users import UserStore
 

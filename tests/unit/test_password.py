@@ -21,8 +21,8 @@ from cregistry import services
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import verify_password
+from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 
 KEYS = Keys("cregistry")

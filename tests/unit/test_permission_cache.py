@@ -9,7 +9,8 @@ import redis
 
 from cregistry import services
 from cregistry.permission_cache import PermissionCache
-from cregistry.users import AclData, Permission, UserStore
+from cregistry.permissions import Permission
+from cregistry.users import AclData, UserStore
 
 USERNAME = "sensor-1"
 
@@ -22,8 +23,8 @@ def users(domain: services.Services) -> UserStore:
 
 
 def test_the_snapshot_is_the_same_data_as_acl_data(users: UserStore) -> None:
-    users.set_role_permissions("readers", [{"topic": "r/#", "access": "read"}])
-    users.set_role_permissions("writers", [{"topic": "w/#", "access": "write"}])
+    users.roles.set_permissions("readers", [{"topic": "r/#", "access": "read"}])
+    users.roles.set_permissions("writers", [{"topic": "w/#", "access": "write"}])
     users.assign_role(USERNAME, "writers")
     users.assign_role(USERNAME, "readers")
     users.set_superuser(USERNAME, True)
@@ -47,10 +48,10 @@ def test_every_change_is_seen_at_the_next_lookup(users: UserStore) -> None:
     cache = PermissionCache(users)
     assert cache.acl_data(USERNAME).permissions == (Permission("a/#", "readWrite"),)
     assert USERNAME in cache.entries
-    users.set_role_permissions("team", [{"topic": "t/#", "access": "read"}])
+    users.roles.set_permissions("team", [{"topic": "t/#", "access": "read"}])
     users.assign_role(USERNAME, "team")
     assert [p.topic for p in cache.acl_data(USERNAME).permissions] == ["a/#", "t/#"]
-    users.revoke_role("team", "t/#")  # a role's change names no user in the feed
+    users.roles.revoke("team", "t/#")  # a role's change names no user in the feed
     assert [p.topic for p in cache.acl_data(USERNAME).permissions] == ["a/#"]
     users.delete(USERNAME)
     assert not cache.acl_data(USERNAME).exists

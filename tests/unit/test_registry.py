@@ -26,8 +26,8 @@ from cregistry.errors import (
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import pairing_id
+from cregistry.pending import PendingRequest, PendingRequests
 from cregistry.registration import Attempt, Outcome, Registration
-from cregistry.requests import PendingRequest, PendingRequests
 from cregistry.users import UserStore
 
 from .conftest import FakeClock

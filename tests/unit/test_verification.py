@@ -23,8 +23,8 @@ from cregistry.errors import InvalidInput, PasswordChecksBusy
 from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.passwords import hash_password, pairing_id
+from cregistry.pending import PendingRequests
 from cregistry.registration import Outcome, Registration
-from cregistry.requests import PendingRequests
 from cregistry.users import UserStore
 from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
 from cregistry.web import create_app

@@ -35,8 +35,10 @@ from werkzeug.wrappers import Response as BaseResponse
 from cregistry import errors, names, services
 from cregistry.config import CONSOLE_HOSTS, Config, env_name
 from cregistry.enrollments import DEFAULT_EXPIRES_IN, DEFAULT_MAX_USES
-from cregistry.requests import PendingRequest, parse_request_id
-from cregistry.users import ACCESS_LEVELS, UserStore
+from cregistry.pending import PendingRequest, parse_request_id
+from cregistry.permissions import ACCESS_LEVELS
+from cregistry.roles import RoleStore
+from cregistry.users import UserStore
 from cregistry.web.console import auth
 from cregistry.web.errors import status_for
 
@@ -441,7 +443,7 @@ def _user_page(
         render_template(
             "console/user.html",
             user=user,
-            other_roles=[r.name for r in users.list_roles() if r.name not in held],
+            other_roles=[r.name for r in _roles().list_roles() if r.name not in held],
             errors=errors_by_form or {},
             values=values,
             active="users",
@@ -562,7 +564,7 @@ def _enrollments_page(
         render_template(
             "console/enrollments.html",
             enrollments=_domain().enrollments.list_enrollments(),
-            role_names=[r.name for r in _users().list_roles()],
+            role_names=[r.name for r in _roles().list_roles()],
             error=error,
             values=values or {},
             created=created,
@@ -669,3 +671,7 @@ def _domain() -> services.Services:
 
 def _users() -> UserStore:
     return _domain().users
+
+
+def _roles() -> RoleStore:
+    return _domain().roles

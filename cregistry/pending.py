@@ -19,7 +19,6 @@ is what the global cap counts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -43,7 +42,7 @@ from cregistry.errors import (
 )
 from cregistry.keys import Keys
 from cregistry.timestamps import isoformat
-from cregistry.transactions import run_watched
+from cregistry.transactions import ServerScript, run_watched
 from cregistry.users import User, UserStore
 
 log = logging.getLogger(__name__)
@@ -204,6 +203,27 @@ class PendingRequests:
         if renew:
             self._keep_alive(pipe, username, candidate, now)
 
+    # KEYS: the request, the username's candidate set, the request's CSR, the
+    # pending index. ARGV: now, the pending TTL, the renewal step, "1" while
+    # unlocked, the index member, the credentials digest, its key id.
+    _TOUCH = ServerScript("""
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[1])
+if redis.call('HGET', KEYS[1], 'credentialsKey') ~= ARGV[7] then
+  redis.call('HSET', KEYS[1], 'credentials', ARGV[6], 'credentialsKey', ARGV[7])
+end
+local ttl = tonumber(ARGV[2])
+if ARGV[4] == '1' and left < (ttl - tonumber(ARGV[3])) * 1000 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]) + ttl, ARGV[5])
+end
+return 1
+""")
+
     def touch(self, username: str, candidate: str, credentials: tuple[str, str], now: float, *, unlocked: bool) -> bool:
         """Count one more attempt on an existing request; False if it is gone
         (approved, denied, purged or expired). `credentials`: the attempt's
@@ -233,10 +253,7 @@ class PendingRequests:
             digest,
             key_id,
         )
-        try:  # one round trip on the registration path
-            counted: Any = self.redis.evalsha(_TOUCH_SHA, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            counted = self.redis.eval(TOUCH_SCRIPT, len(keys), *keys, *args)
+        counted = self._TOUCH.run(self.redis, keys, args)  # one round trip on the registration path
         return bool(int(counted))
 
     def renewal_step(self) -> int:
@@ -595,26 +612,3 @@ def _request_from(
             {"keyType": csr.get("keyType", ""), "publicKeySha256": csr.get("publicKeySha256", "")} if csr else None
         ),
     )
-
-
-# PendingRequests.touch. KEYS: the request, the username's candidate set, the
-# request's CSR, the pending index. ARGV: now, the pending TTL, the renewal
-# step, "1" while unlocked, the index member, the credentials digest, its key id.
-TOUCH_SCRIPT = """
-local left = redis.call('PTTL', KEYS[1])
-if left == -2 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'lastSeen', ARGV[1])
-if redis.call('HGET', KEYS[1], 'credentialsKey') ~= ARGV[7] then
-  redis.call('HSET', KEYS[1], 'credentials', ARGV[6], 'credentialsKey', ARGV[7])
-end
-local ttl = tonumber(ARGV[2])
-if ARGV[4] == '1' and left < (ttl - tonumber(ARGV[3])) * 1000 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
-  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]) + ttl, ARGV[5])
-end
-return 1
-"""
-_TOUCH_SHA = hashlib.sha1(TOUCH_SCRIPT.encode()).hexdigest()
