@@ -866,6 +866,26 @@ static void test_tick_names_the_next(void)
 	}
 }
 
+static void test_next_tick(void)
+{
+	static struct cr_plugin p; /* static: its wearer table is large */
+
+	begin("the next tick: in 1 ms while a delayed check waits, 10 ms while only the feed runs, idle until the poll");
+	memset(&p, 0, sizeof(p));
+	p.next_feed_ms = 1000 + 400;
+	CHECK(cr_next_tick_ms(&p, 1000) == 100); /* idle: at the latest CR_TICK_IDLE_MS */
+	CHECK(cr_next_tick_ms(&p, 1000 + 370) == 30);
+	CHECK(cr_next_tick_ms(&p, 1000 + 500) == 1); /* the poll is overdue */
+	p.http.feed_running = true;
+	CHECK(cr_next_tick_ms(&p, 1000) == CR_TICK_BUSY_MS);
+	p.delayed.in_flight = 1;
+	CHECK(cr_next_tick_ms(&p, 1000) == 1); /* a device waits for the tick that finds its answer */
+	p.http.feed_running = false;
+	CHECK(cr_next_tick_ms(&p, 1000) == 1);
+	p.delayed.in_flight = 0;
+	CHECK(cr_next_tick_ms(&p, 1000) == 100); /* nothing in flight: no busy ticks */
+}
+
 static bool has_header(const struct curl_slist *list, const char *line)
 {
 	for(; list != NULL; list = list->next){
@@ -1373,6 +1393,7 @@ int main(void)
 	test_feed_apply();
 	test_position_header();
 	test_tick_names_the_next();
+	test_next_tick();
 	test_answer_grants();
 	test_options();
 	test_certificate_identity();
