@@ -5,6 +5,7 @@
 #include "siphash.h"
 
 #define NONE 0u
+#define BUCKETS_FIRST 1024u /* entry buckets in use at first */
 /* entry, user record and a bucket in each table: what one entry may cost, at most */
 #define BYTES_PER_ENTRY (sizeof(struct cr_entry) + sizeof(struct cr_user) + 2 * sizeof(uint32_t))
 
@@ -89,7 +90,8 @@ int cr_cache_init_limits(struct cr_cache *cache, const struct cr_cache_limits *l
 		cr_cache_free(cache);
 		return -1;
 	}
-	cache->mask = nbuckets - 1;
+	cache->bucket_mask = nbuckets - 1;
+	cache->mask = (nbuckets < BUCKETS_FIRST ? nbuckets : BUCKETS_FIRST) - 1;
 	cache->max_entries = capacity;
 	cache->user_max = capacity * limits->user_percent / 100;
 	if(cache->user_max == 0){
@@ -117,7 +119,7 @@ static uint32_t user_find(const struct cr_cache *cache, uint64_t hash)
 {
 	uint32_t i;
 
-	for(i = cache->user_buckets[hash & cache->mask]; i != NONE; i = cache->users[i].hnext){
+	for(i = cache->user_buckets[hash & cache->bucket_mask]; i != NONE; i = cache->users[i].hnext){
 		if(cache->users[i].hash == hash){
 			return i;
 		}
@@ -141,8 +143,8 @@ static uint32_t user_new(struct cr_cache *cache, uint64_t hash)
 	u->gen = 0;
 	u->refs = 1;
 	u->lru_head = u->lru_tail = NONE;
-	u->hnext = cache->user_buckets[hash & cache->mask];
-	cache->user_buckets[hash & cache->mask] = i;
+	u->hnext = cache->user_buckets[hash & cache->bucket_mask];
+	cache->user_buckets[hash & cache->bucket_mask] = i;
 	cache->user_count++;
 	return i;
 }
@@ -155,7 +157,7 @@ static void user_release(struct cr_cache *cache, uint32_t i)
 	if(--u->refs > 0){
 		return;
 	}
-	for(pp = &cache->user_buckets[u->hash & cache->mask]; *pp != NONE; pp = &cache->users[*pp].hnext){
+	for(pp = &cache->user_buckets[u->hash & cache->bucket_mask]; *pp != NONE; pp = &cache->users[*pp].hnext){
 		if(*pp == i){
 			*pp = u->hnext;
 			break;
@@ -278,6 +280,31 @@ int cr_cache_get(struct cr_cache *cache, const struct cr_key *key, int64_t now_m
 	return 1;
 }
 
+/* Doubles the entry buckets in use, in place: bucket b's entries stay or move
+ * to bucket b + n by the next bit of their digest. The array was made whole at
+ * init, so nothing is allocated, and the buckets beyond the old half are
+ * still empty (none is ever given up). */
+static void buckets_double(struct cr_cache *cache)
+{
+	size_t n = cache->mask + 1;
+
+	for(size_t b = 0; b < n; b++){
+		uint32_t *pp = &cache->buckets[b];
+		while(*pp != NONE){
+			struct cr_entry *e = &cache->entries[*pp];
+			if(e->digest[0] & n){
+				uint32_t i = *pp;
+				*pp = e->hnext;
+				e->hnext = cache->buckets[b + n];
+				cache->buckets[b + n] = i;
+			}else{
+				pp = &e->hnext;
+			}
+		}
+	}
+	cache->mask = 2 * n - 1;
+}
+
 int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, int64_t expires_ms)
 {
 	uint64_t digest[2];
@@ -327,6 +354,9 @@ int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, i
 	cache->buckets[digest[0] & cache->mask] = i;
 	lru_push_front(cache, i);
 	cache->count++;
+	if(cache->count > cache->mask + 1 && cache->mask < cache->bucket_mask){
+		buckets_double(cache);
+	}
 	return 0;
 }
 
