@@ -5,6 +5,7 @@
 #include "siphash.h"
 
 #define NONE 0u
+#define BUCKETS_FIRST 1024u /* entry buckets in use at first */
 /* entry, user record and a bucket in each table: what one entry may cost, at most */
 #define BYTES_PER_ENTRY (sizeof(struct cr_entry) + sizeof(struct cr_user) + 2 * sizeof(uint32_t))
 
@@ -23,18 +24,39 @@ static bool key_cacheable(const struct cr_key *key)
 	return key->user_len <= UINT16_MAX && key->part_len[0] <= UINT16_MAX && key->part_len[1] <= UINT16_MAX;
 }
 
+/* An ACL key this long or shorter (nearly all: they are looked up for every
+ * message) is hashed from one copy on the stack: SipHash then reads whole
+ * words, instead of joining each part's ragged end to the next part's start
+ * byte by byte. The same bytes, so the same digest. A CONNECT key is not
+ * copied: its part is the HMAC of the password (digest.h), never left behind. */
+#define KEY_BYTES_FLAT 256
+
 static void key_digest(const struct cr_cache *cache, const struct cr_key *key, uint64_t out[2])
 {
 	struct cr_sip s;
 	/* the lengths first, so that no two different keys feed the same bytes */
 	uint64_t header = (uint64_t)key->user_len | (uint64_t)key->part_len[0] << 16
 		| (uint64_t)key->part_len[1] << 32 | (uint64_t)key->kind << 48 | (uint64_t)key->access << 56;
+	size_t len = sizeof(header) + key->user_len + key->part_len[0] + key->part_len[1];
 
 	cr_sip128_init(&s, cache->hash_key);
-	cr_sip_update(&s, &header, sizeof(header));
-	cr_sip_update(&s, key->user, key->user_len);
-	cr_sip_update(&s, key->part[0], key->part_len[0]);
-	cr_sip_update(&s, key->part[1], key->part_len[1]);
+	if(key->kind == CR_KIND_ACL && len <= KEY_BYTES_FLAT){
+		unsigned char flat[KEY_BYTES_FLAT];
+		unsigned char *at = flat;
+		memcpy(at, &header, sizeof(header));
+		at += sizeof(header);
+		memcpy(at, key->user, key->user_len);
+		at += key->user_len;
+		memcpy(at, key->part[0], key->part_len[0]);
+		at += key->part_len[0];
+		memcpy(at, key->part[1], key->part_len[1]);
+		cr_sip_update(&s, flat, len);
+	}else{
+		cr_sip_update(&s, &header, sizeof(header));
+		cr_sip_update(&s, key->user, key->user_len);
+		cr_sip_update(&s, key->part[0], key->part_len[0]);
+		cr_sip_update(&s, key->part[1], key->part_len[1]);
+	}
 	cr_sip128_final(&s, out);
 }
 
@@ -89,7 +111,8 @@ int cr_cache_init_limits(struct cr_cache *cache, const struct cr_cache_limits *l
 		cr_cache_free(cache);
 		return -1;
 	}
-	cache->mask = nbuckets - 1;
+	cache->bucket_mask = nbuckets - 1;
+	cache->mask = (nbuckets < BUCKETS_FIRST ? nbuckets : BUCKETS_FIRST) - 1;
 	cache->max_entries = capacity;
 	cache->user_max = capacity * limits->user_percent / 100;
 	if(cache->user_max == 0){
@@ -117,7 +140,7 @@ static uint32_t user_find(const struct cr_cache *cache, uint64_t hash)
 {
 	uint32_t i;
 
-	for(i = cache->user_buckets[hash & cache->mask]; i != NONE; i = cache->users[i].hnext){
+	for(i = cache->user_buckets[hash & cache->bucket_mask]; i != NONE; i = cache->users[i].hnext){
 		if(cache->users[i].hash == hash){
 			return i;
 		}
@@ -141,8 +164,8 @@ static uint32_t user_new(struct cr_cache *cache, uint64_t hash)
 	u->gen = 0;
 	u->refs = 1;
 	u->lru_head = u->lru_tail = NONE;
-	u->hnext = cache->user_buckets[hash & cache->mask];
-	cache->user_buckets[hash & cache->mask] = i;
+	u->hnext = cache->user_buckets[hash & cache->bucket_mask];
+	cache->user_buckets[hash & cache->bucket_mask] = i;
 	cache->user_count++;
 	return i;
 }
@@ -155,7 +178,7 @@ static void user_release(struct cr_cache *cache, uint32_t i)
 	if(--u->refs > 0){
 		return;
 	}
-	for(pp = &cache->user_buckets[u->hash & cache->mask]; *pp != NONE; pp = &cache->users[*pp].hnext){
+	for(pp = &cache->user_buckets[u->hash & cache->bucket_mask]; *pp != NONE; pp = &cache->users[*pp].hnext){
 		if(*pp == i){
 			*pp = u->hnext;
 			break;
@@ -278,6 +301,31 @@ int cr_cache_get(struct cr_cache *cache, const struct cr_key *key, int64_t now_m
 	return 1;
 }
 
+/* Doubles the entry buckets in use, in place: bucket b's entries stay or move
+ * to bucket b + n by the next bit of their digest. The array was made whole at
+ * init, so nothing is allocated, and the buckets beyond the old half are
+ * still empty (none is ever given up). */
+static void buckets_double(struct cr_cache *cache)
+{
+	size_t n = cache->mask + 1;
+
+	for(size_t b = 0; b < n; b++){
+		uint32_t *pp = &cache->buckets[b];
+		while(*pp != NONE){
+			struct cr_entry *e = &cache->entries[*pp];
+			if(e->digest[0] & n){
+				uint32_t i = *pp;
+				*pp = e->hnext;
+				e->hnext = cache->buckets[b + n];
+				cache->buckets[b + n] = i;
+			}else{
+				pp = &e->hnext;
+			}
+		}
+	}
+	cache->mask = 2 * n - 1;
+}
+
 int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, int64_t expires_ms)
 {
 	uint64_t digest[2];
@@ -327,6 +375,9 @@ int cr_cache_put(struct cr_cache *cache, const struct cr_key *key, int result, i
 	cache->buckets[digest[0] & cache->mask] = i;
 	lru_push_front(cache, i);
 	cache->count++;
+	if(cache->count > cache->mask + 1 && cache->mask < cache->bucket_mask){
+		buckets_double(cache);
+	}
 	return 0;
 }
 

@@ -20,7 +20,11 @@
  * A look-up that hits allocates nothing: one keyed hash, one bucket walk,
  * two LRU relinks. Entries and user records live in two arrays made at init and
  * are named by 32-bit indices (0: none); pages of them that were never used are
- * never touched, so the broker's resident memory grows as the cache fills. */
+ * never touched, so the broker's resident memory grows as the cache fills.
+ * So does the part of the entry bucket array in use: as many buckets as
+ * entries (a power of two), doubled in place when the entries outnumber them,
+ * so that a small cache's look-ups stay within a few pages instead of
+ * scattering over the whole array (a cache miss and a TLB miss per message). */
 #ifndef CR_CACHE_H
 #define CR_CACHE_H
 
@@ -75,7 +79,8 @@ struct cr_cache {
 	size_t max_entries; /* what the arrays hold */
 	size_t user_max;    /* entries of one user at most */
 	size_t count;
-	size_t mask;
+	size_t mask;        /* of the entry buckets in use: doubled as entries come, up to bucket_mask */
+	size_t bucket_mask; /* of both bucket arrays as made; the user buckets are all in use */
 	size_t bytes;       /* allocated for the arrays: at most limits.max_bytes */
 	struct cr_entry *entries; /* [0] unused: index 0 means none */
 	struct cr_user *users;    /* [0] unused */

@@ -175,14 +175,18 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("refusals/hits", p->counters.refusal_hits);
 }
 
-/* How soon the plugin needs its next tick: soon while the feed's transfer or
- * a delayed CONNECT check runs (curl is advanced only on ticks), else when the
- * next poll is due. */
-static long next_tick_ms(const struct cr_plugin *p, int64_t now)
+/* How soon the plugin needs its next tick: soon while a delayed CONNECT check
+ * or the feed's transfer runs (curl is advanced only on ticks), else when the
+ * next poll is due. A device waits for its check's answer, the feed only
+ * delays a change by up to a busy tick. */
+long cr_next_tick_ms(const struct cr_plugin *p, int64_t now)
 {
 	int64_t wait;
 
-	if(p->http.feed_running || p->delayed.in_flight > 0){
+	if(p->delayed.in_flight > 0){
+		return CR_TICK_DELAYED_MS;
+	}
+	if(p->http.feed_running){
 		return CR_TICK_BUSY_MS;
 	}
 	wait = p->next_feed_ms - now;
@@ -233,6 +237,6 @@ int cr_on_tick(int event, void *event_data, void *userdata)
 	}
 	cr_delayed_poll(p);
 	p->counters.ticks++;
-	cr_tick_ask_next(event_data, next_tick_ms(p, cr_now_ms()));
+	cr_tick_ask_next(event_data, cr_next_tick_ms(p, cr_now_ms()));
 	return MOSQ_ERR_SUCCESS;
 }

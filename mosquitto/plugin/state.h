@@ -99,8 +99,14 @@ int cr_on_acl_check(int event, void *event_data, void *userdata);
 
 /* poll.c */
 #define CR_TICK_BUSY_MS 10  /* next tick while the feed's transfer runs (2.1) */
+/* Next tick while a delayed CONNECT check runs (2.1): its device waits for the
+ * tick that finds the answer, and 2.1 offers a plugin no way to wake its loop
+ * or to watch a socket, so the shortest wait it takes (whole milliseconds). */
+#define CR_TICK_DELAYED_MS 1
 #define CR_TICK_IDLE_MS 100 /* at the latest (2.1; 2.0 ticks at least this often itself) */
 void cr_tick_ask_next(struct mosquitto_evt_tick *tick, long ms);
+/* The wait the tick names at `now`: in milliseconds, 1 to CR_TICK_IDLE_MS. */
+long cr_next_tick_ms(const struct cr_plugin *p, int64_t now);
 int cr_on_tick(int event, void *event_data, void *userdata);
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
 void cr_wearer_granted(struct cr_plugin *p, const char *client_id, const char *user);

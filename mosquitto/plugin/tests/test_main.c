@@ -246,6 +246,64 @@ static void test_cache_eviction_at_bound(void)
 	cr_cache_free(&c);
 }
 
+/* The entry buckets in use follow the entries: a small cache's look-ups stay in
+ * a few pages of the array (cache.h), and every entry is found across each doubling. */
+static void test_cache_buckets_follow_entries(void)
+{
+	struct cr_cache c;
+	struct cr_cache_limits limits = {64u << 20, 0, 100}; /* the default cache_bytes */
+	char topic[32];
+	size_t bytes;
+	bool all_found = true;
+
+	begin("cache: the buckets in use follow the entries, doubled in place, every entry still found");
+	CHECK(cr_cache_init_limits(&c, &limits, HASH_KEY) == 0);
+	bytes = c.bytes;
+	CHECK(c.bucket_mask + 1 >= 262144); /* the whole array, made at init */
+	CHECK(c.mask + 1 == 1024);
+	for(int i = 0; i < 5000; i++){
+		snprintf(topic, sizeof(topic), "t/%d", i);
+		put(&c, i % 3 ? "u" : "v", "c", topic, 1, i % 7, 1000);
+		CHECK(c.mask + 1 >= c.count && c.mask + 1 <= 2 * c.count + 1024); /* about one bucket per entry */
+	}
+	CHECK(c.mask + 1 == 8192);
+	CHECK(c.bytes == bytes); /* nothing allocated as it grew */
+	for(int i = 0; i < 5000; i++){
+		snprintf(topic, sizeof(topic), "t/%d", i);
+		all_found &= lookup(&c, i % 3 ? "u" : "v", "c", topic, 1, 0) == i % 7;
+	}
+	CHECK(all_found);
+	CHECK(lookup(&c, "u", "c", "t/5000", 1, 0) == -1);
+	{
+		/* a key too long to be hashed from a copy (cache.c) is cached as well */
+		char long_topic[400];
+		memset(long_topic, 'x', sizeof(long_topic) - 1);
+		long_topic[sizeof(long_topic) - 1] = '\0';
+		put(&c, "u", "c", long_topic, 1, 3, 1000);
+		CHECK(lookup(&c, "u", "c", long_topic, 1, 0) == 3);
+		long_topic[0] = 'y';
+		CHECK(lookup(&c, "u", "c", long_topic, 1, 0) == -1);
+		cr_cache_drop_user(&c, "u");
+		long_topic[0] = 'x';
+		CHECK(lookup(&c, "u", "c", long_topic, 1, 0) == -1);
+	}
+	cr_cache_drop_user(&c, "v"); /* stale entries are met and freed in their moved buckets */
+	CHECK(lookup(&c, "v", "c", "t/0", 1, 0) == -1);
+	CHECK(c.count == 4999); /* the long key and v's t/0, met stale and freed */
+	cr_cache_free(&c);
+
+	begin("cache: a bound smaller than the first buckets uses all of them");
+	CHECK(cr_cache_init(&c, 100, HASH_KEY) == 0);
+	CHECK(c.mask == c.bucket_mask && c.mask + 1 == 64);
+	for(int i = 0; i < 300; i++){
+		snprintf(topic, sizeof(topic), "t/%d", i);
+		put(&c, "u", "c", topic, 1, 0, 1000);
+	}
+	CHECK(c.count == 100 && c.mask + 1 == 64);
+	CHECK(lookup(&c, "u", "c", "t/299", 1, 0) == 0);
+	cr_cache_free(&c);
+}
+
 static void test_cache_invalidation(void)
 {
 	struct cr_cache c;
@@ -866,6 +924,26 @@ static void test_tick_names_the_next(void)
 	}
 }
 
+static void test_next_tick(void)
+{
+	static struct cr_plugin p; /* static: its wearer table is large */
+
+	begin("the next tick: in 1 ms while a delayed check waits, 10 ms while only the feed runs, idle until the poll");
+	memset(&p, 0, sizeof(p));
+	p.next_feed_ms = 1000 + 400;
+	CHECK(cr_next_tick_ms(&p, 1000) == 100); /* idle: at the latest CR_TICK_IDLE_MS */
+	CHECK(cr_next_tick_ms(&p, 1000 + 370) == 30);
+	CHECK(cr_next_tick_ms(&p, 1000 + 500) == 1); /* the poll is overdue */
+	p.http.feed_running = true;
+	CHECK(cr_next_tick_ms(&p, 1000) == CR_TICK_BUSY_MS);
+	p.delayed.in_flight = 1;
+	CHECK(cr_next_tick_ms(&p, 1000) == 1); /* a device waits for the tick that finds its answer */
+	p.http.feed_running = false;
+	CHECK(cr_next_tick_ms(&p, 1000) == 1);
+	p.delayed.in_flight = 0;
+	CHECK(cr_next_tick_ms(&p, 1000) == 100); /* nothing in flight: no busy ticks */
+}
+
 static bool has_header(const struct curl_slist *list, const char *line)
 {
 	for(; list != NULL; list = list->next){
@@ -1360,6 +1438,7 @@ int main(void)
 {
 	test_cache_hit_miss_expiry();
 	test_cache_eviction_at_bound();
+	test_cache_buckets_follow_entries();
 	test_cache_invalidation();
 	test_cache_bytes_bound();
 	test_cache_user_share();
@@ -1373,6 +1452,7 @@ int main(void)
 	test_feed_apply();
 	test_position_header();
 	test_tick_names_the_next();
+	test_next_tick();
 	test_answer_grants();
 	test_options();
 	test_certificate_identity();
