@@ -19,9 +19,11 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include <mosquitto.h>
+
 #include "digest.h"
 #include "siphash.h"
-#include "warm.h"
+#include "state.h"
 
 static const unsigned char MAGIC[8] = {'C', 'R', 'W', 'A', 'R', 'M', '\r', '\n'};
 #define HEADER_LEN (8 + 4 + 4 + 8 + 2)
@@ -645,4 +647,175 @@ int cr_warm_load(struct cr_warm *w, const char *path, int64_t now_ms, int64_t no
 	rc = cr_warm_decode(w, data, got, now_ms, now_wall_ms, max_ttl_ms, position, err, errlen);
 	free(data);
 	return rc == 0 ? 1 : -1;
+}
+
+/* -- the plugin's side ----------------------------------------------------- */
+
+#define REPLAY_ROUNDS_MAX 200 /* the feed's CHANGES_MAX in answers of 1000, and then some */
+
+/* Reads the change feed from the saved position until an answer brings no
+ * more changes, applying each to the loaded entries. 0 with the position
+ * reached, or -1 with a reason (a reset, no answer, garbage, too slow). A
+ * blocking request, made once at load, before the broker accepts a client. */
+static int replay(struct cr_plugin *p, char position[CR_POSITION_MAX + 1], char *err, size_t errlen)
+{
+	struct cr_buf body = {NULL, 0, 0, CR_FEED_BODY_MAX};
+	char curl_error[CURL_ERROR_SIZE] = "";
+	CURL *c = curl_easy_init();
+	int64_t deadline = cr_now_ms() + 3 * p->opt.timeout_ms;
+	int rc = -1;
+
+	snprintf(err, errlen, "libcurl refused its settings");
+	if(c == NULL || cr_http_easy_options(c, &body, curl_error, p->opt.timeout_ms) != 0){
+		goto done;
+	}
+	for(int round = 0; round < REPLAY_ROUNDS_MAX; round++){
+		char url[CR_URL_MAX + 3 * CR_POSITION_MAX + 64];
+		char *escaped = curl_easy_escape(c, position, 0);
+		struct cr_feed_answer answer;
+		long status = 0;
+		CURLcode done;
+		bool more;
+
+		if(escaped == NULL){
+			snprintf(err, errlen, "out of memory");
+			goto done;
+		}
+		snprintf(url, sizeof(url), "%s%s", p->url_changes, escaped);
+		curl_free(escaped);
+		if(cr_now_ms() > deadline){
+			snprintf(err, errlen, "the change feed took longer than %ld ms", 3 * p->opt.timeout_ms);
+			goto done;
+		}
+		body.len = 0;
+		curl_error[0] = '\0';
+		(void)curl_easy_setopt(c, CURLOPT_URL, url);
+		done = curl_easy_perform(c);
+		if(done != CURLE_OK){
+			snprintf(err, errlen, "change feed: %.200s", curl_error[0] ? curl_error : curl_easy_strerror(done));
+			goto done;
+		}
+		(void)curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+		if(status != 200){
+			snprintf(err, errlen, "change feed: HTTP %ld", status);
+			goto done;
+		}
+		if(cr_feed_parse(body.data, body.len, &answer, err, errlen) != 0){
+			goto done;
+		}
+		if(!cr_warm_apply(&p->warm, &answer)){
+			cr_feed_answer_free(&answer);
+			snprintf(err, errlen, "the change feed was reset (the saved position is gone, or Redis lost changes)");
+			goto done;
+		}
+		more = answer.count > 0;
+		memcpy(position, answer.position, CR_POSITION_MAX + 1);
+		cr_feed_answer_free(&answer);
+		if(!more){
+			rc = 0;
+			goto done;
+		}
+	}
+	snprintf(err, errlen, "the change feed had more than %d answers of changes", REPLAY_ROUNDS_MAX);
+done:
+	if(c != NULL){
+		curl_easy_cleanup(c);
+	}
+	free(body.data);
+	return rc;
+}
+
+void cr_warm_start(struct cr_plugin *p, const unsigned char key[16])
+{
+	char position[CR_POSITION_MAX + 1];
+	char err[256];
+	size_t max = p->cache.max_entries < CR_WARM_MAX_ENTRIES ? p->cache.max_entries : CR_WARM_MAX_ENTRIES;
+	int rc;
+
+	if(p->opt.warm_file == NULL){
+		return;
+	}
+	/* 2.1's dynamic security needs 1000 iterations, about 0.75 ms of the
+	 * broker's thread per CONNECT; a delayed check costs it less, and keeps
+	 * it serving others meanwhile (docs/performance.md, "Warm restart"). */
+	if(p->delayed.complete != NULL){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: warm file %s unused: CONNECT checks are delayed"
+				" (plugin_opt_delayed_auth 0 uses it on 2.1)", p->opt.warm_file);
+		return;
+	}
+	if(cr_warm_init(&p->warm, key, p->broker_21 ? CR_WARM_ITERATIONS_21 : CR_WARM_ITERATIONS_20, max) != 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: out of memory: no warm restart");
+		return;
+	}
+	p->next_warm_save_ms = cr_now_ms() + p->opt.warm_save_interval * 1000;
+	rc = cr_warm_load(&p->warm, p->opt.warm_file, cr_now_ms(), cr_wall_ms(), p->opt.cache_seconds * 1000, position,
+			err, sizeof(err));
+	if(rc == 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: no warm file at %s yet: a cold start", p->opt.warm_file);
+		return;
+	}
+	if(rc < 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: warm file %s ignored (%s): a cold start",
+				p->opt.warm_file, err);
+		return;
+	}
+	if(p->warm.count == 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: warm file %s holds no live grant: a cold start",
+				p->opt.warm_file);
+		return;
+	}
+	if(replay(p, position, err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: warm file %s: %zu grant(s) dropped, a cold start: %s",
+				p->opt.warm_file, p->warm.count, err);
+		cr_warm_drop_all(&p->warm);
+		p->warm.loaded = 0;
+		return;
+	}
+	/* the feed goes on from where the entries are up to date */
+	memcpy(p->position, position, sizeof(p->position));
+	if(cr_http_set_position(&p->http, p->position) != 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: out of memory; checks go without the feed position");
+	}
+	p->warm.loaded = p->warm.count;
+	p->warm.ready = true;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: warm start: %zu grant(s) from %s, the change feed read"
+			" up to now", p->warm.count, p->opt.warm_file);
+}
+
+/* 0 written, -1 not (and said why). */
+static int save(struct cr_plugin *p)
+{
+	char err[256];
+
+	/* Without a position the entries could not be brought up to date: the
+	 * file left there still names the older one its entries are good from. */
+	if(p->position[0] == '\0'){
+		return -1;
+	}
+	if(cr_warm_save(&p->warm, p->opt.warm_file, p->position, cr_now_ms(), cr_wall_ms(), err, sizeof(err)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "cregistry_auth: warm file not written: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
+void cr_warm_tick(struct cr_plugin *p, int64_t now)
+{
+	if(p->warm.buckets == NULL || !p->warm.dirty || p->opt.warm_save_interval == 0 || now < p->next_warm_save_ms){
+		return;
+	}
+	p->next_warm_save_ms = now + p->opt.warm_save_interval * 1000;
+	(void)save(p);
+}
+
+void cr_warm_stop(struct cr_plugin *p)
+{
+	if(p->warm.buckets == NULL){
+		return;
+	}
+	/* the counts the broker tests read: $SYS may not be published before a stop */
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: warm file %s: %llu CONNECT(s) answered from it,"
+			" %zu grant(s) %s", p->opt.warm_file, (unsigned long long)p->warm.hits, p->warm.count,
+			save(p) == 0 ? "written" : "not written (no feed position yet)");
+	cr_warm_free(&p->warm);
 }

@@ -939,6 +939,19 @@ static void test_options(void)
 	CHECK(o.delayed_auth == 1 && o.delayed_max == 64); /* delayed where the broker has it (2.1) */
 	cr_options_free(&o);
 
+	begin("options: the warm file");
+	CHECK(opts(&o, 1, "url", "http://h") == 0);
+	CHECK(o.warm_file == NULL && o.warm_save_interval == 60); /* off unless named */
+	cr_options_free(&o);
+	CHECK(opts(&o, 3, "url", "http://h", "warm_file", "/var/lib/mosquitto/cregistry.warm", "warm_save_interval", "0") == 0);
+	CHECK(strcmp(o.warm_file, "/var/lib/mosquitto/cregistry.warm") == 0 && o.warm_save_interval == 0);
+	cr_options_free(&o);
+	CHECK(o.warm_file == NULL);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", "cregistry.warm") == -1); /* relative */
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", "") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", NULL) == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_save_interval", "-1") == -1);
+
 	begin("options: values");
 	CHECK(opts(&o, 7, "url", "https://broker.example:8081//", "timeout_ms", "2000", "cache_seconds", "0",
 			"deny_cache_seconds", "5", "cache_size", "10", "feed_interval_ms", "100", "stats_interval", "0") == 0);
@@ -1648,6 +1661,27 @@ static void test_warm_feed(void)
 	w.ready = true;
 	CHECK(cr_warm_match(&w, "bob", "pw2", "b1", "", 0, &expires) == 0); /* recorded now, not loaded: the cache answers */
 	cr_warm_free(&w);
+
+	begin("the plugin's feed drops warm entries with the cache's");
+	{
+		static struct cr_plugin p;
+		memset(&p, 0, sizeof(p));
+		CHECK(cr_cache_init(&p.cache, 100, HASH_KEY) == 0);
+		CHECK(cr_warm_init(&p.warm, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+		CHECK(cr_warm_record(&p.warm, "alice", "pw", "a1", "", 1000) == 0);
+		CHECK(cr_warm_record(&p.warm, "bob", "pw", "b1", "", 1000) == 0);
+		CHECK(parse("{\"position\":\"3-0\",\"changes\":[{\"user\":\"alice\",\"kick\":false}]}", &a) == 0);
+		cr_apply_feed_answer(&p, &a);
+		cr_feed_answer_free(&a);
+		CHECK(p.warm.count == 1);
+		CHECK(parse("{\"position\":\"4-0\",\"reset\":true}", &a) == 0);
+		cr_apply_feed_answer(&p, &a);
+		cr_feed_answer_free(&a);
+		CHECK(p.warm.count == 0);
+		cr_warm_free(&p.warm);
+		cr_cache_free(&p.cache);
+		cr_http_cleanup(&p.http);
+	}
 }
 
 int main(void)
