@@ -215,17 +215,18 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS; /* only grants are cached */
 	}
+	if(!has_cert && cr_refusals_has(&p->refusals, digest, cr_now_ms())){
+		OPENSSL_cleanse(digest, sizeof(digest));
+		p->counters.refusal_hits++;
+		return MOSQ_ERR_AUTH; /* the same credentials cregistry refused moments ago */
+	}
+	/* after the refusals: a repeated wrong password costs no PBKDF2 */
 	if(p->warm.ready && cr_warm_match(&p->warm, user, password, id, cert_fingerprint, cr_now_ms(), &warm_expires)){
 		/* a grant kept across the restart, brought up to date by the feed (warm.h) */
 		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, warm_expires);
 		OPENSSL_cleanse(digest, sizeof(digest));
 		cr_wearer_granted(p, id, user);
 		return MOSQ_ERR_SUCCESS;
-	}
-	if(!has_cert && cr_refusals_has(&p->refusals, digest, cr_now_ms())){
-		OPENSSL_cleanse(digest, sizeof(digest));
-		p->counters.refusal_hits++;
-		return MOSQ_ERR_AUTH; /* the same credentials cregistry refused moments ago */
 	}
 	p->counters.misses++;
 	refusal_epoch = p->refusals.epoch;

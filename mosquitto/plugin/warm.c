@@ -476,11 +476,11 @@ int cr_warm_decode(struct cr_warm *w, const unsigned char *data, size_t len, int
 		}
 		pos += ENTRY_FIXED_LEN + ul + cl + fl;
 		remaining = expires - now_wall_ms;
-		if(remaining <= 0){
-			continue; /* its lifetime ran out while the broker was down */
-		}
 		if(remaining > max_ttl_ms){
 			remaining = max_ttl_ms; /* never longer than a grant made now */
+		}
+		if(remaining <= 0){
+			continue; /* its lifetime ran out while the broker was down */
 		}
 		entry = insert(w, user, client_id, fingerprint, now_ms + remaining, iterations, true);
 		if(entry == NULL){

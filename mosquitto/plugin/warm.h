@@ -32,7 +32,7 @@
 #define CR_WARM_HASH_LEN 64       /* SHA-512 */
 #define CR_WARM_NAME_MAX 256      /* longer usernames or client IDs are never kept */
 #define CR_WARM_MAX_ENTRIES 200000
-#define CR_WARM_ITERATIONS_MAX 1000000 /* a file asking more is refused: each check would stall the broker */
+#define CR_WARM_ITERATIONS_MAX 10000 /* a file asking more is refused: each check would stall the broker */
 #define CR_WARM_ITERATIONS_20 101
 #define CR_WARM_ITERATIONS_21 1000
 
