@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -58,6 +59,10 @@ DYNSEC_ITERATIONS_21 = 1000
 NO_AUTH = "no-auth"
 DYNSEC = "dynsec"
 CREGISTRY = "cregistry"
+# cregistry's plugin restarted with its warm file (docs/plugin.md, "Warm restart"):
+# synchronous CONNECT checks, as the warm file needs on 2.1; written only at stop.
+CREGISTRY_WARM = "cregistry-warm"
+WARM_OPTIONS = {"delayed_auth": "0", "warm_save_interval": "0"}
 GO_AUTH = "go-auth"
 ALLOW_ALL = "allow-all"
 
@@ -86,6 +91,7 @@ SETUPS = {
     NO_AUTH: Setup(NO_AUTH, None),
     DYNSEC: Setup(DYNSEC, DYNSEC_SO),
     CREGISTRY: Setup(CREGISTRY, PLUGIN_SO),
+    CREGISTRY_WARM: Setup(CREGISTRY_WARM, PLUGIN_SO),
     ALLOW_ALL: Setup(ALLOW_ALL, ALLOW_ALL_SO),
     GO_AUTH: Setup(GO_AUTH, GO_AUTH_SO),
 }
@@ -224,10 +230,12 @@ def conf_lines(
             f"plugin {setup.plugin}",
             f"plugin_opt_config_file {directory / 'dynamic-security.json'}",
         ]
-    elif setup.name == CREGISTRY:
+    elif setup.name in (CREGISTRY, CREGISTRY_WARM):
         lines += ["allow_anonymous false", f"plugin {setup.plugin}"]
         lines.append(f"plugin_opt_url http://{LOOPBACK}:{service_broker_port}")
         options = PLUGIN_OPTIONS if plugin_options is None else plugin_options
+        if setup.name == CREGISTRY_WARM:
+            options = {**options, **WARM_OPTIONS, "warm_file": str(warm_file(directory))}
         lines += [f"plugin_opt_{name} {value}" for name, value in options.items()]
     elif setup.name == GO_AUTH:
         # The settings that mosquitto/mosquitto.conf shipped for go-auth.
@@ -245,6 +253,23 @@ def conf_lines(
     return lines + COMMON_LINES
 
 
+def warm_file(directory: Path) -> Path:
+    return directory / "warm" / "cregistry.warm"
+
+
+def make_warm_directory(directory: Path) -> None:
+    """A directory for the warm file that only the broker's user may write:
+    mosquitto started as root runs as its user `mosquitto`."""
+    path = warm_file(directory).parent
+    path.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
 def start_broker(
     version: Broker, setup: Setup, service_broker_port: int, dynsec: DynsecUsers | None = None
 ) -> MosquittoProcess:
@@ -258,6 +283,8 @@ def start_broker(
         if dynsec is None:
             raise ValueError("dynsec needs its users")
         dynsec.write_to(directory / "dynamic-security.json")
+    if setup.name == CREGISTRY_WARM:
+        make_warm_directory(directory)
     if setup.plugin is not None and not world_readable(setup.plugin):
         # mosquitto started as root loads plugins as its own user, who cannot
         # enter a build under /root/.cache (2.1.2's dynamic security): a copy beside the config.

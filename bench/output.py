@@ -130,7 +130,8 @@ PER_SETUP_ROWS = [
     ("flood_wrong_password_connects_per_s", "wrong-password CONNECTs/s the flood reached"),
 ]
 SETUP_COLUMNS = [("no_auth", "no auth"), ("allow_all", "allow-everything plugin"), ("cregistry", "cregistry plugin"),
-                 ("dynsec", "dynamic security"), ("go_auth", "go-auth")]  # fmt: skip
+                 ("cregistry_warm", "cregistry plugin, warm restart"), ("dynsec", "dynamic security"),
+                 ("go_auth", "go-auth")]  # fmt: skip
 
 
 def _cell(value: Any) -> str:
@@ -224,8 +225,8 @@ def chart(results: dict[str, Any], version: str, path: Path) -> None:
         ("flood_unknown_probe_p99_ms", "probe p99 ms, 500 unknown CONNECTs/s"),
         ("flood_wrong_password_probe_p99_ms", "probe p99 ms, 20 wrong passwords/s"),
     ]
-    colours = {"no_auth": "tab:grey", "allow_all": "tab:purple", "cregistry": "tab:green", "dynsec": "tab:blue",
-               "go_auth": "tab:orange"}  # fmt: skip
+    colours = {"no_auth": "tab:grey", "allow_all": "tab:purple", "cregistry": "tab:green",
+               "cregistry_warm": "tab:olive", "dynsec": "tab:blue", "go_auth": "tab:orange"}  # fmt: skip
     for axis, (prefix, title) in zip(axes.flat, panels, strict=False):
         present = [(k, t) for k, t in SETUP_COLUMNS if figures.get(f"{prefix}_{k}") is not None]
         axis.bar([t.replace(" ", "\n", 1) for _, t in present], [figures[f"{prefix}_{k}"] for k, _ in present],

@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import brokers  # noqa: E402
-from bench.brokers import ALLOW_ALL, CREGISTRY, DYNSEC, GO_AUTH, NO_AUTH, SETUPS, Broker, DynsecUsers  # noqa: E402
+from bench.brokers import (  # noqa: E402
+    ALLOW_ALL,
+    CREGISTRY,
+    CREGISTRY_WARM,
+    DYNSEC,
+    GO_AUTH,
+    NO_AUTH,
+    SETUPS,
+    Broker,
+    DynsecUsers,
+)
 from bench.output import GOALS, chart, evaluate_goals, report  # noqa: E402
 from cregistry import services  # noqa: E402
 from cregistry.config import Config  # noqa: E402
@@ -434,22 +445,77 @@ class Bench:
         rate = "publish_qos0_msgs_per_s"
         self.ratio("publish_ratio_vs_allow_all", f"{rate}_{key(CREGISTRY)}", f"{rate}_{key(ALLOW_ALL)}")
 
+    # -- a broker restarted with the plugin's warm file -------------------------------
+    def warm_setups(self) -> list[str]:
+        """cregistry's plugin restarted with its warm file, beside the cold one (docs/performance.md)."""
+        return [CREGISTRY_WARM] if CREGISTRY in self.plugin_setups else []
+
+    def measured_after_warm_restart(
+        self, broker: MosquittoProcess, fill: Callable[[], dict[str, Any]], measure: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """`fill` connects every device to `broker` (its grants go to the warm
+        file at stop); then the same broker is restarted with that file, its
+        grants brought up to date by the change feed before it listens, and
+        `measure` runs. The broker's log (stdout, flushed at exit) says after
+        the stop how many CONNECTs the warm file answered."""
+        starting = time.monotonic()
+        self._require_all_connected(CREGISTRY_WARM, fill())
+        broker.stop()
+        if "grant(s) written" not in broker.output():
+            raise RuntimeError(f"{CREGISTRY_WARM}: no warm file written: {broker.output()[-1500:]}")
+        before = len(broker.output())
+        broker.start()
+        assert broker.process is not None
+        cpu = brokers.process_cpu_seconds(broker.process.pid)
+        started = time.monotonic()
+        answer = measure()
+        # over the measured part alone: the broker process before the restart is gone
+        answer["broker_cpu_share"] = round(
+            (brokers.process_cpu_seconds(broker.process.pid) - cpu) / (time.monotonic() - started), 3
+        )
+        answer["fill_and_restart_seconds"] = round(started - starting, 3)
+        broker.stop()
+        restarted = broker.output()[before:]
+        answered = re.search(r"warm file \S+: (\d+) CONNECT\(s\) answered from it", restarted)
+        if "cregistry_auth: warm start:" not in restarted or answered is None:
+            raise RuntimeError(f"{CREGISTRY_WARM}: the restart was cold: {restarted[-1500:]}")
+        answer["warm_answered"] = int(answered.group(1))
+        return answer
+
     # -- one known device's CONNECT on a fresh broker --------------------------------
     def connect_latency(self) -> None:
         count = self.size["connect_devices"]
         self.devices("conn-", count)
 
-        def run_one(setup: str, broker: MosquittoProcess) -> dict[str, Any]:
-            answer = self.loadgen(
-                "connect", port=broker.port, user_prefix="conn-", count=count, password=DEVICE_PASSWORD, concurrency=1
+        def connect_all(broker: MosquittoProcess, concurrency: int = 1) -> dict[str, Any]:
+            return self.loadgen(
+                "connect",
+                port=broker.port,
+                user_prefix="conn-",
+                count=count,
+                password=DEVICE_PASSWORD,
+                concurrency=concurrency,
             )
+
+        def run_one(setup: str, broker: MosquittoProcess) -> dict[str, Any]:
+            if setup == CREGISTRY_WARM:
+                answer = self.measured_after_warm_restart(
+                    broker, lambda: connect_all(broker, self.size["storm_concurrency"]), lambda: connect_all(broker)
+                )
+            else:
+                answer = connect_all(broker)
             self._require_all_connected(setup, answer)
             return answer
 
-        results = self.alternate("connect", [*self.plugin_setups, DYNSEC], run_one)
+        results = self.alternate("connect", [*self.plugin_setups, *self.warm_setups(), DYNSEC], run_one)
         self.put_medians(results, "connack_p50_ms", "connect_p50_ms")
         self.put_medians(results, "connack_p99_ms", "connect_p99_ms")
+        # The goal's figure is the cold one, the plugin as it ships (no warm file by
+        # default); the warm restart's is reported beside it (docs/performance.md).
         self.ratio("connect_ratio", f"connect_p50_ms_{key(CREGISTRY)}", f"connect_p50_ms_{key(DYNSEC)}")
+        self.ratio("connect_ratio_warm", f"connect_p50_ms_{key(CREGISTRY_WARM)}", f"connect_p50_ms_{key(DYNSEC)}")
+        if results.get(CREGISTRY_WARM):
+            self.figures["connect_warm_answered"] = median([a["warm_answered"] for a in results[CREGISTRY_WARM]])
         if GO_AUTH in self.plugin_setups:
             self.ratio("connect_ratio_go_auth", f"connect_p50_ms_{key(GO_AUTH)}", f"connect_p50_ms_{key(DYNSEC)}")
 
@@ -463,23 +529,31 @@ class Bench:
         assert self.dynsec is not None
         self.dynsec.add([PROBE_USER], DEVICE_PASSWORD)
 
-        def run_one(setup: str, broker: MosquittoProcess) -> dict[str, Any]:
-            answer = self.loadgen(
+        def connect_all(broker: MosquittoProcess, probe: bool = True) -> dict[str, Any]:
+            return self.loadgen(
                 "connect",
                 port=broker.port,
                 user_prefix="storm-",
                 count=count,
                 password=DEVICE_PASSWORD,
                 concurrency=self.size["storm_concurrency"],
-                probe_user=PROBE_USER,
-                probe_password=DEVICE_PASSWORD,
+                probe_user=PROBE_USER if probe else None,
+                probe_password=DEVICE_PASSWORD if probe else None,
             )
+
+        def run_one(setup: str, broker: MosquittoProcess) -> dict[str, Any]:
+            if setup == CREGISTRY_WARM:
+                answer = self.measured_after_warm_restart(
+                    broker, lambda: connect_all(broker, probe=False), lambda: connect_all(broker)
+                )
+            else:
+                answer = connect_all(broker)
             self._require_all_connected(setup, answer)
             if answer["probe_pings"] < 0:
                 raise RuntimeError(f"{setup}: the broker dropped the PINGREQ probe during the storm")
             return answer
 
-        results = self.alternate("storm", [*self.plugin_setups, DYNSEC], run_one)
+        results = self.alternate("storm", [*self.plugin_setups, *self.warm_setups(), DYNSEC], run_one)
         self.figures["storm_devices"] = count
         self.figures["storm_concurrency"] = self.size["storm_concurrency"]
         self.put_medians(results, "seconds", "storm_seconds")
@@ -491,6 +565,9 @@ class Bench:
         self.put_medians(results, "broker_cpu_share", "storm_broker_cpu_share", 2)
         self.put_medians(results, "broker_start_seconds", "storm_broker_start_seconds", 3)
         self.ratio("storm_seconds_ratio", f"storm_seconds_{key(CREGISTRY)}", f"storm_seconds_{key(DYNSEC)}")
+        self.ratio("storm_seconds_ratio_warm", f"storm_seconds_{key(CREGISTRY_WARM)}", f"storm_seconds_{key(DYNSEC)}")
+        if results.get(CREGISTRY_WARM):
+            self.figures["storm_warm_answered"] = median([a["warm_answered"] for a in results[CREGISTRY_WARM]])
         if GO_AUTH in self.plugin_setups:
             self.ratio("storm_seconds_ratio_go_auth", f"storm_seconds_{key(GO_AUTH)}", f"storm_seconds_{key(DYNSEC)}")
 

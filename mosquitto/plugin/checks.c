@@ -189,6 +189,7 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	char cert_cn[256] = "";
 	int has_cert;
 	uint64_t refusal_epoch;
+	int64_t warm_expires;
 
 	(void)event;
 	if(user == NULL || user[0] == '\0' || id == NULL || id[0] == '\0'){
@@ -218,6 +219,14 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 		OPENSSL_cleanse(digest, sizeof(digest));
 		p->counters.refusal_hits++;
 		return MOSQ_ERR_AUTH; /* the same credentials cregistry refused moments ago */
+	}
+	/* after the refusals: a repeated wrong password costs no PBKDF2 */
+	if(p->warm.ready && cr_warm_match(&p->warm, user, password, id, cert_fingerprint, cr_now_ms(), &warm_expires)){
+		/* a grant kept across the restart, brought up to date by the feed (warm.h) */
+		(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, warm_expires);
+		OPENSSL_cleanse(digest, sizeof(digest));
+		cr_wearer_granted(p, id, user);
+		return MOSQ_ERR_SUCCESS;
 	}
 	p->counters.misses++;
 	refusal_epoch = p->refusals.epoch;
@@ -250,7 +259,9 @@ int cr_on_basic_auth(int event, void *event_data, void *userdata)
 	if(v == CR_ALLOW){
 		if(p->opt.cache_seconds > 0){
 			/* out of memory only costs a later re-check */
-			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, cr_now_ms() + p->opt.cache_seconds * 1000);
+			int64_t expires = cr_now_ms() + p->opt.cache_seconds * 1000;
+			(void)cr_cache_put(&p->cache, &key, MOSQ_ERR_SUCCESS, expires);
+			(void)cr_warm_record(&p->warm, user, password, id, cert_fingerprint, expires); /* without a file: nothing */
 		}
 		OPENSSL_cleanse(digest, sizeof(digest));
 		cr_wearer_granted(p, id, user);

@@ -6,7 +6,7 @@
 
 #include "feed.h"
 
-static bool position_valid(const char *p)
+bool cr_feed_position_valid(const char *p)
 {
 	size_t len = strlen(p);
 
@@ -82,7 +82,7 @@ int cr_feed_parse(const char *body, size_t len, struct cr_feed_answer *out, char
 		goto fail;
 	}
 	position = cJSON_GetObjectItemCaseSensitive(root, "position");
-	if(!cJSON_IsString(position) || position->valuestring == NULL || !position_valid(position->valuestring)){
+	if(!cJSON_IsString(position) || position->valuestring == NULL || !cr_feed_position_valid(position->valuestring)){
 		snprintf(err, errlen, "answer has no valid \"position\"");
 		goto fail;
 	}

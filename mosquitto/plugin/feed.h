@@ -35,4 +35,8 @@ struct cr_feed_answer {
 int cr_feed_parse(const char *body, size_t len, struct cr_feed_answer *out, char *err, size_t errlen);
 void cr_feed_answer_free(struct cr_feed_answer *answer);
 
+/* Whether p may be a position (1-128 of [A-Za-z0-9._:~-]): it goes out in a
+ * URL and a header, so one read from a file is checked like one from the feed. */
+bool cr_feed_position_valid(const char *p);
+
 #endif

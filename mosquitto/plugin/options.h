@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #define CR_URL_MAX 1024
+#define CR_WARM_PATH_MAX 4000
 
 struct mosquitto_opt;
 
@@ -24,6 +25,8 @@ struct cr_options {
 	long refusal_cache_seconds; /* refused CONNECTs of known users (refusals.h); 0: never remembered */
 	bool defer_unknown_users; /* plugin_opt_unknown_users defer: users cregistry lacks go to the broker's other auth */
 	long delayed_max;       /* delayed CONNECT checks in flight at most */
+	char *warm_file;        /* absolute path of the warm file (warm.h); NULL: none, every start is cold */
+	long warm_save_interval; /* seconds between writes of the warm file while grants change; 0: at stop only */
 };
 
 /* 0, or -1 with a one-line reason in err. On success free with cr_options_free. */

@@ -35,6 +35,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)event_data;
 	cr_cache_drop_all(&p->cache);
 	cr_refusals_drop_all(&p->refusals);
+	cr_warm_drop_all(&p->warm);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "cregistry_auth: reload: dropped the whole cache");
 	return MOSQ_ERR_SUCCESS;
 }
@@ -45,6 +46,7 @@ static void plugin_free(struct cr_plugin *p)
 		return;
 	}
 	cr_delayed_cleanup(&p->delayed);
+	cr_warm_free(&p->warm);
 	cr_http_cleanup(&p->http);
 	cr_cache_free(&p->cache);
 	cr_refusals_free(&p->refusals);
@@ -135,6 +137,7 @@ CR_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		plugin_free(p);
 		return MOSQ_ERR_NOMEM;
 	}
+	cr_warm_start(p, hash_key); /* before the first CONNECT: the broker accepts none until init returns */
 	OPENSSL_cleanse(hash_key, sizeof(hash_key));
 	OPENSSL_cleanse(refusal_key, sizeof(refusal_key));
 	p->loaded_ms = cr_now_ms();
@@ -183,6 +186,7 @@ CR_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	for(size_t i = 0; i < CALLBACK_COUNT; i++){
 		mosquitto_callback_unregister(p->pid, CALLBACKS[i].event, CALLBACKS[i].cb, NULL);
 	}
+	cr_warm_stop(p);
 	plugin_free(p);
 	return MOSQ_ERR_SUCCESS;
 }

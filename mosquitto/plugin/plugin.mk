@@ -17,12 +17,12 @@ PLUGIN_BUILD := $(PLUGIN_DIR)/build
 PLUGIN_SO := mosquitto/cregistry_auth.so
 PLUGIN_ASAN_SO := mosquitto/cregistry_auth-asan.so
 PLUGIN_SRCS := $(addprefix $(PLUGIN_DIR)/,plugin.c checks.c poll.c cache.c siphash.c digest.c options.c feed.c http.c answer.c delayed.c \
-	certificate.c refusals.c)
+	certificate.c refusals.c warm.c)
 PLUGIN_HDRS := $(wildcard $(PLUGIN_DIR)/*.h)
 # the pieces the C unit tests link (the test stubs the few broker functions poll.c calls)
 PLUGIN_TEST_SRCS := $(PLUGIN_DIR)/tests/test_main.c \
 	$(addprefix $(PLUGIN_DIR)/,poll.c http.c cache.c siphash.c digest.c options.c feed.c answer.c delayed.c \
-		certificate.c refusals.c)
+		certificate.c refusals.c warm.c)
 PLUGIN_CC ?= gcc
 PLUGIN_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O2 -g -fPIC \
 	-fvisibility=hidden

@@ -56,6 +56,7 @@ void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answ
 	/* A reset's changes are those recorded after Redis lost the data the old
 	 * position named: dropped anyway with the whole cache, but their kicks
 	 * must still happen (docs/change-feed.md, "Positions and resets"). */
+	(void)cr_warm_apply(&p->warm, answer); /* the warm file's grants go as the cache's do */
 	if(answer->reset){
 		cr_cache_drop_all(&p->cache);
 		cr_refusals_drop_all(&p->refusals);
@@ -173,6 +174,12 @@ static void publish_stats(struct cr_plugin *p, int64_t now)
 	publish_counter("ticks", p->counters.ticks);
 	publish_counter("delayed", p->counters.delayed);
 	publish_counter("refusals/hits", p->counters.refusal_hits);
+	if(p->warm.buckets != NULL){
+		publish_counter("warm/loaded", p->warm.loaded);
+		publish_counter("warm/hits", p->warm.hits);
+		publish_counter("warm/entries", p->warm.count);
+		publish_counter("warm/saves", p->warm.saves);
+	}
 }
 
 /* How soon the plugin needs its next tick: soon while a delayed CONNECT check
@@ -236,6 +243,7 @@ int cr_on_tick(int event, void *event_data, void *userdata)
 		publish_stats(p, now);
 	}
 	cr_delayed_poll(p);
+	cr_warm_tick(p, now);
 	p->counters.ticks++;
 	cr_tick_ask_next(event_data, cr_next_tick_ms(p, cr_now_ms()));
 	return MOSQ_ERR_SUCCESS;

@@ -16,6 +16,7 @@
 #include "http.h"
 #include "options.h"
 #include "refusals.h"
+#include "warm.h"
 
 struct cr_counters {
 	uint64_t hits;
@@ -45,6 +46,8 @@ struct cr_plugin {
 	struct cr_http http;
 	struct cr_delayed delayed;
 	struct cr_refusals refusals;
+	struct cr_warm warm; /* all zero (no-ops) without plugin_opt_warm_file */
+	int64_t next_warm_save_ms;
 	unsigned char digest_key[CR_DIGEST_KEY_LEN];
 	char *url_user;
 	char *url_acl;
@@ -110,5 +113,10 @@ long cr_next_tick_ms(const struct cr_plugin *p, int64_t now);
 int cr_on_tick(int event, void *event_data, void *userdata);
 void cr_apply_feed_answer(struct cr_plugin *p, const struct cr_feed_answer *answer);
 void cr_wearer_granted(struct cr_plugin *p, const char *client_id, const char *user);
+
+/* warm.c, the plugin's side of the warm file */
+void cr_warm_start(struct cr_plugin *p, const unsigned char key[16]);
+void cr_warm_tick(struct cr_plugin *p, int64_t now);
+void cr_warm_stop(struct cr_plugin *p);
 
 #endif

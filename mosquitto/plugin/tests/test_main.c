@@ -5,8 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <mosquitto.h>
 
@@ -14,6 +17,7 @@
 #include "certificate.h"
 #include "siphash.h"
 #include "state.h"
+#include "warm.h"
 
 /* A test case is a named section; it passes when all its checks pass. */
 static int passed, failed, checks;
@@ -1013,6 +1017,19 @@ static void test_options(void)
 	CHECK(o.delayed_auth == 1 && o.delayed_max == 64); /* delayed where the broker has it (2.1) */
 	cr_options_free(&o);
 
+	begin("options: the warm file");
+	CHECK(opts(&o, 1, "url", "http://h") == 0);
+	CHECK(o.warm_file == NULL && o.warm_save_interval == 60); /* off unless named */
+	cr_options_free(&o);
+	CHECK(opts(&o, 3, "url", "http://h", "warm_file", "/var/lib/mosquitto/cregistry.warm", "warm_save_interval", "0") == 0);
+	CHECK(strcmp(o.warm_file, "/var/lib/mosquitto/cregistry.warm") == 0 && o.warm_save_interval == 0);
+	cr_options_free(&o);
+	CHECK(o.warm_file == NULL);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", "cregistry.warm") == -1); /* relative */
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", "") == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_file", NULL) == -1);
+	CHECK(opts(&o, 2, "url", "http://h", "warm_save_interval", "-1") == -1);
+
 	begin("options: values");
 	CHECK(opts(&o, 7, "url", "https://broker.example:8081//", "timeout_ms", "2000", "cache_seconds", "0",
 			"deny_cache_seconds", "5", "cache_size", "10", "feed_interval_ms", "100", "stats_interval", "0") == 0);
@@ -1434,6 +1451,317 @@ static void test_delayed(void)
 	cr_cache_free(&p.cache);
 }
 
+/* -- the warm file (warm.c) ------------------------------------------------ */
+static const unsigned char WARM_KEY[16] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6};
+#define FP64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+/* A table of two grants (one with a certificate), encoded at monotonic 1000,
+ * wall 5,000,000; *len bytes in *out. */
+static void warm_two(unsigned char **out, size_t *len)
+{
+	struct cr_warm w;
+
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_record(&w, "alice", "pw-a", "dev-a", "", 1000 + 60000) == 0);
+	CHECK(cr_warm_record(&w, "bob", "pw-b", "dev-b", FP64, 1000 + 30000) == 0);
+	CHECK(w.count == 2 && w.dirty);
+	CHECK(cr_warm_encode(&w, "17-0~abc", 1000, 5000000, out, len) == 0);
+	cr_warm_free(&w);
+}
+
+static bool holds(const unsigned char *data, size_t len, const char *s)
+{
+	size_t n = strlen(s);
+
+	for(size_t i = 0; i + n <= len; i++){
+		if(memcmp(data + i, s, n) == 0){
+			return true;
+		}
+	}
+	return false;
+}
+
+static void test_warm_round_trip(void)
+{
+	struct cr_warm w;
+	unsigned char *data;
+	size_t len;
+	char position[CR_POSITION_MAX + 1];
+	char err[160];
+	int64_t expires = 0;
+
+	begin("warm file: a round trip keeps grants, position and remaining lifetimes");
+	warm_two(&data, &len);
+	/* the file holds no password and no unsalted hash of one */
+	CHECK(!holds(data, len, "pw-a") && !holds(data, len, "pw-b"));
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	/* 10 s at rest: the monotonic clock of the new process starts anywhere */
+	CHECK(cr_warm_decode(&w, data, len, 7, 5010000, 300000, position, err, sizeof(err)) == 0);
+	CHECK(strcmp(position, "17-0~abc") == 0);
+	CHECK(w.count == 2 && w.loaded == 2);
+	/* nothing answers before the feed was replayed */
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 8, &expires) == 0);
+	w.ready = true;
+	CHECK(cr_warm_match(&w, "alice", "wrong", "dev-a", "", 8, &expires) == 0);
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-x", "", 8, &expires) == 0);
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", FP64, 8, &expires) == 0);
+	CHECK(cr_warm_match(&w, "bob", "pw-b", "dev-b", "", 8, &expires) == 0); /* the grant is per certificate */
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 8, &expires) == 1);
+	CHECK(expires == 7 + 50000); /* 60 s less the 10 s at rest */
+	CHECK(w.hits == 1);
+	/* used: the cache has it now; the entry stays for the next file, answering no more */
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 9, &expires) == 0);
+	CHECK(w.count == 2);
+	CHECK(cr_warm_match(&w, "bob", "pw-b", "dev-b", FP64, 8, &expires) == 1 && expires == 7 + 20000);
+	cr_warm_free(&w);
+	free(data);
+}
+
+static void test_warm_lifetimes(void)
+{
+	struct cr_warm w;
+	unsigned char *data;
+	size_t len;
+	char position[CR_POSITION_MAX + 1];
+	char err[160];
+	int64_t expires = 0;
+
+	begin("warm file: the time at rest counts, never longer than cache_seconds");
+	warm_two(&data, &len);
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	/* 40 s at rest: bob's 30 s ran out, alice's has 20 s */
+	CHECK(cr_warm_decode(&w, data, len, 0, 5040000, 300000, position, err, sizeof(err)) == 0);
+	CHECK(w.count == 1);
+	w.ready = true;
+	CHECK(cr_warm_match(&w, "bob", "pw-b", "dev-b", FP64, 1, &expires) == 0);
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 1, &expires) == 1 && expires == 20000);
+	cr_warm_free(&w);
+
+	/* a shorter cache_seconds now: capped at it */
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_decode(&w, data, len, 0, 5000000, 5000, position, err, sizeof(err)) == 0);
+	w.ready = true;
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 1, &expires) == 1 && expires == 5000);
+	/* an entry found expired when checked answers nothing and goes */
+	CHECK(cr_warm_match(&w, "bob", "pw-b", "dev-b", FP64, 5000, &expires) == 0);
+	CHECK(w.count == 1);
+	cr_warm_free(&w);
+
+	/* written "in the future" (the clock went back): nothing is trusted */
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_decode(&w, data, len, 0, 4999999, 300000, position, err, sizeof(err)) == -1);
+	CHECK(w.count == 0 && position[0] == '\0');
+	cr_warm_free(&w);
+
+	/* entries that expired before the encode are not written */
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_record(&w, "carol", "pw", "dev-c", "", 500) == 0);
+	free(data);
+	CHECK(cr_warm_encode(&w, "1-0", 500, 5000000, &data, &len) == 0);
+	cr_warm_free(&w);
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_decode(&w, data, len, 0, 5000000, 300000, position, err, sizeof(err)) == 0 && w.count == 0);
+	cr_warm_free(&w);
+	free(data);
+}
+
+/* Bytes with a valid trailer again after a change in the middle, so that the
+ * check past the checksum is what refuses them. */
+static void warm_reseal(unsigned char *data, size_t len)
+{
+	SHA256(data, len - 32, data + len - 32);
+}
+
+static int warm_decode_copy(const unsigned char *data, size_t len, uint32_t iterations, char *err, size_t errlen)
+{
+	struct cr_warm w;
+	char position[CR_POSITION_MAX + 1];
+	int rc;
+
+	CHECK(cr_warm_init(&w, WARM_KEY, iterations, 100) == 0);
+	rc = cr_warm_decode(&w, data, len, 0, 5000000, 300000, position, err, errlen);
+	if(rc != 0){
+		CHECK(w.count == 0 && position[0] == '\0'); /* a refused file leaves nothing behind */
+	}
+	cr_warm_free(&w);
+	return rc;
+}
+
+static void test_warm_bad_bytes(void)
+{
+	unsigned char *data, *copy;
+	size_t len;
+	char err[160];
+	int refused_all = 1;
+
+	begin("warm file: corrupt, truncated, foreign or weaker files are refused whole");
+	warm_two(&data, &len);
+	copy = malloc(len);
+	CHECK(warm_decode_copy(data, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == 0);
+	/* every truncation */
+	for(size_t cut = 0; cut < len; cut++){
+		memcpy(copy, data, cut);
+		if(warm_decode_copy(copy, cut, CR_WARM_ITERATIONS_20, err, sizeof(err)) != -1){
+			refused_all = 0;
+		}
+	}
+	CHECK(refused_all);
+	/* every single flipped bit */
+	refused_all = 1;
+	for(size_t i = 0; i < len * 8; i++){
+		memcpy(copy, data, len);
+		copy[i / 8] ^= (unsigned char)(1u << (i % 8));
+		if(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) != -1){
+			refused_all = 0;
+		}
+	}
+	CHECK(refused_all);
+	/* another format version, resealed */
+	memcpy(copy, data, len);
+	copy[8] = 2;
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1 && strstr(err, "version"));
+	/* more entries than the header says there are bytes for, resealed */
+	memcpy(copy, data, len);
+	copy[12] = 3;
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1 && strstr(err, "truncated"));
+	/* fewer: bytes left over */
+	copy[12] = 1;
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1 && strstr(err, "after"));
+	/* a user name with a huge length, resealed */
+	memcpy(copy, data, len);
+	copy[26 + 8 + 12] = 0xff; /* the header, the position, then the first entry's user length */
+	copy[26 + 8 + 13] = 0xff;
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1);
+	/* a position that could not go out in a header */
+	memcpy(copy, data, len);
+	copy[26] = '\n'; /* the position's first byte */
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1 && strstr(err, "position"));
+	/* 101 iterations are too few where the broker's dynamic security uses 1000 */
+	CHECK(warm_decode_copy(data, len, CR_WARM_ITERATIONS_21, err, sizeof(err)) == -1 && strstr(err, "iterations"));
+	/* more entries than the table may hold */
+	memcpy(copy, data, len);
+	copy[12] = 0xff;
+	copy[13] = 0xff;
+	warm_reseal(copy, len);
+	CHECK(warm_decode_copy(copy, len, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1 && strstr(err, "more than"));
+	CHECK(warm_decode_copy((const unsigned char *)"", 0, CR_WARM_ITERATIONS_20, err, sizeof(err)) == -1);
+	free(copy);
+	free(data);
+}
+
+static void test_warm_file(void)
+{
+	struct cr_warm w;
+	char dir[] = "/tmp/cr-warm-XXXXXX";
+	char path[128], link_path[160], position[CR_POSITION_MAX + 1], err[160];
+	struct stat st;
+	int64_t expires;
+
+	begin("warm file: written atomically with mode 0600; loaded only when the broker's user's alone");
+	CHECK(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/warm", dir);
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_load(&w, path, 0, 5000000, 300000, position, err, sizeof(err)) == 0); /* none there */
+	CHECK(cr_warm_record(&w, "alice", "pw-a", "dev-a", "", 60000) == 0);
+	umask(022);
+	CHECK(cr_warm_save(&w, path, "9-0", 0, 5000000, err, sizeof(err)) == 0);
+	CHECK(!w.dirty && w.saves == 1);
+	cr_warm_free(&w);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600 && st.st_uid == geteuid());
+	snprintf(link_path, sizeof(link_path), "%s.tmp", path);
+	CHECK(access(link_path, F_OK) != 0); /* no temporary file left */
+
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_load(&w, path, 0, 5001000, 300000, position, err, sizeof(err)) == 1);
+	CHECK(w.count == 1 && strcmp(position, "9-0") == 0);
+	w.ready = true;
+	CHECK(cr_warm_match(&w, "alice", "pw-a", "dev-a", "", 1, &expires) == 1 && expires == 59000);
+	cr_warm_free(&w);
+
+	/* group- or world-readable: refused */
+	CHECK(chmod(path, 0644) == 0);
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_load(&w, path, 0, 5001000, 300000, position, err, sizeof(err)) == -1 && strstr(err, "0644"));
+	CHECK(w.count == 0);
+	CHECK(chmod(path, 0640) == 0);
+	CHECK(cr_warm_load(&w, path, 0, 5001000, 300000, position, err, sizeof(err)) == -1 && w.count == 0);
+	CHECK(chmod(path, 0600) == 0);
+	/* a symbolic link to it, and a directory: refused */
+	snprintf(link_path, sizeof(link_path), "%s/link", dir);
+	CHECK(symlink(path, link_path) == 0);
+	CHECK(cr_warm_load(&w, link_path, 0, 5001000, 300000, position, err, sizeof(err)) == -1 && w.count == 0);
+	CHECK(cr_warm_load(&w, dir, 0, 5001000, 300000, position, err, sizeof(err)) == -1 && w.count == 0);
+	/* a file cut short on disk */
+	CHECK(truncate(path, 40) == 0);
+	CHECK(cr_warm_load(&w, path, 0, 5001000, 300000, position, err, sizeof(err)) == -1 && w.count == 0);
+	cr_warm_free(&w);
+	unlink(link_path);
+	unlink(path);
+	rmdir(dir);
+}
+
+static void test_warm_feed(void)
+{
+	struct cr_warm w;
+	struct cr_feed_answer a;
+	int64_t expires;
+
+	begin("warm entries follow the change feed like the cache, a reset drops them all");
+	CHECK(cr_warm_init(&w, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+	CHECK(cr_warm_record(&w, "alice", "pw", "a1", "", 1000) == 0);
+	CHECK(cr_warm_record(&w, "alice", "pw", "a2", "", 1000) == 0);
+	CHECK(cr_warm_record(&w, "bob", "pw", "b1", "", 1000) == 0);
+	CHECK(cr_warm_record(&w, "carol", "pw", "c1", "", 1000) == 0);
+	CHECK(parse("{\"position\":\"3-0\",\"changes\":[{\"user\":\"alice\",\"kick\":true}]}", &a) == 0);
+	CHECK(cr_warm_apply(&w, &a));
+	cr_feed_answer_free(&a);
+	CHECK(w.count == 2);
+	CHECK(parse("{\"position\":\"4-0\",\"changes\":[{\"user\":\"dave\",\"kick\":false,\"clientId\":\"c1\"}]}", &a) == 0);
+	CHECK(cr_warm_apply(&w, &a)); /* a client ID changed hands: every CONNECT grant goes */
+	cr_feed_answer_free(&a);
+	CHECK(w.count == 0);
+	CHECK(cr_warm_record(&w, "bob", "pw", "b1", "", 1000) == 0);
+	CHECK(parse("{\"position\":\"5-0\",\"reset\":true,\"changes\":[]}", &a) == 0);
+	CHECK(!cr_warm_apply(&w, &a));
+	cr_feed_answer_free(&a);
+	CHECK(w.count == 0);
+	/* too long to keep; a full table keeps no more */
+	CHECK(cr_warm_record(&w, "", "pw", "b1", "", 1000) == -1);
+	w.max_entries = 1;
+	CHECK(cr_warm_record(&w, "bob", "pw", "b1", "", 1000) == 0);
+	CHECK(cr_warm_record(&w, "bob", "pw2", "b1", "", 1000) == 0); /* replaces its own */
+	CHECK(cr_warm_record(&w, "eve", "pw", "e1", "", 1000) == -1);
+	w.ready = true;
+	CHECK(cr_warm_match(&w, "bob", "pw2", "b1", "", 0, &expires) == 0); /* recorded now, not loaded: the cache answers */
+	cr_warm_free(&w);
+
+	begin("the plugin's feed drops warm entries with the cache's");
+	{
+		static struct cr_plugin p;
+		memset(&p, 0, sizeof(p));
+		CHECK(cr_cache_init(&p.cache, 100, HASH_KEY) == 0);
+		CHECK(cr_warm_init(&p.warm, WARM_KEY, CR_WARM_ITERATIONS_20, 100) == 0);
+		CHECK(cr_warm_record(&p.warm, "alice", "pw", "a1", "", 1000) == 0);
+		CHECK(cr_warm_record(&p.warm, "bob", "pw", "b1", "", 1000) == 0);
+		CHECK(parse("{\"position\":\"3-0\",\"changes\":[{\"user\":\"alice\",\"kick\":false}]}", &a) == 0);
+		cr_apply_feed_answer(&p, &a);
+		cr_feed_answer_free(&a);
+		CHECK(p.warm.count == 1);
+		CHECK(parse("{\"position\":\"4-0\",\"reset\":true}", &a) == 0);
+		cr_apply_feed_answer(&p, &a);
+		cr_feed_answer_free(&a);
+		CHECK(p.warm.count == 0);
+		cr_warm_free(&p.warm);
+		cr_cache_free(&p.cache);
+		cr_http_cleanup(&p.http);
+	}
+}
+
 int main(void)
 {
 	test_cache_hit_miss_expiry();
@@ -1463,6 +1791,11 @@ int main(void)
 	test_answer_unknown_user();
 	test_options_unknown_users();
 	test_delayed();
+	test_warm_round_trip();
+	test_warm_lifetimes();
+	test_warm_bad_bytes();
+	test_warm_file();
+	test_warm_feed();
 	finish_case();
 	printf("%d passed, %d failed (%d checks)\n", passed, failed, checks);
 	return failed ? 1 : 0;
