@@ -36,14 +36,13 @@ from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from cregistry.errors import InvalidInput
 from cregistry.web.broker_wsgi import (
     ALLOW,
-    NOT_ALLOWED,
+    METHODS,
     NOT_ALLOWED_BODY,
     POSITION_HEADER,
+    ROUTES,
     Answer,
     BrokerChecks,
-    check_fields,
     parse_params,
-    route_of,
 )
 from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
 from cregistry.web.errors import error_answer
@@ -74,11 +73,11 @@ class BrokerListener:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        route = route_of(scope["method"], scope["path"])
+        route = ROUTES.get(scope["path"])
         if route is None:
             await self.fallback(scope, receive, send)  # type: ignore[arg-type]
             return
-        if route == NOT_ALLOWED:
+        if scope["method"] not in METHODS:
             data = NOT_ALLOWED_BODY
             headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), (b"allow", ALLOW.encode())]
             await send({"type": "http.response.start", "status": 405, "headers": headers})
@@ -96,10 +95,10 @@ class BrokerListener:
             body = await read_body(receive, self.checks.max_body_bytes)
             if body is None:
                 raise InvalidInput("the request ended before its body")
-            fields = check_fields(route, parse_params(content_type, body, scope["query_string"]))
-            answer = self.checks.quick(route, fields, seen)
+            parsed = route.parse(parse_params(content_type, body, scope["query_string"]))
+            answer = self.checks.quick(route, parsed, seen)
             if answer is None:
-                answer = await self._off_loop(arrived, self.checks.answer, route, fields, seen)
+                answer = await self._off_loop(arrived, self.checks.answer, route, parsed, seen)
             status, reply = answer
         except BodyTooLarge:
             status, reply = 413, {"ok": False, "error": "the body is too large"}
