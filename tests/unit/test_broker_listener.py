@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from flask.testing import FlaskClient
 
 from cregistry.config import Config
 from cregistry.web import create_app
@@ -128,3 +129,27 @@ def test_a_check_past_the_deadline_is_503(listener: BrokerListener, monkeypatch:
     )
     assert status == 503 and "no answer within" in body["error"]
     assert time.monotonic() - started < 0.9
+
+
+def test_a_known_devices_connect_without_a_token_reads_its_keys_once(
+    broker: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token check and the bcrypt check after it decide from one read of
+    the user's keys (verification.PasswordVerifier.read), not one read each."""
+    domain = broker.application.extensions["cregistry"].domain
+    domain.users.add(USERNAME, PASSWORD)  # known, and no verified token yet
+    round_trips: list[bytes] = []
+    connection_class = type(domain.redis.connection_pool.get_connection())
+    send = connection_class.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        round_trips.append(command if isinstance(command, bytes) else b"".join(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counting)
+    form = {"username": USERNAME, "password": PASSWORD, "clientid": "c"}
+    assert broker.post("/mqtt/user", data=form).status_code == 200  # bcrypt, then the token is written
+    assert len([trip for trip in round_trips if b"passwordHash" in trip]) == 1
+    round_trips.clear()
+    assert broker.post("/mqtt/user", data=form).status_code == 200  # the token now: one round trip
+    assert len(round_trips) == 1
