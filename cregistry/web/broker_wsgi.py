@@ -1,46 +1,31 @@
 """The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser): their
-answers, whatever server carries them, and a thin WSGI callable in front of
-the broker listener's Flask app.
+answers, whatever server carries them.
 
-`serve` carries them with uvicorn (broker_asgi.py); the WSGI callable serves
-them wherever the broker app runs as WSGI (Flask's test client, an embedding
-WSGI server). Mosquitto waits for these answers on its only thread, so they
-skip Flask's routing, hooks and error handlers; everything else on the broker
-listener (health, /metrics, /mqtt/changes, other methods) goes on to Flask.
-The wire format is go-auth's HTTP backend's: JSON, form or query string,
-POST, PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are
-counted in the same metrics (web/metrics.py).
+The one front that reads, parses, answers and encodes a check request is the
+broker listener (broker_asgi.BrokerListener): uvicorn carries it on `serve`,
+and a2wsgi wherever the broker app runs as WSGI (Flask's test client). The
+wire format is go-auth's HTTP backend's: JSON, form or query string, POST,
+PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
+in the same metrics (web/metrics.py).
 
-`quick` answers from the worker's caches alone, for a caller that sends its
-change feed position (X-Cregistry-Position) when the worker's follower covers
-it (feed_follower.py), and refuses malformed fields; it never does I/O.
-`answer` does the rest. The service's deadline (budget.py): an ACL or superuser
-check makes one Redis round trip (a second only when Redis lost the script,
-and a connection may have to be opened first), each bounded by
-CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
-the calling thread without a hop to the check pool. So does a CONNECT that
-its verified token accepts (token_connect.py: one round trip, then the
-last-connect write only when that took under 0.25 s). Every other CONNECT may
-hash with bcrypt and record a registration request (several round trips): it
-runs on the pool, under the deadline counted from the request's start. With
-the default 0.5 s timeout the worst cases are 1.5 s (an ACL check opening a
-connection, then NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose
-last-connect write opens a connection), within go-auth's and the plugin's 2 s.
+ROUTES maps each path to its Route: the fields are parsed and format-checked
+once into the request value the Authorizer trusts (authorizer.py). `quick`
+answers without I/O: the refusal of malformed fields, or from the worker's
+caches for a caller that sends its change feed position
+(X-Cregistry-Position), see followed_cache.py. `answer` does the rest, start
+to finish on the thread it runs on (the listener's pool, under the deadline of
+budget.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
-
-from werkzeug.wrappers import Request
 
 from cregistry.authorizer import (
     AclRequest,
@@ -55,73 +40,27 @@ from cregistry.authorizer import (
 )
 from cregistry.errors import InvalidInput
 from cregistry.web import metrics
-from cregistry.web.deadline import DEADLINE_SECONDS, run_within
-from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
 R = TypeVar("R")
 METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method
 # A check path asked with a method go-auth never uses: 405, with the Allow header.
 NOT_ALLOWED_BODY = b'{"ok":false,"error":"The method is not allowed for the requested URL."}'
 ALLOW = ", ".join(sorted(METHODS))
-# Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
-INLINE_ROUND_TRIPS = 3
 
 
 POSITION_HEADER = "X-Cregistry-Position"  # the caller's change feed position (feed_follower.py)
-POSITION_ENVIRON = "HTTP_X_CREGISTRY_POSITION"
 
 
 class BrokerChecks:
-    """The answers of the check routes, whatever server carries them: as a
-    WSGI callable here, and through broker_asgi.py on `serve`'s broker listener."""
+    """The answers of the check routes (the broker listener carries them)."""
 
-    def __init__(
-        self,
-        fallback: WsgiApp,
-        authorizer: Authorizer,
-        pool: concurrent.futures.Executor,
-        *,
-        redis_timeout: float,
-        max_body_bytes: int,
-    ) -> None:
-        self.fallback = fallback
+    def __init__(self, authorizer: Authorizer, *, max_body_bytes: int) -> None:
         self.authorizer = authorizer
-        self.pool = pool
         self.max_body_bytes = max_body_bytes
-        self.inline = INLINE_ROUND_TRIPS * redis_timeout <= DEADLINE_SECONDS
         self._counters: dict[tuple[str, str], Any] = {}  # CHECKS' children, looked up once
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = ROUTES.get(environ.get("PATH_INFO") or "")
-        if route is None:
-            return self.fallback(environ, start_response)
-        if environ.get("REQUEST_METHOD") not in METHODS:
-            data = NOT_ALLOWED_BODY
-            start_response(
-                "405 Method Not Allowed",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Allow", ALLOW)],
-            )
-            return [data]
-        started = time.perf_counter()
-        try:
-            request = Request(environ)
-            request.max_content_length = self.max_body_bytes
-            params = parse_params(request.content_type or "", request.get_data(cache=True), request.query_string)
-            parsed = route.parse(params)
-            seen = environ.get(POSITION_ENVIRON) or None
-            status, body = self.quick(route, parsed, seen) or self.answer(route, parsed, seen)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, body = error_answer(error, unexpected_status=503)
-        data = self.finish(route, status, body, started)
-        start_response(
-            f"{status} {HTTPStatus(status).phrase}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
-        )
-        return [data]
 
     def quick(self, route: Route[R], parsed: R | Decision, seen: str | None) -> Answer | None:
         """The answer without I/O: the refusal of malformed fields, or from
@@ -133,10 +72,8 @@ class BrokerChecks:
         return _answer(decision)
 
     def answer(self, route: Route[R], request: R, seen: str | None) -> Answer:
-        """The answer, asking Redis (and bcrypt on the check pool) as needed."""
-        if self.inline and route.check != "user":
-            return _answer(route.full(self.authorizer, request, seen))
-        return _answer(run_within(self.pool, route.full, self.authorizer, request, seen))
+        """The answer, asking Redis (and bcrypt) as needed, all on the calling thread."""
+        return _answer(route.full(self.authorizer, request, seen))
 
     def finish(self, route: Route[Any], status: int, body: dict[str, Any], started: float) -> bytes:
         """Count the answer (web/metrics.py) and encode it."""
