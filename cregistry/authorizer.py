@@ -1,32 +1,32 @@
 """The decisions the broker asks for (go-auth's HTTP backend and cregistry's
-plugin): may this CONNECT pass (a known user's password, or an unknown
-user's registration attempt, registration.py), is this a superuser, may
-this client read, write or subscribe to this topic."""
+plugin): may this CONNECT pass (a client certificate, a verified token, a
+known user's password, or an unknown user's registration attempt,
+registration.py), is this a superuser, may this client read, write or
+subscribe to this topic.
+
+Each check takes a request value (ConnectRequest, AclRequest,
+SuperuserRequest) whose fields the broker route checked once against the
+format rules (connect_request, acl_request, superuser_request): the methods
+here trust them. A *_cached method answers from this worker's caches alone,
+without I/O (see followed_cache.py), or says None: ask the full check."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import redis
 
 from cregistry import instruments, names, topics
 from cregistry.certificates import Certificates
 from cregistry.config import CLIENT_ID_ANY, CLIENT_ID_STRICT
 from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
-from cregistry.log_throttle import ThrottledWarning
+from cregistry.last_connect import LastConnectRecorder
 from cregistry.permission_cache import PermissionCache
 from cregistry.registration import Outcome, Registration, validate_fields
 from cregistry.users import READ_ACCESS, WRITE_ACCESS, AclData, UserStore
 from cregistry.verification import PasswordVerifier
-
-log = logging.getLogger(__name__)
 
 # go-auth's "acc" values, as Mosquitto passes them.
 ACC_READ = 1  # delivery of a message to a subscriber
@@ -55,86 +55,6 @@ def parse_acc(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value not in ACC_VALUES:
         raise InvalidInput("acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)")
     return value
-
-
-# A user's last successful CONNECT is written at most this often.
-LAST_CONNECT_INTERVAL = 60.0
-# The bookkeeping write runs only if the check itself took less than this:
-# with the default 0.5 s Redis timeout, its two round trips then end within
-# the service's deadline (budget.py) even when Redis stalls right now.
-LAST_CONNECT_BUDGET = 0.25
-LAST_CONNECT_REMEMBERED = 100_000  # users per process whose last write is remembered
-LAST_CONNECT_QUEUE = 10_000  # writes waiting for the background writer; more are dropped
-
-
-class LastConnectRecorder:
-    """Records a user's last successful CONNECT (time, client id) without
-    slowing the connect path: this process skips Redis entirely for a user
-    it wrote less than a minute ago with the same client id, and the write
-    itself (record_connect) skips users another process wrote meanwhile.
-
-    Bookkeeping never decides anything: if Redis fails here, the check that
-    succeeded stays a success and the time is written on a later connect.
-    """
-
-    def __init__(
-        self,
-        users: UserStore,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.users = users
-        self.clock = clock
-        self.monotonic = monotonic
-        self.lock = threading.Lock()
-        self.skip_until: dict[str, tuple[float, str]] = {}  # username -> (monotonic time, client id)
-        self.pending: queue.Queue[tuple[str, str, float]] = queue.Queue(LAST_CONNECT_QUEUE)
-        self.writer: threading.Thread | None = None
-
-    def record(self, username: str, client_id: str, started: float) -> None:
-        now = self.monotonic()
-        if now - started > LAST_CONNECT_BUDGET or not self._due(username, client_id, now):
-            return
-        self._write(username, client_id, self.clock())
-
-    def record_later(self, username: str, client_id: str) -> None:
-        """As record(), with the write left to a background thread: for
-        answers given without any Redis round trip (followed_cache.py)."""
-        if not self._due(username, client_id, self.monotonic()):
-            return
-        with self.lock:
-            if self.writer is None:
-                self.writer = threading.Thread(target=self._write_pending, name="last-connect", daemon=True)
-                self.writer.start()
-        try:
-            self.pending.put_nowait((username, client_id, self.clock()))
-        except queue.Full:
-            _last_connect_warning.emit("too many waiting")
-
-    def _due(self, username: str, client_id: str, now: float) -> bool:
-        with self.lock:
-            until, written_client_id = self.skip_until.get(username, (0.0, ""))
-            if now < until and written_client_id == client_id:
-                return False
-            if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
-                self.skip_until = {u: v for u, v in self.skip_until.items() if v[0] > now}
-                if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
-                    self.skip_until.clear()
-            self.skip_until[username] = (now + LAST_CONNECT_INTERVAL, client_id)
-            return True
-
-    def _write(self, username: str, client_id: str, when: float) -> None:
-        try:
-            self.users.record_connect(username, client_id, when, LAST_CONNECT_INTERVAL)
-        except redis.RedisError as error:
-            _last_connect_warning.emit(type(error).__name__)
-
-    def _write_pending(self) -> None:
-        while True:
-            self._write(*self.pending.get())
-
-
-_last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +236,7 @@ class Authorizer:
 
     def check_acl(self, request: AclRequest, seen: str | None = None) -> Decision:
         """Superusers pass here too, so go-auth's superuser URI is optional.
-        `seen`: the caller's change feed position (permission_cache.py)."""
+        `seen`: the caller's change feed position (see followed_cache.py)."""
         decision = self._decide_acl(request, lambda: self.permissions.acl_data(request.username, seen), cached=False)
         assert decision is not None  # acl_data always has the data
         return decision

@@ -20,6 +20,8 @@ the bound on bcrypt work.
   check before), only that client ID's own count does; and over its own
   count, such a client ID still gets one bcrypt try per
   failure_window / failure_limit seconds. See docs/threat-model.md.
+- One CONNECT reads the user's keys once (read): the token check and, when
+  the token does not accept, the bcrypt check decide from the same read.
 - bcrypt runs under a per-process semaphore, and hashing for registrations
   (unknown users) under a separate, smaller one that is never waited for, so
   a flood of unknown users cannot starve known devices.
@@ -127,7 +129,8 @@ class PasswordVerifier:
         self.redis = connection
         self.monotonic = monotonic
         # With a feed follower (the service's workers), accepted tokens are kept
-        # here too, so that a known device's CONNECT needs no Redis round trip.
+        # here too, so that a known device's CONNECT needs no Redis round trip
+        # (see followed_cache.py).
         self.tokens: FollowedCache[KnownToken] | None = FollowedCache(follower) if follower is not None else None
         self.config = config
         self.keys = keys

@@ -14,9 +14,10 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 from cregistry import services
-from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer, ConnectRequest
+from cregistry.authorizer import Authorizer, ConnectRequest
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.last_connect import LAST_CONNECT_INTERVAL
 from cregistry.lock import RegistryLock
 from cregistry.registration import Registration
 from cregistry.requests import PendingRequests
