@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cregistry.authorizer import ConnectRequest  # noqa: E402
 from cregistry.config import Config  # noqa: E402
 from cregistry.connections import connect  # noqa: E402
 from cregistry.services import build  # noqa: E402
@@ -50,13 +51,13 @@ def main() -> None:
         setup = build(connection, config).authorizer
         for name in names:
             setup.users.add(name, PASSWORD)
-            assert setup.check_user(name, PASSWORD, name).allowed  # leaves the verified token
+            assert setup.check_user(ConnectRequest(name, PASSWORD, name)).allowed  # leaves the verified token
 
         calls: dict[str, list[float]] = {"before": [], "steady": [], "writing": []}
         rounds: dict[str, list[float]] = {key: [] for key in calls}
         steady = build(connection, config).authorizer
         for name in names:
-            steady.check_user(name, PASSWORD, name)  # each user written once: now within the minute
+            steady.check_user(ConnectRequest(name, PASSWORD, name))  # each user written once: now within the minute
         for _ in range(args.rounds):
             before = build(connection, config).authorizer
             before.last_connects.record = lambda *_args: None  # type: ignore[method-assign]
@@ -67,7 +68,7 @@ def main() -> None:
                 round_start = time.perf_counter()
                 for name in names:
                     started = time.perf_counter()
-                    authorizer.check_user(name, PASSWORD, name)
+                    authorizer.check_user(ConnectRequest(name, PASSWORD, name))
                     calls[variant].append(time.perf_counter() - started)
                 rounds[variant].append((time.perf_counter() - round_start) / len(names))
 

@@ -1,33 +1,33 @@
 """The decisions the broker asks for (go-auth's HTTP backend and cregistry's
-plugin): may this CONNECT pass (a known user's password, or an unknown
-user's registration attempt, registration.py), is this a superuser, may
-this client read, write or subscribe to this topic."""
+plugin): may this CONNECT pass (a client certificate, a verified token, a
+known user's password, or an unknown user's registration attempt,
+registration.py), is this a superuser, may this client read, write or
+subscribe to this topic.
+
+Each check takes a request value (ConnectRequest, AclRequest,
+SuperuserRequest) whose fields the broker route checked once against the
+format rules (connect_request, acl_request, superuser_request): the methods
+here trust them. A *_cached method answers from this worker's caches alone,
+without I/O (see followed_cache.py), or says None: ask the full check."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import redis
 
 from cregistry import instruments, names, topics
 from cregistry.certificates import Certificates
 from cregistry.config import CLIENT_ID_ANY, CLIENT_ID_STRICT
 from cregistry.errors import InvalidInput
 from cregistry.feed_follower import FeedFollower
-from cregistry.log_throttle import ThrottledWarning
+from cregistry.last_connect import LastConnectRecorder
 from cregistry.permission_cache import PermissionCache
 from cregistry.permissions import READ_ACCESS, WRITE_ACCESS
 from cregistry.registration import Outcome, Registration, validate_fields
 from cregistry.users import AclData, UserStore
 from cregistry.verification import PasswordVerifier
-
-log = logging.getLogger(__name__)
 
 # go-auth's "acc" values, as Mosquitto passes them.
 ACC_READ = 1  # delivery of a message to a subscriber
@@ -58,93 +58,72 @@ def parse_acc(value: Any) -> int:
     return value
 
 
-# A user's last successful CONNECT is written at most this often.
-LAST_CONNECT_INTERVAL = 60.0
-# The bookkeeping write runs only if the check itself took less than this:
-# with the default 0.5 s Redis timeout, its two round trips then end within
-# the service's deadline (budget.py) even when Redis stalls right now.
-LAST_CONNECT_BUDGET = 0.25
-LAST_CONNECT_REMEMBERED = 100_000  # users per process whose last write is remembered
-LAST_CONNECT_QUEUE = 10_000  # writes waiting for the background writer; more are dropped
+@dataclasses.dataclass(frozen=True)
+class ConnectRequest:
+    """A CONNECT's fields as the format rules passed them (connect_request):
+    the checks below trust them and never check the format again."""
+
+    username: str
+    password: str
+    client_id: str
+    # (SHA-256 fingerprint, CN) of the client certificate Mosquitto verified (SPEC §14).
+    certificate: tuple[str, str] | None = None
 
 
-class LastConnectRecorder:
-    """Records a user's last successful CONNECT (time, client id) without
-    slowing the connect path: this process skips Redis entirely for a user
-    it wrote less than a minute ago with the same client id, and the write
-    itself (record_connect) skips users another process wrote meanwhile.
+@dataclasses.dataclass(frozen=True)
+class AclRequest:
+    """An ACL check's fields, checked (acl_request)."""
 
-    Bookkeeping never decides anything: if Redis fails here, the check that
-    succeeded stays a success and the time is written on a later connect.
-    """
-
-    def __init__(
-        self,
-        users: UserStore,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.users = users
-        self.clock = clock
-        self.monotonic = monotonic
-        self.lock = threading.Lock()
-        self.skip_until: dict[str, tuple[float, str]] = {}  # username -> (monotonic time, client id)
-        self.pending: queue.Queue[tuple[str, str, float]] = queue.Queue(LAST_CONNECT_QUEUE)
-        self.writer: threading.Thread | None = None
-
-    def record(self, username: str, client_id: str, started: float) -> None:
-        now = self.monotonic()
-        if now - started > LAST_CONNECT_BUDGET or not self._due(username, client_id, now):
-            return
-        self._write(username, client_id, self.clock())
-
-    def record_later(self, username: str, client_id: str) -> None:
-        """As record(), with the write left to a background thread: for
-        answers given without any Redis round trip (followed_cache.py)."""
-        if not self._due(username, client_id, self.monotonic()):
-            return
-        with self.lock:
-            if self.writer is None:
-                self.writer = threading.Thread(target=self._write_pending, name="last-connect", daemon=True)
-                self.writer.start()
-        try:
-            self.pending.put_nowait((username, client_id, self.clock()))
-        except queue.Full:
-            _last_connect_warning.emit("too many waiting")
-
-    def _due(self, username: str, client_id: str, now: float) -> bool:
-        with self.lock:
-            until, written_client_id = self.skip_until.get(username, (0.0, ""))
-            if now < until and written_client_id == client_id:
-                return False
-            if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
-                self.skip_until = {u: v for u, v in self.skip_until.items() if v[0] > now}
-                if len(self.skip_until) >= LAST_CONNECT_REMEMBERED:
-                    self.skip_until.clear()
-            self.skip_until[username] = (now + LAST_CONNECT_INTERVAL, client_id)
-            return True
-
-    def _write(self, username: str, client_id: str, when: float) -> None:
-        try:
-            self.users.record_connect(username, client_id, when, LAST_CONNECT_INTERVAL)
-        except redis.RedisError as error:
-            _last_connect_warning.emit(type(error).__name__)
-
-    def _write_pending(self) -> None:
-        while True:
-            self._write(*self.pending.get())
+    username: str
+    client_id: str
+    topic: str
+    acc: int
+    levels: topics.Levels  # the topic's levels, as its validation split them
 
 
-_last_connect_warning = ThrottledWarning(log, "cannot record a last connect (%s); the connect itself succeeded")
+@dataclasses.dataclass(frozen=True)
+class SuperuserRequest:
+    """A superuser check's username, checked (superuser_request)."""
+
+    username: str
 
 
-def refuse_malformed_connect(username: str, password: str, client_id: str) -> Decision | None:
-    """The refusal of a CONNECT whose fields break the format rules, or None."""
+def connect_request(
+    username: str, password: str, client_id: str, certificate: tuple[str, str] | None = None
+) -> ConnectRequest | Decision:
+    """The CONNECT's checked fields, or the refusal of fields that break the format rules."""
     try:
-        validate_fields(username, password, client_id)
+        if certificate is not None:
+            # The certificate decides (check_user): a password is not needed, and one sent is not checked.
+            return ConnectRequest(
+                names.validate_username(username), password, names.validate_client_id(client_id), certificate
+            )
+    except InvalidInput as error:
+        return Decision(False, str(error))
+    try:
+        return ConnectRequest(*validate_fields(username, password, client_id))
     except InvalidInput as error:
         return malformed_refusal(username, error)
-    return None
+
+
+def acl_request(username: str, client_id: str, topic: str, acc: int) -> AclRequest | Decision:
+    """The ACL check's checked fields (acc: parse_acc's), or the refusal of malformed ones."""
+    try:
+        names.validate_username(username)
+    except InvalidInput as error:
+        return Decision(False, str(error), unknown_user=True)
+    try:
+        levels = topics.validate_filter(topic) if acc == ACC_SUBSCRIBE else topics.validate_topic_name(topic)
+    except InvalidInput as error:
+        return Decision(False, str(error))
+    return AclRequest(username, client_id, topic, acc, levels)
+
+
+def superuser_request(username: str) -> SuperuserRequest | Decision:
+    try:
+        return SuperuserRequest(names.validate_username(username))
+    except InvalidInput as error:
+        return Decision(False, str(error))
 
 
 def malformed_refusal(username: object, error: InvalidInput) -> Decision:
@@ -206,13 +185,30 @@ class Authorizer:
         self.last_connects = LastConnectRecorder(users, clock, monotonic)
         self.permissions = PermissionCache(users, follower=follower)
 
-    def check_user(self, username: str, password: str, client_id: str) -> Decision:
-        """CONNECT: known users by bcrypt; unknown ones may become pending requests."""
+    def check_user_cached(self, request: ConnectRequest, seen: str | None) -> Decision | None:
+        """ALLOW when this worker's cached token accepts the password (no I/O),
+        for a caller at feed position `seen` (see followed_cache.py); None: ask check_user."""
+        if request.certificate is not None:
+            return None  # the certificate's answer is not cached here
+        if not self.verifier.verify_by_cached_token(request.username, request.password, seen, request.client_id):
+            return None
+        self.last_connects.record_later(request.username, request.client_id)
+        return ALLOW
+
+    def check_user(self, request: ConnectRequest) -> Decision:
+        """CONNECT: a certificate, or the verified token, or bcrypt for a known
+        user; an unknown user's credentials may become a pending request. The
+        user's keys are read once, for the token and the password check alike."""
+        if request.certificate is not None:
+            return self._check_certificate(request, *request.certificate)
+        username, password, client_id = request.username, request.password, request.client_id
         started = self.monotonic()
-        try:
-            attempt = self.registration.attempt(username, password, client_id, "mqtt")
-        except InvalidInput as error:
-            return malformed_refusal(username, error)
+        record = self.verifier.read(username, client_id)  # the one round trip both checks need
+        if self.verifier.verify_by_token(username, password, client_id, record):
+            # Only if the check so far took less than LAST_CONNECT_BUDGET (last_connect.py).
+            self.last_connects.record(username, client_id, started)
+            return ALLOW
+        attempt = self.registration.attempt_valid(username, password, client_id, "mqtt", record=record)
         if attempt.outcome is Outcome.ACCEPTED:
             self.last_connects.record(username, client_id, started)
             return ALLOW
@@ -222,48 +218,33 @@ class Authorizer:
             unknown_user=attempt.outcome in UNKNOWN_USER_OUTCOMES,
         )
 
-    def check_certificate(self, username: str, client_id: str, fingerprint: str, common_name: str) -> Decision:
+    def _check_certificate(self, request: ConnectRequest, fingerprint: str, common_name: str) -> Decision:
         """CONNECT with a client certificate Mosquitto verified against the
         registry CA (the plugin sends its SHA-256 and CN): the certificate
         decides, so a password is not needed, and one sent is not checked."""
         started = self.monotonic()
-        try:
-            names.validate_username(username)
-            names.validate_client_id(client_id)
-        except InvalidInput as error:
-            return Decision(False, str(error))
-        refusal = self.certificates.check_connect(username, fingerprint, common_name)
+        refusal = self.certificates.check_connect(request.username, fingerprint, common_name)
         instruments.certificate_checked(refusal is None)
         if refusal is not None:
             return Decision(False, refusal)
-        self.last_connects.record(username, client_id, started)
+        self.last_connects.record(request.username, request.client_id, started)
         return ALLOW
 
-    def check_superuser(self, username: str, seen: str | None = None) -> Decision:
-        try:
-            names.validate_username(username)
-        except InvalidInput as error:
-            return Decision(False, str(error))
-        if self.permissions.acl_data(username, seen).superuser:
+    def check_superuser(self, request: SuperuserRequest, seen: str | None = None) -> Decision:
+        if self.permissions.acl_data(request.username, seen).superuser:
             return ALLOW
         return Decision(False, "not a superuser")
 
-    def check_acl(self, username: str, client_id: str, topic: str, acc: int, seen: str | None = None) -> Decision:
+    def check_acl(self, request: AclRequest, seen: str | None = None) -> Decision:
         """Superusers pass here too, so go-auth's superuser URI is optional.
-        `seen`: the caller's change feed position (permission_cache.py)."""
-        decision = self._decide_acl(
-            username, client_id, topic, acc, lambda: self.permissions.acl_data(username, seen), cached=False
-        )
+        `seen`: the caller's change feed position (see followed_cache.py)."""
+        decision = self._decide_acl(request, lambda: self.permissions.acl_data(request.username, seen), cached=False)
         assert decision is not None  # acl_data always has the data
         return decision
 
-    def check_acl_cached(
-        self, username: str, client_id: str, topic: str, acc: int, seen: str | None
-    ) -> Decision | None:
+    def check_acl_cached(self, request: AclRequest, seen: str | None) -> Decision | None:
         """check_acl from this worker's cache alone (no Redis), or None: ask check_acl."""
-        return self._decide_acl(
-            username, client_id, topic, acc, lambda: self.permissions.cached(username, seen), cached=True
-        )
+        return self._decide_acl(request, lambda: self.permissions.cached(request.username, seen), cached=True)
 
     def _own_client_id(self, username: str, client_id: str, data: AclData, *, cached: bool) -> bool | None:
         """Whether %c may expand to `client_id` for this user (SPEC §4): never to
@@ -277,27 +258,8 @@ class Authorizer:
             return None
         return self.users.client_id_owner(client_id) in (None, username)
 
-    def _decide_acl(
-        self,
-        username: str,
-        client_id: str,
-        topic: str,
-        acc: int,
-        read: Callable[[], AclData | None],
-        *,
-        cached: bool,
-    ) -> Decision | None:
-        try:
-            names.validate_username(username)
-        except InvalidInput as error:
-            return Decision(False, str(error), unknown_user=True)
-        try:
-            if acc == ACC_SUBSCRIBE:
-                levels = topics.validate_filter(topic)
-            else:
-                levels = topics.validate_topic_name(topic)
-        except InvalidInput as error:
-            return Decision(False, str(error))
+    def _decide_acl(self, request: AclRequest, read: Callable[[], AclData | None], *, cached: bool) -> Decision | None:
+        username, client_id, acc, levels = request.username, request.client_id, request.acc, request.levels
         data = read()  # at most one round trip
         if data is None:
             return None

@@ -31,7 +31,7 @@ from cregistry.keys import Keys
 from cregistry.log_throttle import ThrottledWarning
 from cregistry.pending import PendingRequests, candidate_names, candidate_pairing_id
 from cregistry.transactions import run_watched
-from cregistry.verification import PasswordVerifier, Verdict
+from cregistry.verification import PasswordRecord, PasswordVerifier, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +122,32 @@ class Registration:
         malformed fields raise InvalidInput and change nothing. `csr`: a
         checked CSR (certificates.check_csr) a new request keeps beside it."""
         name, secret, client = validate_fields(username, password, "" if client_id is None else client_id)
-        checked_context = validate_context(context)
-        pairing = passwords.pairing_id(name, secret)
-        verdict = self.verifier.verify(name, secret, client)
+        return self.attempt_valid(name, secret, client, source, validate_context(context), csr)
+
+    def attempt_valid(
+        self,
+        username: str,
+        password: str,
+        client_id: str,
+        source: str,
+        context: dict[str, Any] | None = None,
+        csr: CheckedCsr | None = None,
+        *,
+        record: PasswordRecord | None = None,
+    ) -> Attempt:
+        """attempt() for fields that passed the format rules already (validate_fields,
+        validate_context; the broker's authorizer.ConnectRequest). `record`: what
+        the caller read of the user (PasswordVerifier.read), so that it is not read again."""
+        pairing = passwords.pairing_id(username, password)
+        verdict = self.verifier.verify(username, password, client_id, record)
         if verdict is not Verdict.UNKNOWN_USER:
             return Attempt(_KNOWN_USER[verdict], pairing)
         try:
             # Existing users keep working under a stricter policy; new ones meet it.
-            self.policy.validate_strength(secret)
+            self.policy.validate_strength(password)
         except InvalidInput as error:
             return Attempt(Outcome.WEAK_PASSWORD, pairing, str(error))
-        return self.record_attempt(name, secret, client, source, checked_context, pairing, csr)
+        return self.record_attempt(username, password, client_id, source, context, pairing, csr)
 
     def record_attempt(
         self,

@@ -86,16 +86,15 @@ class CregistryServer(BaseApplication):
         # Imported here, in the worker: prometheus_client fixes its storage
         # (files in METRICS_DIR_ENV, or memory) when it is first imported.
         from cregistry.web import MAX_BODY_BYTES, create_worker_apps
-        from cregistry.web.broker_asgi import BrokerListener, ListenerThread
+        from cregistry.web.broker_asgi import ListenerThread
 
         # Mosquitto waits for each broker check: a thread that has its answer
         # should not wait CPython's default 5 ms for another one to yield.
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         apps = create_worker_apps(self.config)
         apps.follower.start()
-        listener = BrokerListener(apps.broker_checks, fallback_workers=2, pool_workers=self.config.threads)
         slots = [self.state_directory / f"broker-listener-{i}.lock" for i in range(self.config.broker_processes)]
-        self.broker_listener = ListenerThread(listener, self.broker_socket, self.config.log_level, slots)
+        self.broker_listener = ListenerThread(apps.broker_listener, self.broker_socket, self.config.log_level, slots)
         self.broker_listener.start()
         return ApiListener(apps.api, threads=self.config.threads, max_body_bytes=MAX_BODY_BYTES)
 

@@ -20,6 +20,8 @@ the bound on bcrypt work.
   check before), only that client ID's own count does; and over its own
   count, such a client ID still gets one bcrypt try per
   failure_window / failure_limit seconds. See docs/threat-model.md.
+- One CONNECT reads the user's keys once (read): the token check and, when
+  the token does not accept, the bcrypt check decide from the same read.
 - bcrypt runs under a per-process semaphore, and hashing for registrations
   (unknown users) under a separate, smaller one that is never waited for, so
   a flood of unknown users cannot starve known devices.
@@ -81,6 +83,24 @@ class KnownToken:
     client_ids: frozenset[str] = frozenset()
 
 
+@dataclasses.dataclass(frozen=True)
+class PasswordRecord:
+    """What a password check reads of one user for one client ID, in one round
+    trip (PasswordVerifier.read): the token check and the bcrypt check after it
+    both decide from it."""
+
+    newest: list[tuple[str, object]]  # the feed's newest entry, read first: the rest is at least as new
+    stored_hash: str | None
+    own_client: str | None  # the client ID the user registered with
+    verified: str | None
+    ttl_ms: int  # the verified token's
+    failures: int
+    client_failures: int
+    known: bool  # the client ID passed a check before
+    owner: str | None  # the client ID's owner
+    own: set[str]  # the user's own client IDs
+
+
 class WorkLimits:
     """The process's bcrypt slots; shared by both listeners of one worker."""
 
@@ -109,7 +129,8 @@ class PasswordVerifier:
         self.redis = connection
         self.monotonic = monotonic
         # With a feed follower (the service's workers), accepted tokens are kept
-        # here too, so that a known device's CONNECT needs no Redis round trip.
+        # here too, so that a known device's CONNECT needs no Redis round trip
+        # (see followed_cache.py).
         self.tokens: FollowedCache[KnownToken] | None = FollowedCache(follower) if follower is not None else None
         self.config = config
         self.keys = keys
@@ -136,26 +157,51 @@ class PasswordVerifier:
             return False
         return self._token_accepts(username, password, known.stored_hash, known.verified)
 
-    def verify_by_token(self, username: str, password: str, client_id: str = "") -> bool:
-        """True when the verified token accepts the password and the client ID
-        policy lets the user connect with `client_id` (one round trip, no
-        bcrypt); False means "ask verify()", not "wrong password"."""
-        verified_key = self.keys.user_verified(username)
+    def read(self, username: str, client_id: str = "") -> PasswordRecord:
+        """Everything verify_by_token and verify decide from, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         # The feed's newest entry first: what is read after it is at least as new.
         pipe.xrevrange(self.keys.changes(), count=1)
-        pipe.hget(self.keys.user(username), "passwordHash")
-        pipe.get(verified_key)
-        pipe.pttl(verified_key)
+        pipe.hmget(self.keys.user(username), "passwordHash", "clientId")
+        pipe.get(self.keys.user_verified(username))
+        pipe.pttl(self.keys.user_verified(username))
+        pipe.get(self.keys.user_failures(username))
+        pipe.hget(self.keys.user_client_failures(username), client_id)
+        pipe.sismember(self.keys.user_known_clients(username), client_id)
         pipe.hget(self.keys.client_owners(), client_id)
         pipe.smembers(self.keys.user_client_ids(username))
-        newest, stored_hash, verified, ttl_ms, owner, own = pipe.execute()
-        if client_id and not client_ids.may_connect(self.config.client_id_policy, username, client_id, owner):
+        (newest, (stored_hash, own_client), verified, ttl_ms, failures, client_failures, known, owner, own) = (
+            pipe.execute()
+        )
+        return PasswordRecord(
+            newest,
+            stored_hash,
+            own_client,
+            verified,
+            ttl_ms,
+            int(failures or 0),
+            int(client_failures or 0),
+            bool(known),
+            owner,
+            own,
+        )
+
+    def verify_by_token(
+        self, username: str, password: str, client_id: str = "", record: PasswordRecord | None = None
+    ) -> bool:
+        """True when the verified token accepts the password and the client ID
+        policy lets the user connect with `client_id` (no bcrypt; one round trip
+        unless the caller read `record` already); False means "ask verify()",
+        not "wrong password"."""
+        if record is None:
+            record = self.read(username, client_id)
+        if client_id and not client_ids.may_connect(self.config.client_id_policy, username, client_id, record.owner):
             return False
-        accepted = self._token_accepts(username, password, stored_hash, verified)
+        accepted = self._token_accepts(username, password, record.stored_hash, record.verified)
         if accepted:
-            ttl_ms = self._slide_token(username, ttl_ms)
-            self._keep_token(username, newest, stored_hash, verified, ttl_ms, own)
+            assert record.stored_hash is not None and record.verified is not None  # the token accepted them
+            ttl_ms = self._slide_token(username, record.ttl_ms)
+            self._keep_token(username, record.newest, record.stored_hash, record.verified, ttl_ms, record.own)
         return accepted
 
     def _slide_token(self, username: str, ttl_ms: int) -> int:
@@ -187,22 +233,15 @@ class PasswordVerifier:
             known = KnownToken(stored_hash, token, expires_at, frozenset(own_client_ids))
             self.tokens.put(username, str(newest[0][0]), known)
 
-    def verify(self, username: str, password: str, client_id: str = "") -> Verdict:
+    def verify(
+        self, username: str, password: str, client_id: str = "", record: PasswordRecord | None = None
+    ) -> Verdict:
         """The password check of a CONNECT or a registration attempt with
-        `client_id` ("" for none: then the username's limit alone applies)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xrevrange(self.keys.changes(), count=1)  # first, as in verify_by_token
-        pipe.hmget(self.keys.user(username), "passwordHash", "clientId")
-        pipe.get(self.keys.user_verified(username))
-        pipe.pttl(self.keys.user_verified(username))
-        pipe.get(self.keys.user_failures(username))
-        pipe.hget(self.keys.user_client_failures(username), client_id)
-        pipe.sismember(self.keys.user_known_clients(username), client_id)
-        pipe.hget(self.keys.client_owners(), client_id)
-        pipe.smembers(self.keys.user_client_ids(username))
-        (newest, (stored_hash, own_client), verified, ttl_ms, failures, client_failures, known, owner, own) = (
-            pipe.execute()
-        )
+        `client_id` ("" for none: then the username's limit alone applies);
+        `record`: what the caller read of the user already (read)."""
+        if record is None:
+            record = self.read(username, client_id)
+        stored_hash, owner = record.stored_hash, record.owner
         policy = self.config.client_id_policy
         if stored_hash is None:
             # Wearing another user's client ID, a registration records nothing.
@@ -212,12 +251,12 @@ class PasswordVerifier:
         # always send one (Mosquitto assigns one to a client that sends none).
         if client_id and not client_ids.may_connect(policy, username, client_id, owner):
             return Verdict.CLIENT_ID_REFUSED
-        if self._token_accepts(username, password, stored_hash, verified):
-            self._slide_token(username, ttl_ms)
+        if self._token_accepts(username, password, stored_hash, record.verified):
+            self._slide_token(username, record.ttl_ms)
             return Verdict.ACCEPTED
         token = self._token(username, password, stored_hash)
-        owned = bool(client_id) and (bool(known) or client_id == own_client or owner == username)
-        if self._limited(username, client_id, owned, int(failures or 0), int(client_failures or 0)):
+        owned = bool(client_id) and (record.known or client_id == record.own_client or owner == username)
+        if self._limited(username, client_id, owned, record.failures, record.client_failures):
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
         with instruments.waiting_for_bcrypt():
@@ -237,7 +276,7 @@ class PasswordVerifier:
                 pipe.sadd(self.keys.user_known_clients(username), client_id)
                 pipe.expire(self.keys.user_known_clients(username), self.config.verified_ttl)
             pipe.execute()
-            self._keep_token(username, newest, stored_hash, token, self.config.verified_ttl * 1000, own)
+            self._keep_token(username, record.newest, stored_hash, token, self.config.verified_ttl * 1000, record.own)
             return Verdict.ACCEPTED
         self._count_failure(username, client_id)
         return Verdict.REFUSED

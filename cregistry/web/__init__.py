@@ -20,6 +20,7 @@ from cregistry.errors import ConfigError
 from cregistry.feed_follower import FeedFollower
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
+from cregistry.web.broker_asgi import BrokerListener, ListenerAsWsgi
 from cregistry.web.broker_wsgi import BrokerChecks
 
 API = "api"
@@ -75,22 +76,22 @@ def api_app(config: Config, domain: services.Services) -> Flask:
     return app
 
 
-def broker_app(config: Config, domain: services.Services) -> tuple[Flask, BrokerChecks]:
-    """go-auth's routes and the feed; the check routes themselves skip Flask
-    (broker_wsgi.py), and the blueprint answers their other methods."""
+def broker_app(config: Config, domain: services.Services) -> tuple[Flask, BrokerListener]:
+    """go-auth's routes and the feed, and the broker listener in front of them:
+    the check routes skip Flask (broker_wsgi.py, broker_asgi.py), everything
+    else is the Flask app's. As WSGI, the app is that listener too (a2wsgi)."""
     app = _app_on(config, domain, BROKER)
     app.register_blueprint(broker_routes.bp)
-    checks = BrokerChecks(
+    listener = BrokerListener(
+        BrokerChecks(domain.authorizer, max_body_bytes=MAX_BODY_BYTES),
         app.wsgi_app,
-        domain.authorizer,
-        app.extensions["cregistry"].checks,
-        redis_timeout=config.redis_timeout,
-        max_body_bytes=MAX_BODY_BYTES,
+        fallback_workers=2,
+        pool_workers=config.threads,
     )
-    app.wsgi_app = checks  # type: ignore[method-assign]
+    app.wsgi_app = ListenerAsWsgi(listener)  # type: ignore[method-assign]
     metrics.init_app(app, broker=True)
     errors.init_app(app, unexpected_status=503)
-    return app, checks
+    return app, listener
 
 
 def _app_on(config: Config, domain: services.Services, listener: str) -> Flask:
@@ -126,11 +127,11 @@ class MarkupSafeJSONProvider(DefaultJSONProvider):
 @dataclasses.dataclass(frozen=True)
 class WorkerApps:
     """What one `serve` worker runs: the API app (under gunicorn) and the
-    broker listener's checks and Flask app (broker_asgi.py)."""
+    broker listener (broker_asgi.py) with its Flask app."""
 
     api: Flask
     broker: Flask
-    broker_checks: BrokerChecks
+    broker_listener: BrokerListener
     follower: FeedFollower
 
 
@@ -140,5 +141,5 @@ def create_worker_apps(config: Config, connection: redis.Redis | None = None) ->
     domain = services.build(_connection(config, connection), config, limits=WorkLimits(config), follow_changes=True)
     assert domain.follower is not None  # follow_changes=True builds it
     api = api_app(config, domain)
-    broker, checks = broker_app(config, domain)
-    return WorkerApps(api, broker, checks, domain.follower)
+    broker, listener = broker_app(config, domain)
+    return WorkerApps(api, broker, listener, domain.follower)

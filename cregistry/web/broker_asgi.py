@@ -1,17 +1,23 @@
-"""`serve`'s broker listener: uvicorn (uvloop, httptools) on its own thread
-in each gunicorn worker, on a socket the master opened before the fork.
+"""The broker listener: the one front of the check routes (broker_wsgi.py),
+and everything else of the broker app (health, /metrics, /mqtt/changes,
+other methods) through to Flask with a2wsgi.
+
+On `serve` it is uvicorn (uvloop, httptools) on its own thread in each
+gunicorn worker, on a socket the master opened before the fork (ListenerThread).
+Wherever the broker app runs as WSGI (Flask's test client), a2wsgi carries
+the same listener (as_wsgi), so both answer with the same code.
 
 Mosquitto waits for every check on its only thread, so the check routes
 must cost as little as possible. Measured on the 2-core machine of
 bench/results.json, an empty app answers at a median of 0.52 ms under
 gunicorn's gthread worker and 0.27 ms under uvicorn (docs/performance.md).
-The checks' answers are broker_wsgi.BrokerChecks': an answer the worker's
-caches give without I/O (followed_cache.py) is computed on the event loop;
-everything that may wait for Redis or bcrypt runs on a thread pool, under
-the service's deadline (budget.py, through deadline.py), counted from the
-request's arrival, so a stalled Redis never stalls the loop. Every other
-route of the listener (health, /metrics, /mqtt/changes, other methods) is
-the broker Flask app's, through a2wsgi.
+An answer without I/O (malformed fields, or the worker's caches: see
+followed_cache.py) is computed on the event loop. Everything else is handed
+to the listener's pool once and runs there start to finish (the token check,
+then bcrypt or a registration), so a stalled Redis never stalls the loop.
+The deadline (budget.py) is enforced here alone, counted from the request's
+arrival: past it the answer is 503, and work that waited in the pool past it
+is never started.
 """
 
 from __future__ import annotations
@@ -25,30 +31,31 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from a2wsgi import WSGIMiddleware
+from a2wsgi import ASGIMiddleware, WSGIMiddleware
 
 from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from cregistry.errors import InvalidInput
 from cregistry.web.broker_wsgi import (
     ALLOW,
-    NOT_ALLOWED,
+    METHODS,
     NOT_ALLOWED_BODY,
     POSITION_HEADER,
+    ROUTES,
     Answer,
     BrokerChecks,
-    check_fields,
     parse_params,
-    route_of,
 )
 from cregistry.web.deadline import DEADLINE_SECONDS, start_in_time, too_late
 from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 KEEPALIVE_SECONDS = 30  # the plugin and go-auth keep their connections
@@ -57,28 +64,31 @@ _HEADERS = [(b"content-type", b"application/json")]
 
 
 class BrokerListener:
-    """The ASGI app of the broker listener."""
+    """The ASGI app of the broker listener. `fallback`: the broker Flask app's
+    own WSGI app, for every request that is not a check."""
 
     def __init__(
         self,
         checks: BrokerChecks,
+        fallback: WsgiApp,
+        *,
         fallback_workers: int,
         pool_workers: int,
         deadline_seconds: float = DEADLINE_SECONDS,
     ) -> None:
         self.checks = checks
         self.deadline_seconds = deadline_seconds
-        self.fallback = WSGIMiddleware(checks.fallback, workers=fallback_workers)  # type: ignore[arg-type]
+        self.fallback = WSGIMiddleware(fallback, workers=fallback_workers)  # type: ignore[arg-type]
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_workers, thread_name_prefix="broker")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        route = route_of(scope["method"], scope["path"])
+        route = ROUTES.get(scope["path"])
         if route is None:
             await self.fallback(scope, receive, send)  # type: ignore[arg-type]
             return
-        if route == NOT_ALLOWED:
+        if scope["method"] not in METHODS:
             data = NOT_ALLOWED_BODY
             headers = [*_HEADERS, (b"content-length", str(len(data)).encode()), (b"allow", ALLOW.encode())]
             await send({"type": "http.response.start", "status": 405, "headers": headers})
@@ -96,10 +106,10 @@ class BrokerListener:
             body = await read_body(receive, self.checks.max_body_bytes)
             if body is None:
                 raise InvalidInput("the request ended before its body")
-            fields = check_fields(route, parse_params(content_type, body, scope["query_string"]))
-            answer = self.checks.quick(route, fields, seen)
+            parsed = route.parse(parse_params(content_type, body, scope["query_string"]))
+            answer = self.checks.quick(route, parsed, seen)
             if answer is None:
-                answer = await self._off_loop(arrived, self.checks.answer, route, fields, seen)
+                answer = await self._off_loop(arrived, self.checks.answer, route, parsed, seen)
             status, reply = answer
         except BodyTooLarge:
             status, reply = 413, {"ok": False, "error": "the body is too large"}
@@ -111,13 +121,41 @@ class BrokerListener:
         await send({"type": "http.response.body", "body": data})
 
     async def _off_loop(self, arrived: float, work: Callable[..., Answer], *args: Any) -> Answer:
-        """`work` on the pool; 503 once the deadline from `arrived` has passed."""
+        """`work` on the pool, start to finish on one thread; 503 once the
+        deadline from `arrived` has passed (start_in_time: work that waited
+        past it is not started)."""
         deadline = arrived + self.deadline_seconds
         future = asyncio.get_running_loop().run_in_executor(self.pool, start_in_time, deadline, work, *args)
         try:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise too_late() from None
+
+
+class ListenerAsWsgi:
+    """The broker listener as a WSGI app, for wherever the broker app runs as
+    WSGI (Flask's test client): a2wsgi drives it on one event loop per process."""
+
+    def __init__(self, listener: BrokerListener) -> None:
+        self.listener = listener
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # Read to the end here: a2wsgi lets the ASGI side finish only once its body was taken.
+        return list(ASGIMiddleware(self.listener, loop=_wsgi_loop())(environ, start_response))  # type: ignore[arg-type]
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _wsgi_loop() -> asyncio.AbstractEventLoop:
+    """The process's loop for ListenerAsWsgi (a2wsgi would start a thread and a loop per app)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="broker-wsgi", daemon=True).start()
+        return _loop
 
 
 ELECTION_INTERVAL = 0.25  # seconds between two tries of a standing-by worker

@@ -1,180 +1,89 @@
 """The broker's check routes (/mqtt/user, /mqtt/acl, /mqtt/superuser): their
-answers, whatever server carries them, and a thin WSGI callable in front of
-the broker listener's Flask app.
+answers, whatever server carries them.
 
-`serve` carries them with uvicorn (broker_asgi.py); the WSGI callable serves
-them wherever the broker app runs as WSGI (Flask's test client, an embedding
-WSGI server). Mosquitto waits for these answers on its only thread, so they
-skip Flask's routing, hooks and error handlers; everything else on the broker
-listener (health, /metrics, /mqtt/changes, other methods) goes on to Flask.
-The wire format is go-auth's HTTP backend's: JSON, form or query string,
-POST, PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are
-counted in the same metrics (web/metrics.py).
+The one front that reads, parses, answers and encodes a check request is the
+broker listener (broker_asgi.BrokerListener): uvicorn carries it on `serve`,
+and a2wsgi wherever the broker app runs as WSGI (Flask's test client). The
+wire format is go-auth's HTTP backend's: JSON, form or query string, POST,
+PUT or GET; {"ok", "error"} with 200, 403, 400 or 503. Requests are counted
+in the same metrics (web/metrics.py).
 
-`quick` answers from the worker's caches alone, for a caller that sends its
-change feed position (X-Cregistry-Position) when the worker's follower covers
-it (feed_follower.py), and refuses malformed fields; it never does I/O.
-`answer` does the rest. The service's deadline (budget.py): an ACL or superuser
-check makes one Redis round trip (a second only when Redis lost the script,
-and a connection may have to be opened first), each bounded by
-CREGISTRY_REDIS_TIMEOUT; when those bounds fit the deadline the check runs on
-the calling thread without a hop to the check pool. So does a CONNECT that
-its verified token accepts (token_connect.py: one round trip, then the
-last-connect write only when that took under 0.25 s). Every other CONNECT may
-hash with bcrypt and record a registration request (several round trips): it
-runs on the pool, under the deadline counted from the request's start. With
-the default 0.5 s timeout the worst cases are 1.5 s (an ACL check opening a
-connection, then NOSCRIPT) and 0.25 + 3 x 0.5 s (an accepted CONNECT whose
-last-connect write opens a connection), within go-auth's and the plugin's 2 s.
+ROUTES maps each path to its Route: the fields are parsed and format-checked
+once into the request value the Authorizer trusts (authorizer.py). `quick`
+answers without I/O: the refusal of malformed fields, or from the worker's
+caches for a caller that sends its change feed position
+(X-Cregistry-Position), see followed_cache.py. `answer` does the rest, start
+to finish on the thread it runs on (the listener's pool, under the deadline of
+budget.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import dataclasses
 import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from werkzeug.wrappers import Request
-
-from cregistry.authorizer import Authorizer, Decision, parse_acc
+from cregistry.authorizer import (
+    AclRequest,
+    Authorizer,
+    ConnectRequest,
+    Decision,
+    SuperuserRequest,
+    acl_request,
+    connect_request,
+    parse_acc,
+    superuser_request,
+)
 from cregistry.errors import InvalidInput
-from cregistry.token_connect import check_user_by_cached_token, check_user_by_token
 from cregistry.web import metrics
-from cregistry.web.deadline import DEADLINE_SECONDS, run_within
-from cregistry.web.errors import error_answer
 
 log = logging.getLogger(__name__)
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, dict[str, Any]]  # HTTP status, JSON body
-Fields = tuple[Any, ...]  # check_fields
+R = TypeVar("R")
 METHODS = frozenset({"POST", "PUT", "GET"})  # go-auth's http_method
-ROUTES = {"/mqtt/user": "user", "/mqtt/acl": "acl", "/mqtt/superuser": "superuser"}
-# A check path asked with a method go-auth never uses (route_of): 405, with the Allow header.
-NOT_ALLOWED = "not allowed"
+# A check path asked with a method go-auth never uses: 405, with the Allow header.
 NOT_ALLOWED_BODY = b'{"ok":false,"error":"The method is not allowed for the requested URL."}'
 ALLOW = ", ".join(sorted(METHODS))
-# Round trips an ACL check may wait for: opening the connection, the script, the script again after NOSCRIPT.
-INLINE_ROUND_TRIPS = 3
 
 
 POSITION_HEADER = "X-Cregistry-Position"  # the caller's change feed position (feed_follower.py)
-POSITION_ENVIRON = "HTTP_X_CREGISTRY_POSITION"
 
 
 class BrokerChecks:
-    """The answers of the check routes, whatever server carries them: as a
-    WSGI callable here, and through broker_asgi.py on `serve`'s broker listener."""
+    """The answers of the check routes (the broker listener carries them)."""
 
-    def __init__(
-        self,
-        fallback: WsgiApp,
-        authorizer: Authorizer,
-        pool: concurrent.futures.Executor,
-        *,
-        redis_timeout: float,
-        max_body_bytes: int,
-    ) -> None:
-        self.fallback = fallback
+    def __init__(self, authorizer: Authorizer, *, max_body_bytes: int) -> None:
         self.authorizer = authorizer
-        self.pool = pool
         self.max_body_bytes = max_body_bytes
-        self.inline = INLINE_ROUND_TRIPS * redis_timeout <= DEADLINE_SECONDS
         self._counters: dict[tuple[str, str], Any] = {}  # CHECKS' children, looked up once
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = route_of(environ.get("REQUEST_METHOD") or "", environ.get("PATH_INFO") or "")
-        if route is None:
-            return self.fallback(environ, start_response)
-        if route == NOT_ALLOWED:
-            data = NOT_ALLOWED_BODY
-            start_response(
-                "405 Method Not Allowed",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Allow", ALLOW)],
-            )
-            return [data]
-        started = time.perf_counter()
-        try:
-            request = Request(environ)
-            request.max_content_length = self.max_body_bytes
-            params = parse_params(request.content_type or "", request.get_data(cache=True), request.query_string)
-            fields = check_fields(route, params)
-            seen = environ.get(POSITION_ENVIRON) or None
-            status, body = self.quick(route, fields, seen) or self.answer(route, fields, seen)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one answer, never a grant
-            status, body = error_answer(error, unexpected_status=503)
-        data = self.finish(route, status, body, started)
-        start_response(
-            f"{status} {HTTPStatus(status).phrase}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
-        )
-        return [data]
-
-    def quick(self, route: str, fields: Fields, seen: str | None) -> Answer | None:
-        """The answer from this worker's caches alone (no I/O), or None."""
-        decision: Decision | None = None
-        if route == "user":
-            username, password, client_id, certificate = fields
-            if certificate is not None:
-                return None  # one Redis round trip (answer); the certificate's answer is not cached here
-            decision = check_user_by_cached_token(self.authorizer, username, password, client_id, seen)
-        elif route == "acl":
-            username, client_id, topic, acc = fields
-            decision = self.authorizer.check_acl_cached(username, client_id, topic, acc, seen)
+    def quick(self, route: Route[R], parsed: R | Decision, seen: str | None) -> Answer | None:
+        """The answer without I/O: the refusal of malformed fields, or from
+        this worker's caches (see followed_cache.py); None: ask `answer`."""
+        decision = parsed if isinstance(parsed, Decision) else route.cached(self.authorizer, parsed, seen)
         if decision is None:
             return None
-        metrics.CHECKS_WITHOUT_REDIS.labels(route).inc()
+        metrics.CHECKS_WITHOUT_REDIS.labels(route.check).inc()
         return _answer(decision)
 
-    def answer(self, route: str, fields: Fields, seen: str | None) -> Answer:
-        """The answer, asking Redis (and bcrypt on the check pool) as needed."""
-        authorizer = self.authorizer
-        if route == "user" and fields[3] is not None:
-            username, _password, client_id, (fingerprint, common_name) = fields
-            decision = self._run(authorizer.check_certificate, username, client_id, fingerprint, common_name)
-        elif route == "user":
-            started = time.monotonic()
-            credentials = fields[:3]
-            quick = check_user_by_token(authorizer, *credentials) if self.inline else None
-            decision = (
-                quick
-                if quick is not None
-                else run_within(self.pool, authorizer.check_user, *credentials, started=started)
-            )
-        elif route == "acl":
-            decision = self._run(authorizer.check_acl, *fields, seen)
-        else:
-            decision = self._run(authorizer.check_superuser, *fields, seen)
-        return _answer(decision)
+    def answer(self, route: Route[R], request: R, seen: str | None) -> Answer:
+        """The answer, asking Redis (and bcrypt) as needed, all on the calling thread."""
+        return _answer(route.full(self.authorizer, request, seen))
 
-    def finish(self, route: str, status: int, body: dict[str, Any], started: float) -> bytes:
+    def finish(self, route: Route[Any], status: int, body: dict[str, Any], started: float) -> bytes:
         """Count the answer (web/metrics.py) and encode it."""
-        metrics.CHECK_SECONDS.labels(route).observe(time.perf_counter() - started)
+        metrics.CHECK_SECONDS.labels(route.check).observe(time.perf_counter() - started)
         result = metrics.check_result(status)
-        counter = self._counters.get((route, result))
+        counter = self._counters.get((route.check, result))
         if counter is None:
-            counter = self._counters[(route, result)] = metrics.CHECKS.labels(route, result)
+            counter = self._counters[(route.check, result)] = metrics.CHECKS.labels(route.check, result)
         counter.inc()
         return _json_bytes(body)
-
-    def _run(self, check: Callable[..., Decision], *args: Any) -> Decision:
-        if self.inline:
-            return check(*args)
-        return run_within(self.pool, check, *args)
-
-
-def route_of(method: str, path: str) -> str | None:
-    """Which check a request asks for (NOT_ALLOWED for a check path with
-    another method); None for everything Flask answers."""
-    route = ROUTES.get(path)
-    if route is None:
-        return None
-    return route if method in METHODS else NOT_ALLOWED
 
 
 def parse_params(content_type: str, body: bytes, query: bytes) -> dict[str, Any]:
@@ -205,26 +114,60 @@ def _first_values(encoded: bytes) -> dict[str, str]:
     return values
 
 
-def check_fields(route: str, params: dict[str, Any]) -> Fields:
-    """The fields a check reads, checked, in the order its Authorizer method takes them."""
-    if route == "user":
-        # The plugin sends the client certificate's SHA-256 and CN from a TLS
-        # listener that requires one (SPEC §14); the password may then be absent.
-        certificate = None
-        if params.get("certfingerprint") is not None:
-            certificate = _field(params, "certfingerprint"), _field(params, "certcn")
-        password = params.get("password", "") if certificate is not None else _field(params, "password")
-        if not isinstance(password, str):
-            raise InvalidInput("password is missing or not a string")
-        return _field(params, "username"), password, _field(params, "clientid"), certificate
-    if route == "acl":
-        return (
-            _field(params, "username"),
-            _field(params, "clientid"),
-            _field(params, "topic"),
-            parse_acc(params.get("acc")),
-        )
-    return (_field(params, "username"),)
+def parse_connect(params: dict[str, Any]) -> ConnectRequest | Decision:
+    """/mqtt/user's fields: InvalidInput (400) when one is missing or not a
+    string, the refusal (403) of any that break the format rules."""
+    # The plugin sends the client certificate's SHA-256 and CN from a TLS
+    # listener that requires one (SPEC §14); the password may then be absent.
+    certificate = None
+    if params.get("certfingerprint") is not None:
+        certificate = _field(params, "certfingerprint"), _field(params, "certcn")
+    password = params.get("password", "") if certificate is not None else _field(params, "password")
+    if not isinstance(password, str):
+        raise InvalidInput("password is missing or not a string")
+    return connect_request(_field(params, "username"), password, _field(params, "clientid"), certificate)
+
+
+def parse_acl(params: dict[str, Any]) -> AclRequest | Decision:
+    fields = _field(params, "username"), _field(params, "clientid"), _field(params, "topic")
+    return acl_request(*fields, parse_acc(params.get("acc")))
+
+
+def parse_superuser(params: dict[str, Any]) -> SuperuserRequest | Decision:
+    return superuser_request(_field(params, "username"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Route(Generic[R]):
+    """One check route: the check's name (the `route` label of its metrics),
+    the parser of its fields into the request value the Authorizer trusts (or
+    the refusal of malformed ones), and its two answers."""
+
+    check: str
+    parse: Callable[[dict[str, Any]], R | Decision]
+    # From this worker's caches alone, without I/O; None: ask `full`.
+    cached: Callable[[Authorizer, R, str | None], Decision | None]
+    full: Callable[[Authorizer, R, str | None], Decision]
+
+
+def _check_user(authorizer: Authorizer, request: ConnectRequest, _seen: str | None) -> Decision:
+    return authorizer.check_user(request)  # a CONNECT that reaches Redis reads the newest data
+
+
+def _not_cached(_authorizer: Authorizer, _request: object, _seen: str | None) -> None:
+    return None
+
+
+ROUTES: dict[str, Route[Any]] = {
+    "/mqtt/user": Route(
+        "user",
+        parse_connect,
+        Authorizer.check_user_cached,
+        lambda authorizer, request, _: authorizer.check_user(request),
+    ),
+    "/mqtt/acl": Route("acl", parse_acl, Authorizer.check_acl_cached, Authorizer.check_acl),
+    "/mqtt/superuser": Route("superuser", parse_superuser, _not_cached, Authorizer.check_superuser),
+}
 
 
 def _field(params: dict[str, Any], name: str) -> str:

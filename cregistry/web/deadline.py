@@ -2,7 +2,10 @@
 
 go-auth gives up after its http_timeout (2 s in mosquitto/); answering 503
 before that lets it report an error instead of a timeout. Socket timeouts
-alone cannot promise this: a check makes several round trips.
+alone cannot promise this: a check makes several round trips. The broker
+listener enforces the deadline on the check routes itself (broker_asgi.py,
+with start_in_time and too_late); within_deadline is for the Flask views
+that ask Redis (health, the change feed).
 """
 
 from __future__ import annotations
@@ -26,18 +29,15 @@ def within_deadline(work: Callable[..., T], *args: Any) -> T:
     return run_within(current_app.extensions["cregistry"].checks, work, *args)
 
 
-def run_within(
-    pool: concurrent.futures.Executor, work: Callable[..., T], *args: Any, started: float | None = None
-) -> T:
-    """Run `work` on `pool`; StorageUnavailable past the deadline, counted
-    from `started` (time.monotonic(); now when not given).
+def run_within(pool: concurrent.futures.Executor, work: Callable[..., T], *args: Any) -> T:
+    """Run `work` on `pool`; StorageUnavailable past the deadline, counted from now.
 
     Work that waited in the queue past its deadline is not started at all: it
     was answered 503 already and could only record what nobody waits for. Work
     that started in time may finish late; its writes are atomic, and it never
     grants anything.
     """
-    deadline = (time.monotonic() if started is None else started) + DEADLINE_SECONDS
+    deadline = time.monotonic() + DEADLINE_SECONDS
     future = pool.submit(start_in_time, deadline, work, *args)
     try:
         return future.result(timeout=max(0.0, deadline - time.monotonic()))

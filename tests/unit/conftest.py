@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 import cregistry.server
 from cregistry import services
-from cregistry.authorizer import Authorizer
+from cregistry.authorizer import AclRequest, Authorizer, acl_request
 from cregistry.config import Config
 from cregistry.lock import RegistryLock
 from cregistry.pending import PendingRequests
@@ -106,6 +106,13 @@ def broker(config: Config, connection: fakeredis.FakeRedis) -> FlaskClient:
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def acl(username: str, client_id: str, topic: str, acc: int) -> AclRequest:
+    """An ACL check's request, as the broker route parses it (authorizer.acl_request)."""
+    request = acl_request(username, client_id, topic, acc)
+    assert isinstance(request, AclRequest), request
+    return request
 
 
 class ConnectingRunner(CliRunner):

@@ -1,21 +1,23 @@
 """The broker listener as `serve` runs it (web/broker_asgi.py), driven as
-uvicorn drives it: the same answers as the WSGI check routes, Flask for
-everything else, one clear error for bad input, 503 at the deadline."""
+uvicorn drives it (and as WSGI, as the unit tests' Flask client drives it):
+the check routes' answers, Flask for everything else, one clear error for
+bad input, 503 at the deadline."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+from flask.testing import FlaskClient
 
 from cregistry.config import Config
 from cregistry.web import create_app
-from cregistry.web.broker_asgi import BrokerListener
-from cregistry.web.broker_wsgi import BrokerChecks
+from cregistry.web.broker_asgi import BrokerListener, ListenerAsWsgi
 
 from .conftest import run_on_own_loop
 
@@ -29,8 +31,8 @@ def listener(config: Config, connection: fakeredis.FakeRedis) -> Iterator[Broker
     domain = app.extensions["cregistry"].domain
     domain.users.add(USERNAME, PASSWORD)
     domain.users.grant(USERNAME, "a/#", "write")
-    assert isinstance(app.wsgi_app, BrokerChecks)
-    listener = BrokerListener(app.wsgi_app, fallback_workers=1, pool_workers=2)
+    assert isinstance(app.wsgi_app, ListenerAsWsgi)  # the Flask app's WSGI is this listener too
+    listener = app.wsgi_app.listener
     yield listener
     listener.pool.shutdown()
 
@@ -73,7 +75,7 @@ def call(
 JSON = {"Content-Type": "application/json"}
 
 
-def test_checks_answer_as_the_wsgi_routes_do(listener: BrokerListener) -> None:
+def test_checks_answer_as_go_auth_expects(listener: BrokerListener) -> None:
     acl = {"username": USERNAME, "clientid": "c", "topic": "a/b", "acc": 2}
     assert call(listener, "POST", "/mqtt/acl", json.dumps(acl).encode(), JSON) == (200, {"ok": True, "error": ""})
     acl["topic"] = "b/c"
@@ -128,3 +130,50 @@ def test_a_check_past_the_deadline_is_503(listener: BrokerListener, monkeypatch:
     )
     assert status == 503 and "no answer within" in body["error"]
     assert time.monotonic() - started < 0.9
+
+
+def test_a_known_devices_connect_without_a_token_reads_its_keys_once(
+    broker: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token check and the bcrypt check after it decide from one read of
+    the user's keys (verification.PasswordVerifier.read), not one read each."""
+    domain = broker.application.extensions["cregistry"].domain
+    domain.users.add(USERNAME, PASSWORD)  # known, and no verified token yet
+    round_trips: list[bytes] = []
+    connection_class = type(domain.redis.connection_pool.get_connection())
+    send = connection_class.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        round_trips.append(command if isinstance(command, bytes) else b"".join(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counting)
+    form = {"username": USERNAME, "password": PASSWORD, "clientid": "c"}
+    assert broker.post("/mqtt/user", data=form).status_code == 200  # bcrypt, then the token is written
+    assert len([trip for trip in round_trips if b"passwordHash" in trip]) == 1
+    round_trips.clear()
+    assert broker.post("/mqtt/user", data=form).status_code == 200  # the token now: one round trip
+    assert len(round_trips) == 1
+
+
+def test_a_connect_runs_start_to_finish_on_one_pool_thread(
+    listener: BrokerListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread waits on another: the token check and the bcrypt check after
+    it run on the one listener pool thread the request was handed to."""
+    verifier = listener.checks.authorizer.verifier
+    threads: list[str] = []
+
+    def recording(check: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return check(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(verifier, "verify_by_token", recording(verifier.verify_by_token))
+    monkeypatch.setattr(verifier, "verify", recording(verifier.verify))
+    form = f"username={USERNAME}&password={PASSWORD}&clientid=c".encode()
+    status, _ = call(listener, "POST", "/mqtt/user", form, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200
+    assert len(threads) == 2 and len(set(threads)) == 1 and threads[0].startswith("broker"), threads

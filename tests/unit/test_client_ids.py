@@ -11,14 +11,14 @@ import pytest
 from flask.testing import FlaskClient
 
 from cregistry import services
+from cregistry.authorizer import ConnectRequest
 from cregistry.config import Config
 from cregistry.errors import ClientIdTaken, ConfigError, InvalidInput
 from cregistry.keys import Keys
 from cregistry.passwords import hash_password
-from cregistry.token_connect import check_user_by_cached_token, check_user_by_token
 from cregistry.web import create_app
 
-from .conftest import ADMIN_TOKEN, FakeClock
+from .conftest import ADMIN_TOKEN, FakeClock, acl
 
 KEYS = Keys()
 OWNER, OWNER_PASSWORD, OWNER_CLIENT = "device-a", "device-a-secret", "a-1"
@@ -86,11 +86,13 @@ def test_enrollment_gives_the_registering_client_id(connection: fakeredis.FakeRe
 # -- the policies on the CONNECT check ------------------------------------------
 def test_owned_refuses_another_users_own_client_id(two_devices: services.Services) -> None:
     authorizer = two_devices.authorizer
-    assert authorizer.check_user(OWNER, OWNER_PASSWORD, OWNER_CLIENT).allowed
-    refused = authorizer.check_user(OTHER, OTHER_PASSWORD, OWNER_CLIENT)
+    assert authorizer.check_user(ConnectRequest(OWNER, OWNER_PASSWORD, OWNER_CLIENT)).allowed
+    refused = authorizer.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, OWNER_CLIENT))
     assert not refused.allowed and REFUSAL in refused.reason
-    assert authorizer.check_user(OTHER, OTHER_PASSWORD, OTHER_CLIENT).allowed
-    assert authorizer.check_user(OTHER, OTHER_PASSWORD, "nobody-s").allowed  # unowned: allowed under owned
+    assert authorizer.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, OTHER_CLIENT)).allowed
+    assert authorizer.check_user(
+        ConnectRequest(OTHER, OTHER_PASSWORD, "nobody-s")
+    ).allowed  # unowned: allowed under owned
     # No failure counted: the password was right, the client ID was not B's to use.
     assert two_devices.verifier.failures(OTHER) == 0
 
@@ -102,20 +104,22 @@ def test_the_token_paths_never_accept_another_users_own_client_id(connection: fa
     follower = domain.follower
     assert follower is not None
     authorizer = domain.authorizer
-    assert authorizer.check_user(OTHER, OTHER_PASSWORD, OTHER_CLIENT).allowed  # bcrypt; the token is kept
+    assert authorizer.check_user(
+        ConnectRequest(OTHER, OTHER_PASSWORD, OTHER_CLIENT)
+    ).allowed  # bcrypt; the token is kept
     follower.follow_once()
-    assert check_user_by_token(authorizer, OTHER, OTHER_PASSWORD, OTHER_CLIENT) is not None  # cached again
+    assert authorizer.verifier.verify_by_token(OTHER, OTHER_PASSWORD, OTHER_CLIENT)  # cached again
     seen = follower.position
-    assert check_user_by_cached_token(authorizer, OTHER, OTHER_PASSWORD, OTHER_CLIENT, seen) is not None
+    assert authorizer.check_user_cached(ConnectRequest(OTHER, OTHER_PASSWORD, OTHER_CLIENT), seen) is not None
     # The same valid token, with A's client ID: memory does not answer, nor does the token, and Redis refuses.
-    assert check_user_by_cached_token(authorizer, OTHER, OTHER_PASSWORD, OWNER_CLIENT, seen) is None
-    assert check_user_by_token(authorizer, OTHER, OTHER_PASSWORD, OWNER_CLIENT) is None
-    assert not authorizer.check_user(OTHER, OTHER_PASSWORD, OWNER_CLIENT).allowed
+    assert authorizer.check_user_cached(ConnectRequest(OTHER, OTHER_PASSWORD, OWNER_CLIENT), seen) is None
+    assert not authorizer.verifier.verify_by_token(OTHER, OTHER_PASSWORD, OWNER_CLIENT)
+    assert not authorizer.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, OWNER_CLIENT)).allowed
     # An unowned client ID is not answered from memory either: it may be given to someone meanwhile.
-    assert check_user_by_cached_token(authorizer, OTHER, OTHER_PASSWORD, "spare", seen) is None
+    assert authorizer.check_user_cached(ConnectRequest(OTHER, OTHER_PASSWORD, "spare"), seen) is None
     domain.users.set_client_ids(OWNER, [OWNER_CLIENT, "spare"])
-    assert check_user_by_token(authorizer, OTHER, OTHER_PASSWORD, "spare") is None
-    assert not authorizer.check_user(OTHER, OTHER_PASSWORD, "spare").allowed
+    assert not authorizer.verifier.verify_by_token(OTHER, OTHER_PASSWORD, "spare")
+    assert not authorizer.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, "spare")).allowed
 
 
 def test_a_change_of_ownership_drops_the_owners_cached_token(connection: fakeredis.FakeRedis) -> None:
@@ -124,24 +128,26 @@ def test_a_change_of_ownership_drops_the_owners_cached_token(connection: fakered
     follower = domain.follower
     assert follower is not None
     domain.users.set_client_ids(OWNER, [OWNER_CLIENT, "spare"])
-    assert check_user_by_token(domain.authorizer, OWNER, OWNER_PASSWORD, "spare") is None  # no token yet
-    assert domain.authorizer.check_user(OWNER, OWNER_PASSWORD, "spare").allowed
+    assert not domain.authorizer.verifier.verify_by_token(OWNER, OWNER_PASSWORD, "spare")  # no token yet
+    assert domain.authorizer.check_user(ConnectRequest(OWNER, OWNER_PASSWORD, "spare")).allowed
     follower.follow_once()
-    assert check_user_by_token(domain.authorizer, OWNER, OWNER_PASSWORD, "spare") is not None
+    assert domain.authorizer.verifier.verify_by_token(OWNER, OWNER_PASSWORD, "spare")
     follower.follow_once()
-    assert check_user_by_cached_token(domain.authorizer, OWNER, OWNER_PASSWORD, "spare", follower.position)
+    assert domain.authorizer.check_user_cached(ConnectRequest(OWNER, OWNER_PASSWORD, "spare"), follower.position)
     domain.users.set_client_ids(OWNER, [OWNER_CLIENT])  # "spare" taken away: A's cached token goes
     follower.follow_once()
-    assert check_user_by_cached_token(domain.authorizer, OWNER, OWNER_PASSWORD, "spare", follower.position) is None
+    assert (
+        domain.authorizer.check_user_cached(ConnectRequest(OWNER, OWNER_PASSWORD, "spare"), follower.position) is None
+    )
 
 
 def test_strict_allows_only_the_users_own_client_ids(
     two_devices: services.Services, connection: fakeredis.FakeRedis
 ) -> None:
     strict = policy_domain(connection, "strict").authorizer
-    assert strict.check_user(OWNER, OWNER_PASSWORD, OWNER_CLIENT).allowed
-    assert not strict.check_user(OTHER, OTHER_PASSWORD, OWNER_CLIENT).allowed
-    refused = strict.check_user(OTHER, OTHER_PASSWORD, "nobody-s")
+    assert strict.check_user(ConnectRequest(OWNER, OWNER_PASSWORD, OWNER_CLIENT)).allowed
+    assert not strict.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, OWNER_CLIENT)).allowed
+    refused = strict.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, "nobody-s"))
     assert not refused.allowed and REFUSAL in refused.reason
     # A REST poll that names no client ID connects nothing: it is answered as before.
     polled = policy_domain(connection, "strict").registration.attempt(OTHER, OTHER_PASSWORD, None, "rest")
@@ -150,12 +156,12 @@ def test_strict_allows_only_the_users_own_client_ids(
 
 def test_any_binds_nothing(two_devices: services.Services, connection: fakeredis.FakeRedis) -> None:
     anything = policy_domain(connection, "any").authorizer
-    assert anything.check_user(OTHER, OTHER_PASSWORD, OWNER_CLIENT).allowed
-    assert anything.check_user(OTHER, OTHER_PASSWORD, "nobody-s").allowed
+    assert anything.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, OWNER_CLIENT)).allowed
+    assert anything.check_user(ConnectRequest(OTHER, OTHER_PASSWORD, "nobody-s")).allowed
 
 
 def test_a_wrong_password_with_another_users_client_id_is_refused_the_same(two_devices: services.Services) -> None:
-    refused = two_devices.authorizer.check_user(OTHER, "a-wrong-password", OWNER_CLIENT)
+    refused = two_devices.authorizer.check_user(ConnectRequest(OTHER, "a-wrong-password", OWNER_CLIENT))
     assert not refused.allowed
 
 
@@ -180,15 +186,15 @@ def test_percent_c_never_expands_to_another_users_own_client_id(
     for name in (OWNER, OTHER):
         two_devices.users.grant(name, "clients/%c/#", "readWrite")
     authorizer = two_devices.authorizer
-    assert authorizer.check_acl(OWNER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2).allowed
-    assert not authorizer.check_acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2).allowed
-    assert not authorizer.check_acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/#", 4).allowed
-    assert authorizer.check_acl(OTHER, "nobody-s", "clients/nobody-s/x", 2).allowed  # unowned under owned
+    assert authorizer.check_acl(acl(OWNER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2)).allowed
+    assert not authorizer.check_acl(acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2)).allowed
+    assert not authorizer.check_acl(acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/#", 4)).allowed
+    assert authorizer.check_acl(acl(OTHER, "nobody-s", "clients/nobody-s/x", 2)).allowed  # unowned under owned
     strict = policy_domain(connection, "strict").authorizer
-    assert strict.check_acl(OTHER, OTHER_CLIENT, f"clients/{OTHER_CLIENT}/x", 2).allowed
-    assert not strict.check_acl(OTHER, "nobody-s", "clients/nobody-s/x", 2).allowed
+    assert strict.check_acl(acl(OTHER, OTHER_CLIENT, f"clients/{OTHER_CLIENT}/x", 2)).allowed
+    assert not strict.check_acl(acl(OTHER, "nobody-s", "clients/nobody-s/x", 2)).allowed
     anything = policy_domain(connection, "any").authorizer
-    assert anything.check_acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2).allowed
+    assert anything.check_acl(acl(OTHER, OWNER_CLIENT, f"clients/{OWNER_CLIENT}/x", 2)).allowed
 
 
 # -- registration -----------------------------------------------------------------
@@ -243,11 +249,13 @@ def test_users_created_before_own_their_registered_client_id(connection: fakered
     legacy_user(connection, "old-2", "old-c1")  # the same client ID: the first (by name) keeps it
     legacy_user(connection, "old-3", "")
     legacy_user(connection, "old-4", "bad/+")
-    assert domain.authorizer.check_user("old-2", "old-2-secret", "old-c1").allowed  # before: nobody owns it
+    assert domain.authorizer.check_user(
+        ConnectRequest("old-2", "old-2-secret", "old-c1")
+    ).allowed  # before: nobody owns it
     assert domain.users.adopt_registered_client_ids() == 1
     assert domain.users.get("old-1").client_ids == ("old-c1",)
     assert [domain.users.get(u).client_ids for u in ("old-2", "old-3", "old-4")] == [(), (), ()]
-    assert not domain.authorizer.check_user("old-2", "old-2-secret", "old-c1").allowed
+    assert not domain.authorizer.check_user(ConnectRequest("old-2", "old-2-secret", "old-c1")).allowed
     # Idempotent, and an operator's change after it stays.
     domain.users.set_client_ids("old-1", [])
     assert domain.users.adopt_registered_client_ids() == 0

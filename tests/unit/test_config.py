@@ -9,7 +9,7 @@ from cregistry import services
 from cregistry.config import Config, parse_listen
 from cregistry.errors import ConfigError
 
-from .conftest import FakeClock
+from .conftest import FakeClock, acl
 
 
 def test_defaults() -> None:
@@ -184,7 +184,7 @@ def test_every_key_starts_with_the_configured_prefix(connection: fakeredis.FakeR
     users.grant("sensor-1", "devices/%u/#", "readWrite")
     users.roles.grant("devices", "a/#", "read")
     users.assign_role("sensor-1", "devices")
-    assert domain.authorizer.check_acl("sensor-1", "c", "devices/sensor-1/x", 2).allowed
+    assert domain.authorizer.check_acl(acl("sensor-1", "c", "devices/sensor-1/x", 2)).allowed
     keys = connection.keys("*")
     assert len(keys) >= 10
     assert all(key.startswith("other:") for key in keys), keys

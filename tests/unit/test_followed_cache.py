@@ -12,11 +12,14 @@ import pytest
 import redis
 
 from cregistry import services
+from cregistry.authorizer import ConnectRequest
 from cregistry.config import Config
 from cregistry.feed_follower import FRESH_SECONDS, entry_order
 from cregistry.followed_cache import FollowedCache
 from cregistry.users import AclData
 from tests.unit.conftest import FakeClock
+
+from .conftest import acl
 
 USERNAME = "sensor-1"
 PASSWORD = "secret12-long-enough"
@@ -63,29 +66,29 @@ def test_a_covered_caller_is_answered_from_the_cache_without_redis(
 ) -> None:
     seen = _position(followed)
     authorizer = followed.authorizer
-    assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None  # not read yet
-    assert authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen).allowed
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is None  # not read yet
+    assert authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen).allowed
     _without_redis(followed, monkeypatch)
-    assert authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/y", ACC_WRITE, seen).allowed
-    denied = authorizer.check_acl_cached(USERNAME, "c", "b/elsewhere", ACC_WRITE, seen)
+    assert authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/y", ACC_WRITE), seen).allowed
+    denied = authorizer.check_acl_cached(acl(USERNAME, "c", "b/elsewhere", ACC_WRITE), seen)
     assert denied is not None and not denied.allowed and denied.reason == "no permission for this topic"
     # Without a position (go-auth, anyone else) every check asks Redis.
     with pytest.raises(NoRedis):
-        authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE)
+        authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE))
 
 
 def test_a_caller_ahead_of_the_follower_is_answered_by_redis(followed: services.Services) -> None:
     authorizer = followed.authorizer
     topic = f"a/{USERNAME}/x"
-    assert authorizer.check_acl(USERNAME, "c", topic, ACC_WRITE, _position(followed)).allowed
+    assert authorizer.check_acl(acl(USERNAME, "c", topic, ACC_WRITE), _position(followed)).allowed
     followed.users.revoke(USERNAME, "a/%u/#")
     ahead = followed.changes.read(_position(followed)).position  # what the plugin has read, the follower not yet
     assert ahead != _position(followed)
-    assert authorizer.check_acl_cached(USERNAME, "c", topic, ACC_WRITE, ahead) is None
-    assert not authorizer.check_acl(USERNAME, "c", topic, ACC_WRITE, ahead).allowed
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", topic, ACC_WRITE), ahead) is None
+    assert not authorizer.check_acl(acl(USERNAME, "c", topic, ACC_WRITE), ahead).allowed
     # The follower has not applied the revocation: a caller behind it still gets the older answer,
     # which it will drop itself when it reads the change.
-    assert authorizer.check_acl_cached(USERNAME, "c", topic, ACC_WRITE, _position(followed)) is not None
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", topic, ACC_WRITE), _position(followed)) is not None
 
 
 def test_the_follower_drops_what_the_feed_names(followed: services.Services) -> None:
@@ -94,43 +97,43 @@ def test_the_follower_drops_what_the_feed_names(followed: services.Services) -> 
     followed.users.grant("other-1", "o/#", "write")
     followed.follower.follow_once()  # type: ignore[union-attr]
     seen = _position(followed)
-    assert authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen).allowed
-    assert authorizer.check_acl("other-1", "c", "o/x", ACC_WRITE, seen).allowed
+    assert authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen).allowed
+    assert authorizer.check_acl(acl("other-1", "c", "o/x", ACC_WRITE), seen).allowed
     followed.users.revoke(USERNAME, "a/%u/#")
     followed.follower.follow_once()  # type: ignore[union-attr]
     seen = _position(followed)
-    assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
-    assert authorizer.check_acl_cached("other-1", "c", "o/x", ACC_WRITE, seen) is not None  # not named: kept
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is None
+    assert authorizer.check_acl_cached(acl("other-1", "c", "o/x", ACC_WRITE), seen) is not None  # not named: kept
     followed.roles.set_permissions("team", [{"topic": "t/#", "access": "read"}])  # a role: everything
     followed.follower.follow_once()  # type: ignore[union-attr]
-    assert authorizer.check_acl_cached("other-1", "c", "o/x", ACC_WRITE, _position(followed)) is None
+    assert authorizer.check_acl_cached(acl("other-1", "c", "o/x", ACC_WRITE), _position(followed)) is None
 
 
 def test_a_follower_that_stopped_reading_answers_nothing(followed: services.Services, monotonic: FakeClock) -> None:
     authorizer = followed.authorizer
     seen = _position(followed)
-    assert authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen).allowed
+    assert authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen).allowed
     monotonic.advance(FRESH_SECONDS + 0.1)
-    assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is None
     followed.follower.follow_once()  # type: ignore[union-attr]
-    assert authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is not None
+    assert authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is not None
 
 
 def test_a_failed_read_stops_the_caches_at_once(followed: services.Services, monkeypatch: pytest.MonkeyPatch) -> None:
     follower = followed.follower
     assert follower is not None
     seen = _position(followed)
-    assert followed.authorizer.check_acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen).allowed
+    assert followed.authorizer.check_acl(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen).allowed
 
     def refused(_after: object) -> None:
         raise redis.ConnectionError("connection refused")
 
     monkeypatch.setattr(follower.feed, "read", refused)
     follower.step()
-    assert followed.authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is None
+    assert followed.authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is None
     monkeypatch.undo()
     follower.step()
-    assert followed.authorizer.check_acl_cached(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE, seen) is not None
+    assert followed.authorizer.check_acl_cached(acl(USERNAME, "c", f"a/{USERNAME}/x", ACC_WRITE), seen) is not None
 
 
 def test_data_read_before_an_applied_change_is_not_admitted(followed: services.Services) -> None:
@@ -203,7 +206,7 @@ def test_an_accepted_password_is_kept_until_its_token_ends_or_the_password_chang
 ) -> None:
     verifier = followed.verifier
     seen = _position(followed)
-    assert followed.authorizer.check_user(USERNAME, PASSWORD, "c").allowed  # bcrypt, then the token
+    assert followed.authorizer.check_user(ConnectRequest(USERNAME, PASSWORD, "c")).allowed  # bcrypt, then the token
     assert verifier.verify_by_cached_token(USERNAME, PASSWORD, seen, "c")
     assert not verifier.verify_by_cached_token(USERNAME, PASSWORD + "x", seen, "c")
     assert not verifier.verify_by_cached_token(USERNAME, PASSWORD, None, "c")
@@ -218,11 +221,9 @@ def test_an_accepted_password_is_kept_until_its_token_ends_or_the_password_chang
 
 
 def test_a_connect_from_the_cache_records_the_last_connect_in_the_background(followed: services.Services) -> None:
-    from cregistry.token_connect import check_user_by_cached_token
-
-    assert followed.authorizer.check_user(USERNAME, PASSWORD, "c-1").allowed
+    assert followed.authorizer.check_user(ConnectRequest(USERNAME, PASSWORD, "c-1")).allowed
     followed.authorizer.last_connects.skip_until.clear()  # as if the last write were long ago
-    decision = check_user_by_cached_token(followed.authorizer, USERNAME, PASSWORD, "c-2", _position(followed))
+    decision = followed.authorizer.check_user_cached(ConnectRequest(USERNAME, PASSWORD, "c-2"), _position(followed))
     assert decision is not None and decision.allowed
     deadline = time.monotonic() + 5
     while followed.users.get(USERNAME).last_client_id != "c-2":

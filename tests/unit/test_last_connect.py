@@ -14,9 +14,10 @@ from flask.testing import FlaskClient
 
 import cregistry.cli
 from cregistry import services
-from cregistry.authorizer import LAST_CONNECT_INTERVAL, Authorizer
+from cregistry.authorizer import Authorizer, ConnectRequest
 from cregistry.config import Config
 from cregistry.keys import Keys
+from cregistry.last_connect import LAST_CONNECT_INTERVAL
 from cregistry.lock import RegistryLock
 from cregistry.pending import PendingRequests
 from cregistry.registration import Registration
@@ -57,14 +58,14 @@ def advance(clock: FakeClock, monotonic: FakeMonotonic, seconds: float) -> None:
 
 def test_a_successful_connect_is_recorded(checker: Authorizer, users: UserStore, clock: FakeClock, device: str) -> None:
     assert users.get(device).to_dict()["lastConnect"] is None
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     shown = users.get(device).to_dict()
     assert (shown["lastConnect"], shown["lastClientId"]) == (isoformat(clock.now), "client-a")
 
 
 def test_a_refused_connect_is_not_recorded(checker: Authorizer, users: UserStore, device: str) -> None:
-    assert not checker.check_user(device, "wrong-password", "client-a").allowed
-    assert not checker.check_user("nobody-1", PASSWORD, "client-a").allowed
+    assert not checker.check_user(ConnectRequest(device, "wrong-password", "client-a")).allowed
+    assert not checker.check_user(ConnectRequest("nobody-1", PASSWORD, "client-a")).allowed
     assert users.get(device).last_connect is None
 
 
@@ -86,12 +87,12 @@ def test_written_at_most_once_a_minute_per_user(
     monkeypatch.setattr(checker.users, "record_connect", counting)
     first = clock.now
     for _ in range(5):
-        assert checker.check_user(device, PASSWORD, "client-a").allowed
+        assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
         advance(clock, monotonic, 10)
     assert writes == [device]  # one Redis write in 50 s of connects
     assert users.get(device).last_connect == first
     advance(clock, monotonic, LAST_CONNECT_INTERVAL)
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     assert writes == [device, device]
     assert users.get(device).last_connect == clock.now
 
@@ -99,9 +100,9 @@ def test_written_at_most_once_a_minute_per_user(
 def test_another_client_id_is_recorded_at_once(
     checker: Authorizer, users: UserStore, clock: FakeClock, monotonic: FakeMonotonic, device: str
 ) -> None:
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     advance(clock, monotonic, 5)
-    assert checker.check_user(device, PASSWORD, "client-b").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-b")).allowed
     assert (users.get(device).last_connect, users.get(device).last_client_id) == (clock.now, "client-b")
 
 
@@ -112,10 +113,10 @@ def test_another_process_that_wrote_recently_is_not_repeated(
     first, second = (
         services.build(connection, config, clock=clock, monotonic=FakeMonotonic()).authorizer for _ in range(2)
     )
-    assert first.check_user(device, PASSWORD, "client-a").allowed
+    assert first.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     written = connection.hgetall(KEYS.user_last_connect(device))
     clock.advance(30)
-    assert second.check_user(device, PASSWORD, "client-a").allowed
+    assert second.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     assert connection.hgetall(KEYS.user_last_connect(device)) == written
 
 
@@ -127,7 +128,7 @@ def test_a_failing_bookkeeping_write_leaves_the_connect_a_success(
         raise error
 
     monkeypatch.setattr(checker.users, "record_connect", failing)
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     assert users.get(device).last_connect is None  # it did fail
 
 
@@ -137,19 +138,19 @@ def test_no_bookkeeping_when_the_check_was_slow(
     """A check that already took long (bcrypt queue, slow Redis) answers without the extra round trips."""
     original = checker.verifier.verify
 
-    def slow_verify(username: str, password: str, client_id: str = "") -> object:
+    def slow_verify(username: str, password: str, client_id: str = "", record: object = None) -> object:
         monotonic.advance(1.0)
-        return original(username, password, client_id)
+        return original(username, password, client_id, record)
 
     monkeypatch.setattr(checker.verifier, "verify", slow_verify)
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     assert users.get(device).last_connect is None
 
 
 def test_deleting_and_recreating_a_user_starts_without_a_last_connect(
     checker: Authorizer, users: UserStore, connection: fakeredis.FakeRedis, device: str
 ) -> None:
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     users.delete(device)
     assert not connection.exists(KEYS.user_last_connect(device))
     # A connect that passed its password check just before the delete writes late:
@@ -182,7 +183,7 @@ def test_shown_by_user_show_users_and_the_api(
     device: str,
 ) -> None:
     users.add("backend", "backend-password")
-    assert checker.check_user(device, PASSWORD, "client-a").allowed
+    assert checker.check_user(ConnectRequest(device, PASSWORD, "client-a")).allowed
     when = isoformat(clock.now)
     show = runner.invoke(cregistry.cli.cli, ["user", "show", device])
     assert f"last connect: {when} (client id client-a)\n" in show.stdout

@@ -15,7 +15,7 @@ import redis
 
 import cregistry.passwords
 from cregistry import services
-from cregistry.authorizer import Authorizer
+from cregistry.authorizer import Authorizer, ConnectRequest, Decision, connect_request
 from cregistry.config import Config
 from cregistry.errors import (
     AmbiguousRequest,
@@ -30,7 +30,7 @@ from cregistry.pending import PendingRequest, PendingRequests
 from cregistry.registration import Attempt, Outcome, Registration
 from cregistry.users import UserStore
 
-from .conftest import FakeClock
+from .conftest import FakeClock, acl
 
 KEYS = Keys("cregistry")
 
@@ -96,7 +96,7 @@ def test_lock_deletes_the_key(connection: fakeredis.FakeRedis, lock: RegistryLoc
 def test_unknown_user_while_locked_records_nothing(
     authorizer: Authorizer, connection: fakeredis.FakeRedis, hash_calls: list[str]
 ) -> None:
-    decision = authorizer.check_user("sensor-1", "secret1", "c1")
+    decision = authorizer.check_user(ConnectRequest("sensor-1", "secret1", "c1"))
     assert decision.allowed is False
     assert connection.keys("*") == []
     assert hash_calls == []
@@ -110,7 +110,7 @@ def test_unknown_user_while_unlocked_records_a_request(
     requests: PendingRequests,
 ) -> None:
     lock.unlock()
-    decision = authorizer.check_user("sensor-1", "secret1", "client-1")
+    decision = authorizer.check_user(ConnectRequest("sensor-1", "secret1", "client-1"))
     assert decision.allowed is False
     [request] = requests.list_requests()
     assert request.username == "sensor-1"
@@ -215,7 +215,9 @@ def test_refused_attempts_record_nothing(
     lock.unlock()
     before = set(connection.keys("*"))
     for username, password in [("ab", "secret1"), ("sensor/1", "secret1"), ("sensor-1", "abc"), ("sensor-1", "€" * 25)]:
-        assert authorizer.check_user(username, password, "c").allowed is False
+        request = connect_request(username, password, "c")  # as the broker route parses it
+        decision = request if isinstance(request, Decision) else authorizer.check_user(request)
+        assert decision.allowed is False
     assert set(connection.keys("*")) == before
     assert requests.list_requests() == []
 
@@ -270,10 +272,10 @@ def test_approve_creates_the_user_with_exactly_the_stored_hash_and_no_permission
     assert user.pairing_id == pairing_id("sensor-1", "secret1")
     assert not connection.exists(KEYS.user_permissions("sensor-1"))
     assert requests.list_requests() == []
-    assert authorizer.check_user("sensor-1", "secret1", "client-1").allowed
-    assert not authorizer.check_user("sensor-1", "secret2", "client-1").allowed
+    assert authorizer.check_user(ConnectRequest("sensor-1", "secret1", "client-1")).allowed
+    assert not authorizer.check_user(ConnectRequest("sensor-1", "secret2", "client-1")).allowed
     for acc in (1, 2, 3, 4):
-        assert not authorizer.check_acl("sensor-1", "client-1", "a", acc).allowed
+        assert not authorizer.check_acl(acl("sensor-1", "client-1", "a", acc)).allowed
 
 
 def test_approve_with_pairing_id_removes_every_other_candidate(
@@ -449,7 +451,7 @@ def test_deny_removes_the_request_and_refuses_the_same_credentials(
     assert requests.list_requests() == []
     hash_calls.clear()
     assert registration.record_attempt("sensor-1", "secret1", "c", "mqtt").outcome is Outcome.DENIED
-    assert authorizer.check_user("sensor-1", "secret1", "c").allowed is False
+    assert authorizer.check_user(ConnectRequest("sensor-1", "secret1", "c")).allowed is False
     assert register(registration, "sensor-1", "secret1").outcome is Outcome.DENIED
     assert requests.list_requests() == []
     assert hash_calls == []
@@ -583,7 +585,7 @@ def test_existing_user_still_granted_after_the_policy_is_tightened(
     strict = Config(bcrypt_cost=4, password_min_length=12, password_require=("upper", "digit"))
     tightened = services.build(connection, strict, clock=clock)
     assert register(tightened.registration, "sensor-1", "abcde").outcome is Outcome.ACCEPTED
-    assert tightened.authorizer.check_user("sensor-1", "abcde", "c").allowed
+    assert tightened.authorizer.check_user(ConnectRequest("sensor-1", "abcde", "c")).allowed
     assert register(tightened.registration, "sensor-2", "abcde").outcome is Outcome.WEAK_PASSWORD
 
 
@@ -675,6 +677,6 @@ def test_every_refused_outcome_says_whether_the_user_is_unknown(
 ) -> None:
     assert set(UNKNOWN_USER_MARKS) == set(Outcome) - {Outcome.ACCEPTED}
     for outcome, unknown in UNKNOWN_USER_MARKS.items():
-        monkeypatch.setattr(authorizer.registration, "attempt", lambda *_a, o=outcome, **_k: Attempt(o, "abcdef"))
-        decision = authorizer.check_user("sensor-1", "secret1", "c")
+        monkeypatch.setattr(authorizer.registration, "attempt_valid", lambda *_a, o=outcome, **_k: Attempt(o, "abcdef"))
+        decision = authorizer.check_user(ConnectRequest("sensor-1", "secret1", "c"))
         assert (decision.allowed, decision.unknown_user) == (False, unknown), outcome
