@@ -9,8 +9,8 @@ from cregistry.changes import ChangeFeed
 from cregistry.web.deadline import within_deadline
 
 # The checks themselves (/mqtt/user, /mqtt/superuser, /mqtt/acl) are answered
-# in front of this app, whatever the method: by broker_asgi.BrokerListener
-# under `serve`, by broker_wsgi.BrokerChecks where the app runs as WSGI.
+# in front of this app, whatever the method, by broker_asgi.BrokerListener
+# (under `serve`, and through a2wsgi where the app runs as WSGI).
 bp = Blueprint("broker", __name__, url_prefix="/mqtt")
 
 

@@ -154,6 +154,9 @@ def test_the_module_map_names_every_module() -> None:
     assert module_map is not None
     modules = {path.name for path in (ROOT / "cregistry").rglob("*.py") if path.name != "__main__.py"}
     assert {name for name in modules if name not in module_map.group(0)} == set()
+    # ...and names no module that is gone: a line's first word under cregistry/ is a file.
+    named = set(re.findall(r"^  ([a-z_]+\.py) ", module_map.group(0), flags=re.M))
+    assert named - modules == set()
 
 
 def test_the_cli_page_lists_every_command() -> None:

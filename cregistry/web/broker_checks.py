@@ -163,7 +163,7 @@ ROUTES: dict[str, Route[Any]] = {
         "user",
         parse_connect,
         Authorizer.check_user_cached,
-        lambda authorizer, request, _: authorizer.check_user(request),
+        _check_user,
     ),
     "/mqtt/acl": Route("acl", parse_acl, Authorizer.check_acl_cached, Authorizer.check_acl),
     "/mqtt/superuser": Route("superuser", parse_superuser, _not_cached, Authorizer.check_superuser),
