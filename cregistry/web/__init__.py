@@ -21,7 +21,7 @@ from cregistry.feed_follower import FeedFollower
 from cregistry.verification import WorkLimits
 from cregistry.web import api_routes, broker_routes, console, errors, health, metrics, openapi
 from cregistry.web.broker_asgi import BrokerListener, ListenerAsWsgi
-from cregistry.web.broker_wsgi import BrokerChecks
+from cregistry.web.broker_checks import BrokerChecks
 
 API = "api"
 BROKER = "broker"
@@ -78,7 +78,7 @@ def api_app(config: Config, domain: services.Services) -> Flask:
 
 def broker_app(config: Config, domain: services.Services) -> tuple[Flask, BrokerListener]:
     """go-auth's routes and the feed, and the broker listener in front of them:
-    the check routes skip Flask (broker_wsgi.py, broker_asgi.py), everything
+    the check routes skip Flask (broker_checks.py, broker_asgi.py), everything
     else is the Flask app's. As WSGI, the app is that listener too (a2wsgi)."""
     app = _app_on(config, domain, BROKER)
     app.register_blueprint(broker_routes.bp)

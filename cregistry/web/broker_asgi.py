@@ -1,4 +1,4 @@
-"""The broker listener: the one front of the check routes (broker_wsgi.py),
+"""The broker listener: the one front of the check routes (broker_checks.py),
 and everything else of the broker app (health, /metrics, /mqtt/changes,
 other methods) through to Flask with a2wsgi.
 
@@ -40,7 +40,7 @@ from a2wsgi import ASGIMiddleware, WSGIMiddleware
 
 from cregistry.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from cregistry.errors import InvalidInput
-from cregistry.web.broker_wsgi import (
+from cregistry.web.broker_checks import (
     ALLOW,
     METHODS,
     NOT_ALLOWED_BODY,

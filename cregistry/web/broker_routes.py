@@ -10,7 +10,7 @@ from cregistry.web.deadline import within_deadline
 
 # The checks themselves (/mqtt/user, /mqtt/superuser, /mqtt/acl) are answered
 # in front of this app, whatever the method: by broker_asgi.BrokerListener
-# under `serve`, by broker_wsgi.BrokerChecks where the app runs as WSGI.
+# under `serve`, by broker_asgi.ListenerAsWsgi where the app runs as WSGI.
 bp = Blueprint("broker", __name__, url_prefix="/mqtt")
 
 

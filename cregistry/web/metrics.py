@@ -31,7 +31,7 @@ from cregistry.requests import PendingRequests
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Broker routes Flask answers, by endpoint (the checks are counted in front of
-# Flask, by broker_wsgi.BrokerChecks.finish); the feed is also recognised by its path.
+# Flask, by broker_checks.BrokerChecks.finish); the feed is also recognised by its path.
 CHECK_ROUTES = {"broker.changes": "feed"}
 FEED_PATH = "/mqtt/changes"
 # A cached check takes a fraction of a millisecond, bcrypt tens of them.
