@@ -152,6 +152,9 @@ def test_the_whole_flow_by_clicking(page: Any, service: ServiceProcess, screensh
 
     # Deny the other request.
     page.get_by_role("link", name="Client Registry").click()
+    # Review opens the dialog once console.js runs; clicked before that, it is the page without script.
+    expect(page).to_have_url(re.compile(r"/console/$"))
+    page.wait_for_load_state("load")
     request_row(page, "camera-2").get_by_role("link", name="Review").click()
     expect(dialog.locator(".pairing-id")).to_have_text(pairing_id("camera-2", "pw-camera-2"))
     dialog.get_by_role("button", name="Deny", exact=True).click()
