@@ -251,15 +251,24 @@ class Bench:
     def create_users(
         self, names: list[str], grants: list[tuple[str, str]] | None = None, password_hash: str | None = None
     ) -> None:
-        """Users as an approval leaves them (without an audit entry each), then
-        their permissions through the domain, as an operator sets them."""
+        """Users as an approval leaves them (without an audit entry each): each
+        owns its registered client ID, its name, as the load generator's
+        devices connect with (client_ids.py); then their permissions through
+        the domain, as an operator sets them."""
         pipe = self.connection.pipeline(transaction=False)
         for name in names:
             pipe.hset(
                 self.keys.user(name),
-                mapping={"passwordHash": password_hash or self.stored_hash, "createdAt": "0", "superuser": "0"},
+                mapping={
+                    "passwordHash": password_hash or self.stored_hash,
+                    "createdAt": "0",
+                    "superuser": "0",
+                    "clientId": name,
+                },
             )
             pipe.sadd(self.keys.users(), name)
+            pipe.sadd(self.keys.user_client_ids(name), name)
+            pipe.hset(self.keys.client_owners(), name, name)
         pipe.execute()
         if grants:
             for name in names:
