@@ -159,7 +159,7 @@ class Registration:
         pairing: str | None = None,
         csr: CheckedCsr | None = None,
     ) -> Attempt:
-        """Record or refresh a pending request (a candidate, requests.py).
+        """Record or refresh a pending request (a candidate, pending.py).
 
         The caller has validated the input and knows the user does not exist;
         it may pass the pairing ID it computed already.

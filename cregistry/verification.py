@@ -357,7 +357,7 @@ class PasswordVerifier:
 
     def credentials_digest(self, username: str, password: str) -> str:
         """The keyed digest that identifies a pending candidate's exact
-        credentials (requests.py); useless without the secret, which never
+        credentials (pending.py); useless without the secret, which never
         enters Redis."""
         message = b"\0".join((username.encode(), password.encode()))
         return hmac.new(self.candidate_secret, message, hashlib.sha256).hexdigest()
