@@ -25,16 +25,23 @@ the bound on bcrypt work.
 - bcrypt runs under a per-process semaphore, and hashing for registrations
   (unknown users) under a separate, smaller one that is never waited for, so
   a flood of unknown users cannot starve known devices.
+- bcrypt runs on threads of the lowest CPU priority (WorkLimits.hash_work):
+  a device's attempt never takes the CPU from the broker, so guessing costs
+  Mosquitto's connected clients no latency where the broker does not wait
+  for the check (2.1's delayed basic auth; docs/performance.md).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import enum
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,8 +108,27 @@ class PasswordRecord:
     own: set[str]  # the user's own client IDs
 
 
+# The nice value of the threads that run bcrypt: the lowest priority there is.
+# A check that needs bcrypt is a device's first connect or somebody's guess;
+# neither may slow the broker's delivery on a shared host. The check still gets
+# any core the broker leaves idle, and a synchronous broker (2.0) waits idle.
+HASHING_NICE = 19
+
+
+def _lower_priority() -> None:
+    """Initializer of the hashing threads. Linux gives each thread its own
+    nice value; elsewhere the process's would change, so nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICE)
+    except OSError as error:
+        log.warning("bcrypt keeps the normal CPU priority: %s", error)
+
+
 class WorkLimits:
-    """The process's bcrypt slots; shared by both listeners of one worker."""
+    """The process's bcrypt slots and the threads bcrypt runs on; shared by
+    both listeners of one worker."""
 
     def __init__(self, config: Config, *, slot_timeout: float = SERVICE_DEADLINE_SECONDS) -> None:
         self.verify_slots = threading.BoundedSemaphore(config.bcrypt_concurrency)
@@ -111,6 +137,16 @@ class WorkLimits:
         # take (budget.py): past that its answer is a 503 anyway, and a thread
         # waiting without bound is a thread the next checks no longer have.
         self.slot_timeout = slot_timeout
+        # One thread per slot: work that holds a slot never queues here.
+        self._hashing = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.bcrypt_concurrency + config.registration_concurrency,
+            thread_name_prefix="bcrypt",
+            initializer=_lower_priority,
+        )
+
+    def hash_work(self, work: Callable[..., R], *args: object) -> R:
+        """`work(*args)` on a hashing thread (HASHING_NICE); called with a slot held."""
+        return self._hashing.submit(work, *args).result()
 
 
 class PasswordVerifier:
@@ -265,7 +301,7 @@ class PasswordVerifier:
                     f"every password check slot ({env_name(BCRYPT_CONCURRENCY)}) stayed busy: try again"
                 )
         try:
-            accepted = passwords.verify_password(password, stored_hash)
+            accepted = self.limits.hash_work(passwords.verify_password, password, stored_hash)
         finally:
             self.limits.verify_slots.release()
         instruments.password_checked(instruments.PASSWORD_BCRYPT, accepted)
@@ -313,7 +349,7 @@ class PasswordVerifier:
         if not self.limits.registration_slots.acquire(blocking=False):
             return None
         try:
-            return work(*args)
+            return self.limits.hash_work(work, *args)
         finally:
             self.limits.registration_slots.release()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from cregistry.passwords import hash_password, pairing_id
 from cregistry.pending import PendingRequests
 from cregistry.registration import Outcome, Registration
 from cregistry.users import UserStore
-from cregistry.verification import PasswordVerifier, Verdict, WorkLimits
+from cregistry.verification import HASHING_NICE, PasswordVerifier, Verdict, WorkLimits
 from cregistry.web import create_app
 
 from .conftest import ADMIN_TOKEN
@@ -514,6 +516,40 @@ def test_an_attempt_racing_an_approval_records_no_request_for_the_new_user(
     assert outcome is not Outcome.RECORDED
     assert requests.requests_for("twin") == []
     assert requests.list_requests() == []
+
+
+def thread_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux gives each thread its own nice value")
+def test_bcrypt_runs_at_the_lowest_cpu_priority_and_the_caller_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch, connection: fakeredis.FakeRedis, config: Config, device: str
+) -> None:
+    """A guess's bcrypt and a registration's never take the CPU from the
+    broker: they run on threads at HASHING_NICE, for a CONNECT's password
+    check and for a new request's hash."""
+    seen: list[tuple[str, int, str]] = []
+    verify, hash_ = cregistry.passwords.verify_password, cregistry.passwords.hash_password
+
+    def verify_seen(password: str, password_hash: str) -> bool:
+        seen.append(("verify", thread_priority(), threading.current_thread().name))
+        return verify(password, password_hash)
+
+    def hash_seen(password: str, cost: int) -> str:
+        seen.append(("hash", thread_priority(), threading.current_thread().name))
+        return hash_(password, cost)
+
+    monkeypatch.setattr(cregistry.passwords, "verify_password", verify_seen)
+    monkeypatch.setattr(cregistry.passwords, "hash_password", hash_seen)
+    caller = thread_priority()
+    domain = services.build(connection, config, limits=WorkLimits(config))
+    assert domain.verifier.verify(DEVICE, WRONG, "client-1") is Verdict.REFUSED
+    domain.lock.unlock()
+    assert domain.registration.record_attempt("newcomer", "first-secret", "c", "mqtt").outcome is Outcome.RECORDED
+    assert [kind for kind, _, _ in seen] == ["verify", "hash"]
+    assert {(priority, name.startswith("bcrypt")) for _, priority, name in seen} == {(HASHING_NICE, True)}
+    assert thread_priority() == caller
 
 
 @pytest.fixture
