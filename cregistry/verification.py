@@ -7,6 +7,14 @@ the bound on bcrypt work.
   same password matches the token without bcrypt; a different stored hash
   (password changed) or a deleted user (its keys gone) invalidates it. Nothing
   in Redis lets anyone recover a password without the secret.
+- The token also names the secret and the stored hash it was made under (an
+  HMAC of username and stored hash alone, no password in it). While such a
+  token lives, it proves the one password that passes bcrypt, so any other
+  is refused without bcrypt: guessing a connected device's password costs
+  a Redis round trip, not bcrypt's CPU (70 ms at cost 10 on the bench
+  machine), and a broker that waits for each check (2.0) keeps serving its
+  clients under a guessing flood. The fast refusal tells the guesser only
+  that the device connected recently.
 - The token slides: a match renews its TTL (at most once per TOKEN_RENEWAL
   of its life, so a CONNECT costs no write), so a device that connects at
   least once per CREGISTRY_VERIFIED_TTL keeps it for good.
@@ -179,6 +187,7 @@ class PasswordVerifier:
         # digest can ever be replayed as a verified token or the other way.
         self.candidate_secret = hmac.new(self.secret, b"cregistry candidate credentials", hashlib.sha256).digest()
         self.candidate_key_id = hmac.new(self.candidate_secret, b"key id", hashlib.sha256).hexdigest()[:12]
+        self.binding_secret = hmac.new(self.secret, b"cregistry token binding", hashlib.sha256).digest()
 
     def verify_by_cached_token(self, username: str, password: str, seen: str | None, client_id: str = "") -> bool:
         """True when the token this worker holds accepts the password, for a
@@ -295,6 +304,11 @@ class PasswordVerifier:
         if self._limited(username, client_id, owned, record.failures, record.client_failures):
             instruments.password_checked(instruments.PASSWORD_LIMITED, False)
             return Verdict.LIMITED
+        if self._token_binds(username, stored_hash, record.verified):
+            # The token proves the one password that passes bcrypt, and this is not it.
+            instruments.password_checked(instruments.PASSWORD_TOKEN, False)
+            self._count_failure(username, client_id)
+            return Verdict.REFUSED
         with instruments.waiting_for_bcrypt():
             if not self.limits.verify_slots.acquire(timeout=self.limits.slot_timeout):
                 raise PasswordChecksBusy(
@@ -401,11 +415,30 @@ class PasswordVerifier:
     def _token_accepts(self, username: str, password: str, stored_hash: str | None, verified: str | None) -> bool:
         if stored_hash is None or verified is None:
             return False
-        if not hmac.compare_digest(verified, self._token(username, password, stored_hash)):
+        # A token written before bindings is the proof alone: rpartition reads it as such.
+        proof = verified.rpartition(":")[2]
+        if not hmac.compare_digest(proof, self._proof(username, password, stored_hash)):
             return False
         instruments.password_checked(instruments.PASSWORD_TOKEN, True)
         return True
 
+    def _token_binds(self, username: str, stored_hash: str, verified: str | None) -> bool:
+        """Whether `verified` was made by this secret for `stored_hash`: then its
+        proof is of the only password that passes bcrypt against that hash
+        (passwords never exceed bcrypt's 72 bytes: validate_password_format)."""
+        if verified is None:
+            return False
+        binding = verified.rpartition(":")[0]
+        return bool(binding) and hmac.compare_digest(binding, self._binding(username, stored_hash))
+
     def _token(self, username: str, password: str, stored_hash: str) -> str:
+        """`binding:proof` (module docstring)."""
+        return f"{self._binding(username, stored_hash)}:{self._proof(username, password, stored_hash)}"
+
+    def _binding(self, username: str, stored_hash: str) -> str:
+        message = b"\0".join((username.encode(), stored_hash.encode()))
+        return hmac.new(self.binding_secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def _proof(self, username: str, password: str, stored_hash: str) -> str:
         message = b"\0".join((username.encode(), password.encode(), stored_hash.encode()))
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()

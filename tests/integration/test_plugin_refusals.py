@@ -109,3 +109,25 @@ def test_the_once_refused_password_gets_in_within_2_s_after_the_operator_sets_it
         assert time.monotonic() - changed < CHANGE_BOUND, "the remembered refusal outlived the password change"
         time.sleep(0.05)
     print(f"the once-refused password got in {time.monotonic() - changed:.3f} s after the change")
+
+
+def test_guessing_a_connected_devices_password_costs_no_bcrypt(  # type: ignore[no-untyped-def]
+    flooded: MosquittoProcess, cregistry, service: ServiceProcess
+) -> None:
+    """Once the device's password passed bcrypt, its verified token proves
+    that password: other guesses (each one new, so the plugin's memory of
+    refusals never answers them) are refused with a Redis read and no bcrypt,
+    and the device keeps connecting."""
+    mosquitto = flooded
+    add_user(cregistry, "meter-11", "meter-secret")
+    time.sleep(1.2)
+    assert connack(mosquitto.port, "meter-11", "meter-secret", "meter-11-client") == 0  # bcrypt, then the token
+    before = user_checks_refused(service)
+    by_token = metric(service, "cregistry_password_checks_total", path="token", result="refused")
+    answers = [connack(mosquitto.port, "meter-11", f"guess-{n}", f"guesser-{n}") for n in range(FLOOD)]
+    after = user_checks_refused(service)
+    assert answers == [NOT_AUTHORISED] * FLOOD
+    assert after[0] - before[0] == FLOOD  # every guess reached cregistry
+    assert after[1] == before[1]  # and none of them cost bcrypt
+    assert metric(service, "cregistry_password_checks_total", path="token", result="refused") - by_token == FLOOD
+    assert connack(mosquitto.port, "meter-11", "meter-secret", "meter-11-client") == 0

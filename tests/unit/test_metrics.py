@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import cregistry.connections
 import cregistry.passwords
 from cregistry.config import Config
+from cregistry.keys import Keys
 from cregistry.lock import RegistryLock
 from cregistry.registration import Registration
 from cregistry.users import UserStore
@@ -108,7 +109,9 @@ def test_other_routes_are_not_checks(broker: FlaskClient) -> None:
     assert checks == {k: v for k, v in before.items() if k[0] == "cregistry_checks_total"}
 
 
-def test_password_checks_by_path(broker: FlaskClient, users: UserStore, config: Config) -> None:
+def test_password_checks_by_path(
+    broker: FlaskClient, users: UserStore, config: Config, connection: fakeredis.FakeRedis
+) -> None:
     users.add("sensor-1", "secret1")
 
     def path_count(path: str, result: str) -> float:
@@ -119,12 +122,15 @@ def test_password_checks_by_path(broker: FlaskClient, users: UserStore, config: 
     broker.post("/mqtt/user", json=USER)  # the token: no bcrypt
     # Guesses with a client ID of its own (the device's own would get occasional tries, verification.py).
     guess = {**USER, "password": "wrong-one", "clientid": "guesser"}
-    for _ in range(config.failure_limit):
+    broker.post("/mqtt/user", json=guess)  # the token proves another password: no bcrypt
+    connection.delete(Keys("cregistry").user_verified("sensor-1"))  # the token lapsed
+    for _ in range(config.failure_limit - 1):
         broker.post("/mqtt/user", json=guess)
     broker.post("/mqtt/user", json=guess)  # over the limit
     assert path_count("bcrypt", "accepted") - before[("bcrypt", "accepted")] == 1
     assert path_count("token", "accepted") - before[("token", "accepted")] == 1
-    assert path_count("bcrypt", "refused") - before[("bcrypt", "refused")] == config.failure_limit
+    assert path_count("token", "refused") - before[("token", "refused")] == 1
+    assert path_count("bcrypt", "refused") - before[("bcrypt", "refused")] == config.failure_limit - 1
     assert path_count("limited", "refused") - before[("limited", "refused")] == 1
 
 

@@ -81,8 +81,12 @@ def push_over_the_limit(verifier: PasswordVerifier, username: str = DEVICE) -> N
 
 
 def expected_token(username: str, password: str, stored_hash: str, secret: str = SECRET) -> str:
-    message = f"{username}\0{password}\0{stored_hash}".encode()
-    return hmac.new(bytes.fromhex(secret), message, hashlib.sha256).hexdigest()
+    """`binding:proof`: which secret and stored hash, then the password's proof."""
+    key = bytes.fromhex(secret)
+    binding_key = hmac.new(key, b"cregistry token binding", hashlib.sha256).digest()
+    binding = hmac.new(binding_key, f"{username}\0{stored_hash}".encode(), hashlib.sha256).hexdigest()[:32]
+    proof = hmac.new(key, f"{username}\0{password}\0{stored_hash}".encode(), hashlib.sha256).hexdigest()
+    return f"{binding}:{proof}"
 
 
 def every_stored_text(connection: fakeredis.FakeRedis) -> list[str]:
@@ -325,8 +329,46 @@ def test_the_token_is_the_fast_path_and_a_wrong_password_never_matches_it(
     for _ in range(5):
         assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
     assert verify_calls == []
+    # The token proves the one password bcrypt accepts: any other is refused, and counted, without bcrypt.
+    assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
+    assert verify_calls == [] and verifier.failures(DEVICE) == 1
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+
+
+def test_a_token_written_before_bindings_still_accepts_but_refuses_nothing_without_bcrypt(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore, verify_calls: list[str]
+) -> None:
+    """An upgrade keeps devices on the fast path: a token of the old format,
+    the proof alone, still accepts its password; it names no hash, so it
+    cannot prove another password wrong, and bcrypt decides those."""
+    stored_hash = users.password_hash(DEVICE)
+    assert stored_hash is not None
+    proof = expected_token(DEVICE, PASSWORD, stored_hash).partition(":")[2]
+    connection.set(KEYS.user_verified(DEVICE), proof, ex=config.verified_ttl)
+    verifier = verifier_for(connection, config)
+    assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+    assert verify_calls == []
     assert verifier.verify(DEVICE, WRONG) is Verdict.REFUSED
     assert verify_calls == [WRONG]
+
+
+def test_a_token_binds_only_under_its_own_secret_and_hash(
+    connection: fakeredis.FakeRedis, config: Config, device: str, users: UserStore, verify_calls: list[str]
+) -> None:
+    """A token made under another secret (the service restarted without
+    CREGISTRY_VERIFY_SECRET) or for another stored hash proves nothing: the
+    right password still passes, by bcrypt, instead of being refused."""
+    stored_hash = users.password_hash(DEVICE)
+    assert stored_hash is not None
+    verifier = verifier_for(connection, config)
+    for foreign in (
+        expected_token(DEVICE, "older-password", stored_hash, secret="a1" * 32),
+        expected_token(DEVICE, "older-password", hash_password("older-password", 4)),
+    ):
+        connection.set(KEYS.user_verified(DEVICE), foreign, ex=config.verified_ttl)
+        verify_calls.clear()
+        assert verifier.verify(DEVICE, PASSWORD) is Verdict.ACCEPTED
+        assert verify_calls == [PASSWORD]
 
 
 def test_deleting_the_user_invalidates_the_token(
@@ -569,6 +611,7 @@ def test_saturated_bcrypt_slots_answer_503_in_time_but_tokens_still_pass(
     verifier_for(connection, config).verify(DEVICE, PASSWORD)  # the device connected before
     broker = create_app(config, listener="broker", connection=connection, limits=saturated_verify_slots).test_client()
     assert connect(broker, DEVICE, PASSWORD) == (200, "")
+    connection.delete(KEYS.user_verified(DEVICE))  # lapsed: now a wrong password needs bcrypt
     started = time.monotonic()
     response = broker.post("/mqtt/user", json={"username": DEVICE, "password": WRONG, "clientid": "c"})
     assert response.status_code == 503 and response.get_json()["ok"] is False
