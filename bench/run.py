@@ -637,11 +637,10 @@ class Bench:
                 self.put_medians(results, "sent_per_s", f"flood_{kind}_connects_per_s", 1)
                 self.put_medians(results, "refused", f"flood_{kind}_refused", 0)
                 self.put_medians(results, "lost", f"flood_{kind}_lost", 0)
-        for kind in FLOODS:
-            for setup in kinds[kind][3]:
-                suffix = "" if setup == CREGISTRY else f"_{key(setup)}"
-                self.ratio(f"flood_{kind}_probe_p99_ratio{suffix}", f"flood_{kind}_probe_p99_ms_{key(setup)}",
-                           f"flood_none_probe_p99_ms_{key(setup)}")  # fmt: skip
+                for setup in setups:  # over "none", measured first
+                    suffix = "" if setup == CREGISTRY else f"_{key(setup)}"
+                    self.ratio(f"flood_{kind}_probe_p99_ratio{suffix}", f"flood_{kind}_probe_p99_ms_{key(setup)}",
+                               f"flood_none_probe_p99_ms_{key(setup)}")  # fmt: skip
 
     # -- approval and revocation through the broker ------------------------------------
     def approval_to_connect(self) -> None:
